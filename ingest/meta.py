@@ -1,0 +1,72 @@
+"""Metadata helpers shared by every parser: front matter, tags, value coercion."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from ingest.errors import ParseError
+
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
+
+
+def coerce(value):
+    """Turn '2' into 2 so `chapter <= 2` compares numbers, and keep anything else."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if re.fullmatch(r"-?\d+", stripped):
+            return int(stripped)
+        return stripped
+    return value
+
+
+def clean_meta(meta: dict) -> dict:
+    """Keep values chromadb can store: scalars and non-empty lists of scalars."""
+    out = {}
+    for key, value in meta.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            items = [coerce(v) for v in value if isinstance(v, (str, int, float, bool))]
+            if items:
+                out[str(key)] = items
+        elif isinstance(value, (str, int, float, bool)):
+            out[str(key)] = coerce(value)
+        else:
+            out[str(key)] = str(value)
+    return out
+
+
+def split_front_matter(text: str, path: str) -> tuple[dict, str]:
+    """Read a leading YAML block (--- ... ---) into metadata; return it and the body."""
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        return {}, text
+    try:
+        data = yaml.safe_load(match.group(1)) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise ParseError(f"invalid YAML front matter: {exc.__class__.__name__}", path,
+                         None if line is None else line + 2) from None
+    if not isinstance(data, dict):
+        raise ParseError("front matter must be a YAML mapping", path, 1)
+    return clean_meta(data), text[match.end():]
+
+
+def tags_to_meta(tags: list[str]) -> dict:
+    """Turn script tags like `chapter:1` or `region: Saltreach` into metadata; bare tags go to `tags`."""
+    meta: dict = {}
+    bare = []
+    for tag in tags:
+        tag = tag.strip()
+        if not tag:
+            continue
+        key, sep, value = tag.partition(":")
+        if sep and key.strip() and value.strip():
+            meta[key.strip()] = coerce(value)
+        else:
+            bare.append(tag)
+    if bare:
+        meta["tags"] = bare
+    return meta

@@ -1,0 +1,30 @@
+"""The plain values that flow out of ingestion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Section:
+    """A structural piece of a document (a heading's body, a page, a dialogue node).
+
+    ``meta`` holds what the parser knows about it: ``title`` (heading path),
+    ``page``, ``chapter``, ``region``, ``speaker`` (a list, for dialogue),
+    ``scene``/``node``/``knot`` and any other keys the source declares.
+    ``dialogue`` sections hold one ``Speaker: line`` per line and are never
+    split inside a line.
+    """
+
+    text: str
+    meta: dict = field(default_factory=dict)
+    dialogue: bool = False
+
+
+@dataclass
+class Chunk:
+    """A retrievable unit: text plus the metadata a citation needs."""
+
+    id: str
+    text: str
+    meta: dict

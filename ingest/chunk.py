@@ -1,0 +1,76 @@
+"""Sections to chunks: structure first (one section never shares a chunk), then tokens.
+
+Splitting is langchain's recursive splitter measured in tiktoken tokens, with
+separators that know Chinese sentence punctuation, so CJK text never yields an
+oversized chunk. Dialogue is split only between lines, never inside one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+from ingest.tokens import ENCODING, encoding
+from ingest.types import Chunk, Section
+
+PROSE_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", "，", ", ", " ", ""]
+DIALOGUE_SEPARATORS = ["\n"]
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+@functools.cache
+def _splitter(size: int, overlap: int, dialogue: bool) -> RecursiveCharacterTextSplitter:
+    encoding()  # seeds the offline tiktoken cache before langchain loads the encoding
+    return RecursiveCharacterTextSplitter.from_tiktoken_encoder(
+        encoding_name=ENCODING,
+        disallowed_special=(),
+        chunk_size=size,
+        chunk_overlap=0 if dialogue else overlap,
+        separators=DIALOGUE_SEPARATORS if dialogue else PROSE_SEPARATORS,
+        keep_separator="end",
+    )
+
+
+def detect_lang(text: str) -> str:
+    """'zh' when CJK characters dominate the letters, else 'en' (our corpora's two languages)."""
+    cjk = len(_CJK.findall(text))
+    latin = len(re.findall(r"[A-Za-z]+", text))
+    return "zh" if cjk and cjk >= latin else "en"
+
+
+def _speakers_in(text: str, speakers: list[str]) -> list[str]:
+    """The speakers of a dialogue section whose lines made it into this piece."""
+    return [s for s in speakers if re.search(rf"^{re.escape(s)}:", text, re.MULTILINE)]
+
+
+def chunk_sections(sections: list[Section], file_key: str, file_hash: str, source: str,
+                   size: int, overlap: int) -> list[Chunk]:
+    """Cut sections into chunks with stable ids and the metadata a citation needs.
+
+    Ids are `<file key>-<file hash>-<n>`: a changed file gets new ids, so its
+    new chunks can be written before its old ones are dropped.
+    """
+    chunks: list[Chunk] = []
+    for section in sections:
+        for piece in _splitter(size, overlap, section.dialogue).split_text(section.text):
+            piece = piece.strip()
+            if not piece:
+                continue
+            meta = {**section.meta}
+            if section.dialogue and "speaker" in meta:
+                meta["speaker"] = _speakers_in(piece, meta["speaker"])
+                if not meta["speaker"]:
+                    del meta["speaker"]
+            meta.setdefault("lang", detect_lang(piece))
+            meta.update(
+                source=source,
+                chunk_index=len(chunks),
+                hash=hashlib.sha1(piece.encode()).hexdigest()[:16],
+                file_key=file_key,
+                file_hash=file_hash,
+            )
+            chunks.append(Chunk(f"{file_key}-{file_hash[:12]}-{len(chunks)}", piece, meta))
+    return chunks

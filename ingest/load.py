@@ -1,0 +1,37 @@
+"""One file's bytes to its chunks (or its NPC card): decode, parse, chunk."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+
+from ingest.cards import parse_card
+from ingest.chunk import chunk_sections
+from ingest.decode import decode_text
+from ingest.errors import IngestError
+from ingest.parsers import parser_for
+from ingest.types import Chunk
+
+
+def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
+                chunk_size: int, chunk_overlap: int) -> list[Chunk]:
+    """Parse and chunk one canon file.
+
+    Raises:
+        IngestError: the file cannot be decoded or parsed, or yields no text.
+    """
+    parser = parser_for(PurePath(source).suffix)
+    if getattr(parser, "BINARY", False):
+        if not data:
+            raise IngestError("file is empty", source)
+        sections = parser.parse(data, source)
+    else:
+        sections = parser.parse(decode_text(data, source), source)
+    chunks = chunk_sections(sections, file_key, file_hash, source, chunk_size, chunk_overlap)
+    if not chunks:
+        raise IngestError("no text to index", source)
+    return chunks
+
+
+def load_card(data: bytes, source: str) -> dict:
+    """Decode and validate one NPC card."""
+    return parse_card(decode_text(data, source), source)

@@ -1,0 +1,103 @@
+"""Answers with citations: from a chat model given the canon, or extracted from the canon itself.
+
+Both modes see the same numbered canon. The offline default picks the
+sentences that best cover the question and cites them; when the canon holds
+nothing relevant, both modes say so rather than guess.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kb.config import Settings
+from kb.context import Cited, pack, render
+from kb.lexical import tokens
+from kb.llm import chat
+from kb.retrieve import Corpus, search
+from kb.store import Store
+
+NOT_IN_CANON = "The canon does not say."
+INSTRUCTION = (
+    "Answer the question using only the numbered canon excerpts below. "
+    "Cite every fact with the number of its excerpt in square brackets, like [1] or [2][3]. "
+    f"If the excerpts do not contain the answer, reply exactly: {NOT_IN_CANON} "
+    "Do not use outside knowledge and do not invent facts."
+)
+MIN_COVERAGE = 0.5       # share of the question's terms a passage must contain ...
+MIN_SIMILARITY = 0.45    # ... or the dense similarity it must reach, to count as relevant
+_SENTENCE = re.compile(r"(?<=[.!?。！？；])\s*|\n+")
+
+
+@dataclass
+class Answer:
+    """What `kb ask --json` prints."""
+
+    answer: str
+    citations: list[Cited]
+    mode: str
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"answer": self.answer, "citations": [c.to_json() for c in self.citations],
+                "mode": self.mode, **self.extra}
+
+
+def coverage(question: str, text: str) -> float:
+    """Share of the question's distinct terms that appear in a text."""
+    wanted = set(tokens(question))
+    return len(wanted & set(tokens(text))) / len(wanted) if wanted else 0.0
+
+
+def is_relevant(question: str, cited: list[Cited], similarity: dict[str, float]) -> bool:
+    """Whether any retrieved chunk plausibly answers the question (lexically or by meaning)."""
+    return any(coverage(question, c.hit.text + " " + str(c.hit.metadata.get("title", "")))
+               >= MIN_COVERAGE or similarity.get(c.hit.id, 0.0) >= MIN_SIMILARITY for c in cited)
+
+
+def extract(question: str, cited: list[Cited], max_sentences: int = 3) -> str:
+    """The sentences of the canon that cover the question best, each with its citation."""
+    scored = []
+    for c in cited:
+        for order, sentence in enumerate(s.strip() for s in _SENTENCE.split(c.hit.text)):
+            if len(sentence) > 1:
+                scored.append((coverage(question, sentence), -c.n, -order, sentence, c.n))
+    scored.sort(reverse=True)
+    best = scored[:max_sentences] if scored and scored[0][0] > 0 else scored[:1]
+    best.sort(key=lambda s: (-s[1], -s[2]))  # reading order: by citation, then position
+    return " ".join(f"{sentence} [{n}]" for *_, sentence, n in best)
+
+
+def build_messages(system: str, question: str, cited: list[Cited]) -> list[dict]:
+    """The chat request: instructions, then the numbered canon, then the question."""
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": f"Canon:\n\n{render(cited)}\n\nQuestion: {question}"},
+    ]
+
+
+def dense_similarities(store: Store, question: str, cited: list[Cited]) -> dict[str, float]:
+    """Cosine similarity of the question to each cited chunk (for the relevance check)."""
+    if not cited:
+        return {}
+    return dict((cid, 1.0 - d) for cid, d in
+                store.dense_query(question, len(cited), [c.hit.id for c in cited]))
+
+
+def respond(store: Store, corpus: Corpus, question: str, settings: Settings, *, k: int = 5,
+            extractive: bool = False, model: str | None = None, system: str = INSTRUCTION,
+            not_found: str = NOT_IN_CANON, limits: dict | None = None,
+            on_token: Callable[[str], None] | None = None) -> Answer:
+    """Retrieve, pack and answer one question; the NPC path passes its own system prompt and limits."""
+    hits = search(store, corpus, question, k=k, limits=limits)
+    cited = pack(hits, settings.context_tokens)
+    use_llm = settings.llm_configured and not extractive
+    mode = "llm" if use_llm else "extractive"
+    if not is_relevant(question, cited, dense_similarities(store, question, cited)):
+        return Answer(not_found, [], mode)
+    if not use_llm:
+        return Answer(extract(question, cited), cited, mode)
+    text = chat(build_messages(system, question, cited), settings, model, on_token)
+    used = {int(n) for n in re.findall(r"\[(\d+)\]", text)}
+    return Answer(text, [c for c in cited if c.n in used] or cited, mode)

@@ -1,0 +1,172 @@
+"""Find the canon for a question: dense (chromadb), BM25 (bm25s), and their fusion, filtered.
+
+Filters (`--where`, an NPC's knowledge limits) are applied before ranking, to
+both retrievers: a chunk the filter hides is never scored, so it cannot leak
+into the top k.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+
+import bm25s
+import numpy as np
+
+from kb.lexical import tokens
+from kb.store import Store
+
+MODES = ("hybrid", "dense", "bm25")
+RRF_K = 60
+BM25_WEIGHT = 1.0
+DENSE_WEIGHT = 1.0
+
+
+@dataclass
+class Hit:
+    """One retrieved chunk, as `kb search --json` prints it."""
+
+    id: str
+    text: str
+    score: float
+    metadata: dict
+
+    @property
+    def source(self) -> str:
+        return self.metadata.get("source", "")
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "text": self.text, "score": round(float(self.score), 6),
+                "source": self.source, "metadata": self.metadata}
+
+
+class Corpus:
+    """The visible chunks and their BM25 index, cached on disk per store generation."""
+
+    def __init__(self, ids: list[str], texts: list[str], metas: list[dict]):
+        self.ids, self.texts, self.metas = ids, texts, metas
+        self.position = {cid: i for i, cid in enumerate(ids)}
+        self.bm25 = bm25s.BM25()
+        if ids:
+            self.bm25.index([tokens(f"{m.get('title', '')}\n{t}") for t, m in zip(texts, metas)],
+                            show_progress=False)
+
+    @classmethod
+    def load(cls, store: Store) -> "Corpus":
+        """The corpus for the store's current generation, from the cache when it is fresh."""
+        generation = store.generation()
+        cache = None if store.chroma_url else store.kb_dir / "cache" / f"corpus-{generation}.pkl"
+        if cache and cache.exists():
+            try:
+                with open(cache, "rb") as fh:
+                    return pickle.load(fh)
+            except (OSError, pickle.PickleError, EOFError):
+                pass
+        corpus = cls(*store.all_chunks())
+        if cache:
+            try:
+                cache.parent.mkdir(exist_ok=True)
+                for old in cache.parent.glob("corpus-*.pkl"):
+                    old.unlink()
+                tmp = cache.with_suffix(".tmp")
+                with open(tmp, "wb") as fh:
+                    pickle.dump(corpus, fh)
+                tmp.replace(cache)
+            except OSError:
+                pass  # a read-only store still answers, just without the cache
+        return corpus
+
+    def bm25_ranking(self, query: str, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        """Chunk positions by BM25 score, best first, zero scores left out."""
+        vocab = self.bm25.vocab_dict if self.ids else {}
+        terms = [t for t in tokens(query) if t in vocab]
+        if not terms:
+            return []
+        scores = self.bm25.get_scores(terms)
+        if allowed is not None:
+            scores = np.where(allowed, scores, 0.0)
+        order = np.argsort(-scores, kind="stable")
+        return [(int(i), float(scores[i])) for i in order if scores[i] > 0]
+
+
+def _matches(value, wanted) -> bool:
+    if isinstance(value, list):
+        return wanted in value or str(wanted) in map(str, value)
+    return value == wanted or str(value) == str(wanted)
+
+
+def matches_where(meta: dict, where: dict) -> bool:
+    """Every `key=value` holds (a list-valued key, like `speaker`, holds if it contains the value)."""
+    return all(key in meta and _matches(meta[key], wanted) for key, wanted in where.items())
+
+
+def within_limits(meta: dict, limits: dict) -> bool:
+    """An NPC may know this chunk: numeric limits are maxima, lists are allowed values.
+
+    A chunk without the limited key is common knowledge and always visible.
+    """
+    for key, limit in limits.items():
+        if key not in meta:
+            continue
+        values = meta[key] if isinstance(meta[key], list) else [meta[key]]
+        if isinstance(limit, list):
+            allowed = {str(v) for v in limit}
+            if not any(str(v) in allowed for v in values):
+                return False
+        elif isinstance(limit, (int, float)) and not isinstance(limit, bool):
+            if any(isinstance(v, (int, float)) and v > limit for v in values):
+                return False
+        elif not any(str(v) == str(limit) for v in values):
+            return False
+    return True
+
+
+def allowed_mask(corpus: Corpus, where: dict | None, limits: dict | None) -> np.ndarray | None:
+    """Which chunks the filters let through, or None when nothing is filtered."""
+    if not where and not limits:
+        return None
+    return np.array([matches_where(m, where or {}) and within_limits(m, limits or {})
+                     for m in corpus.metas], dtype=bool)
+
+
+def dense_ranking(store: Store, corpus: Corpus, query: str, depth: int,
+                  allowed: np.ndarray | None) -> list[tuple[int, float]]:
+    """Chunk positions by cosine similarity, best first, restricted to visible allowed chunks."""
+    ids = None
+    if allowed is not None:
+        ids = [corpus.ids[i] for i in np.flatnonzero(allowed)]
+        if not ids:
+            return []
+    ranked = []
+    for cid, distance in store.dense_query(query, depth + 10, ids):
+        pos = corpus.position.get(cid)
+        if pos is not None:  # rows of a half-done write are not in the corpus
+            ranked.append((pos, 1.0 - float(distance)))
+    return ranked[:depth]
+
+
+def fuse(rankings: list[tuple[list[tuple[int, float]], float]]) -> list[tuple[int, float]]:
+    """Weighted reciprocal-rank fusion of several rankings."""
+    scores: dict[int, float] = {}
+    for ranking, weight in rankings:
+        for rank, (pos, _) in enumerate(ranking):
+            scores[pos] = scores.get(pos, 0.0) + weight / (RRF_K + rank + 1)
+    return sorted(scores.items(), key=lambda item: -item[1])
+
+
+def search(store: Store, corpus: Corpus, query: str, k: int = 5, mode: str = "hybrid",
+           where: dict | None = None, limits: dict | None = None) -> list[Hit]:
+    """The k best visible chunks for a query."""
+    if not corpus.ids or not query.strip():
+        return []
+    allowed = allowed_mask(corpus, where, limits)
+    depth = max(50, 4 * k)
+    if mode == "bm25":
+        ranked = corpus.bm25_ranking(query, allowed)
+    elif mode == "dense":
+        ranked = dense_ranking(store, corpus, query, depth, allowed)
+    else:
+        ranked = fuse([(corpus.bm25_ranking(query, allowed)[:depth], BM25_WEIGHT),
+                       (dense_ranking(store, corpus, query, depth, allowed), DENSE_WEIGHT)])
+    return [Hit(corpus.ids[pos], corpus.texts[pos], score, corpus.metas[pos])
+            for pos, score in ranked[:k]]

@@ -1,0 +1,258 @@
+"""The only module that talks to chromadb: chunks, the ingest manifest, the model record, the lock.
+
+Everything the knowledge base keeps lives in chromadb collections, so the same
+code serves a local directory (PersistentClient) and a shared Chroma server
+(HttpClient):
+
+- ``canon``: one row per chunk; the collection's metadata records the
+  embedding model and its dimension.
+- ``manifest``: one row per ingested file (``file:<key>``) with its hash and
+  chunk count, one per NPC card, ``pending:<key>`` journal rows for a file
+  being replaced, and ``state`` with a generation counter readers cache by.
+
+A file's chunk ids embed its content hash. Replacing a file writes the new
+chunks, then flips its manifest row (the commit), then deletes the old ones; a
+journal row makes an interrupted replace repairable, and readers only see
+chunks whose hash matches the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import chromadb
+from chromadb.config import Settings as ChromaSettings
+
+from kb.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
+from kb.errors import KBError, ModelMismatch, StoreLocked
+
+CANON = "canon"
+MANIFEST = "manifest"
+_UNIT = [1.0]  # manifest rows need a vector; they are only ever fetched by id
+HNSW_EF_SEARCH = 100
+
+
+@dataclass
+class FileRecord:
+    """What the manifest remembers about one ingested file."""
+
+    key: str
+    path: str
+    source: str
+    root: str
+    hash: str
+    kind: str
+    chunks: int
+    ingested_at: float
+    card: dict | None = None
+
+    def to_meta(self) -> dict:
+        meta = {k: v for k, v in vars(self).items() if k != "card"}
+        if self.card is not None:
+            meta["card"] = json.dumps(self.card, ensure_ascii=False)
+        return meta
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "FileRecord":
+        fields = {k: meta[k] for k in ("key", "path", "source", "root", "hash", "kind",
+                                      "chunks", "ingested_at")}
+        card = json.loads(meta["card"]) if meta.get("card") else None
+        return cls(**fields, card=card)
+
+
+def _client(kb_dir: Path, chroma_url: str | None):
+    settings = ChromaSettings(anonymized_telemetry=False)
+    if chroma_url:
+        from urllib.parse import urlparse
+
+        url = urlparse(chroma_url)
+        try:
+            return chromadb.HttpClient(host=url.hostname, port=url.port or 8000,
+                                       ssl=url.scheme == "https", settings=settings)
+        except Exception as exc:
+            raise KBError(f"cannot reach the Chroma server at {chroma_url}: {exc}") from None
+    try:
+        kb_dir.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(kb_dir / "chroma"), settings=settings)
+    except Exception as exc:
+        raise KBError(f"cannot open the knowledge base at {kb_dir}: {exc}") from None
+
+
+class Store:
+    """A knowledge base: chunks with embeddings, plus the manifest that makes ingest incremental."""
+
+    def __init__(self, kb_dir: Path, chroma_url: str | None = None, model: str | None = None,
+                 create: bool = False):
+        """Open (or, with ``create``, make) the store.
+
+        Raises:
+            KBError: no store there and ``create`` is false, or it cannot be opened.
+            ModelMismatch: the store was built with a different embedding model.
+        """
+        self.kb_dir = Path(kb_dir)
+        self.chroma_url = chroma_url
+        self.client = _client(self.kb_dir, chroma_url)
+        existing = {c.name if hasattr(c, "name") else c for c in self.client.list_collections()}
+        if CANON not in existing and not create:
+            where = chroma_url or str(self.kb_dir)
+            raise KBError(f"no knowledge base at {where}; run `kb ingest PATH` first")
+        if CANON in existing:
+            meta = self.client.get_collection(CANON).metadata or {}
+            recorded = meta.get("embedding_model")
+            if model and recorded and model != recorded:
+                raise ModelMismatch(
+                    f"the store at {chroma_url or self.kb_dir} was built with embedding model "
+                    f"'{recorded}', not '{model}'; use that model or another --kb directory")
+            model = recorded or model
+        self.model = model or DEFAULT_MODEL
+        self.embedder = LoreEmbedding(self.model)
+        try:
+            self.canon = self.client.get_or_create_collection(
+                CANON,
+                embedding_function=self.embedder,
+                metadata={"embedding_model": self.model, "dim": model_dim(self.model)},
+                configuration={"hnsw": {"space": "cosine", "ef_search": HNSW_EF_SEARCH}},
+            )
+            self.manifest = self.client.get_or_create_collection(
+                MANIFEST, embedding_function=None, configuration={"hnsw": {"space": "l2"}})
+        except KBError:
+            raise
+        except Exception as exc:
+            raise KBError(f"cannot write to the knowledge base at {self.kb_dir}: {exc}") from None
+
+    # -- manifest ---------------------------------------------------------
+
+    def files(self) -> dict[str, FileRecord]:
+        """Every ingested file and card, by key."""
+        rows = self.manifest.get(where={"kind": {"$in": ["canon", "card"]}}, include=["metadatas"])
+        return {m["key"]: FileRecord.from_meta(m) for m in rows["metadatas"]}
+
+    def generation(self) -> int:
+        """A counter that changes whenever the visible canon changes."""
+        rows = self.manifest.get(ids=["state"], include=["metadatas"])
+        return int(rows["metadatas"][0]["generation"]) if rows["ids"] else 0
+
+    def _bump_generation(self) -> None:
+        meta = {"kind": "state", "generation": self.generation() + 1, "updated_at": time.time()}
+        self.manifest.upsert(ids=["state"], embeddings=[_UNIT], metadatas=[meta])
+
+    def last_ingest(self) -> float | None:
+        rows = self.manifest.get(ids=["state"], include=["metadatas"])
+        return rows["metadatas"][0]["updated_at"] if rows["ids"] else None
+
+    # -- writes -----------------------------------------------------------
+
+    def _journal(self, key: str) -> None:
+        self.manifest.upsert(ids=[f"pending:{key}"], embeddings=[_UNIT],
+                             metadatas=[{"kind": "pending", "key": key}])
+
+    def _drop_stale_chunks(self, key: str, keep_hash: str | None) -> None:
+        where = {"file_key": key} if keep_hash is None else {
+            "$and": [{"file_key": key}, {"file_hash": {"$ne": keep_hash}}]}
+        self.canon.delete(where=where)
+        self.manifest.delete(ids=[f"pending:{key}"])
+
+    def put_file(self, record: FileRecord, ids: list[str], texts: list[str], metas: list[dict],
+                 embeddings: list) -> None:
+        """Replace one file's chunks all at once: new rows, then the manifest flip, then cleanup."""
+        self._journal(record.key)
+        batch = self.client.get_max_batch_size()
+        for start in range(0, len(ids), batch):
+            end = start + batch
+            self.canon.upsert(ids=ids[start:end], documents=texts[start:end],
+                              metadatas=metas[start:end], embeddings=embeddings[start:end])
+        self.manifest.upsert(ids=[f"file:{record.key}"], embeddings=[_UNIT],
+                             metadatas=[record.to_meta()])
+        self._drop_stale_chunks(record.key, record.hash)
+        self._bump_generation()
+
+    def remove_file(self, key: str) -> None:
+        """Forget one file: the manifest row first (readers stop seeing it), then its chunks."""
+        self._journal(key)
+        self.manifest.delete(ids=[f"file:{key}"])
+        self._drop_stale_chunks(key, None)
+        self._bump_generation()
+
+    def repair(self) -> int:
+        """Finish replacements an interrupted ingest left half done; return how many."""
+        pending = self.manifest.get(where={"kind": "pending"}, include=["metadatas"])
+        files = self.files()
+        for meta in pending["metadatas"]:
+            record = files.get(meta["key"])
+            self._drop_stale_chunks(meta["key"], record.hash if record else None)
+        return len(pending["ids"])
+
+    # -- reads ------------------------------------------------------------
+
+    def count(self) -> int:
+        return self.canon.count()
+
+    def all_chunks(self, batch: int = 5000):
+        """Every visible chunk as (ids, texts, metadatas); stale rows of a half-done write are left out."""
+        live = {key: rec.hash for key, rec in self.files().items()}
+        ids, texts, metas = [], [], []
+        total = self.canon.count()
+        for offset in range(0, total, batch):
+            rows = self.canon.get(limit=batch, offset=offset, include=["documents", "metadatas"])
+            for cid, text, meta in zip(rows["ids"], rows["documents"], rows["metadatas"]):
+                if live.get(meta.get("file_key")) == meta.get("file_hash"):
+                    ids.append(cid)
+                    texts.append(text)
+                    metas.append(meta)
+        return ids, texts, metas
+
+    def dense_query(self, query: str, n: int, ids: list[str] | None = None):
+        """Nearest chunks to a query by embedding: a list of (id, distance)."""
+        if n <= 0 or self.canon.count() == 0:
+            return []
+        vector = self.embedder.embed_query([query])
+        rows = self.canon.query(query_embeddings=vector, n_results=n, ids=ids, include=["distances"])
+        return list(zip(rows["ids"][0], rows["distances"][0]))
+
+    def embed_passages(self, texts: list[str]):
+        """Embed chunk texts with the store's model (done before any write, so a failure writes nothing)."""
+        return self.embedder(texts)
+
+    def size_bytes(self) -> int | None:
+        if self.chroma_url:
+            return None
+        return sum(p.stat().st_size for p in self.kb_dir.rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def write_lock(kb_dir: Path):
+    """Hold the single-writer lock for a knowledge base, or fail at once with who holds it.
+
+    Raises:
+        StoreLocked: another process holds the lock.
+        KBError: the directory cannot be written.
+    """
+    kb_dir = Path(kb_dir)
+    try:
+        kb_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(kb_dir / "write.lock", "a+")
+    except OSError as exc:
+        raise KBError(f"cannot write to the knowledge base at {kb_dir}: {exc.strerror}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StoreLocked(f"another process (pid {holder}) is writing to {kb_dir}; "
+                          "wait for it to finish and run again") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

@@ -1,0 +1,133 @@
+"""Bring the store in line with the files on disk: add, replace, keep, remove.
+
+Incremental by content hash: unchanged files are not read past their hash, a
+changed file's chunks are embedded first and swapped in at once, files gone
+from a folder that was ingested before are removed. One bad file is reported
+and skipped; what it had stored before stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ingest.discover import discover, file_hash, file_key
+from ingest.errors import IngestError
+from ingest.load import load_card, load_chunks
+from kb.config import Settings
+from kb.store import FileRecord, Store, write_lock
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did, in the shape `kb ingest --json` prints."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    chunks: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def passage_text(text: str, meta: dict) -> str:
+    """What gets embedded for a chunk: its heading path, then its text."""
+    title = meta.get("title")
+    return f"{title}\n{text}" if title else text
+
+
+def _read(path: Path, limit_mb: int, source: str) -> bytes:
+    size = path.stat().st_size
+    if size > limit_mb * 1024 * 1024:
+        raise IngestError(f"file is {size / 1048576:.1f} MB, over the {limit_mb} MB limit "
+                          "(set KB_MAX_FILE_MB to raise it)", source)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise IngestError(f"cannot read file: {exc.strerror}", source) from None
+
+
+def _store_file(store: Store, found, data: bytes, digest: str, settings: Settings) -> int:
+    """Parse, chunk, embed and swap in one file; return its chunk count."""
+    key = file_key(found.path)
+    record = FileRecord(key=key, path=str(found.path), source=found.source, root=str(found.root),
+                        hash=digest, kind=found.kind, chunks=0, ingested_at=time.time())
+    if found.kind == "card":
+        record.card = load_card(data, found.source)
+        store.put_file(record, [], [], [], [])
+        return 0
+    chunks = load_chunks(data, found.source, key, digest, settings.chunk_tokens,
+                         settings.chunk_overlap)
+    for chunk in chunks:
+        chunk.meta["ingested_at"] = record.ingested_at
+    embeddings = store.embed_passages([passage_text(c.text, c.meta) for c in chunks])
+    record.chunks = len(chunks)
+    store.put_file(record, [c.id for c in chunks], [c.text for c in chunks],
+                   [c.meta for c in chunks], embeddings)
+    return len(chunks)
+
+
+def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
+    """Ingest files and folders incrementally; ``on_file(source)`` is told as each file is done.
+
+    Raises:
+        KBError: the store cannot be opened or written, or another writer holds it.
+    """
+    report = IngestReport()
+    found, skipped, missing = discover(paths)
+    report.skipped = [{"path": p, "reason": why} for p, why in skipped]
+    report.failed = [{"path": p, "error": why} for p, why in missing]
+    lock = contextlib.nullcontext() if settings.chroma_url else write_lock(settings.kb_dir)
+    with lock:
+        store = Store(settings.kb_dir, settings.chroma_url, settings.embed_model, create=True)
+        store.repair()
+        records = store.files()
+        for item in found:
+            try:
+                data = _read(item.path, settings.max_file_mb, item.source)
+                digest = file_hash(data)
+                old = records.get(file_key(item.path))
+                if old and old.hash == digest:
+                    report.unchanged.append(item.source)
+                else:
+                    _store_file(store, item, data, digest, settings)
+                    (report.updated if old else report.added).append(item.source)
+            except IngestError as exc:
+                report.failed.append({"path": item.source, "error": exc.reason})
+            if on_file:
+                on_file(item.source)
+        report.removed = _remove_vanished(store, records, paths, {str(f.path) for f in found})
+        report.chunks = store.count()
+    return report
+
+
+def _remove_vanished(store: Store, records: dict[str, FileRecord], paths: list[str],
+                     seen: set[str]) -> list[str]:
+    """Drop files that were ingested from one of these folders and are no longer there."""
+    roots = {str(Path(p).resolve()) for p in paths if Path(p).is_dir()}
+    removed = []
+    for record in records.values():
+        if record.root in roots and record.path not in seen and not Path(record.path).exists():
+            store.remove_file(record.key)
+            removed.append(record.source)
+    return removed
+
+
+def forget(paths: list[str], settings: Settings) -> list[str]:
+    """Remove files (or everything under folders) from the store on request."""
+    targets = [str(Path(p).resolve()) for p in paths]
+    lock = contextlib.nullcontext() if settings.chroma_url else write_lock(settings.kb_dir)
+    with lock:
+        store = Store(settings.kb_dir, settings.chroma_url)
+        removed = []
+        for record in store.files().values():
+            if any(record.path == t or record.path.startswith(t.rstrip("/") + "/") for t in targets):
+                store.remove_file(record.key)
+                removed.append(record.source)
+    return removed

@@ -244,5 +244,65 @@ def eval_cmd(qa_file, mode, compare, plot, kb_dir, as_json):
     Console().print(table)
 
 
+@cli.group()
+def npc():
+    """NPCs that answer in character from only what they may know."""
+
+
+@npc.command("list")
+@common
+def npc_list(kb_dir, as_json):
+    """The NPC cards in the store."""
+    from kb.npc import cards
+    from kb.store import Store
+
+    settings = settings_from(kb_dir)
+    found = cards(Store(settings.kb_dir, settings.chroma_url))
+    if as_json:
+        emit_json({"npcs": list(found.values())})
+        return
+    table = Table("name", "role", "speaker", "knows")
+    for card in found.values():
+        table.add_row(card["name"], card["role"], card["speaker"], json.dumps(card["knows"]) if card["knows"] else "everything")
+    Console().print(table)
+
+
+@npc.command("show")
+@click.argument("name")
+@common
+def npc_show(name, kb_dir, as_json):
+    """One NPC's card and the lines that set their voice."""
+    from kb.npc import find_card, voice_lines
+
+    store, corpus = open_store(settings_from(kb_dir))
+    card = find_card(store, name)
+    card = {**card, "voice": voice_lines(corpus, card)}
+    if as_json:
+        emit_json(card)
+        return
+    for key, value in card.items():
+        click.echo(f"{key}: {json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value}")
+
+
+@npc.command("ask")
+@click.argument("name")
+@click.argument("question")
+@llm_options
+@common
+def npc_ask(name, question, k, model, base_url, extractive, kb_dir, as_json):
+    """Ask NAME a QUESTION; they answer in character from the canon they may know."""
+    from kb.npc import ask_npc
+
+    settings = settings_from(kb_dir, base_url=base_url)
+    store, corpus = open_store(settings)
+    stream = None if as_json else (lambda t: click.echo(t, nl=False))
+    answer = ask_npc(store, corpus, name, question, settings, k=k, extractive=extractive,
+                     model=model, on_token=stream)
+    if as_json:
+        emit_json(answer.to_json())
+    else:
+        print_answer(answer, streamed=answer.mode == "llm" and bool(answer.citations))
+
+
 def main():
     cli()

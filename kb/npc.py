@@ -1,0 +1,80 @@
+"""NPCs: cards from the manifest, knowledge limits as retrieval filters, voice from their own lines.
+
+An NPC only ever sees canon its card's `knows` allows: the limits go into
+retrieval before ranking, and into the search for example lines, so neither
+the answer nor the prompt can carry a later chapter.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kb.answer import Answer, respond
+from kb.config import Settings
+from kb.errors import KBError
+from kb.retrieve import Corpus, allowed_mask
+from kb.store import Store
+
+VOICE_EXAMPLES = 4
+
+
+def cards(store: Store) -> dict[str, dict]:
+    """Every NPC card in the store, by name (read from the manifest, not re-parsed)."""
+    return {r.card["name"]: {**r.card, "source": r.source}
+            for r in store.files().values() if r.kind == "card" and r.card}
+
+
+def find_card(store: Store, name: str) -> dict:
+    """The card whose name (or speaker name) matches, case-insensitively.
+
+    Raises:
+        KBError: no such NPC; the message lists the ones there are.
+    """
+    known = cards(store)
+    for card in known.values():
+        if name.casefold() in (card["name"].casefold(), card["speaker"].casefold()):
+            return card
+    listing = ", ".join(sorted(known)) or "none (put YAML cards in an npcs/ folder and ingest it)"
+    raise KBError(f"no NPC named '{name}'; known NPCs: {listing}")
+
+
+def voice_lines(corpus: Corpus, card: dict, limit: int = VOICE_EXAMPLES) -> list[str]:
+    """A few of the NPC's own canonical lines, from canon the NPC may know, as voice examples."""
+    mask = allowed_mask(corpus, None, card["knows"])
+    line = re.compile(rf"^{re.escape(card['speaker'])}:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+    examples: list[str] = []
+    for pos, meta in enumerate(corpus.metas):
+        speakers = [s.casefold() for s in meta.get("speaker", [])]
+        if card["speaker"].casefold() not in speakers or (mask is not None and not mask[pos]):
+            continue
+        for text in line.findall(corpus.texts[pos]):
+            if text not in examples and not text.startswith("(choice)"):
+                examples.append(text)
+    # spread the picks over the NPC's lines rather than taking one scene's opening
+    step = max(1, len(examples) // limit)
+    return examples[::step][:limit]
+
+
+def system_prompt(card: dict, examples: list[str]) -> str:
+    """Persona, voice examples and the rules that keep the NPC in canon and in character."""
+    voice = "\n".join(f"- {line}" for line in examples) or "- (no recorded lines)"
+    return (
+        f"You are {card['name']}, {card['role']}, a character in a game. Stay in character.\n\n"
+        f"Persona:\n{card['persona']}\n\n"
+        f"How you talk (your own lines from the scripts):\n{voice}\n\n"
+        "Answer the player using only the numbered canon excerpts you are given; they are "
+        "everything you know. Cite each fact with its number in square brackets, like [1]. "
+        "Never reveal or guess anything beyond them. If they do not hold the answer, reply in "
+        f"character with: {card['unknown_answer']}"
+    )
+
+
+def ask_npc(store: Store, corpus: Corpus, name: str, question: str, settings: Settings,
+            **options) -> Answer:
+    """Answer a player's question as the NPC, from only the canon the NPC may know."""
+    card = find_card(store, name)
+    answer = respond(store, corpus, question, settings,
+                     system=system_prompt(card, voice_lines(corpus, card)),
+                     not_found=card["unknown_answer"], limits=card["knows"], **options)
+    answer.extra["npc"] = card["name"]
+    return answer

@@ -1,0 +1,66 @@
+"""Fixtures: every test gets its own knowledge base directory and a clean environment."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kb.cli import cli
+from tests.fake_openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPORA = ROOT / "corpora"
+CORPORA_PATHS = [str(CORPORA / d) for d in ("world", "scripts", "npcs")]
+SHARED_EVAL = ROOT.parent / "shared" / "eval"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No key, no base URL, no KB_DIR from the machine leaks into a test."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "KB_DIR", "KB_CHROMA_URL", "KB_EMBED_MODEL",
+                 "KB_MODEL", "KB_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def kb_dir(tmp_path) -> Path:
+    """An empty knowledge base directory of the test's own."""
+    return tmp_path / "kb"
+
+
+def invoke(*args, input=None):
+    """Run the real `kb` CLI in-process; returns click's Result."""
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def invoke_json(*args):
+    """Run `kb ... --json` and parse stdout (which must hold exactly one JSON document)."""
+    result = invoke(*args, "--json")
+    return result, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def _corpora_kb(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpora") / "kb"
+    result = invoke("ingest", *CORPORA_PATHS, "--kb", path)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture
+def corpora_kb(_corpora_kb, tmp_path) -> Path:
+    """A copy, for this test alone, of a store holding the sample world (ingested once per session)."""
+    path = tmp_path / "corpora-kb"
+    shutil.copytree(_corpora_kb, path)
+    return path
+
+
+@pytest.fixture
+def fake_openai():
+    """A running OpenAI-compatible stand-in on 127.0.0.1 that records what it receives."""
+    with FakeOpenAI() as api:
+        yield api

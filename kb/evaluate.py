@@ -48,13 +48,19 @@ def first_hit_rank(sources: list[str], doc_id: str) -> int | None:
     return None
 
 
+def normalize_answer(text: str) -> str:
+    """Case-, width- and punctuation-fold text, so 'soon die.' matches 'soon die;'."""
+    folded = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in fold(text))
+    return " ".join(folded.split())
+
+
 def score_question(sources: list[str], texts: list[str], item: dict) -> dict:
     """Per-question figures from the ranked chunks' sources and texts."""
     rank = first_hit_rank(sources, item["doc_id"])
-    top5 = fold(" ".join(texts[:5]))
+    top5 = normalize_answer(" ".join(texts[:5]))
     return {
         "rank": rank,
-        "answer_in_top5": any(fold(a) in top5 for a in item["answers"] if a),
+        "answer_in_top5": any(normalize_answer(a) in top5 for a in item["answers"] if normalize_answer(a)),
     }
 
 

@@ -7,8 +7,8 @@ Mixed text gets both treatments, so one index serves both languages.
 
 from __future__ import annotations
 
-import functools
 import re
+import threading
 import unicodedata
 
 import Stemmer
@@ -19,9 +19,14 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _STOP = frozenset(STOPWORDS_EN)
 
 
-@functools.cache
+_local = threading.local()
+
+
 def _stemmer():
-    return Stemmer.Stemmer("english")
+    """This thread's stemmer: a Stemmer has internal state and must not be shared across threads."""
+    if not hasattr(_local, "stemmer"):
+        _local.stemmer = Stemmer.Stemmer("english")
+    return _local.stemmer
 
 
 def fold(text: str) -> str:

@@ -14,6 +14,12 @@ A file's chunk ids embed its content hash. Replacing a file writes the new
 chunks, then flips its manifest row (the commit), then deletes the old ones; a
 journal row makes an interrupted replace repairable, and readers only see
 chunks whose hash matches the manifest.
+
+The write lock is a file lock beside a local store: it keeps a second process
+from writing the same directory. It does not protect a Chroma server, where
+any number of machines may write at once; there only abandoned journal rows
+are repaired, and writers should not replace the same file at the same time
+(run one ingest job per folder, e.g. from CI).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,7 @@ CANON = "canon"
 MANIFEST = "manifest"
 _UNIT = [1.0]  # manifest rows need a vector; they are only ever fetched by id
 HNSW_EF_SEARCH = 100
+STALE_JOURNAL_SECONDS = 900  # on a shared server, a replace journalled longer ago was abandoned
 
 
 @dataclass
@@ -139,7 +147,10 @@ class Store:
         return int(rows["metadatas"][0]["generation"]) if rows["ids"] else 0
 
     def _bump_generation(self) -> None:
-        meta = {"kind": "state", "generation": self.generation() + 1, "updated_at": time.time()}
+        # A random step, not +1: writers sharing a Chroma server hold no lock between them, and two
+        # that read the same generation must not publish the same next one (readers would miss one).
+        step = random.randint(1, 1 << 20)
+        meta = {"kind": "state", "generation": self.generation() + step, "updated_at": time.time()}
         self.manifest.upsert(ids=["state"], embeddings=[_UNIT], metadatas=[meta])
 
     def last_ingest(self) -> float | None:
@@ -150,7 +161,7 @@ class Store:
 
     def _journal(self, key: str) -> None:
         self.manifest.upsert(ids=[f"pending:{key}"], embeddings=[_UNIT],
-                             metadatas=[{"kind": "pending", "key": key}])
+                             metadatas=[{"kind": "pending", "key": key, "started_at": time.time()}])
 
     def _drop_stale_chunks(self, key: str, keep_hash: str | None) -> None:
         where = {"file_key": key} if keep_hash is None else {
@@ -179,14 +190,26 @@ class Store:
         self._drop_stale_chunks(key, None)
         self._bump_generation()
 
-    def repair(self) -> int:
-        """Finish replacements an interrupted ingest left half done; return how many."""
+    def repair(self, stale_after: float | None = None) -> int:
+        """Finish replacements an interrupted ingest left half done; return how many.
+
+        A local store's write lock guarantees no other writer is mid-replace. A Chroma server has
+        no such lock, so there a journal row is only taken as abandoned once it is
+        ``stale_after`` seconds old (default STALE_JOURNAL_SECONDS): repairing another machine's
+        replace in progress would delete its new chunks just before its manifest flip.
+        """
+        if stale_after is None:
+            stale_after = STALE_JOURNAL_SECONDS if self.chroma_url else 0.0
         pending = self.manifest.get(where={"kind": "pending"}, include=["metadatas"])
         files = self.files()
+        repaired = 0
         for meta in pending["metadatas"]:
+            if time.time() - meta.get("started_at", 0.0) < stale_after:
+                continue
             record = files.get(meta["key"])
             self._drop_stale_chunks(meta["key"], record.hash if record else None)
-        return len(pending["ids"])
+            repaired += 1
+        return repaired
 
     # -- reads ------------------------------------------------------------
 

@@ -34,8 +34,15 @@ class KBGroup(click.Group):
             ctx.exit(1)
 
 
+def _remember_chroma_url(ctx, param, value):
+    if value:
+        ctx.meta["kb.chroma_url"] = value
+
+
 def common(func):
-    """--kb and --json, the options every command takes."""
+    """--kb, --chroma-url and --json, the options every command takes."""
+    func = click.option("--chroma-url", metavar="URL", expose_value=False, callback=_remember_chroma_url,
+                        help="Keep the knowledge base on a Chroma server [$KB_CHROMA_URL].")(func)
     func = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(func)
     func = click.option("--kb", "kb_dir", type=click.Path(path_type=Path), default=None,
                         help="Knowledge base directory [default: $KB_DIR or ./.kb].")(func)
@@ -46,6 +53,9 @@ def settings_from(kb_dir: Path | None, **overrides) -> Settings:
     settings = Settings()
     if kb_dir is not None:
         settings.kb_dir = kb_dir
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("kb.chroma_url"):
+        settings.chroma_url = ctx.meta["kb.chroma_url"]
     for key, value in overrides.items():
         if value is not None:
             setattr(settings, key, value)
@@ -86,15 +96,23 @@ def cli():
 @common
 def ingest(paths, embed_model, kb_dir, as_json):
     """Add, update and remove files incrementally."""
-    from kb.sync import ingest as run_ingest
+    from kb.sync import IngestReport, ingest as run_ingest
 
     settings = settings_from(kb_dir, embed_model=embed_model)
     show_bar = not as_json and sys.stderr.isatty()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=err, transient=True, disable=not show_bar) as progress:
-        task = progress.add_task("ingesting", total=None)
-        report = run_ingest(list(paths), settings,
-                            on_file=lambda source: progress.update(task, advance=1, description=source))
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=err, transient=True, disable=not show_bar) as progress:
+            task = progress.add_task("ingesting", total=None)
+            report = run_ingest(list(paths), settings,
+                                on_file=lambda source: progress.update(task, advance=1, description=source))
+    except KBError as exc:  # the store itself failed (locked, read-only, another model)
+        if not as_json:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        where = settings.chroma_url or str(settings.kb_dir)
+        emit_json(IngestReport(failed=[{"path": where, "error": str(exc)}]).to_json())
+        sys.exit(1)
     for failure in report.failed:
         click.echo(f"error: {failure['path']}: {failure['error']}", err=True)
     if as_json:
@@ -136,6 +154,8 @@ def search(query, k, mode, where, kb_dir, as_json):
 
 
 def llm_options(func):
+    func = click.option("--no-retrieval", is_flag=True,
+                        help="Answer from the model alone, with no canon (e.g. to try a fine-tuned model).")(func)
     func = click.option("--extractive", is_flag=True, help="Quote the canon; never call a model.")(func)
     func = click.option("--base-url", default=None, help="OpenAI-compatible server [$OPENAI_BASE_URL].")(func)
     func = click.option("--model", default=None, help="Chat model [$KB_MODEL, default gpt-4o-mini].")(func)
@@ -157,7 +177,7 @@ def print_answer(answer, streamed: bool) -> None:
 @click.argument("question")
 @llm_options
 @common
-def ask(question, k, model, base_url, extractive, kb_dir, as_json):
+def ask(question, k, model, base_url, extractive, no_retrieval, kb_dir, as_json):
     """Answer QUESTION from the canon, with [n] citations."""
     from kb.answer import respond
 
@@ -165,11 +185,11 @@ def ask(question, k, model, base_url, extractive, kb_dir, as_json):
     store, corpus = open_store(settings)
     stream = None if as_json else (lambda t: click.echo(t, nl=False))
     answer = respond(store, corpus, question, settings, k=k, extractive=extractive, model=model,
-                     on_token=stream)
+                     retrieval=not no_retrieval, on_token=stream)
     if as_json:
         emit_json(answer.to_json())
     else:
-        print_answer(answer, streamed=answer.mode == "llm" and bool(answer.citations))
+        print_answer(answer, streamed=answer.mode == "llm" and (bool(answer.citations) or no_retrieval))
 
 
 @cli.command()
@@ -214,18 +234,55 @@ def forget(paths, kb_dir, as_json):
         click.echo(f"removed {len(removed)} file(s)" + "".join(f"\n  {r}" for r in removed))
 
 
+def eval_answers(questions, model, compare_models, retrieval, k, settings, as_json) -> None:
+    """`kb eval --answers`: one model's scores, or with --compare-models one table of every run."""
+    from kb.answer_eval import METRICS, compare_answers, run_answers
+
+    store, corpus = open_store(settings)
+    if compare_models:
+        models = [m.strip() for m in compare_models.split(",") if m.strip()]
+        if not models:
+            raise click.BadParameter("name at least one model, like A,B", param_hint="--compare-models")
+        rows = compare_answers(store, corpus, questions, settings, models, retrieval, k)
+    else:
+        rows = [run_answers(store, corpus, questions, settings, model, retrieval is not False, k)]
+    if as_json:
+        emit_json({"runs": rows} if compare_models else rows[0])
+        return
+    table = Table("model", "retrieval", "mode", "n", *METRICS)
+    for row in rows:
+        table.add_row(row["model"], "on" if row["retrieval"] else "off", row["mode"], str(row["n"]),
+                      *("-" if row[m] is None else f"{row[m]:.3f}" for m in METRICS))
+    Console().print(table)
+
+
 @cli.command("eval")
 @click.argument("qa_file", type=click.Path(dir_okay=False))
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
 @click.option("--compare", is_flag=True, help="Every mode side by side.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="With --compare: recall@k curves to a PNG.")
+@click.option("--answers", is_flag=True, help="Score generated answers (exact match, F1, citations), not retrieval.")
+@click.option("--model", default=None, help="With --answers: the chat model that answers [$KB_MODEL].")
+@click.option("--compare-models", default=None, metavar="A,B",
+              help="Score answers of several models in one table, each without and with retrieval.")
+@click.option("--retrieval/--no-retrieval", default=None,
+              help="With --answers: answer with the canon [default] or from the model alone.")
+@click.option("--base-url", default=None, help="OpenAI-compatible server [$OPENAI_BASE_URL].")
+@click.option("-k", default=5, show_default=True, type=click.IntRange(1, 50), help="With --answers: chunks per question.")
 @common
-def eval_cmd(qa_file, mode, compare, plot, kb_dir, as_json):
-    """Measure retrieval on a QA.jsonl question set."""
+def eval_cmd(qa_file, mode, compare, plot, answers, model, compare_models, retrieval, base_url, k,
+             kb_dir, as_json):
+    """Measure retrieval on a QA.jsonl question set (or, with --answers, the answers themselves)."""
     from kb.evaluate import read_questions, recall_curve, run_questions, summarize
     from kb.retrieve import MODES
 
+    if not (answers or compare_models) and (model or retrieval is not None):
+        raise click.UsageError("--model and --retrieval/--no-retrieval score answers: add --answers")
     questions = read_questions(qa_file)
+    if answers or compare_models:
+        eval_answers(questions, model, compare_models, retrieval, k,
+                     settings_from(kb_dir, base_url=base_url), as_json)
+        return
     store, corpus = open_store(settings_from(kb_dir))
     modes = MODES if compare else (mode,)
     runs = {m: run_questions(store, corpus, questions, m) for m in modes}
@@ -289,7 +346,7 @@ def npc_show(name, kb_dir, as_json):
 @click.argument("question")
 @llm_options
 @common
-def npc_ask(name, question, k, model, base_url, extractive, kb_dir, as_json):
+def npc_ask(name, question, k, model, base_url, extractive, no_retrieval, kb_dir, as_json):
     """Ask NAME a QUESTION; they answer in character from the canon they may know."""
     from kb.npc import ask_npc
 
@@ -297,11 +354,209 @@ def npc_ask(name, question, k, model, base_url, extractive, kb_dir, as_json):
     store, corpus = open_store(settings)
     stream = None if as_json else (lambda t: click.echo(t, nl=False))
     answer = ask_npc(store, corpus, name, question, settings, k=k, extractive=extractive,
-                     model=model, on_token=stream)
+                     model=model, retrieval=not no_retrieval, on_token=stream)
     if as_json:
         emit_json(answer.to_json())
     else:
-        print_answer(answer, streamed=answer.mode == "llm" and bool(answer.citations))
+        print_answer(answer, streamed=answer.mode == "llm" and (bool(answer.citations) or no_retrieval))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; beyond loopback needs $KB_API_TOKEN.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--root", "roots", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="A folder POST /ingest may read (repeatable); none: /ingest is off.")
+@click.option("--base-url", default=None, help="OpenAI-compatible server to generate with [$OPENAI_BASE_URL].")
+@click.option("--model", default=None, help="Chat model [$KB_MODEL, default gpt-4o-mini].")
+@click.option("--extractive", is_flag=True, help="Quote the canon; never call a model.")
+@common
+def serve(host, port, roots, base_url, model, extractive, kb_dir, as_json):
+    """Serve the knowledge base over HTTP: an OpenAI-compatible chat API and a JSON API."""
+    from kb.server import serve as run_server
+
+    run_server(settings_from(kb_dir, base_url=base_url, model=model), host=host, port=port,
+               roots=list(roots), extractive=extractive)
+
+
+@cli.group()
+def finetune():
+    """Fine-tune a model on your scripts' voices: build, check, submit and follow a job."""
+
+
+def base_url_option(func):
+    return click.option("--base-url", default=None, help="OpenAI-compatible server [$OPENAI_BASE_URL].")(func)
+
+
+def print_job(job: dict) -> None:
+    for key, value in job.items():
+        if value is not None:
+            click.echo(f"{key}: {value}")
+
+
+def print_check(report) -> None:
+    """The checker's findings as `FILE:LINE: error: ...` lines, then token figures and the cost."""
+    checked = f", checked for {report.model}" if report.model else ""
+    click.echo(f"{report.path}: {report.examples} {report.format or 'unrecognised'} examples{checked}")
+    for kind, problems in (("error", report.errors), ("warning", report.warnings)):
+        for p in problems:
+            click.echo(f"{report.path}:{p.line}: {kind}: {p.message}" if p.line else
+                       f"{report.path}: {kind}: {p.message}")
+    t, c = report.tokens, report.cost
+    if t.get("counted"):
+        click.echo(f"tokens: {t['total']:,} in {t['counted']} examples; per example min {t['min']}, "
+                   f"median {t['median']}, mean {t['mean']}, max {t['max']} (limit {t['limit']:,})")
+    if c:
+        usd = f"${c['usd']:,.2f}" if c["usd"] >= 1 else f"${c['usd']:.4f}"
+        click.echo(f"cost: {c['tokens_per_epoch']:,} tokens x {c['epochs']} epochs x "
+                   f"${c['training_per_1k']}/1K tokens = {usd} ({c['model']}; {c['price_source']})")
+    click.echo("ok: fit to upload" if report.ok else f"not fit to upload: {len(report.errors)} error(s)")
+
+
+@finetune.command("build")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The training JSONL to write.")
+@click.option("--format", "fmt", type=click.Choice(["chat", "completion"]), default="chat", show_default=True,
+              help="Chat messages, or the legacy prompt/completion with separator and stop sequence.")
+@click.option("--speaker", "speakers", multiple=True, metavar="NAME",
+              help="Only this character's lines (repeatable; an NPC card's name works too).")
+@click.option("--context-turns", type=click.IntRange(0, 100), default=6, show_default=True,
+              help="Preceding lines of the scene in each example's input.")
+@click.option("--validation-split", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Share of examples held out in OUT's .validation file.")
+@common
+def finetune_build(out, fmt, speakers, context_turns, validation_split, kb_dir, as_json):
+    """Build training data from the ingested dialogue: one example per spoken line."""
+    from kb.finetune import build
+
+    store, corpus = open_store(settings_from(kb_dir))
+    report = build(store, corpus, out, fmt, speakers, context_turns, validation_split)
+    if as_json:
+        emit_json(report.to_json())
+        return
+    click.echo(f"wrote {report.examples} {fmt} examples from {report.scenes} scenes to {report.out}")
+    if report.validation_out:
+        click.echo(f"held out {report.validation} for validation in {report.validation_out}")
+    if report.duplicates or report.skipped:
+        click.echo(f"dropped {report.duplicates} duplicate(s); skipped {report.skipped} line(s) "
+                   "holding the stop sequence")
+    click.echo("lines by speaker: " + ", ".join(f"{s} {n}" for s, n in report.speakers.items()))
+
+
+@finetune.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Base model whose token limit and price apply "
+                                            "[the price table's default for the file's format].")
+@click.option("--epochs", type=click.IntRange(1, 100), default=None,
+              help="Epochs for the cost estimate [the price table's default, 4].")
+@click.option("--prices", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="An edited copy of the price table (TOML) [kb/prices.toml].")
+@common
+def finetune_check(file, model, epochs, prices, kb_dir, as_json):
+    """Validate a training file line by line; token statistics and a cost estimate. Exit 1 if unfit."""
+    from kb.finetune import check_file, load_prices
+
+    report = check_file(file, model, epochs, load_prices(prices))
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        print_check(report)
+    if not report.ok:
+        sys.exit(1)
+
+
+@finetune.command("submit")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", required=True, help="Base model to fine-tune, e.g. gpt-4o-mini-2024-07-18.")
+@click.option("--suffix", default=None, help="Up to 40 characters for the fine-tuned model's name.")
+@click.option("--epochs", type=click.IntRange(1, 100), default=None, help="Training epochs [the server's choice].")
+@click.option("--validation", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A validation JSONL to upload with it.")
+@base_url_option
+@common
+def finetune_submit(file, model, suffix, epochs, validation, base_url, kb_dir, as_json):
+    """Check FILE, upload it and start a fine-tuning job; prints the job id."""
+    from kb.finetune import submit
+
+    job = submit(file, model, settings_from(kb_dir, base_url=base_url), suffix, epochs, validation)
+    if as_json:
+        emit_json(job)
+    else:
+        click.echo(f"submitted {job['id']} ({job['status']}); follow it with: kb finetune follow {job['id']}")
+
+
+@finetune.command("status")
+@click.argument("job_id")
+@base_url_option
+@common
+def finetune_status(job_id, base_url, kb_dir, as_json):
+    """One job's state, and its model name once it has succeeded."""
+    from kb.finetune import status as job_status
+
+    job = job_status(job_id, settings_from(kb_dir, base_url=base_url))
+    if as_json:
+        emit_json(job)
+    else:
+        print_job(job)
+
+
+@finetune.command("follow")
+@click.argument("job_id")
+@click.option("--interval", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="Seconds between polls.")
+@base_url_option
+@common
+def finetune_follow(job_id, interval, base_url, kb_dir, as_json):
+    """Stream a job's events until it succeeds, fails or is cancelled (exit 1 if it failed)."""
+    from kb.finetune import follow
+
+    def show(event):
+        when = datetime.datetime.fromtimestamp(event["created_at"] or 0).isoformat(sep=" ", timespec="seconds")
+        click.echo(f"{when}  {event['level'] or 'info'}  {event['message']}")
+
+    job, events = follow(job_id, settings_from(kb_dir, base_url=base_url),
+                         on_event=None if as_json else show, interval=interval)
+    if as_json:
+        emit_json({"job": job, "events": events})
+    else:
+        outcome = f"model {job['fine_tuned_model']}" if job["fine_tuned_model"] else job["error"]
+        click.echo(f"{job['status']}: {outcome}" if outcome else job["status"])
+    if job["status"] == "failed":
+        sys.exit(1)
+
+
+@finetune.command("list")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@base_url_option
+@common
+def finetune_list(limit, base_url, kb_dir, as_json):
+    """Recent fine-tuning jobs, newest first."""
+    from kb.finetune import jobs
+
+    found = jobs(settings_from(kb_dir, base_url=base_url), limit)
+    if as_json:
+        emit_json({"jobs": found})
+        return
+    table = Table("id", "status", "model", "fine_tuned_model", "created")
+    for job in found:
+        created = datetime.datetime.fromtimestamp(job["created_at"] or 0).isoformat(timespec="minutes")
+        table.add_row(job["id"], job["status"], job["model"], job["fine_tuned_model"] or "", created)
+    Console().print(table)
+
+
+@finetune.command("cancel")
+@click.argument("job_id")
+@base_url_option
+@common
+def finetune_cancel(job_id, base_url, kb_dir, as_json):
+    """Stop a job that is still queued or running."""
+    from kb.finetune import cancel
+
+    job = cancel(job_id, settings_from(kb_dir, base_url=base_url))
+    if as_json:
+        emit_json(job)
+    else:
+        print_job(job)
 
 
 def main():

@@ -20,13 +20,19 @@ def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
         IngestError: the file cannot be decoded or parsed, or yields no text.
     """
     parser = parser_for(PurePath(source).suffix)
-    if getattr(parser, "BINARY", False):
-        if not data:
-            raise IngestError("file is empty", source)
-        sections = parser.parse(data, source)
-    else:
-        sections = parser.parse(decode_text(data, source), source)
-    chunks = chunk_sections(sections, file_key, file_hash, source, chunk_size, chunk_overlap)
+    try:
+        if getattr(parser, "BINARY", False):
+            if not data:
+                raise IngestError("file is empty", source)
+            sections = parser.parse(data, source)
+        else:
+            sections = parser.parse(decode_text(data, source), source)
+        chunks = chunk_sections(sections, file_key, file_hash, source, chunk_size, chunk_overlap)
+    except IngestError:
+        raise
+    except Exception as exc:  # a pathological file (e.g. JSON nested 100,000 deep) must not stop the others
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise IngestError(f"cannot parse ({exc.__class__.__name__}: {detail})", source) from None
     if not chunks:
         raise IngestError("no text to index", source)
     return chunks

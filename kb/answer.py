@@ -13,6 +13,7 @@ from typing import Callable
 
 from kb.config import Settings
 from kb.context import Cited, pack, render
+from kb.errors import KBError, LLMError
 from kb.lexical import tokens
 from kb.llm import chat
 from kb.retrieve import Corpus, search
@@ -24,6 +25,10 @@ INSTRUCTION = (
     "Cite every fact with the number of its excerpt in square brackets, like [1] or [2][3]. "
     f"If the excerpts do not contain the answer, reply exactly: {NOT_IN_CANON} "
     "Do not use outside knowledge and do not invent facts."
+)
+NO_CANON_INSTRUCTION = (
+    "Answer the question about the game's world from what you know, briefly. "
+    "If you do not know, say so rather than invent."
 )
 MIN_COVERAGE = 0.5       # share of the question's terms a passage must contain ...
 MIN_SIMILARITY = 0.45    # ... or the dense similarity it must reach, to count as relevant
@@ -85,11 +90,34 @@ def dense_similarities(store: Store, question: str, cited: list[Cited]) -> dict[
                 store.dense_query(question, len(cited), [c.hit.id for c in cited]))
 
 
+def answer_without_canon(question: str, settings: Settings, system: str, model: str | None = None,
+                         on_token: Callable[[str], None] | None = None) -> Answer:
+    """The model's own answer with no canon in front of it: what a base or fine-tuned model knows alone.
+
+    Raises:
+        LLMError: no chat model is configured, or it fails.
+    """
+    if not settings.llm_configured:
+        raise LLMError("answering without retrieval needs a chat model: set OPENAI_API_KEY "
+                       "or OPENAI_BASE_URL (or pass --base-url)")
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return Answer(chat(messages, settings, model, on_token), [], "llm")
+
+
 def respond(store: Store, corpus: Corpus, question: str, settings: Settings, *, k: int = 5,
-            extractive: bool = False, model: str | None = None, system: str = INSTRUCTION,
-            not_found: str = NOT_IN_CANON, limits: dict | None = None,
+            extractive: bool = False, model: str | None = None, system: str | None = None,
+            not_found: str = NOT_IN_CANON, limits: dict | None = None, retrieval: bool = True,
             on_token: Callable[[str], None] | None = None) -> Answer:
-    """Retrieve, pack and answer one question; the NPC path passes its own system prompt and limits."""
+    """Retrieve, pack and answer one question; the NPC path passes its own system prompt and limits.
+
+    With ``retrieval=False`` the model answers alone (no canon, no citations), so a
+    fine-tuned model can be measured with and without the canon in front of it.
+    """
+    if not retrieval:
+        if extractive:
+            raise KBError("--extractive quotes the canon, so it cannot be combined with --no-retrieval")
+        return answer_without_canon(question, settings, system or NO_CANON_INSTRUCTION, model, on_token)
+    system = system or INSTRUCTION
     hits = search(store, corpus, question, k=k, limits=limits)
     cited = pack(hits, settings.context_tokens)
     use_llm = settings.llm_configured and not extractive

@@ -249,11 +249,11 @@ def eval_answers(questions, model, compare_models, retrieval, k, settings, as_js
     if as_json:
         emit_json({"runs": rows} if compare_models else rows[0])
         return
-    table = Table("model", "retrieval", "mode", "n", *METRICS)
+    table = Table("model", "retrieval", "mode", "n", "exact match", "F1", "contains gold", "cites gold doc")
     for row in rows:
         table.add_row(row["model"], "on" if row["retrieval"] else "off", row["mode"], str(row["n"]),
                       *("-" if row[m] is None else f"{row[m]:.3f}" for m in METRICS))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: never truncate model names
 
 
 @cli.command("eval")

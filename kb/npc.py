@@ -55,12 +55,17 @@ def voice_lines(corpus: Corpus, card: dict, limit: int = VOICE_EXAMPLES) -> list
     return examples[::step][:limit]
 
 
+def persona_prompt(card: dict) -> str:
+    """Who the NPC is: the system message of their fine-tuning examples and of answers without canon."""
+    return (f"You are {card['name']}, {card['role']}, a character in a game. Stay in character.\n\n"
+            f"Persona:\n{card['persona']}")
+
+
 def system_prompt(card: dict, examples: list[str]) -> str:
     """Persona, voice examples and the rules that keep the NPC in canon and in character."""
     voice = "\n".join(f"- {line}" for line in examples) or "- (no recorded lines)"
     return (
-        f"You are {card['name']}, {card['role']}, a character in a game. Stay in character.\n\n"
-        f"Persona:\n{card['persona']}\n\n"
+        f"{persona_prompt(card)}\n\n"
         f"How you talk (your own lines from the scripts):\n{voice}\n\n"
         "Answer the player using only the numbered canon excerpts you are given; they are "
         "everything you know. Cite each fact with its number in square brackets, like [1]. "
@@ -70,11 +75,15 @@ def system_prompt(card: dict, examples: list[str]) -> str:
 
 
 def ask_npc(store: Store, corpus: Corpus, name: str, question: str, settings: Settings,
-            **options) -> Answer:
-    """Answer a player's question as the NPC, from only the canon the NPC may know."""
+            retrieval: bool = True, **options) -> Answer:
+    """Answer a player's question as the NPC, from only the canon the NPC may know.
+
+    Without retrieval the model answers from the persona alone, the way a
+    model fine-tuned on the NPC's lines was trained to.
+    """
     card = find_card(store, name)
-    answer = respond(store, corpus, question, settings,
-                     system=system_prompt(card, voice_lines(corpus, card)),
+    system = system_prompt(card, voice_lines(corpus, card)) if retrieval else persona_prompt(card)
+    answer = respond(store, corpus, question, settings, system=system, retrieval=retrieval,
                      not_found=card["unknown_answer"], limits=card["knows"], **options)
     answer.extra["npc"] = card["name"]
     return answer

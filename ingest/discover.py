@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +39,27 @@ def kind_of(path: Path) -> str | None:
     return "canon" if parser_for(path.suffix) is not None else None
 
 
+def ignore_patterns(root: Path) -> list[str]:
+    """Glob patterns from a folder's `.kbignore` (one per line, `#` comments), like .gitignore."""
+    path = root / ".kbignore"
+    if not path.is_file():
+        return []
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def is_ignored(source: str, patterns: list[str]) -> bool:
+    """A path matches a pattern, or sits under a folder pattern (`eval/`)."""
+    return any(fnmatch.fnmatch(source, p.rstrip("/")) or source.startswith(p.rstrip("/") + "/")
+               for p in patterns)
+
+
 def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list[tuple[str, str]]]:
     """Return (files to ingest, skipped (path, why), missing (path, why)).
 
-    Hidden files and folders are skipped silently from folder walks; unsupported
-    files are skipped with a note; a path that does not exist is an error.
+    Hidden files and folders, and paths matched by the folder's `.kbignore`, are
+    skipped silently from folder walks; unsupported files are skipped with a
+    note; a path that does not exist is an error.
     """
     found: list[Found] = []
     skipped: list[tuple[str, str]] = []
@@ -56,9 +73,11 @@ def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list
             candidates = [root]
             base = root.parent
         else:
+            ignored = ignore_patterns(root)
             candidates = sorted(
                 p for p in root.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                and not is_ignored(p.relative_to(root).as_posix(), ignored))
             base = root
         for path in candidates:
             source = path.relative_to(base).as_posix()

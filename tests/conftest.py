@@ -14,7 +14,7 @@ from tests.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ROOT / "corpora"
-CORPORA_PATHS = [str(CORPORA / d) for d in ("world", "scripts", "npcs")]
+CORPORA_PATHS = [str(CORPORA)]  # corpora/.kbignore keeps its README and question sets out
 SHARED_EVAL = ROOT.parent / "shared" / "eval"
 
 

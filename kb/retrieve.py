@@ -7,7 +7,9 @@ into the top k.
 
 from __future__ import annotations
 
+import math
 import pickle
+from collections import Counter
 from dataclasses import dataclass
 
 import bm25s
@@ -47,9 +49,12 @@ class Corpus:
         self.ids, self.texts, self.metas = ids, texts, metas
         self.position = {cid: i for i, cid in enumerate(ids)}
         self.bm25 = bm25s.BM25()
+        self.doc_freq: Counter = Counter()
         if ids:
-            self.bm25.index([tokens(f"{m.get('title', '')}\n{t}") for t, m in zip(texts, metas)],
-                            show_progress=False)
+            tokenized = [tokens(f"{m.get('title', '')}\n{t}") for t, m in zip(texts, metas)]
+            for terms in tokenized:
+                self.doc_freq.update(set(terms))
+            self.bm25.index(tokenized, show_progress=False)
 
     @classmethod
     def load(cls, store: Store) -> "Corpus":
@@ -75,6 +80,10 @@ class Corpus:
             except OSError:
                 pass  # a read-only store still answers, just without the cache
         return corpus
+
+    def idf(self, term: str) -> float:
+        """How rare a term is in the canon; a term the canon never uses is rarest of all."""
+        return math.log(1 + (len(self.ids) + 1) / (self.doc_freq.get(term, 0) + 0.5))
 
     def bm25_ranking(self, query: str, allowed: np.ndarray | None) -> list[tuple[int, float]]:
         """Chunk positions by BM25 score, best first, zero scores left out."""

@@ -238,6 +238,13 @@ class Store:
         rows = self.canon.query(query_embeddings=vector, n_results=n, ids=ids, include=["distances"])
         return list(zip(rows["ids"][0], rows["distances"][0]))
 
+    def similarities(self, query: str, texts: list[str]) -> list[float]:
+        """Cosine similarity of a query to each of a few texts (embedded now, not stored)."""
+        if not texts:
+            return []
+        query_vector = self.embedder.embed_query([query])[0]
+        return [float(v @ query_vector) for v in self.embedder(texts)]
+
     def embed_passages(self, texts: list[str]):
         """Embed chunk texts with the store's model (done before any write, so a failure writes nothing)."""
         return self.embedder(texts)

@@ -109,11 +109,13 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
 
 def _remove_vanished(store: Store, records: dict[str, FileRecord], paths: list[str],
                      seen: set[str]) -> list[str]:
-    """Drop files that were ingested from one of these folders and are no longer there."""
-    roots = {str(Path(p).resolve()) for p in paths if Path(p).is_dir()}
+    """Drop files under one of these folders (however they were ingested) that are no longer there."""
+    roots = [Path(p).resolve() for p in paths if Path(p).is_dir()]
     removed = []
     for record in records.values():
-        if record.root in roots and record.path not in seen and not Path(record.path).exists():
+        path = Path(record.path)
+        if (any(path.is_relative_to(root) for root in roots) and record.path not in seen
+                and not path.exists()):
             store.remove_file(record.key)
             removed.append(record.source)
     return removed

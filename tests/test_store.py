@@ -1,0 +1,401 @@
+"""The store over time: the incremental cycle, an ingest killed halfway, the write lock, the model record."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from chromadb.api.shared_system_client import SharedSystemClient
+
+from kb.embed import LoreEmbedding
+from kb.store import FileRecord, Store, write_lock
+from tests.conftest import invoke, invoke_json
+
+STATUS_KEYS = {"kb": str, "files": int, "cards": int, "chunks": int, "model": str,
+               "store_bytes": int, "last_ingest": str}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def canon(root: Path) -> Path:
+    write(root / "herons.md", """
+        # Herons
+        Grey herons nest in the reed beds of Mirewood.
+
+        # Feeding
+        They hunt eels at the turn of the tide.
+        """)
+    write(root / "kilns.txt", "The kilns of Cinderholm burn black sand day and night.\n")
+    write(root / "sub" / "lighthouse.md", "# The Orrin Light\nThe Orrin Light guards the Fellstack cliffs.\n")
+    return root
+
+
+def chunk_rows(kb_dir: Path) -> dict[str, dict]:
+    """Every visible chunk id -> its metadata."""
+    ids, _, metas = Store(kb_dir).all_chunks()
+    return dict(zip(ids, metas))
+
+
+def by_source(rows: dict[str, dict]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for cid, meta in rows.items():
+        out.setdefault(meta["source"], set()).add(cid)
+    return out
+
+
+def assert_consistent(kb_dir: Path) -> dict[str, FileRecord]:
+    """Every stored chunk belongs to a manifest file with the same hash; counts match; no journal left."""
+    SharedSystemClient.clear_system_cache()  # another process wrote: read the directory afresh
+    store = Store(kb_dir)
+    files = store.files()
+    rows = store.canon.get(include=["metadatas"])
+    for meta in rows["metadatas"]:
+        record = files.get(meta["file_key"])
+        assert record is not None, f"orphan chunk of {meta['source']}"
+        assert record.hash == meta["file_hash"], f"stale chunk of {meta['source']}"
+    assert store.count() == len(rows["ids"]) == sum(r.chunks for r in files.values())
+    for record in files.values():
+        assert sum(m["file_key"] == record.key for m in rows["metadatas"]) == record.chunks
+    assert store.manifest.get(where={"kind": "pending"})["ids"] == []
+    # the vector index holds exactly the same rows
+    assert sorted(cid for cid, _ in store.dense_query("herons", store.count())) == sorted(rows["ids"])
+    return files
+
+
+@pytest.fixture
+def embed_calls(monkeypatch) -> list[int]:
+    """How many passages each embedding call was given (spying on the real embedder)."""
+    calls: list[int] = []
+    original = LoreEmbedding.__call__
+
+    def spy(self, input):
+        calls.append(len(input))
+        return original(self, input)
+
+    monkeypatch.setattr(LoreEmbedding, "__call__", spy)
+    return calls
+
+
+# --- the incremental cycle -----------------------------------------------------
+
+
+def test_add_unchanged_change_delete_forget(tmp_path, kb_dir, embed_calls):
+    docs = canon(tmp_path / "docs")
+
+    # add
+    result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert result.exit_code == 0, result.output
+    assert sorted(report["added"]) == ["herons.md", "kilns.txt", "sub/lighthouse.md"]
+    assert report["chunks"] == 4 and sum(embed_calls) == 4
+    first = chunk_rows(kb_dir)
+    first_files = {r.source: r for r in Store(kb_dir).files().values()}
+    assert {s: len(ids) for s, ids in by_source(first).items()} == {
+        "herons.md": 2, "kilns.txt": 1, "sub/lighthouse.md": 1}
+
+    # run again: nothing changed, nothing re-embedded, nothing rewritten
+    embed_calls.clear()
+    result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert result.exit_code == 0
+    assert sorted(report["unchanged"]) == ["herons.md", "kilns.txt", "sub/lighthouse.md"]
+    assert report["added"] == report["updated"] == report["removed"] == []
+    assert report["chunks"] == 4
+    assert embed_calls == []
+    assert chunk_rows(kb_dir) == first  # same ids, same ingested_at
+    assert {r.source: r for r in Store(kb_dir).files().values()} == first_files
+
+    # change one file: its old chunks go, its new ones come, the others stay as they were
+    write(docs / "herons.md", "# Herons\nGrey herons now nest on the Saltreach mudflats.\n")
+    embed_calls.clear()
+    result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert result.exit_code == 0
+    assert report["updated"] == ["herons.md"]
+    assert sorted(report["unchanged"]) == ["kilns.txt", "sub/lighthouse.md"]
+    assert report["chunks"] == 3 and embed_calls == [1]
+    second = chunk_rows(kb_dir)
+    old, new = by_source(first), by_source(second)
+    assert not (old["herons.md"] & set(second))
+    assert [second[cid]["title"] for cid in new["herons.md"]] == ["Herons"]
+    assert new["kilns.txt"] == old["kilns.txt"] and new["sub/lighthouse.md"] == old["sub/lighthouse.md"]
+    _, found = invoke_json("search", "herons nest", "--kb", kb_dir, "--mode", "bm25")
+    assert [r["text"] for r in found["results"] if r["source"] == "herons.md"] == [
+        "Grey herons now nest on the Saltreach mudflats."]
+    assert_consistent(kb_dir)
+
+    # delete a file from the folder: removed on the next run
+    (docs / "sub" / "lighthouse.md").unlink()
+    result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert result.exit_code == 0
+    assert report["removed"] == ["sub/lighthouse.md"]
+    assert report["chunks"] == 2
+    assert set(by_source(chunk_rows(kb_dir))) == {"herons.md", "kilns.txt"}
+    _, status = invoke_json("status", "--kb", kb_dir)
+    assert (status["files"], status["chunks"]) == (2, 2)
+
+    # forget on request: gone from the store and from status, the file itself untouched
+    result, forgotten = invoke_json("forget", docs / "kilns.txt", "--kb", kb_dir)
+    assert result.exit_code == 0
+    assert forgotten == {"removed": ["kilns.txt"]}
+    assert (docs / "kilns.txt").exists()
+    _, status = invoke_json("status", "--kb", kb_dir)
+    assert (status["files"], status["chunks"]) == (1, 1)
+    _, found = invoke_json("search", "kilns black sand", "--kb", kb_dir)
+    assert all(r["source"] != "kilns.txt" for r in found["results"])
+    assert_consistent(kb_dir)
+
+    # forgetting a folder forgets everything under it
+    _, forgotten = invoke_json("forget", docs, "--kb", kb_dir)
+    assert forgotten == {"removed": ["herons.md"]}
+    _, status = invoke_json("status", "--kb", kb_dir)
+    assert (status["files"], status["chunks"]) == (0, 0)
+
+
+def test_a_file_updated_on_its_own_is_still_removed_when_gone_from_its_folder(tmp_path, kb_dir):
+    docs = canon(tmp_path / "docs")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    write(docs / "kilns.txt", "The kilns were rebuilt.\n")
+    _, report = invoke_json("ingest", docs / "kilns.txt", "--kb", kb_dir)
+    assert report["updated"] == ["kilns.txt"]
+    (docs / "kilns.txt").unlink()
+    _, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert report["removed"] == ["kilns.txt"]
+    assert report["chunks"] == 3
+    assert_consistent(kb_dir)
+
+
+def test_files_outside_the_named_folder_are_not_removed(tmp_path, kb_dir):
+    docs = canon(tmp_path / "docs")
+    other = write(tmp_path / "other" / "tides.md", "Tides turn twice a day.\n")
+    assert invoke("ingest", docs, other, "--kb", kb_dir).exit_code == 0
+    other.unlink()
+    _, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert report["removed"] == []  # only a run naming that file's folder may drop it
+    _, report = invoke_json("ingest", docs, other.parent, "--kb", kb_dir)
+    assert report["removed"] == ["tides.md"]
+
+
+def test_status_json_contract(tmp_path, kb_dir):
+    assert invoke("ingest", canon(tmp_path / "docs"), "--kb", kb_dir).exit_code == 0
+    result, status = invoke_json("status", "--kb", kb_dir)
+    assert result.exit_code == 0
+    for key, kind in STATUS_KEYS.items():
+        assert isinstance(status[key], kind), key
+    assert (status["files"], status["cards"], status["chunks"]) == (3, 0, 4)
+    assert status["model"] == "use-multilingual-v3"
+    assert status["store_bytes"] > 0
+    assert status["kb"] == str(kb_dir)
+    plain = invoke("status", "--kb", kb_dir)
+    assert plain.exit_code == 0 and "use-multilingual-v3" in plain.stdout
+
+
+def test_status_and_forget_without_a_store_fail_with_one_line(tmp_path):
+    missing = tmp_path / "nowhere"
+    for args in (["status"], ["forget", tmp_path], ["search", "herons"]):
+        result = invoke(*args, "--kb", missing)
+        assert result.exit_code == 1
+        assert result.stderr.strip() == (f"error: no knowledge base at {missing}; "
+                                         "run `kb ingest PATH` first")
+
+
+# --- an ingest killed halfway ----------------------------------------------------
+
+# Runs the real `kb` CLI in a child process that SIGKILLs itself when a store step
+# is entered for the (after+1)-th time: a crash at an exact point of the write protocol.
+CRASH_DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    import kb.store
+    from kb.cli import cli
+
+    step, after = sys.argv[1], int(sys.argv[2])
+    original = getattr(kb.store.Store, step)
+    entered = 0
+
+    def crash_on_entry(self, *args, **kwargs):
+        global entered
+        entered += 1
+        if entered > after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, *args, **kwargs)
+
+    setattr(kb.store.Store, step, crash_on_entry)
+    cli(sys.argv[3:])
+""")
+
+
+def crash_ingest(step: str, after: int, *args) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-c", CRASH_DRIVER, step, str(after), "ingest",
+                           *map(str, args)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return proc
+
+
+def test_ingest_killed_between_files_is_completed_by_the_next_run(tmp_path, kb_dir):
+    docs = tmp_path / "docs"
+    for n in range(8):
+        write(docs / f"note-{n}.md", f"# Note {n}\nHeron count on day {n} was {n * 7}.\n")
+
+    crash_ingest("put_file", 3, docs, "--kb", kb_dir)  # killed as the 4th file starts
+
+    files = assert_consistent(kb_dir)
+    assert sorted(r.source for r in files.values()) == ["note-0.md", "note-1.md", "note-2.md"]
+    result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert result.exit_code == 0, result.output
+    assert report["unchanged"] == ["note-0.md", "note-1.md", "note-2.md"]
+    assert report["added"] == [f"note-{n}.md" for n in range(3, 8)]
+    assert report["chunks"] == 8
+    assert len(assert_consistent(kb_dir)) == 8
+
+
+def test_ingest_killed_after_the_commit_but_before_cleanup(tmp_path, kb_dir):
+    docs = canon(tmp_path / "docs")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    old_ids = by_source(chunk_rows(kb_dir))["herons.md"]
+    write(docs / "herons.md", "# Herons\nHerons left Mirewood for the Saltreach mudflats.\n")
+
+    crash_ingest("_drop_stale_chunks", 0, docs, "--kb", kb_dir)
+
+    SharedSystemClient.clear_system_cache()
+    store = Store(kb_dir)
+    assert store.count() == 5  # two old herons chunks, one new one, the two other files
+    # readers already see only the committed version
+    _, found = invoke_json("search", "herons", "--kb", kb_dir, "--mode", "bm25", "-k", "10")
+    assert [r["text"] for r in found["results"] if r["source"] == "herons.md"] == [
+        "Herons left Mirewood for the Saltreach mudflats."]
+
+    result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert result.exit_code == 0
+    assert sorted(report["unchanged"]) == ["herons.md", "kilns.txt", "sub/lighthouse.md"]
+    assert report["chunks"] == 3
+    assert not old_ids & set(chunk_rows(kb_dir))
+    assert_consistent(kb_dir)
+
+
+def test_a_replace_interrupted_before_its_commit_is_rolled_back(tmp_path, kb_dir):
+    """The state the store's journal exists for: new chunks written, manifest not yet flipped."""
+    docs = canon(tmp_path / "docs")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    before = chunk_rows(kb_dir)
+    store = Store(kb_dir)
+    record = next(r for r in store.files().values() if r.source == "kilns.txt")
+    half_hash = "f" * 64
+    store._journal(record.key)
+    meta = {**next(m for m in before.values() if m["source"] == "kilns.txt"), "file_hash": half_hash}
+    store.canon.upsert(ids=[f"{record.key}-{half_hash[:12]}-0"], documents=["Half-written kilns text."],
+                       metadatas=[meta], embeddings=store.embed_passages(["Half-written kilns text."]))
+    # the crash: no manifest flip, no cleanup
+
+    assert store.count() == 5
+    assert chunk_rows(kb_dir) == before  # readers never see the uncommitted chunk
+    _, found = invoke_json("search", "half-written kilns", "--kb", kb_dir, "-k", "10")
+    assert "Half-written kilns text." not in [r["text"] for r in found["results"]]
+
+    result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert result.exit_code == 0
+    assert sorted(report["unchanged"]) == ["herons.md", "kilns.txt", "sub/lighthouse.md"]
+    assert report["chunks"] == 4
+    assert chunk_rows(kb_dir) == before
+    assert_consistent(kb_dir)
+
+
+# --- the lock --------------------------------------------------------------------
+
+
+def test_a_second_writer_fails_at_once_naming_the_store(tmp_path, kb_dir):
+    docs = canon(tmp_path / "docs")
+    assert invoke("ingest", docs / "kilns.txt", "--kb", kb_dir).exit_code == 0
+    with write_lock(kb_dir):
+        started = time.monotonic()
+        proc = subprocess.run([str(Path(sys.executable).with_name("kb")), "ingest", str(docs),
+                               "--kb", str(kb_dir)], capture_output=True, text=True, timeout=60)
+        elapsed = time.monotonic() - started
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert lines == [f"error: another process (pid {os.getpid()}) is writing to {kb_dir}; "
+                         "wait for it to finish and run again"]
+        assert elapsed < 20
+
+        # in --json too, and readers are not blocked by a writer
+        result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+        assert result.exit_code == 1
+        assert report["failed"] == [{"path": str(kb_dir), "error": lines[0].removeprefix("error: ")}]
+        assert invoke("search", "kilns", "--kb", kb_dir).exit_code == 0
+        forget = invoke("forget", docs, "--kb", kb_dir)
+        assert forget.exit_code == 1 and "another process" in forget.stderr
+
+    result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert result.exit_code == 0
+    assert sorted(report["added"]) == ["herons.md", "sub/lighthouse.md"]
+
+
+def test_a_lock_left_by_a_killed_writer_does_not_block(tmp_path, kb_dir):
+    docs = canon(tmp_path / "docs")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from kb.store import write_lock
+        with write_lock({str(kb_dir)!r}):
+            print("held", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = invoke("ingest", docs, "--kb", kb_dir)
+        assert result.exit_code == 1 and f"pid {holder.pid}" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+
+
+# --- the model record --------------------------------------------------------------
+
+
+def test_a_store_refuses_another_embedding_model(tmp_path, kb_dir, monkeypatch):
+    docs = canon(tmp_path / "docs")
+    assert invoke("ingest", docs / "kilns.txt", "--kb", kb_dir).exit_code == 0
+    before = chunk_rows(kb_dir)
+    expected = (f"the store at {kb_dir} was built with embedding model 'use-multilingual-v3', "
+                "not 'multilingual-e5-small'; use that model or another --kb directory")
+
+    result, report = invoke_json("ingest", docs, "--kb", kb_dir, "--embed-model", "multilingual-e5-small")
+    assert result.exit_code == 1
+    assert report["added"] == []
+    assert report["failed"] == [{"path": str(kb_dir), "error": expected}]
+    assert result.stderr.strip() == f"error: {expected}"
+
+    monkeypatch.setenv("KB_EMBED_MODEL", "multilingual-e5-small")
+    plain = invoke("ingest", docs, "--kb", kb_dir)
+    assert plain.exit_code == 1 and plain.stderr.strip() == f"error: {expected}"
+    monkeypatch.delenv("KB_EMBED_MODEL")
+
+    assert chunk_rows(kb_dir) == before
+    _, status = invoke_json("status", "--kb", kb_dir)
+    assert status["model"] == "use-multilingual-v3"
+
+
+def test_a_store_keeps_the_model_it_was_made_with(tmp_path, kb_dir):
+    docs = canon(tmp_path / "docs")
+    result = invoke("ingest", docs / "kilns.txt", "--kb", kb_dir, "--embed-model", "multilingual-e5-small")
+    assert result.exit_code == 0, result.output
+    _, report = invoke_json("ingest", docs, "--kb", kb_dir)  # no flag: the recorded model is used
+    assert sorted(report["added"]) == ["herons.md", "sub/lighthouse.md"]
+    _, status = invoke_json("status", "--kb", kb_dir)
+    assert status["model"] == "multilingual-e5-small"
+    assert Store(kb_dir).canon.metadata["dim"] == 384
+    _, found = invoke_json("search", "lighthouse cliffs", "--kb", kb_dir, "--mode", "dense", "-k", "1")
+    assert found["results"][0]["source"] == "sub/lighthouse.md"
+
+
+def test_an_unknown_embedding_model_is_refused(tmp_path, kb_dir):
+    result = invoke("ingest", canon(tmp_path / "docs"), "--kb", kb_dir, "--embed-model", "word2vec")
+    assert result.exit_code == 1
+    assert "unknown embedding model 'word2vec'" in result.stderr

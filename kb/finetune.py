@@ -465,8 +465,10 @@ def _lines(path: Path) -> list[bytes]:
 
 
 def check_file(path: Path | str, model: str | None = None, epochs: int | None = None,
-               prices: dict | None = None) -> CheckReport:
+               prices: dict | None = None, training: bool = True) -> CheckReport:
     """Validate a training file line by line, then count its tokens and estimate the training cost.
+
+    A validation file (``training=False``) is held to every rule but the minimum size.
 
     Raises:
         KBError: the file cannot be read, or the model is not in the price table.
@@ -535,13 +537,15 @@ def check_file(path: Path | str, model: str | None = None, epochs: int | None = 
     examples = sum(1 for _, _, kind in parsed if kind == fmt)
     if examples == 0:
         errors.append(Problem(None, "no examples"))
+    elif not training:
+        pass
     elif examples < MIN_EXAMPLES:
         errors.append(Problem(None, f"{examples} examples; the fine-tuning API needs at least {MIN_EXAMPLES}"))
     elif examples < RECOMMENDED_EXAMPLES[fmt]:
         warnings.append(Problem(None, f"{examples} examples; at least {RECOMMENDED_EXAMPLES[fmt]} are "
                                       "recommended (quality rises roughly with each doubling)"))
-    errors.sort(key=lambda p: p.line or 0)
-    warnings.sort(key=lambda p: p.line or 0)
+    errors.sort(key=lambda p: (p.line is None, p.line or 0))  # the file as a whole comes last
+    warnings.sort(key=lambda p: (p.line is None, p.line or 0))
     return CheckReport(str(path), fmt, model_name, examples, errors, warnings,
                        token_stats(counts, entry["max_tokens"] if entry else None),
                        cost_estimate(counts, model_name, entry, epochs))
@@ -594,8 +598,8 @@ def event_summary(event: dict) -> dict:
     return {key: event.get(key) for key in ("id", "created_at", "level", "message")}
 
 
-def _refuse_unfit(path: Path, model: str, prices: dict) -> None:
-    report = check_file(path, model if model in prices["models"] else None, prices=prices)
+def _refuse_unfit(path: Path, model: str, prices: dict, training: bool) -> None:
+    report = check_file(path, model if model in prices["models"] else None, prices=prices, training=training)
     if report.errors:
         first = "; ".join(str(p) for p in report.errors[:3])
         raise KBError(f"{path} is not fit to upload ({len(report.errors)} error(s): {first}); "
@@ -617,7 +621,7 @@ def submit(path: Path | str, model: str, settings: Settings, suffix: str | None 
     prices = prices or load_prices()
     files = [Path(path)] + ([Path(validation)] if validation else [])
     for file in files:
-        _refuse_unfit(file, model, prices)
+        _refuse_unfit(file, model, prices, training=file is files[0])
     uploaded = [llm.upload_training_file(file.name, file.read_bytes(), settings)["id"] for file in files]
     method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs}}} if epochs else None
     job = llm.create_fine_tune_job(settings, model=model, training_file=uploaded[0],

@@ -1,0 +1,133 @@
+"""`kb search` on the sample world: the JSON contract, the three modes, --where filters and -k."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePath
+
+import pytest
+
+from kb.store import Store
+from tests.conftest import CORPORA_PATHS, invoke, invoke_json
+
+CAPITAL = "What is the capital of the Corrandine Shallows?"
+
+
+def search(kb_dir, query, *args):
+    result, data = invoke_json("search", query, "--kb", kb_dir, *args)
+    assert result.exit_code == 0, result.output
+    assert data["query"] == query
+    return data["results"]
+
+
+def test_search_json_contract(corpora_kb):
+    results = search(corpora_kb, CAPITAL)
+    assert len(results) == 5  # the default k
+    ids, texts, metas = Store(corpora_kb).all_chunks()
+    stored = dict(zip(ids, zip(texts, metas)))
+    for hit in results:
+        assert set(hit) == {"id", "text", "score", "source", "metadata"}
+        assert isinstance(hit["score"], float)
+        assert isinstance(hit["text"], str) and hit["text"]
+        assert hit["id"] in stored
+        assert (hit["text"], hit["metadata"]) == stored[hit["id"]]
+        assert hit["source"] == hit["metadata"]["source"]
+        for key in ("lang", "chunk_index", "hash", "ingested_at"):
+            assert key in hit["metadata"]
+        assert {"title", "scene", "node", "knot"} & set(hit["metadata"])  # where it came from
+    assert len({hit["id"] for hit in results}) == 5
+
+
+def name(hit: dict) -> str:
+    """The file name of a hit's source (the fixture may name corpora/ or its subfolders)."""
+    return PurePath(hit["source"]).name
+
+
+def test_sources_are_relative_to_each_named_folder(corpora_kb):
+    sources = {meta["source"] for meta in Store(corpora_kb).all_chunks()[2]}
+    assert len(sources) > 20
+    for source in sources:
+        assert not PurePath(source).is_absolute()
+        assert sum((Path(folder) / source).is_file() for folder in CORPORA_PATHS) == 1, source
+    assert any(PurePath(s).parts[-2:] == ("zh", "zh-overview.md") for s in sources)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "bm25"])
+def test_every_mode_ranks_the_overview_first_for_the_capital(corpora_kb, mode):
+    results = search(corpora_kb, CAPITAL, "--mode", mode)
+    assert name(results[0]) == "corrandine-overview.md"
+    assert results[0]["metadata"]["title"] == "The Corrandine Shallows > At a glance"
+    assert "Greyhithe" in results[0]["text"]
+    scores = [hit["score"] for hit in results]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_bm25_finds_a_rare_name_and_scores_nothing_it_lacks(corpora_kb):
+    results = search(corpora_kb, "Hallowmere", "--mode", "bm25", "-k", "50")
+    assert results and all("hallowmere" in (h["text"] + h["metadata"].get("title", "")).lower()
+                           for h in results)
+    assert "history-of-the-tidecount.md" in {name(h) for h in results}
+    assert all(h["score"] > 0 for h in results)
+    assert search(corpora_kb, "xylophone quasar", "--mode", "bm25") == []
+
+
+def test_dense_mode_crosses_languages(corpora_kb):
+    results = search(corpora_kb, "潮汐节在哪一个月开始？", "--mode", "dense", "-k", "10")
+    assert len(results) == 10
+    assert any(name(h).startswith("zh-") for h in results[:3])
+    assert all(-1.0 <= h["score"] <= 1.0 for h in results)
+
+
+@pytest.mark.parametrize("k", ["1", "3", "12"])
+def test_k_sets_the_number_of_results(corpora_kb, k):
+    assert len(search(corpora_kb, "tideglass kilns", "-k", k)) == int(k)
+
+
+def test_k_outside_its_range_is_a_usage_error(corpora_kb):
+    assert invoke("search", "tideglass", "-k", "0", "--kb", corpora_kb).exit_code == 2
+
+
+def test_where_chapter_keeps_only_that_chapter_and_still_fills_k(corpora_kb):
+    """Filters apply before ranking: k results from that chapter, not the top k then filtered."""
+    for mode in ("hybrid", "dense"):
+        results = search(corpora_kb, "Kessel Glass", "--where", "chapter=2", "-k", "6", "--mode", mode)
+        assert len(results) == 6, mode
+        assert all(hit["metadata"]["chapter"] == 2 for hit in results), mode
+    lexical = search(corpora_kb, "Kessel Glass", "--where", "chapter=2", "-k", "50", "--mode", "bm25")
+    assert lexical and all(hit["metadata"]["chapter"] == 2 for hit in lexical)
+    assert all({"kessel", "glass"} & set(re.findall(r"[a-z]+", (hit["text"] + " " + hit["metadata"].get("title", "")).lower()))
+               for hit in lexical)
+
+
+def test_where_speaker_matches_inside_a_list(corpora_kb):
+    results = search(corpora_kb, "glass", "--where", "speaker=Dace", "-k", "10")
+    assert [name(h) for h in results] == ["smuggler-talk.json"]
+    assert isinstance(results[0]["metadata"]["speaker"], list)
+    assert "Dace" in results[0]["metadata"]["speaker"]
+    wren = search(corpora_kb, "lighthouse", "--where", "speaker=Wren", "-k", "20", "--mode", "dense")
+    assert len(wren) == 11  # every chunk in which Wren speaks, and no other
+    assert all("Wren" in h["metadata"]["speaker"] for h in wren)
+
+
+def test_several_where_filters_must_all_hold(corpora_kb):
+    results = search(corpora_kb, "glass", "--where", "speaker=Wren", "--where", "region=Mirewood", "-k", "20")
+    assert results
+    for hit in results:
+        assert "Wren" in hit["metadata"]["speaker"] and hit["metadata"]["region"] == "Mirewood"
+    assert search(corpora_kb, "glass", "--where", "chapter=99") == []
+    assert search(corpora_kb, "glass", "--where", "no_such_key=1") == []
+
+
+def test_a_where_without_an_equals_sign_is_a_usage_error(corpora_kb):
+    result = invoke("search", "glass", "--where", "chapter", "--kb", corpora_kb)
+    assert result.exit_code == 2
+    assert "KEY=VALUE" in result.stderr
+
+
+def test_search_prints_sources_and_text_without_json(corpora_kb):
+    result = invoke("search", CAPITAL, "-k", "2", "--kb", corpora_kb)
+    assert result.exit_code == 0
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("1. ") and "corrandine-overview.md" in first
+    assert "Greyhithe" in result.stdout
+    assert "3." not in result.stdout

@@ -451,12 +451,13 @@ def finetune_build(out, fmt, speakers, context_turns, validation_split, kb_dir, 
               help="Epochs for the cost estimate [the price table's default, 4].")
 @click.option("--prices", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="An edited copy of the price table (TOML) [kb/prices.toml].")
+@click.option("--validation", is_flag=True, help="FILE is a validation file: no minimum number of examples.")
 @common
-def finetune_check(file, model, epochs, prices, kb_dir, as_json):
+def finetune_check(file, model, epochs, prices, validation, kb_dir, as_json):
     """Validate a training file line by line; token statistics and a cost estimate. Exit 1 if unfit."""
     from kb.finetune import check_file, load_prices
 
-    report = check_file(file, model, epochs, load_prices(prices))
+    report = check_file(file, model, epochs, load_prices(prices), training=not validation)
     if as_json:
         emit_json(report.to_json())
     else:

@@ -342,8 +342,10 @@ def test_check_flags_examples_over_the_token_limit_and_small_files(tmp_path):
         encoding("cl100k_base").encode(f" Aye.{STOP}"))
     assert tokens > 2048
     assert errors_of(report) == [(11, f"{tokens} tokens, over the 2048-token limit of curie")]
-    report = check_file(jsonl(tmp_path / "few.jsonl", [chat(f"Q{i}") for i in range(3)]))
-    assert errors_of(report) == [(None, "3 examples; the fine-tuning API needs at least 10")]
+    few = jsonl(tmp_path / "few.jsonl", [chat(f"Q{i}") for i in range(3)])
+    assert errors_of(check_file(few)) == [(None, "3 examples; the fine-tuning API needs at least 10")]
+    result = invoke("finetune", "check", few, "--validation")  # a validation file may be small
+    assert result.exit_code == 0 and "ok: fit to upload" in result.stdout
     report = check_file(jsonl(tmp_path / "chat.jsonl", [chat(f"Q{i}") for i in range(10)]), model="davinci-002")
     assert errors_of(report) == [(None, "davinci-002 is trained on completion files; this is a chat file")]
 

@@ -135,5 +135,7 @@ def respond(store: Store, corpus: Corpus, question: str, settings: Settings, *, 
     if not use_llm:
         return Answer(extract(question, cited, corpus.idf, store.similarities), cited, mode)
     text = chat(build_messages(system, question, cited), settings, model, on_token)
+    if text.strip() == not_found:  # the model found nothing: citing the canon would claim otherwise
+        return Answer(text.strip(), [], mode)
     used = {int(n) for n in re.findall(r"\[(\d+)\]", text)}
     return Answer(text, [c for c in cited if c.n in used] or cited, mode)

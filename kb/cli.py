@@ -163,6 +163,17 @@ def llm_options(func):
     return func
 
 
+class EchoTokens:
+    """Prints a streamed reply token by token and remembers whether any token came."""
+
+    def __init__(self):
+        self.streamed = False
+
+    def __call__(self, token: str) -> None:
+        self.streamed = True
+        click.echo(token, nl=False)
+
+
 def print_answer(answer, streamed: bool) -> None:
     """The answer (unless it was streamed already), then its numbered sources."""
     if not streamed:
@@ -183,13 +194,13 @@ def ask(question, k, model, base_url, extractive, no_retrieval, kb_dir, as_json)
 
     settings = settings_from(kb_dir, base_url=base_url)
     store, corpus = open_store(settings)
-    stream = None if as_json else (lambda t: click.echo(t, nl=False))
+    stream = None if as_json else EchoTokens()
     answer = respond(store, corpus, question, settings, k=k, extractive=extractive, model=model,
                      retrieval=not no_retrieval, on_token=stream)
     if as_json:
         emit_json(answer.to_json())
     else:
-        print_answer(answer, streamed=answer.mode == "llm" and (bool(answer.citations) or no_retrieval))
+        print_answer(answer, streamed=stream.streamed)
 
 
 @cli.command()
@@ -352,13 +363,13 @@ def npc_ask(name, question, k, model, base_url, extractive, no_retrieval, kb_dir
 
     settings = settings_from(kb_dir, base_url=base_url)
     store, corpus = open_store(settings)
-    stream = None if as_json else (lambda t: click.echo(t, nl=False))
+    stream = None if as_json else EchoTokens()
     answer = ask_npc(store, corpus, name, question, settings, k=k, extractive=extractive,
                      model=model, retrieval=not no_retrieval, on_token=stream)
     if as_json:
         emit_json(answer.to_json())
     else:
-        print_answer(answer, streamed=answer.mode == "llm" and (bool(answer.citations) or no_retrieval))
+        print_answer(answer, streamed=stream.streamed)
 
 
 @cli.command()

@@ -19,6 +19,7 @@ from kb.lexical import tokens
 from kb.store import Store
 
 MODES = ("hybrid", "dense", "bm25")
+CACHE_FORMAT = 2  # bump when Corpus or the tokenizer changes, so old pickles are not reused
 RRF_K = 60
 BM25_WEIGHT = 1.0
 DENSE_WEIGHT = 1.0
@@ -60,7 +61,7 @@ class Corpus:
     def load(cls, store: Store) -> "Corpus":
         """The corpus for the store's current generation, from the cache when it is fresh."""
         generation = store.generation()
-        cache = None if store.chroma_url else store.kb_dir / "cache" / f"corpus-{generation}.pkl"
+        cache = None if store.chroma_url else store.kb_dir / "cache" / f"corpus-v{CACHE_FORMAT}-{generation}.pkl"
         if cache and cache.exists():
             try:
                 with open(cache, "rb") as fh:

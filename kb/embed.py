@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections import OrderedDict
 
 import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
@@ -52,6 +53,7 @@ class _E5:
 
 MODELS = {"use-multilingual-v3": _USE, "multilingual-e5-small": _E5}
 DEFAULT_MODEL = "use-multilingual-v3"
+EMBEDDING_CACHE_SIZE = 8192  # vectors (16 MB at 512 floats)
 
 
 @functools.cache
@@ -73,6 +75,9 @@ class LoreEmbedding(EmbeddingFunction[Documents]):
     """chromadb embedding function over the model named in its config."""
 
     _lock = threading.Lock()  # the native models are not re-entrant
+    # A server embeds the same question several times per answer (retrieval, relevance, sentence
+    # choice) and the same canon sentences for every player who asks alike: recent vectors are kept.
+    _cache: OrderedDict = OrderedDict()
 
     def __init__(self, model: str = DEFAULT_MODEL):
         self.model = model
@@ -83,11 +88,22 @@ class LoreEmbedding(EmbeddingFunction[Documents]):
 
     def _encode(self, texts, query: bool) -> Embeddings:
         model = _load(self.model)
+        keys = [(self.model, query, text) for text in texts]
         with self._lock:
-            vectors = model.queries(texts) if query else model.passages(texts)
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return list(vectors / np.where(norms == 0, 1, norms))
+            missing = list(dict.fromkeys(text for key, text in zip(keys, texts) if key not in self._cache))
+            if missing:
+                vectors = model.queries(missing) if query else model.passages(missing)
+                vectors = np.asarray(vectors, dtype=np.float32).reshape(len(missing), -1)
+                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+                for text, vector in zip(missing, vectors / np.where(norms == 0, 1, norms)):
+                    self._cache[(self.model, query, text)] = vector
+            found = []
+            for key in keys:
+                self._cache.move_to_end(key)
+                found.append(self._cache[key])
+            while len(self._cache) > EMBEDDING_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return found
 
     def __call__(self, input: Documents) -> Embeddings:
         return self._encode(input, query=False)

@@ -1,0 +1,338 @@
+"""`kb serve` as a game client sees it: the official openai client and plain HTTP against a running server.
+
+Each server runs uvicorn in a thread on a free 127.0.0.1 port over its own
+copy of the sample world's store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from kb import server as kb_server
+from kb.config import Settings
+from kb.retrieve import within_limits
+from kb.server import create_app
+from kb.store import Store
+from tests.conftest import invoke
+
+LATE_QUESTION = "Who commissioned the theft of the Kessel Glass?"
+MAREN = {"chapter": 1, "region": ["Saltreach"]}
+NEW_CANON = "The harbour bell of Greyhithe was cast by the smith Odo Varn from seven melted anchors."
+
+
+@contextlib.contextmanager
+def running(app):
+    """Serve ``app`` with uvicorn in a thread on a free loopback port; yield its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "kb serve did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def settings_for(kb_dir: Path, **overrides) -> Settings:
+    settings = Settings(kb_dir=kb_dir, chroma_url=None, api_key=None, base_url=None)
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def store_copy(_corpora_kb, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("served") / "kb"
+    shutil.copytree(_corpora_kb, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_url(store_copy):
+    """An open (loopback, no token) extractive server on the sample world, shared by this module."""
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("KB_API_TOKEN", raising=False)
+        app = create_app(settings_for(store_copy))
+    with running(app) as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+
+
+def hidden_ids(kb_dir: Path, limits: dict) -> set[str]:
+    rows = Store(kb_dir).canon.get(include=["metadatas"])
+    return {cid for cid, meta in zip(rows["ids"], rows["metadatas"]) if not within_limits(meta, limits)}
+
+
+# -- the OpenAI-compatible API ----------------------------------------------------
+
+def test_models_list_kb_and_every_npc(client):
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["kb", "npc:Maren", "npc:Sefa Orrin", "npc:Ysolde Penhallow"]
+    assert client.models.retrieve("npc:Maren").id == "npc:Maren"
+
+
+def test_chat_answers_with_citations(client):
+    reply = client.chat.completions.create(
+        model="kb", messages=[{"role": "system", "content": "You are a lore assistant."},
+                              {"role": "user", "content": "Who is the ferrywoman of the Saltreach crossing?"}])
+    message = reply.choices[0].message
+    assert reply.object == "chat.completion" and reply.choices[0].finish_reason == "stop"
+    assert "Maren" in message.content and "[1]" in message.content
+    citations = message.model_extra["citations"]
+    assert citations and citations == reply.model_extra["citations"]
+    assert {"n", "source", "id", "text"} <= set(citations[0])
+    assert reply.usage.total_tokens > 0
+
+
+def test_chat_streams_the_same_answer(client):
+    question = [{"role": "user", "content": "Who is the ferrywoman of the Saltreach crossing?"}]
+    whole = client.chat.completions.create(model="kb", messages=question)
+    chunks = list(client.chat.completions.create(model="kb", messages=question, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    last = [c for c in chunks if c.choices][-1]
+    assert last.choices[0].finish_reason == "stop"
+    assert last.model_extra["citations"] == whole.model_extra["citations"]
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_npc_model_answers_in_character_without_later_canon(client, store_copy, stream):
+    hidden = hidden_ids(store_copy, MAREN)
+    assert hidden
+    request = dict(model="npc:Maren", messages=[{"role": "user", "content": LATE_QUESTION}],
+                   extra_body={"k": 10})
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **request))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        citations = chunks[-1].model_extra["citations"]
+    else:
+        reply = client.chat.completions.create(**request)
+        text, citations = reply.choices[0].message.content, reply.model_extra["citations"]
+    assert "Aurel" not in text
+    assert not {c["id"] for c in citations} & hidden
+    assert not any(c["source"].startswith(("chapter-2", "chapter-3", "chapter-4")) for c in citations)
+
+
+def test_npc_who_knows_more_cites_later_chapters(client, store_copy):
+    reply = client.chat.completions.create(
+        model="npc:Ysolde Penhallow", messages=[{"role": "user", "content": LATE_QUESTION}])
+    assert reply.model_extra["citations"]
+    assert reply.choices[0].message.content != "The tide hasn't brought me word of that, tidewalker."
+
+
+def test_unknown_model_is_a_404_the_client_understands(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="npc:Nobody", messages=[{"role": "user", "content": "hi"}])
+    assert "no NPC named 'Nobody'" in str(caught.value)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="kb", messages=[{"role": "system", "content": "only"}])
+
+
+def test_generation_upstream_streams_through(store_copy, fake_openai):
+    fake_openai.reply = "Maren rows it, tidewalker [1]."
+    app = create_app(settings_for(store_copy, base_url=fake_openai.base_url), token=None)
+    with running(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        request = dict(model="npc:Maren", messages=[{"role": "user", "content": LATE_QUESTION}],
+                   extra_body={"k": 10})
+        chunks = list(client.chat.completions.create(stream=True, **request))
+        reply = client.chat.completions.create(**request)
+    streamed = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert len(streamed) > 1 and "".join(streamed) == fake_openai.reply
+    assert chunks[-1].model_extra["mode"] == "llm" and chunks[-1].model_extra["citations"]
+    assert reply.choices[0].message.content == fake_openai.reply
+    upstream = fake_openai.chat_requests()
+    assert [r.get("stream", False) for r in upstream] == [True, False]
+    prompt = "\n".join(m["content"] for m in upstream[0]["messages"])
+    assert "You are Maren" in prompt and "Aurel" not in prompt
+
+
+# -- the JSON API -------------------------------------------------------------------
+
+def test_json_api_matches_the_cli(base_url, store_copy):
+    with httpx.Client(base_url=base_url) as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        status = http.get("/status").json()
+        cli_status = invoke("status", "--kb", store_copy, "--json")
+        assert status["files"] == 22 and status["cards"] == 3 and status["chunks"] > 100
+        assert cli_status.exit_code == 0 and f'"chunks": {status["chunks"]}' in cli_status.stdout
+
+        found = http.post("/search", json={"query": "Orrin Light keeper", "k": 3,
+                                           "where": {"speaker": "Sefa"}}).json()
+        assert len(found["results"]) == 3 and all("Sefa" in r["metadata"]["speaker"]
+                                                  for r in found["results"])
+        answer = http.post("/ask", json={"question": "Who is the ferrywoman of the Saltreach crossing?"}).json()
+        assert answer["mode"] == "extractive" and "Maren" in answer["answer"] and answer["citations"]
+        npc = http.post("/npc/maren/ask", json={"question": LATE_QUESTION, "k": 10}).json()
+        assert npc["npc"] == "Maren" and "Aurel" not in npc["answer"]
+        assert http.post("/npc/nobody/ask", json={"question": "hi"}).status_code == 404
+        schema = http.get("/openapi.json").json()
+        assert {"/v1/chat/completions", "/search", "/ask", "/npc/{name}/ask", "/ingest",
+                "/status"} <= set(schema["paths"])
+
+
+def test_limits_answer_422_and_413_without_tracebacks(base_url):
+    with httpx.Client(base_url=base_url) as http:
+        too_many = http.post("/search", json={"query": "tide", "k": 1000})
+        assert too_many.status_code == 422 and too_many.json()["error"]["param"] == "k"
+        assert http.post("/ask", json={"question": "x" * 5000}).status_code == 422
+        assert http.post("/ask", content=b"{not json", headers={"content-type": "application/json"}
+                         ).status_code == 422
+        huge = {"model": "kb", "messages": [{"role": "user", "content": "tide " * 300_000}]}
+        assert http.post("/v1/chat/completions", json=huge).status_code == 413
+        chunked = http.post("/ask", content=iter([b'{"question": "', b"x" * (1 << 20), b'"}']),
+                            headers={"content-type": "application/json"})
+        assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
+
+
+def test_unexpected_errors_hide_their_details(base_url, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom at /srv/secret/path")
+
+    monkeypatch.setattr(kb_server, "search", explode)
+    with httpx.Client(base_url=base_url) as http:
+        response = http.post("/search", json={"query": "tide"})
+    assert response.status_code == 500
+    assert response.json()["error"]["message"] == "internal error; the server log has the details"
+    assert "boom" not in response.text and "Traceback" not in response.text
+
+
+def test_concurrent_requests_are_answered_correctly(base_url, client):
+    questions = [("kb", "Who is the ferrywoman of the Saltreach crossing?"), ("kb", "What burns in the Orrin Light?"),
+                 ("kb", "Where are the kilns?"), ("npc:Maren", "Tell me about the tides."),
+                 ("npc:Sefa Orrin", "Who keeps the Orrin Light?"), ("npc:Maren", LATE_QUESTION),
+                 ("npc:Ysolde Penhallow", LATE_QUESTION)]
+
+    def ask(item):
+        model, question = item
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                               extra_body={"k": 3})
+        return reply.choices[0].message.content, [c["id"] for c in reply.model_extra["citations"]]
+
+    expected = {item: ask(item) for item in questions}
+    work = (questions * 6)[:32]
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        answers = list(pool.map(ask, work))
+    assert len(answers) == 32
+    for item, answer in zip(work, answers):
+        assert answer == expected[item], item
+
+
+# -- security -------------------------------------------------------------------------
+
+def test_token_is_required_when_set(store_copy):
+    app = create_app(settings_for(store_copy), token="s3cret-token")
+    with running(app) as url:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+        good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret-token", max_retries=0)
+        assert [m.id for m in good.models.list()][0] == "kb"
+        with httpx.Client(base_url=url) as http:
+            missing = http.post("/search", json={"query": "tide"})
+            assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+            assert http.get("/healthz").status_code == 200
+            assert http.get("/status", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+
+
+def test_token_is_read_from_the_environment(store_copy, monkeypatch):
+    monkeypatch.setenv("KB_API_TOKEN", "from-env")
+    with running(create_app(settings_for(store_copy))) as url, httpx.Client(base_url=url) as http:
+        assert http.get("/status").status_code == 401
+        assert http.get("/status", headers={"Authorization": "Bearer from-env"}).status_code == 200
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_token(corpora_kb):
+    result = invoke("serve", "--host", "0.0.0.0", "--kb", corpora_kb)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: refusing to listen on 0.0.0.0 without a token")
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = invoke("serve", "--kb", corpora_kb.parent / "missing")
+    assert result.exit_code == 1 and "no knowledge base" in result.stderr
+
+
+# -- ingest over HTTP ----------------------------------------------------------------------
+
+def test_ingest_is_confined_to_the_roots(corpora_kb, tmp_path):
+    root = tmp_path / "drops"
+    (root / "inside").mkdir(parents=True)
+    (root / "inside" / "note.md").write_text("# Note\n\nA note inside the root.\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.md").write_text("# Secret\n\nNot for the server.\n")
+    (root / "escape").symlink_to(outside)
+    with running(create_app(settings_for(corpora_kb), token=None, roots=[root])) as url, \
+            httpx.Client(base_url=url) as http:
+        for path in [str(outside), "../outside", "escape", "escape/secret.md", "/etc/passwd"]:
+            response = http.post("/ingest", json={"paths": [path]})
+            assert response.status_code == 403, path
+            assert response.json()["error"]["code"] == "path_not_allowed"
+        report = http.post("/ingest", json={"paths": ["inside"]}).json()
+        assert report["added"] == ["note.md"] and report["failed"] == []
+    with running(create_app(settings_for(corpora_kb), token=None)) as url:
+        response = httpx.post(f"{url}/ingest", json={"paths": [str(root)]})
+        assert response.status_code == 403 and response.json()["error"]["code"] == "ingest_disabled"
+
+
+def test_queries_keep_working_during_an_ingest_and_then_see_the_new_canon(corpora_kb, tmp_path):
+    root = tmp_path / "drops"
+    batch = root / "script-drop"
+    for i in range(6):
+        (batch / f"scene-{i:02d}.md").parent.mkdir(parents=True, exist_ok=True)
+        (batch / f"scene-{i:02d}.md").write_text(
+            f"# Scene {i}\n\nThe quay at Greyhithe, dawn {i}. Gulls over the nets and tarred boats.\n")
+    (batch / "harbour-bell.md").write_text(f"# The harbour bell\n\n{NEW_CANON}\n")
+    app = create_app(settings_for(corpora_kb), token=None, roots=[root])
+    done = threading.Event()
+    outcomes: list[tuple[int, bool]] = []
+
+    def query_until_done(url):
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while not done.is_set():
+                response = http.post("/ask", json={"question": "Who is the ferrywoman of the Saltreach crossing?"})
+                outcomes.append((response.status_code, "Maren" in response.json().get("answer", "")))
+
+    with running(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+        before = http.post("/search", json={"query": "harbour bell melted anchors Odo Varn"}).json()
+        assert all("harbour-bell" not in r["source"] for r in before["results"])
+        readers = [threading.Thread(target=query_until_done, args=(url,)) for _ in range(4)]
+        for reader in readers:
+            reader.start()
+        try:
+            report = http.post("/ingest", json={"paths": ["script-drop"]}).json()
+        finally:
+            done.set()
+            for reader in readers:
+                reader.join()
+        assert len(report["added"]) == 7 and report["failed"] == []
+        after = http.post("/search", json={"query": "harbour bell melted anchors Odo Varn", "k": 1}).json()
+        answer = http.post("/ask", json={"question": "Who cast the harbour bell of Greyhithe?"}).json()
+    assert len(outcomes) >= 4 and all(outcome == (200, True) for outcome in outcomes), outcomes[:5]
+    assert after["results"][0]["source"] == "harbour-bell.md"
+    assert "Odo Varn" in answer["answer"] and answer["citations"][0]["source"] == "harbour-bell.md"

@@ -3,8 +3,11 @@
 Runs a real `kb serve --extractive` (a subprocess, as deployed) on a free
 127.0.0.1 port over a store of the sample world (built in a temp dir unless
 --kb names one), then sends bounded numbers of OpenAI chat requests from
-client threads, each question taken in turn from corpora/eval/world-qa.jsonl.
-Prints a table (and --json the figures). Loopback only; nothing downloads.
+client threads. Two workloads: "new", where every request is a question the
+server has not seen (built from the world's headings, "Tell me about X."), and
+"repeat", the 20 questions of corpora/eval/world-qa.jsonl over and over (what
+players of one scene do; recent embeddings are cached). Prints a table (and
+--json the figures). Loopback only; nothing downloads.
 
     python bench/serve.py [--kb DIR] [--npc Maren] [--requests 24]
 """
@@ -15,6 +18,8 @@ import argparse
 import json
 import os
 import platform
+import random
+import re
 import socket
 import statistics
 import subprocess
@@ -73,13 +78,27 @@ def start_server(kb_dir: Path, port: int) -> subprocess.Popen:
     raise SystemExit("kb serve did not start within 120 s")
 
 
-def questions() -> list[str]:
+TEMPLATES = ("Tell me about {}.", "What is known of {}?", "Who has to do with {}?", "Why does {} matter?")
+
+
+def repeated_questions() -> list[str]:
     with open(CORPORA / "eval" / "world-qa.jsonl", encoding="utf-8") as fh:
-        return [json.loads(line)["question"] for line in fh if line.strip()][:16]
+        return [json.loads(line)["question"] for line in fh if line.strip()]
 
 
-def measure(url: str, model: str, clients: int, total: int, asked: list[str]) -> dict:
-    """Send ``total`` chat requests from ``clients`` threads; latency per request, throughput overall."""
+def new_questions() -> list[str]:
+    """Distinct questions (about 270), one per heading of the world and template, in a fixed shuffle."""
+    headings = sorted({re.sub(r"^#+\s*", "", line).strip()
+                       for md in sorted((CORPORA / "world").glob("*.md"))
+                       for line in md.read_text(encoding="utf-8").splitlines() if line.startswith("#")})
+    asked = [t.format(h) for t in TEMPLATES for h in headings]
+    random.Random(7).shuffle(asked)
+    return asked
+
+
+def measure(url: str, model: str, clients: int, asked: list[str], workload: str = "") -> dict:
+    """Send one chat request per question from ``clients`` threads; latency per request, throughput overall."""
+    total = len(asked)
     local = threading.local()
     latencies: list[float] = []
     errors = 0
@@ -89,7 +108,7 @@ def measure(url: str, model: str, clients: int, total: int, asked: list[str]) ->
         nonlocal errors
         if not hasattr(local, "http"):
             local.http = httpx.Client(base_url=url, timeout=300)
-        body = {"model": model, "messages": [{"role": "user", "content": asked[i % len(asked)]}]}
+        body = {"model": model, "messages": [{"role": "user", "content": asked[i]}]}
         start = time.perf_counter()
         response = local.http.post("/v1/chat/completions", json=body)
         elapsed = time.perf_counter() - start
@@ -102,7 +121,7 @@ def measure(url: str, model: str, clients: int, total: int, asked: list[str]) ->
         list(pool.map(one, range(total)))
     wall = time.perf_counter() - started
     ordered = sorted(latencies)
-    return {"model": model, "clients": clients, "requests": total, "errors": errors,
+    return {"model": model, "workload": workload, "clients": clients, "requests": total, "errors": errors,
             "rps": round(total / wall, 2),
             "p50_ms": round(statistics.median(ordered) * 1000),
             "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000)}
@@ -113,7 +132,7 @@ def main() -> None:
     parser.add_argument("--kb", type=Path, help="serve this store instead of building the sample world")
     parser.add_argument("--npc", default="Maren")
     parser.add_argument("--requests", type=int, default=24,
-                        help="requests per cell (at least 2 per client) [24]")
+                        help="requests per cell, at least 2 per client; 'new' needs 2x(24+24+64) of ~270 [24]")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -127,13 +146,18 @@ def main() -> None:
         server = start_server(kb_dir, port)
         url = f"http://127.0.0.1:{port}"
         try:
-            asked = questions()
+            fresh = iter(new_questions())
+            repeat = repeated_questions()
             rows = []
             for model in ("kb", f"npc:{args.npc}"):
-                measure(url, model, 1, 2, asked)  # warm the path (first NPC voice lines, caches)
-                for clients in CLIENTS:
-                    rows.append(measure(url, model, clients, max(args.requests, 2 * clients), asked))
-                    print(f"  {model} x{clients}: {rows[-1]['rps']} req/s", file=sys.stderr)
+                measure(url, model, 1, repeat, "warm-up")  # the repeat set, once, unmeasured
+                for workload in ("new", "repeat"):
+                    for clients in CLIENTS:
+                        count = max(args.requests, 2 * clients)
+                        asked = ([next(fresh) for _ in range(count)] if workload == "new" else
+                                 [repeat[i % len(repeat)] for i in range(count)])
+                        rows.append(measure(url, model, clients, asked, workload))
+                        print(f"  {model} {workload} x{clients}: {rows[-1]['rps']} req/s", file=sys.stderr)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -143,10 +167,11 @@ def main() -> None:
         print(json.dumps({"machine": machine, "rows": rows}, indent=2))
         return
     print(f"kb serve --extractive on the sample world; {machine}")
-    print(f"{'model':<14}{'clients':>8}{'requests':>9}{'req/s':>8}{'p50 ms':>8}{'p95 ms':>8}{'errors':>7}")
+    print(f"{'model':<14}{'questions':<10}{'clients':>8}{'requests':>9}{'req/s':>8}{'p50 ms':>8}"
+          f"{'p95 ms':>8}{'errors':>7}")
     for r in rows:
-        print(f"{r['model']:<14}{r['clients']:>8}{r['requests']:>9}{r['rps']:>8}{r['p50_ms']:>8}"
-              f"{r['p95_ms']:>8}{r['errors']:>7}")
+        print(f"{r['model']:<14}{r['workload']:<10}{r['clients']:>8}{r['requests']:>9}{r['rps']:>8}"
+              f"{r['p50_ms']:>8}{r['p95_ms']:>8}{r['errors']:>7}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ingest.discover import discover
 from ingest.tokens import count_tokens
 from kb.answer import Answer, respond
 from kb.config import Settings
@@ -101,7 +102,8 @@ def confine(path: str, roots: list[Path]) -> str:
     """The server-side path a request names, if it lies under one of the ingest roots.
 
     Relative paths are taken relative to the first root that holds them. Symlinks and
-    ``..`` are resolved before the check, so neither escapes a root.
+    ``..`` are resolved before the check, and every file a folder walk would ingest is
+    checked too, so no link escapes a root.
 
     Raises:
         HTTPProblem: 403 when ingest is off (no roots) or the path is outside every root.
@@ -113,9 +115,18 @@ def confine(path: str, roots: list[Path]) -> str:
     if not candidate.is_absolute():
         candidate = next((r / path for r in roots if (r / path).exists()), roots[0] / path)
     resolved = candidate.resolve()
-    if not any(resolved == r or r in resolved.parents for r in roots):
+    if not _under(resolved, roots):
         raise HTTPProblem(403, f"'{path}' is outside the ingest roots of this server", "path_not_allowed")
+    found, _, _ = discover([str(resolved)])
+    for item in found:  # a symlinked file inside a walked folder may lead out
+        if not _under(item.path.resolve(), roots):
+            raise HTTPProblem(403, f"'{item.source}' in '{path}' links outside the ingest roots of "
+                                   "this server", "path_not_allowed")
     return str(resolved)
+
+
+def _under(path: Path, roots: list[Path]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
 
 
 # -- the shared knowledge base ------------------------------------------------

@@ -287,9 +287,12 @@ def test_ingest_is_confined_to_the_roots(corpora_kb, tmp_path):
     outside.mkdir()
     (outside / "secret.md").write_text("# Secret\n\nNot for the server.\n")
     (root / "escape").symlink_to(outside)
+    (root / "linked").mkdir()
+    (root / "linked" / "secret.md").symlink_to(outside / "secret.md")
     with running(create_app(settings_for(corpora_kb), token=None, roots=[root])) as url, \
             httpx.Client(base_url=url) as http:
-        for path in [str(outside), "../outside", "escape", "escape/secret.md", "/etc/passwd"]:
+        for path in [str(outside), "../outside", "escape", "escape/secret.md", "/etc/passwd",
+                     "linked", "."]:
             response = http.post("/ingest", json={"paths": [path]})
             assert response.status_code == 403, path
             assert response.json()["error"]["code"] == "path_not_allowed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -239,21 +240,53 @@ def crash_ingest(step: str, after: int, *args) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_ingest_killed_between_files_is_completed_by_the_next_run(tmp_path, kb_dir):
+def test_ingest_killed_from_outside_mid_run_is_completed_by_the_next_run(tmp_path, kb_dir):
+    """An unpatched `kb ingest` SIGKILLed wherever it happens to be once writes have begun."""
     docs = tmp_path / "docs"
-    for n in range(8):
-        write(docs / f"note-{n}.md", f"# Note {n}\nHeron count on day {n} was {n * 7}.\n")
+    for n in range(12):
+        write(docs / f"log-{n:02}.md", f"# Log {n}\nOn day {n} the tide rose {n % 7} feet.\n\n"
+              f"## Notes\nThe heron count was {n * 3}.\n")
+    writer = subprocess.Popen([str(Path(sys.executable).with_name("kb")), "ingest", str(docs),
+                               "--kb", str(kb_dir), "--json"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wal = kb_dir / "chroma" / "chroma.sqlite3"
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and writer.poll() is None:
+            if wal.exists() and _logged_writes(wal) >= 12:  # a file or two in
+                break
+            time.sleep(0.02)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
 
-    crash_ingest("put_file", 3, docs, "--kb", kb_dir)  # killed as the 4th file starts
-
-    files = assert_consistent(kb_dir)
-    assert sorted(r.source for r in files.values()) == ["note-0.md", "note-1.md", "note-2.md"]
+    # before any repair, readers see whole files only: each committed file with all its chunks
+    SharedSystemClient.clear_system_cache()
+    store = Store(kb_dir)
+    partial = store.files()
+    assert 0 < len(partial) < 12
+    visible = store.all_chunks()[2]
+    for record in partial.values():
+        assert sum(m["file_key"] == record.key for m in visible) == record.chunks == 2
+    assert len(visible) == 2 * len(partial)
     result, report = invoke_json("ingest", docs, "--kb", kb_dir)
     assert result.exit_code == 0, result.output
-    assert report["unchanged"] == ["note-0.md", "note-1.md", "note-2.md"]
-    assert report["added"] == [f"note-{n}.md" for n in range(3, 8)]
-    assert report["chunks"] == 8
-    assert len(assert_consistent(kb_dir)) == 8
+    assert len(report["added"]) + len(report["unchanged"]) + len(report["updated"]) == 12
+    assert sorted(report["unchanged"]) == sorted(r.source for r in partial.values())
+    assert report["chunks"] == 24
+    assert len(assert_consistent(kb_dir)) == 12
+
+
+def _logged_writes(sqlite_file: Path) -> int:
+    """How many writes chromadb has logged so far (read-only peek; 0 while the file is being made)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{sqlite_file}?mode=ro", uri=True, timeout=0.1)) as db:
+            return db.execute("select count(*) from embeddings_queue").fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 def test_ingest_killed_after_the_commit_but_before_cleanup(tmp_path, kb_dir):

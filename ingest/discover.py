@@ -64,6 +64,7 @@ def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list
     found: list[Found] = []
     skipped: list[tuple[str, str]] = []
     missing: list[tuple[str, str]] = []
+    seen: set[Path] = set()  # a file named twice (`kb ingest docs docs/a.md`) is read once
     for name in paths:
         root = Path(name).resolve()
         if not root.exists():
@@ -80,6 +81,9 @@ def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list
                 and not is_ignored(p.relative_to(root).as_posix(), ignored))
             base = root
         for path in candidates:
+            if path in seen:
+                continue
+            seen.add(path)
             source = path.relative_to(base).as_posix()
             kind = kind_of(path)
             if kind is None:

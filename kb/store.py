@@ -105,6 +105,9 @@ class Store:
         """
         self.kb_dir = Path(kb_dir)
         self.chroma_url = chroma_url
+        if not create and not chroma_url and not (self.kb_dir / "chroma" / "chroma.sqlite3").exists():
+            # checked before chromadb runs, which would leave an empty store at a mistyped --kb
+            raise KBError(f"no knowledge base at {self.kb_dir}; run `kb ingest PATH` first")
         self.client = _client(self.kb_dir, chroma_url)
         existing = {c.name if hasattr(c, "name") else c for c in self.client.list_collections()}
         if CANON not in existing and not create:

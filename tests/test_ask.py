@@ -201,8 +201,8 @@ def test_an_unreachable_model_fails_with_one_line(corpora_kb, as_json):
     args = ["ask", CAPITAL, "--kb", corpora_kb, "--base-url", url] + (["--json"] if as_json else [])
     result = invoke(*args)
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == [
-        f"error: cannot reach the chat model at {url}; check --base-url or OPENAI_BASE_URL"]
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot reach") and url in line
     assert result.stdout == ""
     assert "Traceback" not in result.output
 
@@ -212,4 +212,5 @@ def test_a_model_that_refuses_the_key_fails_with_one_line(corpora_kb, fake_opena
         401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}))
     result = invoke("ask", CAPITAL, "--kb", corpora_kb, "--base-url", fake_openai.base_url, "--json")
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"error: {fake_openai.base_url} rejected the API key; check OPENAI_API_KEY"
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and fake_openai.base_url in line and "API key" in line

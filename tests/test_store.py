@@ -201,11 +201,13 @@ def test_status_json_contract(tmp_path, kb_dir):
 
 def test_status_and_forget_without_a_store_fail_with_one_line(tmp_path):
     missing = tmp_path / "nowhere"
-    for args in (["status"], ["forget", tmp_path], ["search", "herons"]):
+    for args in (["status"], ["search", "herons"], ["ask", "herons?"], ["forget", tmp_path]):
         result = invoke(*args, "--kb", missing)
         assert result.exit_code == 1
-        assert result.stderr.strip() == (f"error: no knowledge base at {missing}; "
-                                         "run `kb ingest PATH` first")
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and str(missing) in line and "kb ingest" in line
+        if args[0] != "forget":
+            assert not missing.exists()  # reading does not leave an empty store behind
 
 
 # --- an ingest killed halfway ----------------------------------------------------
@@ -353,8 +355,9 @@ def test_a_second_writer_fails_at_once_naming_the_store(tmp_path, kb_dir):
         elapsed = time.monotonic() - started
         assert proc.returncode == 1
         lines = proc.stderr.strip().splitlines()
-        assert lines == [f"error: another process (pid {os.getpid()}) is writing to {kb_dir}; "
-                         "wait for it to finish and run again"]
+        assert len(lines) == 1, proc.stderr
+        assert lines[0].startswith("error: ") and str(kb_dir) in lines[0]
+        assert f"pid {os.getpid()}" in lines[0] and "another process" in lines[0]
         assert elapsed < 20
 
         # in --json too, and readers are not blocked by a writer
@@ -396,13 +399,14 @@ def test_a_store_refuses_another_embedding_model(tmp_path, kb_dir, monkeypatch):
     docs = canon(tmp_path / "docs")
     assert invoke("ingest", docs / "kilns.txt", "--kb", kb_dir).exit_code == 0
     before = chunk_rows(kb_dir)
-    expected = (f"the store at {kb_dir} was built with embedding model 'use-multilingual-v3', "
-                "not 'multilingual-e5-small'; use that model or another --kb directory")
 
     result, report = invoke_json("ingest", docs, "--kb", kb_dir, "--embed-model", "multilingual-e5-small")
     assert result.exit_code == 1
     assert report["added"] == []
-    assert report["failed"] == [{"path": str(kb_dir), "error": expected}]
+    [failure] = report["failed"]
+    expected = failure["error"]
+    assert failure["path"] == str(kb_dir)
+    assert str(kb_dir) in expected and "'use-multilingual-v3'" in expected and "'multilingual-e5-small'" in expected
     assert result.stderr.strip() == f"error: {expected}"
 
     monkeypatch.setenv("KB_EMBED_MODEL", "multilingual-e5-small")

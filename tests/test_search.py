@@ -16,6 +16,7 @@ CAPITAL = "What is the capital of the Corrandine Shallows?"
 def search(kb_dir, query, *args):
     result, data = invoke_json("search", query, "--kb", kb_dir, *args)
     assert result.exit_code == 0, result.output
+    assert set(data) == {"query", "results"}
     assert data["query"] == query
     return data["results"]
 

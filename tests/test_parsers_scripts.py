@@ -412,7 +412,7 @@ def test_csv_gives_one_section_per_language(tmp_path):
     ]
     fare = by_key_lang[("ui.fare", "en")]
     assert fare.text == "ui.fare: Pay the fare, or tell a story?"
-    assert fare.meta == {"key": "ui.fare", "lang": "en", "locale": "en", "context": "Ferry prompt",
+    assert fare.meta == {"key": "ui.fare", "title": "ui.fare", "lang": "en", "locale": "en", "context": "Ferry prompt",
                          "chapter": 1, "region": "Saltreach"}
     zh = by_key_lang[("ui.fare", "zh")]
     assert zh.meta["locale"] == "zh-Hans"
@@ -441,7 +441,7 @@ def test_xlsx_sheets(tmp_path):
     workbook.save(path)
     en, zh = parse_file(path)
     assert en.text == "item.glass: The Kessel Glass"
-    assert en.meta == {"sheet": "Items", "key": "item.glass", "lang": "en", "locale": "en", "chapter": 2}
+    assert en.meta == {"sheet": "Items", "key": "item.glass", "title": "item.glass", "lang": "en", "locale": "en", "chapter": 2}
     assert zh.meta["lang"] == "zh"
 
 

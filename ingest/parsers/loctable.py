@@ -148,7 +148,7 @@ def _table_sections(rows: list[tuple[int, list[str]]], table_meta: dict,
         if texts and not key:
             raise ParseError(f"row has text but an empty '{header[key_index]}' column",
                              path, number)
-        row_meta = {**table_meta, "key": key}
+        row_meta = {**table_meta, "key": key, "title": key}  # the key is the string's citation label
         row_meta.update({header[i].lower(): fields[i].strip()
                          for i in metadata if fields[i].strip()})
         speaker = row_meta.get("speaker")

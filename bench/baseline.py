@@ -41,7 +41,7 @@ from rich.table import Table
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import SETS, eval_set, machine  # noqa: E402
+from bench.common import SETS, eval_set, machine, revision  # noqa: E402
 from kb.config import Settings  # noqa: E402
 from kb.evaluate import DEPTH, run_questions, score_question, summarize  # noqa: E402
 from kb.retrieve import MODES, Corpus  # noqa: E402
@@ -221,7 +221,7 @@ def main() -> None:
                       end_section=system == f"ours: {MODES[-1]}")
     console = Console(width=140)
     console.print(table)
-    console.print(f"machine: {machine()}")
+    console.print(f"machine: {machine()}; code at {revision()}")
 
 
 if __name__ == "__main__":

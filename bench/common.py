@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +29,20 @@ def machine() -> str:
         load = "load unknown"
     return (f"{platform.machine()}, {os.cpu_count()} cores, {ram_text}, "
             f"Python {platform.python_version()}, {load}")
+
+
+@functools.cache
+def revision() -> str:
+    """The commit the measured code is at, and whether kb/ or ingest/ had uncommitted changes (as the run began)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "kb", "ingest")
+    return f"{commit} (+ uncommitted changes in kb/ or ingest/)" if dirty else commit
+
+
+revision()  # taken when a benchmark starts: others may commit while it runs
 
 
 def eval_set(name: str) -> Path:

@@ -23,7 +23,7 @@ from rich.table import Table
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import eval_set, forget_recent_embeddings, machine, peak_rss_mb  # noqa: E402
+from bench.common import eval_set, forget_recent_embeddings, machine, peak_rss_mb, revision  # noqa: E402
 from kb.config import Settings  # noqa: E402
 from kb.embed import DEFAULT_MODEL, LoreEmbedding  # noqa: E402
 from kb.sync import ingest  # noqa: E402
@@ -93,7 +93,7 @@ def main() -> None:
     console.print(table)
     console.print(f"peak RSS {rss_after_full:.0f} MB after the full ingest, {peak_rss_mb():.0f} MB at the end; "
                   f"chunk_tokens={settings.chunk_tokens}, chunk_overlap={settings.chunk_overlap}")
-    console.print(f"machine: {machine()}")
+    console.print(f"machine: {machine()}; code at {revision()}")
 
 
 if __name__ == "__main__":

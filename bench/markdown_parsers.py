@@ -29,7 +29,7 @@ from rich.table import Table
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import EVAL, ROOT, machine, median  # noqa: E402
+from bench.common import EVAL, ROOT, machine, median, revision  # noqa: E402
 from ingest.meta import split_front_matter  # noqa: E402
 from ingest.parsers import markdown  # noqa: E402
 from ingest.parsers.elements import offline_unstructured, sections_from_elements  # noqa: E402
@@ -144,7 +144,7 @@ def main() -> None:
         verdict += (f" -> keep native" if not loses and n["s_per_mb"] < u["s_per_mb"]
                     else f" -> native loses {', '.join(loses) or 'on speed'}: look before choosing")
         console.print(f"verdict, {label}: {verdict}")
-    console.print(f"machine: {machine()}")
+    console.print(f"machine: {machine()}; code at {revision()}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from rich.table import Table
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import (eval_set, forget_recent_embeddings, machine, median,  # noqa: E402
-                          peak_rss_mb, percentile)
+                          peak_rss_mb, percentile, revision)
 from kb.config import Settings  # noqa: E402
 from kb.errors import KBError  # noqa: E402
 from kb.retrieve import MODES, Corpus, search  # noqa: E402
@@ -101,7 +101,7 @@ def main() -> None:
     console.print(f"once per process: Store open {open_s * 1000:.0f} ms; Corpus.load cold (no cache) "
                   f"{cold_s * 1000:.0f} ms, from its on-disk cache {cached_s * 1000:.0f} ms (median of 3); "
                   f"first search incl. model load {first_s * 1000:.0f} ms")
-    console.print(f"peak RSS {peak_rss_mb():.0f} MB; machine: {machine()}")
+    console.print(f"peak RSS {peak_rss_mb():.0f} MB; machine: {machine()}; code at {revision()}")
 
 
 if __name__ == "__main__":

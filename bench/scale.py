@@ -37,7 +37,7 @@ from rich.table import Table
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import (EVAL, forget_recent_embeddings, machine, median,  # noqa: E402
-                          peak_rss_mb, percentile)
+                          peak_rss_mb, percentile, revision)
 from kb.config import Settings  # noqa: E402
 from kb.embed import model_dim  # noqa: E402
 from kb.retrieve import MODES, Corpus, search  # noqa: E402
@@ -201,7 +201,7 @@ def main() -> None:
     console.print(f"real embedding rate ({embedding['model']}): {embedding['rate']:.1f} chunks/s on "
                   f"{embedding['chunks']} {embedding['what']} ({embedding['seconds']:.0f} s); e.g. 100,000 such "
                   f"chunks ~ {100_000 / embedding['rate'] / 3600:.1f} h of embedding on top of the store's time")
-    console.print(f"machine: {machine()}")
+    console.print(f"machine: {machine()}; code at {revision()}")
 
 
 if __name__ == "__main__":

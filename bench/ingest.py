@@ -73,7 +73,9 @@ def main() -> None:
         full, full_s = timed_ingest(copies[0].parent, settings)
         rss_after_full = peak_rss_mb()
         again, again_s = timed_ingest(copies[0].parent, settings)
-        with open(copies[len(copies) // 2], "a", encoding="utf-8") as fh:
+        changed_file = sorted(copies, key=lambda p: p.stat().st_size)[len(copies) // 2]  # a median-size file
+        changed_kb = changed_file.stat().st_size / 1e3
+        with open(changed_file, "a", encoding="utf-8") as fh:
             fh.write("\nA line appended by bench/ingest.py to change this one file.\n")
         changed, changed_s = timed_ingest(copies[0].parent, settings)
 
@@ -87,7 +89,7 @@ def main() -> None:
                   f"{megabytes / (full_s / 60):.2f} MB/min, {full.chunks / full_s:.1f} chunks/s")
     table.add_row(f"unchanged re-ingest: {len(again.unchanged)} unchanged", f"{again_s:.2f}",
                   f"{again_s / full_s:.4f}", "")
-    table.add_row(f"one file changed: {len(changed.updated)} updated", f"{changed_s:.2f}",
+    table.add_row(f"one file changed: {len(changed.updated)} updated ({changed_kb:.0f} KB)", f"{changed_s:.2f}",
                   f"{changed_s / full_s:.4f}", "")
     console = Console(width=120)
     console.print(table)

@@ -30,7 +30,7 @@ NO_CANON_INSTRUCTION = (
     "Answer the question about the game's world from what you know, briefly. "
     "If you do not know, say so rather than invent."
 )
-MIN_RELEVANCE = 0.78  # separates the sample world's 34 answerable from 12 unanswerable questions best (3 misses, 0 false answers)
+MIN_RELEVANCE = 0.8  # answers 29 of the sample world's 34 answerable questions and 0 of 12 unanswerable (bench/relevance.py)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。！？；])|\n+")
 
 

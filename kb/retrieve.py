@@ -15,14 +15,15 @@ from dataclasses import dataclass
 import bm25s
 import numpy as np
 
+from ingest.chunk import detect_lang
 from kb.lexical import tokens
 from kb.store import Store
 
 MODES = ("hybrid", "dense", "bm25")
-CACHE_FORMAT = 2  # bump when Corpus or the tokenizer changes, so old pickles are not reused
-RRF_K = 60
-BM25_WEIGHT = 1.0
-DENSE_WEIGHT = 1.0
+CACHE_FORMAT = 3  # bump when Corpus or the tokenizer changes, so old pickles are not reused
+DENSE_WEIGHT = {"en": 0.1, "zh": 0.3}  # by query language; chosen on ../shared/eval dev (README)
+CROSS_LINGUAL_WEIGHT = 0.9
+SHORT_CHUNK_TERMS = 20
 
 
 @dataclass
@@ -51,8 +52,9 @@ class Corpus:
         self.position = {cid: i for i, cid in enumerate(ids)}
         self.bm25 = bm25s.BM25()
         self.doc_freq: Counter = Counter()
+        tokenized = [tokens(f"{m.get('title', '')}\n{t}") for t, m in zip(texts, metas)]
+        self.lengths = [len(terms) for terms in tokenized]
         if ids:
-            tokenized = [tokens(f"{m.get('title', '')}\n{t}") for t, m in zip(texts, metas)]
             for terms in tokenized:
                 self.doc_freq.update(set(terms))
             self.bm25.index(tokenized, show_progress=False)
@@ -155,12 +157,34 @@ def dense_ranking(store: Store, corpus: Corpus, query: str, depth: int,
     return ranked[:depth]
 
 
-def fuse(rankings: list[tuple[list[tuple[int, float]], float]]) -> list[tuple[int, float]]:
-    """Weighted reciprocal-rank fusion of several rankings."""
-    scores: dict[int, float] = {}
-    for ranking, weight in rankings:
-        for rank, (pos, _) in enumerate(ranking):
-            scores[pos] = scores.get(pos, 0.0) + weight / (RRF_K + rank + 1)
+def _min_max(ranking: list[tuple[int, float]]) -> dict[int, float]:
+    """Scores rescaled to 0..1 within one ranking, so BM25 and cosine can be added."""
+    if not ranking:
+        return {}
+    values = np.array([score for _, score in ranking])
+    low, span = values.min(), values.max() - values.min()
+    return {pos: float((score - low) / span) if span else 1.0 for pos, score in ranking}
+
+
+def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], dense_weight: float,
+         cross_lingual: set[int], lengths: list[int]) -> list[tuple[int, float]]:
+    """Weighted fusion of min-max normalised scores, fair to canon in the other language.
+
+    A chunk in the query's language scores (1 - dense_weight) * bm25 +
+    dense_weight * cosine. A chunk in another language has no words in common
+    with the query, so BM25 cannot see it; it scores CROSS_LINGUAL_WEIGHT * cosine
+    instead of being buried under every lexical match. Chunks of fewer than
+    SHORT_CHUNK_TERMS terms (a UI string, a one-line bark) are scaled down by
+    the square root of their share: both BM25 and cosine overrate them.
+    """
+    lexical, semantic = _min_max(bm25), _min_max(dense)
+    scores = {}
+    for pos in lexical.keys() | semantic.keys():
+        if pos in cross_lingual:
+            score = CROSS_LINGUAL_WEIGHT * semantic.get(pos, 0.0)
+        else:
+            score = (1 - dense_weight) * lexical.get(pos, 0.0) + dense_weight * semantic.get(pos, 0.0)
+        scores[pos] = score * min(1.0, lengths[pos] / SHORT_CHUNK_TERMS) ** 0.5
     return sorted(scores.items(), key=lambda item: -item[1])
 
 
@@ -176,7 +200,10 @@ def search(store: Store, corpus: Corpus, query: str, k: int = 5, mode: str = "hy
     elif mode == "dense":
         ranked = dense_ranking(store, corpus, query, depth, allowed)
     else:
-        ranked = fuse([(corpus.bm25_ranking(query, allowed)[:depth], BM25_WEIGHT),
-                       (dense_ranking(store, corpus, query, depth, allowed), DENSE_WEIGHT)])
+        dense = dense_ranking(store, corpus, query, depth, allowed)
+        query_lang = detect_lang(query)
+        other = {pos for pos, _ in dense if corpus.metas[pos].get("lang", query_lang) != query_lang}
+        ranked = fuse(corpus.bm25_ranking(query, allowed)[:depth], dense, DENSE_WEIGHT[query_lang],
+                      other, corpus.lengths)
     return [Hit(corpus.ids[pos], corpus.texts[pos], score, corpus.metas[pos])
             for pos, score in ranked[:k]]

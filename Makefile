@@ -14,7 +14,8 @@ $(BIN)/kb: pyproject.toml
 
 demo: $(BIN)/kb
 	$(BIN)/kb ingest corpora --kb $(DEMO_KB)
-	$(BIN)/kb ask "Who poisoned the harbour-master?" --kb $(DEMO_KB)
+	$(BIN)/kb ask "When was the Kessel Glass stolen?" --kb $(DEMO_KB)
+	$(BIN)/kb npc ask Sefa "Why was the Orrin Light dimmed?" --kb $(DEMO_KB)
 
 test: $(BIN)/kb
 	$(BIN)/python -m pytest -q

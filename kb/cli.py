@@ -210,18 +210,7 @@ def status(kb_dir, as_json):
     from kb.store import Store
 
     settings = settings_from(kb_dir)
-    store = Store(settings.kb_dir, settings.chroma_url)
-    records = store.files().values()
-    last = store.last_ingest()
-    data = {
-        "kb": settings.chroma_url or str(settings.kb_dir),
-        "files": sum(1 for r in records if r.kind == "canon"),
-        "cards": sum(1 for r in records if r.kind == "card"),
-        "chunks": store.count(),
-        "model": store.model,
-        "store_bytes": store.size_bytes(),
-        "last_ingest": datetime.datetime.fromtimestamp(last).isoformat(timespec="seconds") if last else None,
-    }
+    data = Store(settings.kb_dir, settings.chroma_url).status()
     if as_json:
         emit_json(data)
         return

@@ -508,19 +508,8 @@ def create_app(settings: Settings, *, token: str | None = None, roots: list[Path
     def status():
         """Files, cards, chunks, embedding model and last ingest, as `kb status --json`."""
         store = kb.store()
-        records = store.files().values()
-        last = store.last_ingest()
-        return {
-            "kb": settings.chroma_url or str(settings.kb_dir),
-            "files": sum(1 for r in records if r.kind == "canon"),
-            "cards": sum(1 for r in records if r.kind == "card"),
-            "chunks": store.count(),
-            "model": store.model,
-            "store_bytes": store.size_bytes(),
-            "last_ingest": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(last)) if last else None,
-            "generation": store.generation(),
-            "llm": settings.llm_configured and not kb.extractive,
-        }
+        return {**store.status(), "generation": store.generation(),
+                "llm": settings.llm_configured and not kb.extractive}
 
     @api.post("/search", tags=["json"], response_model=SearchResponse)
     def search_route(body: SearchRequest):

@@ -160,6 +160,20 @@ class Store:
         rows = self.manifest.get(ids=["state"], include=["metadatas"])
         return rows["metadatas"][0]["updated_at"] if rows["ids"] else None
 
+    def status(self) -> dict:
+        """Files, cards, chunks, model, size and last ingest, as `kb status --json` and GET /status show them."""
+        records = self.files().values()
+        last = self.last_ingest()
+        return {
+            "kb": self.chroma_url or str(self.kb_dir),
+            "files": sum(1 for r in records if r.kind == "canon"),
+            "cards": sum(1 for r in records if r.kind == "card"),
+            "chunks": self.count(),
+            "model": self.model,
+            "store_bytes": self.size_bytes(),
+            "last_ingest": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(last)) if last else None,
+        }
+
     # -- writes -----------------------------------------------------------
 
     def _journal(self, key: str) -> None:

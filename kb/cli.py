@@ -62,6 +62,11 @@ def settings_from(kb_dir: Path | None, **overrides) -> Settings:
     return settings
 
 
+def print_table(table: Table) -> None:
+    """A rich table on stdout, never cut to 80 columns when stdout is a pipe or a file."""
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
 def emit_json(data) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
@@ -122,7 +127,7 @@ def ingest(paths, embed_model, kb_dir, as_json):
         table.add_row(*(str(len(getattr(report, f))) for f in
                         ("added", "updated", "unchanged", "removed", "failed", "skipped")),
                       str(report.chunks))
-        Console().print(table)
+        print_table(table)
     if report.failed:
         sys.exit(1)
 
@@ -217,7 +222,7 @@ def status(kb_dir, as_json):
     table = Table(show_header=False)
     for key, value in data.items():
         table.add_row(key, str(value))
-    Console().print(table)
+    print_table(table)
 
 
 @cli.command()
@@ -253,7 +258,7 @@ def eval_answers(questions, model, compare_models, retrieval, k, settings, as_js
     for row in rows:
         table.add_row(row["model"], "on" if row["retrieval"] else "off", row["mode"], str(row["n"]),
                       *("-" if row[m] is None else f"{row[m]:.3f}" for m in METRICS))
-    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: never truncate model names
+    print_table(table)
 
 
 @cli.command("eval")
@@ -298,7 +303,7 @@ def eval_cmd(qa_file, mode, compare, plot, answers, model, compare_models, retri
     table = Table("mode", *metrics)
     for m, figures in results.items():
         table.add_row(m, *(str(figures[x]) for x in metrics))
-    Console().print(table)
+    print_table(table)
 
 
 @cli.group()
@@ -321,7 +326,7 @@ def npc_list(kb_dir, as_json):
     table = Table("name", "role", "speaker", "knows")
     for card in found.values():
         table.add_row(card["name"], card["role"], card["speaker"], json.dumps(card["knows"]) if card["knows"] else "everything")
-    Console().print(table)
+    print_table(table)
 
 
 @npc.command("show")
@@ -542,7 +547,7 @@ def finetune_list(limit, base_url, kb_dir, as_json):
     for job in found:
         created = datetime.datetime.fromtimestamp(job["created_at"] or 0).isoformat(timespec="minutes")
         table.add_row(job["id"], job["status"], job["model"], job["fine_tuned_model"] or "", created)
-    Console().print(table)
+    print_table(table)
 
 
 @finetune.command("cancel")

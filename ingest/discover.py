@@ -55,11 +55,12 @@ def is_ignored(source: str, patterns: list[str]) -> bool:
 
 
 def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list[tuple[str, str]]]:
-    """Return (files to ingest, skipped (path, why), missing (path, why)).
+    """Return (files to ingest, skipped (path, why), failed (path, why)).
 
     Hidden files and folders, and paths matched by the folder's `.kbignore`, are
     skipped silently from folder walks; unsupported files are skipped with a
-    note; a path that does not exist is an error.
+    note; a path that does not exist, or a file name that is not UTF-8 (it could
+    be neither stored nor printed as JSON), is an error.
     """
     found: list[Found] = []
     skipped: list[tuple[str, str]] = []
@@ -68,7 +69,7 @@ def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list
     for name in paths:
         root = Path(name).resolve()
         if not root.exists():
-            missing.append((name, "path does not exist"))
+            missing.append((_printable(name), "path does not exist"))
             continue
         if root.is_file():
             candidates = [root]
@@ -85,9 +86,25 @@ def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list
                 continue
             seen.add(path)
             source = path.relative_to(base).as_posix()
+            if not _is_utf8(str(path)):
+                missing.append((_printable(source), "file name is not valid UTF-8; rename the file"))
+                continue
             kind = kind_of(path)
             if kind is None:
                 skipped.append((source, f"unsupported file type '{path.suffix or path.name}'"))
             else:
                 found.append(Found(path, source, root, kind))
     return found, skipped, missing
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of a file name arrive as lone surrogates
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    """A file name as text that can be printed and put in JSON: undecodable bytes as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -163,6 +163,16 @@ def test_a_file_that_turns_bad_keeps_what_it_stored_before(tmp_path, kb_dir):
     assert found["results"][0]["text"] == "Grey herons nest in the reed beds."
 
 
+def test_a_file_name_that_is_not_utf8_is_named_and_the_rest_is_ingested(tmp_path, kb_dir):
+    docs = good_folder(tmp_path / "docs")
+    (Path(os.fsdecode(bytes(docs) + b"/bad\xffname.md"))).write_text("Reeds.\n")
+    result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert result.exit_code == 1
+    assert sorted(report["added"]) == ["herons.md", "kilns.txt"]
+    assert report["failed"] == [{"path": "bad\\xffname.md", "error": "file name is not valid UTF-8; rename the file"}]
+    assert error_lines(result) == ["error: bad\\xffname.md: file name is not valid UTF-8; rename the file"]
+
+
 def test_a_parser_crash_on_one_file_does_not_stop_the_others(tmp_path, kb_dir):
     docs = good_folder(tmp_path / "docs")
     (docs / "deep.json").write_text("[" * 100_000 + "]" * 100_000)

@@ -124,9 +124,9 @@ def _remove_vanished(store: Store, records: dict[str, FileRecord], paths: list[s
 def forget(paths: list[str], settings: Settings) -> list[str]:
     """Remove files (or everything under folders) from the store on request."""
     targets = [str(Path(p).resolve()) for p in paths]
+    store = Store(settings.kb_dir, settings.chroma_url)  # before the lock, which would create a mistyped --kb
     lock = contextlib.nullcontext() if settings.chroma_url else write_lock(settings.kb_dir)
     with lock:
-        store = Store(settings.kb_dir, settings.chroma_url)
         removed = []
         for record in store.files().values():
             if any(record.path == t or record.path.startswith(t.rstrip("/") + "/") for t in targets):

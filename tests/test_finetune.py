@@ -388,6 +388,25 @@ def test_cost_arithmetic_on_known_token_counts(tmp_path):
     assert result.exit_code == 1 and "no price for model 'nope'" in result.stderr
 
 
+@pytest.mark.parametrize("content, complaint", [
+    (b"\xff\xfe[models.x]\n", "not UTF-8"),
+    (b"[models]\nx = 3\n", "models.x must be a table"),
+    (b'[models.x]\nformat = "chat"\ntraining_per_1k = "cheap"\nmax_tokens = 10\n', "training_per_1k must be a number"),
+    (b'[models.x]\nformat = "chat"\ntraining_per_1k = 1\nmax_tokens = 10\nencoding = "r50k_base"\n',
+     "encoding must be one of"),
+    (b'[defaults]\nepochs = "four"\n[models.x]\nformat = "chat"\ntraining_per_1k = 1\nmax_tokens = 10\n',
+     "defaults.epochs"),
+])
+def test_a_broken_price_table_is_one_line(tmp_path, content, complaint):
+    table = tmp_path / "prices.toml"
+    table.write_bytes(content)
+    path = jsonl(tmp_path / "t.jsonl", [chat(f"Q{i}") for i in range(10)])
+    result = invoke("finetune", "check", path, "--prices", table)
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {table}: ") and complaint in line
+
+
 def test_chat_rules_in_isolation():
     assert chat_problems(chat()) == []
     assert chat_problems(chat(system=None)) == []

@@ -43,6 +43,6 @@ def encoding(name: str = ENCODING):
     return tiktoken.get_encoding(name)
 
 
-def count_tokens(text: str) -> int:
-    """How many tokens a text costs a model (cl100k)."""
-    return len(encoding().encode(text, disallowed_special=()))
+def count_tokens(text: str, name: str = ENCODING) -> int:
+    """How many tokens a text costs a model (cl100k unless another encoding is named)."""
+    return len(encoding(name).encode(text, disallowed_special=()))

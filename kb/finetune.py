@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from ingest.parsers.dialogue import CHOICE_MARK
-from ingest.tokens import OFFLINE_ENCODINGS, encoding
+from ingest.tokens import OFFLINE_ENCODINGS, count_tokens
 from kb import llm
 from kb.config import Settings
 from kb.errors import KBError
@@ -455,10 +455,6 @@ def completion_problems(item: dict) -> tuple[list[str], list[str]]:
     elif completion[:-len(STOP)][-1:].isspace():
         warnings.append(f"whitespace before the stop sequence {STOP!r}")
     return errors, warnings
-
-
-def count_tokens(text: str, encoding_name: str) -> int:
-    return len(encoding(encoding_name).encode(text, disallowed_special=()))
 
 
 def example_tokens(item: dict, fmt: str, encoding_name: str) -> int:

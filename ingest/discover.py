@@ -59,8 +59,9 @@ def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list
 
     Hidden files and folders, and paths matched by the folder's `.kbignore`, are
     skipped silently from folder walks; unsupported files are skipped with a
-    note; a path that does not exist, or a file name that is not UTF-8 (it could
-    be neither stored nor printed as JSON), is an error.
+    note; a named path that does not exist or is neither a regular file nor a
+    folder, or a file name that is not UTF-8 (it could be neither stored nor
+    printed as JSON), is an error.
     """
     found: list[Found] = []
     skipped: list[tuple[str, str]] = []
@@ -70,6 +71,9 @@ def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list
         root = Path(name).resolve()
         if not root.exists():
             missing.append((_printable(name), "path does not exist"))
+            continue
+        if not root.is_file() and not root.is_dir():  # a FIFO would block the read; a device is no canon
+            missing.append((_printable(name), "not a regular file or a folder"))
             continue
         if root.is_file():
             candidates = [root]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ingest.discover import discover
 
 
@@ -32,3 +34,10 @@ def test_missing_path_is_reported_and_a_named_file_is_read(tmp_path):
     found, _, missing = discover([str(tmp_path / "one.txt"), str(tmp_path / "nope")])
     assert [f.source for f in found] == ["one.txt"]
     assert missing == [(str(tmp_path / "nope"), "path does not exist")]
+
+
+def test_a_named_path_that_is_neither_file_nor_folder_is_an_error(tmp_path):
+    fifo = tmp_path / "pipe.md"
+    os.mkfifo(fifo)
+    found, _, failed = discover([str(fifo)])
+    assert found == [] and failed == [(str(fifo), "not a regular file or a folder")]

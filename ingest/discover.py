@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingest.errors import IngestError
 from ingest.parsers import parser_for
 
 CARD_SUFFIXES = (".yaml", ".yml")
@@ -40,11 +41,21 @@ def kind_of(path: Path) -> str | None:
 
 
 def ignore_patterns(root: Path) -> list[str]:
-    """Glob patterns from a folder's `.kbignore` (one per line, `#` comments), like .gitignore."""
+    """Glob patterns from a folder's `.kbignore` (one per line, `#` comments), like .gitignore.
+
+    Raises:
+        IngestError: the file cannot be read or is not UTF-8.
+    """
     path = root / ".kbignore"
     if not path.is_file():
         return []
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise IngestError(f"cannot read .kbignore: {exc.strerror}", str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise IngestError(f".kbignore is not UTF-8 (bad byte at offset {exc.start})", str(path)) from None
+    lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 
@@ -79,7 +90,11 @@ def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list
             candidates = [root]
             base = root.parent
         else:
-            ignored = ignore_patterns(root)
+            try:
+                ignored = ignore_patterns(root)
+            except IngestError as exc:  # without its patterns the folder would ingest what it excludes
+                missing.append((_printable(str(Path(name) / ".kbignore")), exc.reason))
+                continue
             candidates = sorted(
                 p for p in root.rglob("*")
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)

@@ -41,3 +41,11 @@ def test_a_named_path_that_is_neither_file_nor_folder_is_an_error(tmp_path):
     os.mkfifo(fifo)
     found, _, failed = discover([str(fifo)])
     assert found == [] and failed == [(str(fifo), "not a regular file or a folder")]
+
+
+def test_an_unreadable_kbignore_fails_its_folder_rather_than_ingesting_what_it_excludes(tmp_path):
+    (tmp_path / "secret.md").write_text("# Secret\n")
+    (tmp_path / ".kbignore").write_bytes(b"\xff\xfesecret.md\n")
+    found, _, failed = discover([str(tmp_path)])
+    assert found == []
+    assert failed == [(f"{tmp_path}/.kbignore", ".kbignore is not UTF-8 (bad byte at offset 0)")]

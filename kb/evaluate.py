@@ -24,6 +24,8 @@ def read_questions(path: str) -> list[dict]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise KBError(f"{path}: cannot read question set: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise KBError(f"{path}: question set is not UTF-8 (bad byte at offset {exc.start})") from None
     questions = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -34,6 +36,12 @@ def read_questions(path: str) -> list[dict]:
             raise KBError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
         if not isinstance(item, dict) or not all(k in item for k in ("question", "answers", "doc_id")):
             raise KBError(f"{path}:{number}: a line needs question, answers and doc_id")
+        if not isinstance(item["question"], str) or not item["question"].strip():
+            raise KBError(f"{path}:{number}: question must be non-empty text")
+        if not isinstance(item["answers"], list) or not all(isinstance(a, str) for a in item["answers"]):
+            raise KBError(f"{path}:{number}: answers must be a list of strings")
+        if not isinstance(item["doc_id"], (str, int)) or isinstance(item["doc_id"], bool):
+            raise KBError(f"{path}:{number}: doc_id must be text (the gold file's name without extension)")
         questions.append(item)
     if not questions:
         raise KBError(f"{path}: no questions")

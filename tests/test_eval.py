@@ -115,6 +115,28 @@ def test_eval_names_a_bad_line(tiny_kb, tmp_path):
     assert result.stderr.strip() == f"error: {path}:1: a line needs question, answers and doc_id"
 
 
+@pytest.mark.parametrize("line, complaint", [
+    ({"question": 5, "answers": ["a"], "doc_id": "herons"}, "question must be non-empty text"),
+    ({"question": "Where?", "answers": None, "doc_id": "herons"}, "answers must be a list of strings"),
+    ({"question": "Where?", "answers": "reed beds", "doc_id": "herons"}, "answers must be a list of strings"),
+    ({"question": "Where?", "answers": ["a"], "doc_id": ["herons"]}, "doc_id must be text"),
+])
+def test_eval_names_a_line_of_the_wrong_shape(tiny_kb, tmp_path, line, complaint):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(QUESTIONS[0]) + "\n" + json.dumps(line) + "\n", encoding="utf-8")
+    result = invoke("eval", path, "--kb", tiny_kb)
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith(f"error: {path}:2: {complaint}")
+
+
+def test_eval_of_a_file_that_is_not_utf8_fails_with_one_line(tiny_kb, tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_bytes(b"\xff\xfe{}\n")
+    result = invoke("eval", path, "--kb", tiny_kb)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {path}: question set is not UTF-8 (bad byte at offset 0)"
+
+
 def test_eval_of_a_missing_file_fails_with_one_line(tiny_kb, tmp_path):
     missing = tmp_path / "nope.jsonl"
     result = invoke("eval", missing, "--kb", tiny_kb)

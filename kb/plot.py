@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from kb.errors import KBError
+
 
 def plot_recall(curves: dict[str, list[float]], path: str, title: str) -> None:
-    """Write a PNG with one recall@k line per mode."""
+    """Write a PNG with one recall@k line per mode.
+
+    Raises:
+        KBError: the file cannot be written, or its extension names no image format.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,5 +23,9 @@ def plot_recall(curves: dict[str, list[float]], path: str, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path)
+    except (OSError, ValueError) as exc:  # a missing folder; an extension matplotlib cannot write
+        raise KBError(f"{path}: cannot write the plot: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+    finally:
+        plt.close(fig)

@@ -151,3 +151,14 @@ def test_eval_on_the_sample_world_question_set(corpora_kb):
     assert result.exit_code == 0
     assert set(metrics) == METRICS and metrics["n"] == len(lines)
     assert metrics["recall@10"] >= metrics["recall@5"] >= metrics["recall@1"] > 0.5
+
+
+def test_eval_compare_plot_writes_a_png_and_a_bad_path_is_one_line(tiny_kb, qa_file, tmp_path):
+    png = tmp_path / "recall.png"
+    result = invoke("eval", qa_file, "--kb", tiny_kb, "--compare", "--plot", png)
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = tmp_path / "no-such-folder" / "recall.png"
+    result = invoke("eval", qa_file, "--kb", tiny_kb, "--compare", "--plot", missing)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {missing}: cannot write the plot: No such file or directory"

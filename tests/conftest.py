@@ -15,7 +15,6 @@ from tests.fake_openai import FakeOpenAI
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ROOT / "corpora"
 CORPORA_PATHS = [str(CORPORA)]  # corpora/.kbignore keeps its README and question sets out
-SHARED_EVAL = ROOT.parent / "shared" / "eval"
 
 
 @pytest.fixture(autouse=True)

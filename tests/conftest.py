@@ -31,9 +31,9 @@ def kb_dir(tmp_path) -> Path:
     return tmp_path / "kb"
 
 
-def invoke(*args, input=None):
+def invoke(*args):
     """Run the real `kb` CLI in-process; returns click's Result."""
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def invoke_json(*args):

@@ -353,12 +353,13 @@ def npc_show(name, kb_dir, as_json):
 @common
 def npc_ask(name, question, k, model, base_url, extractive, no_retrieval, kb_dir, as_json):
     """Ask NAME a QUESTION; they answer in character from the canon they may know."""
-    from kb.npc import ask_npc
+    from kb.npc import ask_npc, find_card
 
     settings = settings_from(kb_dir, base_url=base_url)
     store, corpus = open_store(settings)
+    card = find_card(store, name)
     stream = None if as_json else EchoTokens()
-    answer = ask_npc(store, corpus, name, question, settings, k=k, extractive=extractive,
+    answer = ask_npc(store, corpus, card, question, settings, k=k, extractive=extractive,
                      model=model, retrieval=not no_retrieval, on_token=stream)
     if as_json:
         emit_json(answer.to_json())

@@ -74,14 +74,13 @@ def system_prompt(card: dict, examples: list[str]) -> str:
     )
 
 
-def ask_npc(store: Store, corpus: Corpus, name: str, question: str, settings: Settings,
+def ask_npc(store: Store, corpus: Corpus, card: dict, question: str, settings: Settings,
             retrieval: bool = True, **options) -> Answer:
-    """Answer a player's question as the NPC, from only the canon the NPC may know.
+    """Answer a player's question as the NPC of ``card`` (from find_card), from only the canon it may know.
 
     Without retrieval the model answers from the persona alone, the way a
     model fine-tuned on the NPC's lines was trained to.
     """
-    card = find_card(store, name)
     system = system_prompt(card, voice_lines(corpus, card)) if retrieval else persona_prompt(card)
     answer = respond(store, corpus, question, settings, system=system, retrieval=retrieval,
                      not_found=card["unknown_answer"], limits=card["knows"], **options)

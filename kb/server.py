@@ -529,7 +529,7 @@ def create_app(settings: Settings, *, token: str | None = None, roots: list[Path
         """An NPC's in-character answer from only the canon its card allows, as `kb npc ask --json`."""
         store = kb.store()
         card = npc_card(store, name)
-        answer = ask_npc(store, kb.corpus(), card["name"], body.question, settings,
+        answer = ask_npc(store, kb.corpus(), card, body.question, settings,
                          **answer_options(body.extractive, body.k))
         return answer.to_json()
 
@@ -574,7 +574,7 @@ def create_app(settings: Settings, *, token: str | None = None, roots: list[Path
         def run(on_token=None) -> Answer:
             if card is None:
                 return respond(store, corpus, question, settings, on_token=on_token, **options)
-            return ask_npc(store, corpus, card["name"], question, settings, on_token=on_token, **options)
+            return ask_npc(store, corpus, card, question, settings, on_token=on_token, **options)
 
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
         if not body.stream:

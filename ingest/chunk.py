@@ -18,7 +18,8 @@ from ingest.types import Chunk, Section
 
 PROSE_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", "，", ", ", " ", ""]
 DIALOGUE_SEPARATORS = ["\n"]
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana, CJK ideographs: a regex class body
+_CJK = re.compile(f"[{CJK_CHARS}]")
 
 
 @functools.cache

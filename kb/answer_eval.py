@@ -13,6 +13,7 @@ import re
 import unicodedata
 from collections import Counter
 
+from ingest.chunk import CJK_CHARS
 from kb.answer import Answer, respond
 from kb.config import Settings
 from kb.errors import LLMError
@@ -22,8 +23,7 @@ from kb.retrieve import Corpus
 from kb.store import Store
 
 _CITATION = re.compile(r"\[\d+\]")
-_CJK_OR_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]|"
-                         r"[^\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]+")
+_CJK_OR_RUN = re.compile(f"[{CJK_CHARS}]|[^{CJK_CHARS}]+")
 _ARTICLES = frozenset({"a", "an", "the"})
 METRICS = ("exact_match", "f1", "contains", "citation_hit")
 

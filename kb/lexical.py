@@ -15,7 +15,9 @@ import unicodedata
 import Stemmer
 from spacy.lang.en.stop_words import STOP_WORDS
 
-_CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]+")
+from ingest.chunk import CJK_CHARS
+
+_CJK_RUN = re.compile(f"[{CJK_CHARS}]+")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _STOP = frozenset(STOP_WORDS)
 

@@ -56,18 +56,20 @@ DEFAULT_MODEL = "use-multilingual-v3"
 EMBEDDING_CACHE_SIZE = 8192  # vectors (16 MB at 512 floats)
 
 
-@functools.cache
-def _load(name: str):
+def _model_class(name: str):
     if name not in MODELS:
         raise KBError(f"unknown embedding model '{name}'; choose one of: {', '.join(MODELS)}")
-    return MODELS[name]()
+    return MODELS[name]
+
+
+@functools.cache
+def _load(name: str):
+    return _model_class(name)()
 
 
 def model_dim(name: str) -> int:
     """The vector size a model produces, recorded in the store."""
-    if name not in MODELS:
-        raise KBError(f"unknown embedding model '{name}'; choose one of: {', '.join(MODELS)}")
-    return MODELS[name].dim
+    return _model_class(name).dim
 
 
 @register_embedding_function

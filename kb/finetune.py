@@ -33,7 +33,7 @@ from ingest.tokens import OFFLINE_ENCODINGS, count_tokens
 from kb import llm
 from kb.config import Settings
 from kb.errors import KBError
-from kb.npc import cards, persona_prompt
+from kb.npc import card_named, cards, persona_prompt
 from kb.retrieve import Corpus
 from kb.store import Store
 
@@ -175,8 +175,7 @@ def _wanted_speakers(names: tuple[str, ...] | list[str], known_cards: dict, spok
         return None
     wanted = set()
     for name in names:
-        card = next((c for c in known_cards.values()
-                     if name.casefold() in (c["name"].casefold(), c["speaker"].casefold())), None)
+        card = card_named(known_cards, name)
         target = (card["speaker"] if card else name).casefold()
         found = {s for s in spoken if s.casefold() == target}
         if not found:

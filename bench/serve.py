@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +30,11 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+# As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from bench.common import ROOT, machine, median, percentile, revision  # noqa: E402
+
 CORPORA = ROOT / "corpora"
 CLIENTS = (1, 8, 32)
 
@@ -120,11 +122,10 @@ def measure(url: str, model: str, clients: int, asked: list[str], workload: str 
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(one, range(total)))
     wall = time.perf_counter() - started
-    ordered = sorted(latencies)
     return {"model": model, "workload": workload, "clients": clients, "requests": total, "errors": errors,
             "rps": round(total / wall, 2),
-            "p50_ms": round(statistics.median(ordered) * 1000),
-            "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000)}
+            "p50_ms": round(median(latencies) * 1000),
+            "p95_ms": round(percentile(latencies, 95) * 1000)}
 
 
 def main() -> None:
@@ -162,11 +163,10 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     if args.json:
-        print(json.dumps({"machine": machine, "rows": rows}, indent=2))
+        print(json.dumps({"machine": machine(), "revision": revision(), "rows": rows}, indent=2))
         return
-    print(f"kb serve --extractive on the sample world; {machine}")
+    print(f"kb serve --extractive on the sample world; {machine()}; code at {revision()}")
     print(f"{'model':<14}{'questions':<10}{'clients':>8}{'requests':>9}{'req/s':>8}{'p50 ms':>8}"
           f"{'p95 ms':>8}{'errors':>7}")
     for r in rows:

@@ -7,6 +7,7 @@ Exit status: 0 all good; 1 something failed (the message says what and why);
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import sys
 from pathlib import Path
@@ -39,8 +40,22 @@ def _remember_chroma_url(ctx, param, value):
         ctx.meta["kb.chroma_url"] = value
 
 
-def common(func):
-    """--kb, --chroma-url and --json, the options every command takes."""
+def common(command):
+    """--kb, --chroma-url and --json, the options every command takes.
+
+    With --json, a failure still prints one JSON document, ``{"error": ...}``,
+    besides the usual line on stderr.
+    """
+
+    @functools.wraps(command)
+    def func(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KBError as exc:
+            if kwargs.get("as_json"):
+                emit_json({"error": str(exc)})
+            raise
+
     func = click.option("--chroma-url", metavar="URL", expose_value=False, callback=_remember_chroma_url,
                         help="Keep the knowledge base on a Chroma server [$KB_CHROMA_URL].")(func)
     func = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")(func)

@@ -6,6 +6,7 @@ server that records what it receives.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 
@@ -203,7 +204,10 @@ def test_an_unreachable_model_fails_with_one_line(corpora_kb, as_json):
     assert result.exit_code == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: cannot reach") and url in line
-    assert result.stdout == ""
+    if as_json:  # --json still prints one document, naming the error
+        assert json.loads(result.stdout) == {"error": line.removeprefix("error: ")}
+    else:
+        assert result.stdout == ""
     assert "Traceback" not in result.output
 
 

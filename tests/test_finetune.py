@@ -62,7 +62,7 @@ knows:
 MAREN_SYSTEM = ('You are Maren, Ferrywoman of the Saltreach crossing, a character in a game. '
                 'Stay in character.\n\nPersona:\nGruff and superstitious. Calls everyone "tidewalker".')
 CROSSING = "Specific information: title: Crossing; chapter: 1; region: Saltreach"
-ROOST_INFO = "Specific information: scene: The Roost; chapter: 2; region: Mirewood"
+ROOST_INFO = "Specific information: title: The Roost; chapter: 2; region: Mirewood"
 # every line a character speaks, in script order (the menu choice "Pay the fare." is not one)
 SPOKEN = [
     ("Maren", "Step in. Mind the bilge."), ("Wren", "Is this the ferry to Greyhithe?"),

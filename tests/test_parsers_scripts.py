@@ -55,7 +55,7 @@ def test_dialogue_section_lists_speakers_and_omits_the_key_without_any():
     section = dialogue_section([("MAREN", "One."), (None, "The tide turns."), ("Wren", "Two.")],
                                {"node": "N", "speaker": "stale"})
     assert section.text == "Maren: One.\nThe tide turns.\nWren: Two."
-    assert section.meta == {"node": "N", "speaker": ["Maren", "Wren"]}
+    assert section.meta == {"node": "N", "title": "N", "speaker": ["Maren", "Wren"]}
     assert section.dialogue
     narration = dialogue_section([(None, "Only the sea.")], {"node": "N"})
     assert "speaker" not in narration.meta
@@ -310,7 +310,7 @@ def test_fountain_without_title_page_or_transitions(tmp_path):
         Tide's late.
     """)
     [section] = parse_file(path)
-    assert section.meta == {"scene": "EXT. HARBOUR - DAWN", "speaker": ["Maren"]}
+    assert section.meta == {"scene": "EXT. HARBOUR - DAWN", "title": "EXT. HARBOUR - DAWN", "speaker": ["Maren"]}
     assert section.text == "Maren: Tide's late."
 
 
@@ -377,7 +377,8 @@ def test_twee_passages_links_macros_and_story(tmp_path):
     assert market.meta["chapter"] == 1 and market.meta["region"] == "Saltreach"
     assert market.meta["tags"] == ["market"]
     assert market.meta["speaker"] == ["Nessa", "Wren"]
-    assert whistle.meta == {"story": "Market Day in Greyhithe", "node": "Whistle", "speaker": ["Nessa"]}
+    assert whistle.meta == {"story": "Market Day in Greyhithe", "node": "Whistle", "title": "Whistle",
+                            "speaker": ["Nessa"]}
     assert "not canon" not in market.text + whistle.text
 
 
@@ -481,7 +482,7 @@ def test_json_scene_object(tmp_path):
     [section] = parse_file(path)
     assert lines(section) == ["Nessa: No blades up here.", "Rain on the reeds.",
                               "Dace: Especially not mine. I'm Dace Harrow."]
-    assert section.meta == {"scene": "The Roost", "chapter": 2, "region": "Mirewood",
+    assert section.meta == {"scene": "The Roost", "title": "The Roost", "chapter": 2, "region": "Mirewood",
                             "speaker": ["Dace", "Nessa"]}
     assert section.dialogue
 

@@ -72,6 +72,9 @@ def dialogue_section(turns: list[tuple[str | None, str]], meta: dict) -> Section
     if not lines:
         return None
     meta = {key: value for key, value in meta.items() if key != "speaker"}
+    place = " > ".join(str(meta[k]) for k in ("knot", "stitch") if meta.get(k)) or meta.get("scene") or meta.get("node")
+    if place:
+        meta.setdefault("title", place)
     if speakers:
         meta["speaker"] = sorted(speakers)
     return Section(text="\n".join(lines), meta=clean_meta(meta), dialogue=True)

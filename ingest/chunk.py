@@ -48,15 +48,19 @@ def _speakers_in(text: str, speakers: list[str]) -> list[str]:
 
 
 def chunk_sections(sections: list[Section], file_key: str, file_hash: str, source: str,
-                   size: int, overlap: int) -> list[Chunk]:
+                   size: int, overlap: int, cjk_size: int | None = None) -> list[Chunk]:
     """Cut sections into chunks with stable ids and the metadata a citation needs.
 
-    Ids are `<file key>-<file hash>-<n>`: a changed file gets new ids, so its
-    new chunks can be written before its old ones are dropped.
+    Sections whose text is mostly Chinese are cut at ``cjk_size`` tokens when
+    given (a CJK character costs about one token, a word of English about 1.3,
+    so the same token budget holds less Chinese prose). Ids are
+    `<file key>-<file hash>-<n>`: a changed file gets new ids, so its new
+    chunks can be written before its old ones are dropped.
     """
     chunks: list[Chunk] = []
     for section in sections:
-        for piece in _splitter(size, overlap, section.dialogue).split_text(section.text):
+        section_size = cjk_size if cjk_size and detect_lang(section.text) == "zh" else size
+        for piece in _splitter(section_size, overlap, section.dialogue).split_text(section.text):
             piece = piece.strip()
             if not piece:
                 continue

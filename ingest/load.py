@@ -13,7 +13,7 @@ from ingest.types import Chunk
 
 
 def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
-                chunk_size: int, chunk_overlap: int) -> list[Chunk]:
+                chunk_size: int, chunk_overlap: int, cjk_chunk_size: int | None = None) -> list[Chunk]:
     """Parse and chunk one canon file.
 
     Raises:
@@ -27,7 +27,8 @@ def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
             sections = parser.parse(data, source)
         else:
             sections = parser.parse(decode_text(data, source), source)
-        chunks = chunk_sections(sections, file_key, file_hash, source, chunk_size, chunk_overlap)
+        chunks = chunk_sections(sections, file_key, file_hash, source, chunk_size, chunk_overlap,
+                                cjk_chunk_size)
     except IngestError:
         raise
     except Exception as exc:  # a pathological file (e.g. JSON nested 100,000 deep) must not stop the others

@@ -17,7 +17,7 @@ class Settings:
     """Where the knowledge base lives and how it chunks, retrieves and answers.
 
     Environment: KB_DIR, KB_CHROMA_URL, KB_EMBED_MODEL, KB_CHUNK_TOKENS,
-    KB_CHUNK_OVERLAP, KB_CONTEXT_TOKENS, KB_MAX_FILE_MB, OPENAI_API_KEY,
+    KB_CJK_CHUNK_TOKENS, KB_CHUNK_OVERLAP, KB_CONTEXT_TOKENS, KB_MAX_FILE_MB, OPENAI_API_KEY,
     OPENAI_BASE_URL, KB_MODEL.
     """
 
@@ -25,6 +25,7 @@ class Settings:
     chroma_url: str | None = field(default_factory=lambda: os.environ.get("KB_CHROMA_URL") or None)
     embed_model: str | None = field(default_factory=lambda: os.environ.get("KB_EMBED_MODEL") or None)
     chunk_tokens: int = field(default_factory=lambda: _env_int("KB_CHUNK_TOKENS", 600))
+    cjk_chunk_tokens: int = field(default_factory=lambda: _env_int("KB_CJK_CHUNK_TOKENS", 1000))
     chunk_overlap: int = field(default_factory=lambda: _env_int("KB_CHUNK_OVERLAP", 40))
     context_tokens: int = field(default_factory=lambda: _env_int("KB_CONTEXT_TOKENS", 3000))
     max_file_mb: int = field(default_factory=lambda: _env_int("KB_MAX_FILE_MB", 20))

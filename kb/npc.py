@@ -12,7 +12,7 @@ import re
 from kb.answer import Answer, respond
 from kb.config import Settings
 from kb.errors import KBError
-from kb.retrieve import Corpus, allowed_mask
+from kb.retrieve import Corpus, within_limits
 from kb.store import Store
 
 VOICE_EXAMPLES = 4
@@ -47,12 +47,14 @@ def find_card(store: Store, name: str) -> dict:
 
 def voice_lines(corpus: Corpus, card: dict, limit: int = VOICE_EXAMPLES) -> list[str]:
     """A few of the NPC's own canonical lines, from canon the NPC may know, as voice examples."""
-    mask = allowed_mask(corpus, None, card["knows"])
     line = re.compile(rf"^{re.escape(card['speaker'])}:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+    speaker = card["speaker"].casefold()
     examples: list[str] = []
     for pos, meta in enumerate(corpus.metas):
-        speakers = [s.casefold() for s in meta.get("speaker", [])]
-        if card["speaker"].casefold() not in speakers or (mask is not None and not mask[pos]):
+        # the speaker test first: the limits are checked only on the NPC's own few chunks,
+        # not over the whole corpus (retrieval builds its own mask for the answer)
+        if speaker not in (s.casefold() for s in meta.get("speaker", [])) \
+                or not within_limits(meta, card["knows"]):
             continue
         for text in line.findall(corpus.texts[pos]):
             if text not in examples and not text.startswith("(choice)"):

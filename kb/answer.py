@@ -14,7 +14,7 @@ from typing import Callable
 from kb.config import Settings
 from kb.context import Cited, pack, render
 from kb.errors import KBError, LLMError
-from kb.lexical import tokens
+from kb.lexical import query_tokens, tokens
 from kb.llm import chat
 from kb.retrieve import Corpus, search
 from kb.store import Store
@@ -50,7 +50,7 @@ class Answer:
 
 def coverage(question: str, text: str, idf) -> float:
     """Share of the question's terms, weighted by rarity, that appear in a text."""
-    weights = {term: idf(term) for term in tokens(question)}
+    weights = {term: idf(term) for term in query_tokens(question)}
     total = sum(weights.values())
     found = set(tokens(text))
     return sum(w for term, w in weights.items() if term in found) / total if total else 0.0

@@ -132,3 +132,16 @@ def test_search_prints_sources_and_text_without_json(corpora_kb):
     assert first.startswith("1. ") and "corrandine-overview.md" in first
     assert "Greyhithe" in result.stdout
     assert "3." not in result.stdout
+
+
+def test_chinese_question_words_do_not_outrank_the_name_asked_about(kb_dir, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "chatter.txt").write_text("这是什么？那是什么？你在说什么？为什么？\n", encoding="utf-8")
+    (docs / "banjie.txt").write_text("班杰出生于海港，后来成为演员。\n", encoding="utf-8")
+    (docs / "harbour.txt").write_text("海港是一座城市。\n", encoding="utf-8")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    for mode in ("bm25", "hybrid"):
+        results = search(kb_dir, "班杰是什么？", "--mode", mode)
+        assert name(results[0]) == "banjie.txt", mode
+    assert [name(h) for h in search(kb_dir, "班杰是什么？", "--mode", "bm25")] == ["banjie.txt"]

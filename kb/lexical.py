@@ -7,6 +7,9 @@ Mixed text gets both treatments, so one index serves both languages.
 A question's bigrams that lie wholly inside Chinese stopwords ("是什么",
 "哪些") are dropped from the query: they matched chatty passages instead of
 the canon asked about (cmrc2018 MRR 0.977 -> 0.984).
+English word pairs (`word_pairs`) feed a second index: a question's "old
+woman" or "fish doctor" then counts for more than its two words apart
+(fairytaleqa MRR 0.816 -> 0.851).
 """
 
 from __future__ import annotations
@@ -43,17 +46,27 @@ def fold(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+def _stems(folded: str) -> list[str]:
+    """The stems of a folded text's words that are not stopwords, in order."""
+    return _stemmer().stemWords([w for w in _WORD.findall(folded) if w not in _STOP])
+
+
 def tokens(text: str) -> list[str]:
     """BM25 terms: stemmed non-stopword words plus CJK character bigrams (lone characters kept)."""
     text = fold(text)
-    words = [w for w in _WORD.findall(text) if w not in _STOP]
-    terms = _stemmer().stemWords(words)
+    terms = _stems(text)
     for run in _CJK_RUN.findall(text):
         if len(run) == 1:
             terms.append(run)
         else:
             terms.extend(run[i:i + 2] for i in range(len(run) - 1))
     return terms
+
+
+def word_pairs(text: str) -> list[str]:
+    """Each stemmed word joined to the next one kept, so "the old woman" gives old_woman."""
+    stems = _stems(fold(text))
+    return [f"{a}_{b}" for a, b in zip(stems, stems[1:])]
 
 
 def _stopword_covered(run: str) -> list[bool]:

@@ -16,14 +16,17 @@ import bm25s
 import numpy as np
 
 from ingest.chunk import detect_lang
-from kb.lexical import query_tokens, tokens
+from kb.lexical import query_tokens, tokens, word_pairs
 from kb.store import Store
 
 MODES = ("hybrid", "dense", "bm25")
-CACHE_FORMAT = 3  # bump when Corpus or the tokenizer changes, so old pickles are not reused
-DENSE_WEIGHT = 0.1  # chosen on ../shared/eval dev: higher lets cosine push BM25's right answer down (README)
+CACHE_FORMAT = 4  # bump when Corpus or the tokenizer changes, so old pickles are not reused
+# By query language, chosen on ../shared/eval dev (README): USE's cosine lowered English MRR at any
+# weight, so English keeps it only for the cross-lingual lane; Chinese gains from a little.
+DENSE_WEIGHT = {"en": 0.0, "zh": 0.1}
 CROSS_LINGUAL_WEIGHT = 0.9
 SHORT_CHUNK_TERMS = 20
+PAIR_WEIGHT = 0.5  # word-pair BM25 added at this weight; fairytaleqa dev was flat from 0.25 to 0.5
 
 
 @dataclass
@@ -45,19 +48,25 @@ class Hit:
 
 
 class Corpus:
-    """The visible chunks and their BM25 index, cached on disk per store generation."""
+    """The visible chunks and their BM25 indexes (terms, word pairs), cached on disk per store generation."""
 
     def __init__(self, ids: list[str], texts: list[str], metas: list[dict]):
         self.ids, self.texts, self.metas = ids, texts, metas
         self.position = {cid: i for i, cid in enumerate(ids)}
         self.bm25 = bm25s.BM25()
+        self.pairs: bm25s.BM25 | None = None  # None when no chunk has two words in a row (all Chinese)
         self.doc_freq: Counter = Counter()
-        tokenized = [tokens(f"{m.get('title', '')}\n{t}") for t, m in zip(texts, metas)]
+        indexed = [f"{m.get('title', '')}\n{t}" for t, m in zip(texts, metas)]
+        tokenized = [tokens(text) for text in indexed]
         self.lengths = [len(terms) for terms in tokenized]
         if ids:
             for terms in tokenized:
                 self.doc_freq.update(set(terms))
             self.bm25.index(tokenized, show_progress=False)
+            paired = [word_pairs(text) for text in indexed]
+            if any(paired):
+                self.pairs = bm25s.BM25()
+                self.pairs.index(paired, show_progress=False)
 
     @classmethod
     def load(cls, store: Store) -> "Corpus":
@@ -89,7 +98,9 @@ class Corpus:
         return math.log(1 + (len(self.ids) + 1) / (self.doc_freq.get(term, 0) + 0.5))
 
     def bm25_ranking(self, query: str, allowed: np.ndarray | None, limit: int) -> list[tuple[int, float]]:
-        """The top ``limit`` chunk positions by BM25 score, best first, zero scores left out.
+        """The top ``limit`` chunk positions by BM25 score (terms plus weighted word pairs), best first.
+
+        Zero scores are left out.
 
         Only the top is sorted (argpartition): at 100k chunks a full sort cost
         ~40 ms of the ~46 ms a BM25 query took (bench/scale.py).
@@ -99,6 +110,9 @@ class Corpus:
         if not terms:
             return []
         scores = self.bm25.get_scores(terms)
+        pairs = [p for p in word_pairs(query) if self.pairs and p in self.pairs.vocab_dict]
+        if pairs:
+            scores = scores + PAIR_WEIGHT * self.pairs.get_scores(pairs)
         if allowed is not None:
             scores = np.where(allowed, scores, 0.0)
         if limit < len(scores):
@@ -165,8 +179,17 @@ def dense_ranking(store: Store, corpus: Corpus, query: str, depth: int,
     return ranked[:depth]
 
 
+def _share_of_best(ranking: list[tuple[int, float]]) -> dict[int, float]:
+    """BM25 scores as shares of the best one; min-max would score the weakest match as no match.
+
+    That tie cost fairytaleqa a gold chunk ranked 5th of 5 BM25 matches.
+    """
+    best = max((score for _, score in ranking), default=0.0)
+    return {pos: score / best if best else 0.0 for pos, score in ranking}
+
+
 def _min_max(ranking: list[tuple[int, float]]) -> dict[int, float]:
-    """Scores rescaled to 0..1 within one ranking, so BM25 and cosine can be added."""
+    """Cosines rescaled to 0..1 within one ranking, so they can be added to BM25's shares."""
     if not ranking:
         return {}
     values = np.array([score for _, score in ranking])
@@ -176,7 +199,7 @@ def _min_max(ranking: list[tuple[int, float]]) -> dict[int, float]:
 
 def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], dense_weight: float,
          cross_lingual: set[int], lengths: list[int]) -> list[tuple[int, float]]:
-    """Weighted fusion of min-max normalised scores, fair to canon in the other language.
+    """Weighted fusion of normalised scores, fair to canon in the other language.
 
     A chunk in the query's language scores (1 - dense_weight) * bm25 +
     dense_weight * cosine. A chunk in another language has no words in common
@@ -185,7 +208,7 @@ def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], dense_we
     SHORT_CHUNK_TERMS terms (a UI string, a one-line bark) are scaled down by
     the square root of their share: both BM25 and cosine overrate them.
     """
-    lexical, semantic = _min_max(bm25), _min_max(dense)
+    lexical, semantic = _share_of_best(bm25), _min_max(dense)
     scores = {}
     for pos in lexical.keys() | semantic.keys():
         if pos in cross_lingual:
@@ -211,7 +234,7 @@ def search(store: Store, corpus: Corpus, query: str, k: int = 5, mode: str = "hy
         dense = dense_ranking(store, corpus, query, depth, allowed)
         query_lang = detect_lang(query)
         other = {pos for pos, _ in dense if corpus.metas[pos].get("lang", query_lang) != query_lang}
-        ranked = fuse(corpus.bm25_ranking(query, allowed, depth), dense, DENSE_WEIGHT,
+        ranked = fuse(corpus.bm25_ranking(query, allowed, depth), dense, DENSE_WEIGHT[query_lang],
                       other, corpus.lengths)
     return [Hit(corpus.ids[pos], corpus.texts[pos], score, corpus.metas[pos])
             for pos, score in ranked[:k]]

@@ -7,6 +7,7 @@ from pathlib import Path, PurePath
 
 import pytest
 
+from kb.retrieve import fuse
 from kb.store import Store
 from tests.conftest import CORPORA_PATHS, invoke, invoke_json
 
@@ -145,3 +146,25 @@ def test_chinese_question_words_do_not_outrank_the_name_asked_about(kb_dir, tmp_
         results = search(kb_dir, "班杰是什么？", "--mode", mode)
         assert name(results[0]) == "banjie.txt", mode
     assert [name(h) for h in search(kb_dir, "班杰是什么？", "--mode", "bm25")] == ["banjie.txt"]
+
+
+
+def test_fusion_keeps_the_weakest_word_match_above_chunks_without_the_words():
+    bm25 = [(0, 4.0), (1, 1.0)]  # chunk 1 is the weakest BM25 match
+    dense = [(2, 0.6), (0, 0.5), (1, 0.2)]  # chunk 2 has none of the words but the best cosine
+    lengths = [100, 100, 100]
+    for weight in (0.0, 0.1):
+        ranked = [pos for pos, _ in fuse(bm25, dense, weight, cross_lingual=set(), lengths=lengths)]
+        assert ranked == [0, 1, 2], weight
+
+
+def test_a_question_s_word_pair_outranks_the_same_words_apart(kb_dir, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "phrase.txt").write_text("By the fire sat the old woman, mending nets.\n")
+    (docs / "apart.txt").write_text("The woman said her house was old. Her neighbour, also a woman, "
+                                    "thought the fence was old too.\n")
+    (docs / "other.txt").write_text("Boats came home at dusk.\n")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    for mode in ("bm25", "hybrid"):
+        assert name(search(kb_dir, "Who was the old woman?", "--mode", mode)[0]) == "phrase.txt", mode

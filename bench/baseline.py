@@ -41,12 +41,10 @@ from rich.table import Table
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import SETS, eval_set, machine, revision  # noqa: E402
+from bench.common import SETS, cached_store_dir, eval_set, ingested, machine, revision  # noqa: E402
 from kb.config import Settings  # noqa: E402
 from kb.evaluate import DEPTH, run_questions, score_question, summarize  # noqa: E402
 from kb.retrieve import MODES, Corpus  # noqa: E402
-from kb.store import Store  # noqa: E402
-from kb.sync import ingest  # noqa: E402
 
 CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 WORD = re.compile(r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
@@ -151,10 +149,7 @@ def plain_bm25(texts, sources, questions) -> dict:
 
 
 def ours(kb_dir: Path, docs_dir: Path, questions) -> dict[str, dict]:
-    report = ingest([str(docs_dir)], Settings(kb_dir=kb_dir, chroma_url=None))
-    if report.failed:
-        sys.exit(f"our ingest failed: {report.failed[:3]}")
-    store = Store(kb_dir)
+    store = ingested(kb_dir, docs_dir)
     corpus = Corpus.load(store)
     return {mode: summarize(run_questions(store, corpus, questions, mode)) for mode in MODES}
 
@@ -192,7 +187,7 @@ def main() -> None:
                 for doc in docs:
                     shutil.copyfile(doc, docs_dir / doc.name)
             if args.cache and not args.limit_docs:
-                kb_dir = args.cache / f"{name}-{settings.embed_model or 'default'}-{settings.chunk_tokens}t{settings.chunk_overlap}o"
+                kb_dir = cached_store_dir(args.cache, name)
             else:
                 kb_dir = Path(tmp) / f"{name}-kb"
 

@@ -81,3 +81,27 @@ def forget_recent_embeddings() -> None:
     if cache is not None:
         with LoreEmbedding._lock:
             cache.clear()
+
+
+def cached_store_dir(cache: Path, name: str) -> Path:
+    """Where a set's store is kept between runs: one per set, model and chunk settings.
+
+    Ingest is incremental by file hash, so a changed chunker is not noticed: use a new cache then.
+    """
+    from kb.config import Settings
+
+    settings = Settings()
+    return cache / (f"{name}-{settings.embed_model or 'default'}-{settings.chunk_tokens}t"
+                    f"{settings.cjk_chunk_tokens}zh{settings.chunk_overlap}o")
+
+
+def ingested(kb_dir: Path, docs_dir: Path):
+    """Our store of a set's documents with the current defaults (incremental if kb_dir holds one), or exit."""
+    from kb.config import Settings
+    from kb.store import Store
+    from kb.sync import ingest
+
+    report = ingest([str(docs_dir)], Settings(kb_dir=kb_dir, chroma_url=None))
+    if report.failed:
+        sys.exit(f"our ingest failed: {report.failed[:3]}")
+    return Store(kb_dir)

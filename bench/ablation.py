@@ -1,0 +1,97 @@
+"""What each retrieval choice is worth: hybrid on the dev questions with one choice undone at a time.
+
+Per set of ../shared/eval, our store is ingested with the current defaults
+(or reused from --cache), then scored in hybrid mode:
+
+- defaults: as shipped;
+- no word pairs: the English word-pair BM25 index left out (PAIR_WEIGHT 0);
+- Chinese question words kept: a question's stopword-only bigrams (是什么) stay in the query;
+- min-max BM25: BM25 min-max scaled like the cosine, as before (the weakest match scores 0);
+- dense weight w: the query language's cosine weight set to w.
+
+Choices are undone by setting kb.retrieve's module constants, so the code measured is the
+code shipped. BM25 alone is printed for reference.
+
+    python bench/ablation.py [--sets fairytaleqa,cmrc2018,drcd] [--cache DIR] [--weights 0,0.05,0.1,0.2,0.3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import kb.retrieve as retrieve  # noqa: E402
+from bench.common import SETS, cached_store_dir, eval_set, ingested, machine, revision  # noqa: E402
+from kb.evaluate import run_questions, summarize  # noqa: E402
+from kb.lexical import tokens  # noqa: E402
+
+METRICS = ("recall@1", "recall@5", "mrr", "answer_recall@5")
+
+
+@contextmanager
+def undone(**constants):
+    """kb.retrieve with some module-level names replaced for the duration."""
+    saved = {name: getattr(retrieve, name) for name in constants}
+    for name, value in constants.items():
+        setattr(retrieve, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(retrieve, name, value)
+
+
+def variants(weights: list[float]):
+    """(label, replaced constants, mode) for every row of the table."""
+    yield "defaults", {}, "hybrid"
+    yield "no word pairs", {"PAIR_WEIGHT": 0.0}, "hybrid"
+    yield "Chinese question words kept", {"query_tokens": tokens}, "hybrid"
+    yield "min-max BM25", {"_share_of_best": retrieve._min_max}, "hybrid"
+    for weight in weights:
+        yield f"dense weight {weight:g}", {"DENSE_WEIGHT": {"en": weight, "zh": weight}}, "hybrid"
+    yield "BM25 alone", {}, "bm25"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated [{','.join(SETS)}]")
+    parser.add_argument("--cache", type=Path, help="keep our stores here and reuse them (as bench/baseline.py)")
+    parser.add_argument("--weights", default="0,0.05,0.1,0.2,0.3", help="dense weights to try")
+    args = parser.parse_args()
+    weights = [float(w) for w in args.weights.split(",") if w.strip()]
+
+    table = Table(title="Hybrid on the dev questions with one choice undone (document-level)")
+    for column in ("set", "variant", *METRICS):
+        table.add_column(column, justify="left" if column in ("set", "variant") else "right")
+    with tempfile.TemporaryDirectory(prefix="kb-bench-ablation-") as tmp:
+        for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
+            folder = eval_set(name)
+            with open(folder / "qa.dev.jsonl", encoding="utf-8") as fh:
+                questions = [json.loads(line) for line in fh if line.strip()]
+            kb_dir = cached_store_dir(args.cache, name) if args.cache else Path(tmp) / name
+            store = ingested(kb_dir, folder / "docs")
+            corpus = retrieve.Corpus.load(store)
+            rows = list(variants(weights))
+            for label, constants, mode in rows:
+                with undone(**constants):
+                    figures = summarize(run_questions(store, corpus, questions, mode))
+                table.add_row(name, label, *(f"{figures[m]:.4f}" for m in METRICS),
+                              end_section=label == rows[-1][0])
+                print(f"{name}: {label} done", file=sys.stderr)
+    console = Console(width=140)
+    console.print(table)
+    console.print(f"machine: {machine()}; code at {revision()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,9 @@ Per set of ../shared/eval, our store is ingested with the current defaults
 - dense weight w: the query language's cosine weight set to w.
 
 Choices are undone by setting kb.retrieve's module constants, so the code measured is the
-code shipped. BM25 alone is printed for reference.
+code shipped. BM25 alone is printed for reference, and under the table the
+ceiling of answer_recall@5: the share of questions whose gold answer string
+appears in any chunk at all, and in a chunk of the gold document.
 
     python bench/ablation.py [--sets fairytaleqa,cmrc2018,drcd] [--cache DIR] [--weights 0,0.05,0.1,0.2,0.3]
 """
@@ -32,7 +34,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import kb.retrieve as retrieve  # noqa: E402
 from bench.common import SETS, cached_store_dir, eval_set, ingested, machine, revision  # noqa: E402
-from kb.evaluate import run_questions, summarize  # noqa: E402
+from kb.evaluate import normalize_answer, run_questions, summarize  # noqa: E402
 from kb.lexical import tokens  # noqa: E402
 
 METRICS = ("recall@1", "recall@5", "mrr", "answer_recall@5")
@@ -62,6 +64,18 @@ def variants(weights: list[float]):
     yield "BM25 alone", {}, "bm25"
 
 
+def answer_ceiling(corpus: retrieve.Corpus, questions: list[dict]) -> tuple[float, float]:
+    """Shares of questions whose gold answer is in some chunk, and in some chunk of the gold document."""
+    chunks = [(Path(meta.get("source", "")).stem, normalize_answer(text))
+              for text, meta in zip(corpus.texts, corpus.metas)]
+    anywhere = in_gold = 0
+    for item in questions:
+        answers = [a for a in map(normalize_answer, item["answers"]) if a]
+        anywhere += any(a in text for _, text in chunks for a in answers)
+        in_gold += any(a in text for doc, text in chunks if doc == str(item["doc_id"]) for a in answers)
+    return anywhere / len(questions), in_gold / len(questions)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated [{','.join(SETS)}]")
@@ -71,6 +85,7 @@ def main() -> None:
     weights = [float(w) for w in args.weights.split(",") if w.strip()]
 
     table = Table(title="Hybrid on the dev questions with one choice undone (document-level)")
+    ceilings = []
     for column in ("set", "variant", *METRICS):
         table.add_column(column, justify="left" if column in ("set", "variant") else "right")
     with tempfile.TemporaryDirectory(prefix="kb-bench-ablation-") as tmp:
@@ -81,6 +96,7 @@ def main() -> None:
             kb_dir = cached_store_dir(args.cache, name) if args.cache else Path(tmp) / name
             store = ingested(kb_dir, folder / "docs")
             corpus = retrieve.Corpus.load(store)
+            ceilings.append((name, *answer_ceiling(corpus, questions)))
             rows = list(variants(weights))
             for label, constants, mode in rows:
                 with undone(**constants):
@@ -90,6 +106,9 @@ def main() -> None:
                 print(f"{name}: {label} done", file=sys.stderr)
     console = Console(width=140)
     console.print(table)
+    for name, anywhere, in_gold in ceilings:
+        console.print(f"{name}: answer_recall@5 ceiling: gold answer in any chunk {anywhere:.3f}, "
+                      f"in a chunk of the gold document {in_gold:.3f}")
     console.print(f"machine: {machine()}; code at {revision()}")
 
 

@@ -51,22 +51,34 @@ def _stems(folded: str) -> list[str]:
     return _stemmer().stemWords([w for w in _WORD.findall(folded) if w not in _STOP])
 
 
+def _cjk_bigrams(folded: str) -> list[str]:
+    """Character bigrams of a folded text's CJK runs (a lone character kept)."""
+    terms = []
+    for run in _CJK_RUN.findall(folded):
+        terms.extend([run] if len(run) == 1 else [run[i:i + 2] for i in range(len(run) - 1)])
+    return terms
+
+
+def _pairs(stems: list[str]) -> list[str]:
+    return [f"{a}_{b}" for a, b in zip(stems, stems[1:])]
+
+
 def tokens(text: str) -> list[str]:
     """BM25 terms: stemmed non-stopword words plus CJK character bigrams (lone characters kept)."""
-    text = fold(text)
-    terms = _stems(text)
-    for run in _CJK_RUN.findall(text):
-        if len(run) == 1:
-            terms.append(run)
-        else:
-            terms.extend(run[i:i + 2] for i in range(len(run) - 1))
-    return terms
+    folded = fold(text)
+    return _stems(folded) + _cjk_bigrams(folded)
 
 
 def word_pairs(text: str) -> list[str]:
     """Each stemmed word joined to the next one kept, so "the old woman" gives old_woman."""
-    stems = _stems(fold(text))
-    return [f"{a}_{b}" for a, b in zip(stems, stems[1:])]
+    return _pairs(_stems(fold(text)))
+
+
+def tokens_and_pairs(text: str) -> tuple[list[str], list[str]]:
+    """`tokens` and `word_pairs` of one text from a single stemming pass, for building the indexes."""
+    folded = fold(text)
+    stems = _stems(folded)
+    return stems + _cjk_bigrams(folded), _pairs(stems)
 
 
 def _stopword_covered(run: str) -> list[bool]:

@@ -96,12 +96,12 @@ def cached_store_dir(cache: Path, name: str) -> Path:
 
 
 def ingested(kb_dir: Path, docs_dir: Path):
-    """Our store of a set's documents with the current defaults (incremental if kb_dir holds one), or exit."""
+    """Our knowledge base of a set's documents with the current defaults (incremental if kb_dir holds one), or exit."""
+    from kb.api import KnowledgeBase
     from kb.config import Settings
-    from kb.store import Store
-    from kb.sync import ingest
 
-    report = ingest([str(docs_dir)], Settings(kb_dir=kb_dir, chroma_url=None))
+    kb = KnowledgeBase(Settings(kb_dir=kb_dir, chroma_url=None))
+    report = kb.ingest([str(docs_dir)])
     if report.failed:
         sys.exit(f"our ingest failed: {report.failed[:3]}")
-    return Store(kb_dir)
+    return kb

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from kb.config import Settings
 from kb.context import Cited, pack, render
 from kb.errors import KBError, LLMError
 from kb.lexical import query_tokens, tokens
 from kb.llm import chat
-from kb.retrieve import Corpus, search
 from kb.store import Store
+
+if TYPE_CHECKING:
+    from kb.api import KnowledgeBase
 
 NOT_IN_CANON = "The canon does not say."
 INSTRUCTION = (
@@ -111,7 +113,7 @@ def answer_without_canon(question: str, settings: Settings, system: str, model: 
     return Answer(chat(messages, settings, model, on_token), [], "llm")
 
 
-def respond(store: Store, corpus: Corpus, question: str, settings: Settings, *, k: int = 5,
+def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
             extractive: bool = False, model: str | None = None, system: str | None = None,
             not_found: str = NOT_IN_CANON, limits: dict | None = None, retrieval: bool = True,
             on_token: Callable[[str], None] | None = None) -> Answer:
@@ -120,12 +122,14 @@ def respond(store: Store, corpus: Corpus, question: str, settings: Settings, *, 
     With ``retrieval=False`` the model answers alone (no canon, no citations), so a
     fine-tuned model can be measured with and without the canon in front of it.
     """
+    settings = kb.settings
     if not retrieval:
         if extractive:
             raise KBError("--extractive quotes the canon, so it cannot be combined with --no-retrieval")
         return answer_without_canon(question, settings, system or NO_CANON_INSTRUCTION, model, on_token)
     system = system or INSTRUCTION
-    hits = search(store, corpus, question, k=k, limits=limits)
+    store, corpus = kb.store, kb.corpus
+    hits = kb.search(question, k=k, limits=limits)
     cited = pack(hits, settings.context_tokens)
     use_llm = settings.llm_configured and not extractive
     mode = "llm" if use_llm else "extractive"

@@ -6,10 +6,13 @@ import json
 import math
 from pathlib import Path, PurePath
 
+from typing import TYPE_CHECKING
+
 from kb.errors import KBError
 from kb.lexical import fold
-from kb.retrieve import Corpus, search
-from kb.store import Store
+
+if TYPE_CHECKING:
+    from kb.api import KnowledgeBase
 
 DEPTH = 10
 
@@ -91,11 +94,11 @@ def summarize(per_question: list[dict]) -> dict:
     }
 
 
-def run_questions(store: Store, corpus: Corpus, questions: list[dict], mode: str = "hybrid") -> list[dict]:
+def run_questions(kb: "KnowledgeBase", questions: list[dict], mode: str = "hybrid") -> list[dict]:
     """Run every question through retrieval in one mode; per-question figures."""
     per_question = []
     for item in questions:
-        hits = search(store, corpus, item["question"], k=DEPTH, mode=mode)
+        hits = kb.search(item["question"], k=DEPTH, mode=mode)
         per_question.append(score_question([h.source for h in hits], [h.text for h in hits], item))
     return per_question
 

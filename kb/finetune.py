@@ -30,12 +30,16 @@ from typing import Callable
 
 from ingest.parsers.dialogue import CHOICE_MARK
 from ingest.tokens import OFFLINE_ENCODINGS, count_tokens
+from typing import TYPE_CHECKING
+
 from kb import llm
 from kb.config import Settings
 from kb.errors import KBError
-from kb.npc import card_named, cards, persona_prompt
+from kb.npc import card_named, persona_prompt
 from kb.retrieve import Corpus
-from kb.store import Store
+
+if TYPE_CHECKING:
+    from kb.api import KnowledgeBase
 
 FORMATS = ("chat", "completion")
 SEPARATOR = "\n\n###\n\n"        # ends every completion-format prompt, and appears nowhere else
@@ -199,7 +203,7 @@ def validation_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.validation{out.suffix or '.jsonl'}")
 
 
-def build_lines(store: Store, corpus: Corpus, fmt: str = "chat", speakers=(),
+def build_lines(kb: "KnowledgeBase", fmt: str = "chat", speakers=(),
                 context_turns: int = CONTEXT_TURNS) -> tuple[list[str], dict]:
     """The examples as JSONL lines, in script order, deduplicated; and the counts behind them.
 
@@ -208,8 +212,8 @@ def build_lines(store: Store, corpus: Corpus, fmt: str = "chat", speakers=(),
     """
     if fmt not in FORMATS:
         raise KBError(f"unknown format '{fmt}'; use one of: {', '.join(FORMATS)}")
-    found = scenes(corpus)
-    known = cards(store)
+    found = scenes(kb.corpus)
+    known = kb.npcs()
     by_speaker = {c["speaker"].casefold(): c for c in known.values()}
     spoken = {t.speaker for s in found for t in s.turns if t.spoken}
     wanted = _wanted_speakers(speakers, known, spoken)
@@ -232,7 +236,7 @@ def build_lines(store: Store, corpus: Corpus, fmt: str = "chat", speakers=(),
             lines.append(line)
             counts["speakers"][turn.speaker] = counts["speakers"].get(turn.speaker, 0) + 1
     if not lines:
-        raise KBError(f"no dialogue lines in the knowledge base at {store.chroma_url or store.kb_dir}; "
+        raise KBError(f"no dialogue lines in the knowledge base at {kb.location}; "
                       "ingest your scripts first (kb ingest scripts/)")
     counts["speakers"] = dict(sorted(counts["speakers"].items(), key=lambda item: (-item[1], item[0])))
     return lines, counts
@@ -246,7 +250,7 @@ def _write(path: Path, lines: list[str]) -> None:
         raise KBError(f"{path}: cannot write: {exc.strerror}") from None
 
 
-def build(store: Store, corpus: Corpus, out: Path, fmt: str = "chat", speakers=(),
+def build(kb: "KnowledgeBase", out: Path, fmt: str = "chat", speakers=(),
           context_turns: int = CONTEXT_TURNS, validation_split: float = 0.0) -> BuildReport:
     """Write the training file (and, with a split, its validation file) from the ingested dialogue.
 
@@ -254,7 +258,7 @@ def build(store: Store, corpus: Corpus, out: Path, fmt: str = "chat", speakers=(
         KBError: nothing to build from, or the files cannot be written.
     """
     out = Path(out)
-    lines, counts = build_lines(store, corpus, fmt, speakers, context_turns)
+    lines, counts = build_lines(kb, fmt, speakers, context_turns)
     train, held = split_validation(lines, validation_split)
     _write(out, train)
     held_path = validation_path(out) if held else None

@@ -19,7 +19,7 @@ import openai
 import pytest
 import uvicorn
 
-from kb import server as kb_server
+from kb.api import KnowledgeBase
 from kb.config import Settings
 from kb.retrieve import within_limits
 from kb.server import create_app
@@ -217,7 +217,7 @@ def test_unexpected_errors_hide_their_details(base_url, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("boom at /srv/secret/path")
 
-    monkeypatch.setattr(kb_server, "search", explode)
+    monkeypatch.setattr(KnowledgeBase, "search", explode)
     with httpx.Client(base_url=base_url) as http:
         response = http.post("/search", json={"query": "tide"})
     assert response.status_code == 500

@@ -34,8 +34,9 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from dataclasses import replace  # noqa: E402
 
 from bench.common import SETS, cached_store_dir, eval_set, ingested, machine, revision  # noqa: E402
+from ingest.text import plain  # noqa: E402
 from kb.config import RetrievalConfig  # noqa: E402
-from kb.evaluate import normalize_answer, run_questions, summarize  # noqa: E402
+from kb.evaluate import run_questions, summarize  # noqa: E402
 from kb.retrieve import Corpus  # noqa: E402
 
 METRICS = ("recall@1", "recall@5", "mrr", "answer_recall@5")
@@ -55,11 +56,11 @@ def variants(weights: list[float]):
 
 def answer_ceiling(corpus: Corpus, questions: list[dict]) -> tuple[float, float]:
     """Shares of questions whose gold answer is in some chunk, and in some chunk of the gold document."""
-    chunks = [(Path(meta.get("source", "")).stem, normalize_answer(text))
+    chunks = [(Path(meta.get("source", "")).stem, plain(text))
               for text, meta in zip(corpus.texts, corpus.metas)]
     anywhere = in_gold = 0
     for item in questions:
-        answers = [a for a in map(normalize_answer, item["answers"]) if a]
+        answers = [a for a in map(plain, item["answers"]) if a]
         anywhere += any(a in text for _, text in chunks for a in answers)
         in_gold += any(a in text for doc, text in chunks if doc == str(item["doc_id"]) for a in answers)
     return anywhere / len(questions), in_gold / len(questions)

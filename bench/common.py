@@ -75,7 +75,7 @@ def forget_recent_embeddings() -> None:
     A new `kb` process starts with it empty; a benchmark that runs many calls in one process must
     empty it to measure what each call costs on its own.
     """
-    from kb.embed import LoreEmbedding
+    from kb.store.embed import LoreEmbedding
 
     cache = getattr(LoreEmbedding, "_cache", None)
     if cache is not None:

@@ -10,16 +10,13 @@ answer's citations point at the gold document.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter
-
-from ingest.chunk import CJK_CHARS
 from typing import TYPE_CHECKING
 
+from ingest.text import CJK_CHARS, plain
 from kb.answer import Answer
 from kb.errors import LLMError
 from kb.evaluate import first_hit_rank
-from kb.lexical import fold
 
 if TYPE_CHECKING:
     from kb.api import KnowledgeBase
@@ -33,10 +30,8 @@ METRICS = ("exact_match", "f1", "contains", "citation_hit")
 def answer_tokens(text: str) -> list[str]:
     """Normalized tokens: case- and width-folded, without [n] citations, punctuation or English
     articles; each CJK character is one token."""
-    text = fold(_CITATION.sub(" ", text))
-    text = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
-    return [piece for word in text.split() for piece in _CJK_OR_RUN.findall(word)
-            if piece not in _ARTICLES]
+    return [piece for word in plain(_CITATION.sub(" ", text)).split()
+            for piece in _CJK_OR_RUN.findall(word) if piece not in _ARTICLES]
 
 
 def _golds(answers: list[str]) -> list[list[str]]:

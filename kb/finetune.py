@@ -26,12 +26,10 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ingest.parsers.dialogue import CHOICE_MARK
 from ingest.tokens import OFFLINE_ENCODINGS, count_tokens
-from typing import TYPE_CHECKING
-
 from kb import llm
 from kb.config import Settings
 from kb.errors import KBError

@@ -8,7 +8,6 @@ the answer nor the prompt can carry a later chapter.
 from __future__ import annotations
 
 import re
-
 from typing import TYPE_CHECKING
 
 from kb.answer import Answer, respond

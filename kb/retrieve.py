@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import bm25s
 import numpy as np
 
-from ingest.chunk import detect_lang
+from ingest.text import detect_lang
 from kb.config import RetrievalConfig
 from kb.lexical import query_tokens, tokens, tokens_and_pairs, word_pairs
 from kb.store import Store

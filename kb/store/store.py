@@ -1,4 +1,4 @@
-"""The only module that talks to chromadb: chunks, the ingest manifest, the model record, the lock.
+"""The store over chromadb: chunks, the ingest manifest, the model record.
 
 Everything the knowledge base keeps lives in chromadb collections, so the same
 code serves a local directory (PersistentClient) and a shared Chroma server
@@ -15,19 +15,15 @@ chunks, then flips its manifest row (the commit), then deletes the old ones; a
 journal row makes an interrupted replace repairable, and readers only see
 chunks whose hash matches the manifest.
 
-The write lock is a file lock beside a local store: it keeps a second process
-from writing the same directory. It does not protect a Chroma server, where
-any number of machines may write at once; there only abandoned journal rows
-are repaired, and writers should not replace the same file at the same time
-(run one ingest job per folder, e.g. from CI).
+A local store has one writer at a time (kb/store/lock.py). A Chroma server
+has no such lock, since any number of machines may write at once; there only
+abandoned journal rows are repaired, and writers should not replace the same
+file at the same time (run one ingest job per folder, e.g. from CI).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -36,8 +32,8 @@ from pathlib import Path
 import chromadb
 from chromadb.config import Settings as ChromaSettings
 
-from kb.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
-from kb.errors import KBError, ModelMismatch, StoreLocked, Unavailable
+from kb.errors import KBError, ModelMismatch, Unavailable
+from kb.store.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
 
 CANON = "canon"
 MANIFEST = "manifest"
@@ -272,36 +268,3 @@ class Store:
         if self.chroma_url:
             return None
         return sum(p.stat().st_size for p in self.kb_dir.rglob("*") if p.is_file())
-
-
-@contextlib.contextmanager
-def write_lock(kb_dir: Path):
-    """Hold the single-writer lock for a knowledge base, or fail at once with who holds it.
-
-    Raises:
-        StoreLocked: another process holds the lock.
-        KBError: the directory cannot be written.
-    """
-    kb_dir = Path(kb_dir)
-    try:
-        kb_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(kb_dir / "write.lock", "a+")
-    except OSError as exc:
-        raise KBError(f"cannot write to the knowledge base at {kb_dir}: {exc.strerror}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise StoreLocked(f"another process (pid {holder}) is writing to {kb_dir}; "
-                          "wait for it to finish and run again") from None
-    try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()

@@ -21,11 +21,39 @@ def coerce(value):
     return value
 
 
+def required_flags(value) -> list[str]:
+    """The quest flags a `requires:` condition names, as a list chromadb can store.
+
+    `requires: met_sefa`, `requires: [a, b]`, `requires: {flag: met_sefa}` and
+    `requires: {flags: [a, b]}` are understood. Any other shape becomes one flag
+    that no game state can set, so a mistyped condition hides its canon rather
+    than showing it to everyone.
+    """
+    if isinstance(value, dict) and set(value) <= {"flag", "flags"}:
+        value = [*_as_list(value.get("flag")), *_as_list(value.get("flags"))]
+    items = _as_list(value)
+    if items and all(isinstance(v, str) and v.strip() for v in items):
+        return [v.strip() for v in items]
+    return [f"unreadable requires: {value!r}"]
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def clean_meta(meta: dict) -> dict:
-    """Keep values chromadb can store: scalars and non-empty lists of scalars."""
+    """Keep values chromadb can store: scalars and non-empty lists of scalars.
+
+    A `requires:` condition is stored as the list `requires_flags`.
+    """
     out = {}
     for key, value in meta.items():
         if value is None:
+            continue
+        if key in ("requires", "requires_flags"):
+            out["requires_flags"] = required_flags(value)
             continue
         if isinstance(value, (list, tuple)):
             items = [coerce(v) for v in value if isinstance(v, (str, int, float, bool))]

@@ -83,10 +83,12 @@ def extract(question: str, cited: list[Citation], idf, similarity_of, max_senten
     return " ".join(f"{sentence} [{n}]" for _, n, _, sentence in best)
 
 
-def build_messages(system: str, question: str, cited: list[Citation]) -> list[dict]:
-    """The chat request: instructions, then the numbered canon, then the question."""
+def build_messages(system: str, question: str, cited: list[Citation],
+                   history: list[dict] | None = None) -> list[dict]:
+    """The chat request: instructions, the conversation so far, then the numbered canon and the question."""
     return [
         {"role": "system", "content": system},
+        *(history or []),
         {"role": "user", "content": f"Canon:\n\n{render(cited)}\n\nQuestion: {question}"},
     ]
 
@@ -116,11 +118,15 @@ def answer_without_canon(question: str, settings: Settings, system: str, model: 
 def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
             extractive: bool = False, model: str | None = None, system: str | None = None,
             not_found: str = NOT_IN_CANON, limits: dict | None = None, retrieval: bool = True,
-            on_token: Callable[[str], None] | None = None) -> Answer:
+            on_token: Callable[[str], None] | None = None, flags: frozenset[str] | None = None,
+            query: str | None = None, history: list[dict] | None = None) -> Answer:
     """Retrieve, pack and answer one question; the NPC path passes its own system prompt and limits.
 
     With ``retrieval=False`` the model answers alone (no canon, no citations), so a
     fine-tuned model can be measured with and without the canon in front of it.
+    In a conversation, ``query`` (kb/conversation.py's condensed question) is what
+    retrieval searches and ``history`` the bounded turns the model sees before it.
+    ``flags`` hides canon whose `requires:` they do not meet (kb/gamestate.py).
     """
     settings = kb.settings
     if not retrieval:
@@ -128,17 +134,18 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
             raise KBError("--extractive quotes the canon, so it cannot be combined with --no-retrieval")
         return answer_without_canon(question, settings, system or NO_CANON_INSTRUCTION, model, on_token)
     system = system or INSTRUCTION
+    query = query or question
     store, corpus = kb.store, kb.corpus
-    hits = kb.search(question, k=k, limits=limits)
+    hits = kb.search(query, k=k, limits=limits, flags=flags)
     cited = pack(hits, settings.context_tokens)
     use_llm = settings.llm_configured and not extractive
     mode = "llm" if use_llm else "extractive"
-    similarity = dense_similarities(store, question, cited)
-    if relevance(question, cited, similarity, corpus.idf) < MIN_RELEVANCE:
+    similarity = dense_similarities(store, query, cited)
+    if relevance(query, cited, similarity, corpus.idf) < MIN_RELEVANCE:
         return Answer(not_found, [], mode)
     if not use_llm:
-        return Answer(extract(question, cited, corpus.idf, store.similarities), cited, mode)
-    text = chat(build_messages(system, question, cited), settings, model, on_token)
+        return Answer(extract(query, cited, corpus.idf, store.similarities), cited, mode)
+    text = chat(build_messages(system, question, cited, history), settings, model, on_token)
     if text.strip() == not_found:  # the model found nothing: citing the canon would claim otherwise
         return Answer(text.strip(), [], mode)
     used = {int(n) for n in re.findall(r"\[(\d+)\]", text)}

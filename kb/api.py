@@ -25,7 +25,9 @@ from typing import Callable
 
 from kb.answer import Answer, respond
 from kb.config import RetrievalConfig, Settings
+from kb.conversation import bounded_history, retrieval_query
 from kb.errors import Busy
+from kb.gamestate import visibility
 from kb.npc import ask_npc, cards, find_card, voice_lines
 from kb.retrieve import Corpus, Hit, search
 from kb.store import Store
@@ -38,12 +40,19 @@ class _Loaded:
     corpus: Corpus
 
 
+@dataclass(frozen=True)
+class _Cards:
+    generation: int
+    cards: dict
+
+
 class _Shared:
     """What views of one knowledge base share: the open store, the loaded corpus, the locks."""
 
     def __init__(self):
         self.store: Store | None = None
         self.loaded: _Loaded | None = None
+        self.cards: _Cards | None = None
         self.open_lock = threading.Lock()
         self.reload_lock = threading.Lock()
         self.ingest_lock = threading.Lock()
@@ -172,29 +181,44 @@ class KnowledgeBase:
     # -- reads --------------------------------------------------------------
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", where: dict | None = None,
-               limits: dict | None = None) -> list[Hit]:
-        """The k best visible chunks for a query, filtered by metadata ``where`` and NPC ``limits``.
+               limits: dict | None = None, flags: frozenset[str] | None = None) -> list[Hit]:
+        """The k best visible chunks for a query, filtered by metadata ``where``, NPC ``limits``
+        and quest ``flags`` (None: canon that `requires:` flags is not hidden).
 
         Raises:
             Unavailable: there is no knowledge base there.
         """
         return search(self.store, self.corpus, query, k=k, mode=mode, where=where, limits=limits,
-                      config=self.settings.retrieval)
+                      config=self.settings.retrieval, flags=flags)
 
     def ask(self, question: str, *, k: int = 5, extractive: bool = False, model: str | None = None,
-            retrieval: bool = True, on_token: Callable[[str], None] | None = None) -> Answer:
+            retrieval: bool = True, on_token: Callable[[str], None] | None = None,
+            history: list[dict] | None = None, state: dict | None = None) -> Answer:
         """An answer from the canon with [n] citations (from the chat model, or quoted offline).
+
+        ``history``: the conversation so far; ``state``: a game state (kb/gamestate.py) that
+        narrows the canon and, once given, hides canon whose `requires:` flags it does not set.
 
         Raises:
             Unavailable: there is no knowledge base there.
+            InvalidState: the state is malformed.
             LLMError: the configured chat model cannot be reached or refuses.
         """
+        seen = visibility({}, state, gate_flags=False)
+        turns = bounded_history(history or [])
+        query = retrieval_query(question, turns, self.settings, self.corpus.idf, model, extractive)
         return respond(self, question, k=k, extractive=extractive, model=model, retrieval=retrieval,
-                       on_token=on_token)
+                       on_token=on_token, limits=seen.limits, flags=seen.flags, query=query,
+                       history=turns)
 
     def npcs(self) -> dict[str, dict]:
-        """Every NPC card, by name."""
-        return cards(self.store)
+        """Every NPC card, by name (read from the manifest once per store generation)."""
+        store = self.store
+        generation = store.generation()
+        loaded = self._shared.cards
+        if loaded is None or loaded.generation != generation:
+            loaded = self._shared.cards = _Cards(generation, cards(store))
+        return loaded.cards
 
     def npc(self, name: str) -> "NPC":
         """The NPC whose card name or speaker name is ``name`` (case-insensitive).
@@ -221,17 +245,24 @@ class NPC:
     def name(self) -> str:
         return self.card["name"]
 
-    def voice_lines(self) -> list[str]:
-        """A few of the NPC's own lines, from canon they may know."""
-        return voice_lines(self.kb.corpus, self.card)
+    def voice_lines(self, state: dict | None = None) -> list[str]:
+        """A few of the NPC's own lines, from canon they may know (in this game state)."""
+        return voice_lines(self.kb.corpus, self.card, visibility(self.card["knows"], state, self.name))
 
     def ask(self, question: str, *, k: int = 5, extractive: bool = False, model: str | None = None,
-            retrieval: bool = True, on_token: Callable[[str], None] | None = None) -> Answer:
+            retrieval: bool = True, on_token: Callable[[str], None] | None = None,
+            history: list[dict] | None = None, state: dict | None = None) -> Answer:
         """The NPC's answer to a player's question; ``unknown_answer`` for anything beyond their limits.
 
+        ``history``: the conversation so far (``{"role", "content"}`` turns, oldest first);
+        ``state``: the player's game state, e.g. ``{"chapter": 2, "flags": {"met_sefa": True}}``,
+        which narrows what the card allows and unlocks canon that `requires:` its flags.
+
         Raises:
+            InvalidState: the state is malformed.
+            StateBeyondCard: the state asks for more than the card allows (chapter 4 of a chapter-3 card).
             LLMError: the configured chat model cannot be reached or refuses.
         """
         return ask_npc(self.kb, self.card, question, k=k, extractive=extractive, model=model,
-                       retrieval=retrieval, on_token=on_token)
+                       retrieval=retrieval, on_token=on_token, history=history, state=state)
 

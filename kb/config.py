@@ -60,7 +60,8 @@ class Settings:
 
     Environment: KB_DIR, KB_CHROMA_URL, KB_EMBED_MODEL, KB_CHUNK_TOKENS,
     KB_CJK_CHUNK_TOKENS, KB_CHUNK_OVERLAP, KB_CONTEXT_TOKENS, KB_MAX_FILE_MB, OPENAI_API_KEY,
-    OPENAI_BASE_URL, KB_MODEL.
+    OPENAI_BASE_URL, KB_MODEL, KB_CONDENSE (how a follow-up becomes a search: `terms`, offline,
+    or `model`, rewritten by the chat model when one is configured).
 
     Raises:
         ConfigError: a numeric variable is set to something that is not a usable number.
@@ -77,9 +78,12 @@ class Settings:
     api_key: str | None = field(default_factory=lambda: os.environ.get("OPENAI_API_KEY") or None)
     base_url: str | None = field(default_factory=lambda: os.environ.get("OPENAI_BASE_URL") or None)
     model: str = field(default_factory=lambda: os.environ.get("KB_MODEL") or "gpt-4o-mini")
+    condense: str = field(default_factory=lambda: (os.environ.get("KB_CONDENSE") or "terms").strip())
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def __post_init__(self):
+        if self.condense not in ("terms", "model"):
+            raise ConfigError(f"KB_CONDENSE={self.condense!r} must be 'terms' or 'model'")
         if self.chunk_overlap >= self.chunk_tokens:
             raise ConfigError(f"KB_CHUNK_OVERLAP={self.chunk_overlap} must be below "
                               f"KB_CHUNK_TOKENS={self.chunk_tokens}")

@@ -1,18 +1,26 @@
 """NPCs: cards from the manifest, knowledge limits as retrieval filters, voice from their own lines.
 
-An NPC only ever sees canon its card's `knows` allows: the limits go into
+An NPC only ever sees canon its card's `knows` allows, narrowed by the game
+state of the request (kb/gamestate.py): the limits and the quest flags go into
 retrieval before ranking, and into the search for example lines, so neither
-the answer nor the prompt can carry a later chapter.
+the answer nor the prompt can carry a later chapter or a locked secret. In a
+conversation the question is condensed with the turns before it
+(kb/conversation.py); offline, the answer is put in the NPC's own voice
+(kb/in_character.py).
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 from typing import TYPE_CHECKING
 
 from kb.answer import Answer, respond
+from kb.conversation import bounded_history, retrieval_query
 from kb.errors import NotFound
-from kb.retrieve import Corpus, within_limits
+from kb.gamestate import Visibility, visibility
+from kb.in_character import first_person, npc_names, own_line_answer
+from kb.retrieve import Corpus
 from kb.store import Store
 
 if TYPE_CHECKING:
@@ -47,23 +55,52 @@ def find_card(known: dict[str, dict], name: str) -> dict:
     raise NotFound(f"no NPC named '{name}'; known NPCs: {listing}", "npc_not_found")
 
 
-def voice_lines(corpus: Corpus, card: dict, limit: int = VOICE_EXAMPLES) -> list[str]:
-    """A few of the NPC's own canonical lines, from canon the NPC may know, as voice examples."""
+# Voice lines and speaker names, per loaded corpus (so per store generation), per NPC and state.
+_voices: "weakref.WeakKeyDictionary[Corpus, dict]" = weakref.WeakKeyDictionary()
+_speakers: "weakref.WeakKeyDictionary[Corpus, frozenset]" = weakref.WeakKeyDictionary()
+VOICES_PER_CORPUS = 1024
+
+
+def _visibility_key(seen: Visibility) -> tuple:
+    return (tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in seen.limits.items())),
+            seen.flags)
+
+
+def voice_lines(corpus: Corpus, card: dict, seen: Visibility | None = None,
+                limit: int = VOICE_EXAMPLES) -> list[str]:
+    """A few of the NPC's own canonical lines, from canon the NPC may know, as voice examples.
+
+    ``seen`` is what this request may see (default: the card's limits, no quest flags).
+    """
+    seen = seen or visibility(card["knows"], None)
+    key = (card["name"], card["speaker"], limit, _visibility_key(seen))
+    cached = _voices.setdefault(corpus, {})
+    if key in cached:
+        return cached[key]
     line = re.compile(rf"^{re.escape(card['speaker'])}:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
     speaker = card["speaker"].casefold()
     examples: list[str] = []
     for pos, meta in enumerate(corpus.metas):
         # the speaker test first: the limits are checked only on the NPC's own few chunks,
         # not over the whole corpus (retrieval builds its own mask for the answer)
-        if speaker not in (s.casefold() for s in meta.get("speaker", [])) \
-                or not within_limits(meta, card["knows"]):
+        if speaker not in (s.casefold() for s in meta.get("speaker", [])) or not seen.allows(meta):
             continue
         for text in line.findall(corpus.texts[pos]):
             if text not in examples and not text.startswith("(choice)"):
                 examples.append(text)
     # spread the picks over the NPC's lines rather than taking one scene's opening
     step = max(1, len(examples) // limit)
-    return examples[::step][:limit]
+    if len(cached) >= VOICES_PER_CORPUS:
+        cached.clear()
+    cached[key] = examples[::step][:limit]
+    return cached[key]
+
+
+def speakers(corpus: Corpus) -> frozenset[str]:
+    """Every character who speaks a line in the canon (their first names), for the first-person rule."""
+    if corpus not in _speakers:
+        _speakers[corpus] = frozenset(s for meta in corpus.metas for s in meta.get("speaker", ()))
+    return _speakers[corpus]
 
 
 def persona_prompt(card: dict) -> str:
@@ -85,14 +122,41 @@ def system_prompt(card: dict, examples: list[str]) -> str:
     )
 
 
-def ask_npc(kb: "KnowledgeBase", card: dict, question: str, retrieval: bool = True, **options) -> Answer:
+def in_character(answer: Answer, card: dict, query: str, corpus: Corpus) -> Answer:
+    """An extractive answer in the NPC's voice: their own line when one answers, else canon in the first person."""
+    if answer.mode != "extractive" or not answer.citations:
+        return answer
+    own = own_line_answer(query, answer.citations, card["speaker"], corpus.idf)
+    if own is not None:
+        answer.answer, answer.citations = own
+        return answer
+    names = npc_names(card)
+    others = {s for s in speakers(corpus) if s not in names and s not in card["name"].split()}
+    answer.answer = first_person(answer.answer, names, others)
+    return answer
+
+
+def ask_npc(kb: "KnowledgeBase", card: dict, question: str, retrieval: bool = True,
+            history: list[dict] | None = None, state: dict | None = None, **options) -> Answer:
     """Answer a player's question as the NPC of ``card`` (from find_card), from only the canon it may know.
 
+    ``history`` is the conversation so far (user/assistant turns, oldest first);
+    ``state`` the player's game state, which may only narrow the card.
     Without retrieval the model answers from the persona alone, the way a
     model fine-tuned on the NPC's lines was trained to.
+
+    Raises:
+        InvalidState: the state is malformed.
+        StateBeyondCard: the state asks for more than the card allows.
     """
-    system = system_prompt(card, voice_lines(kb.corpus, card)) if retrieval else persona_prompt(card)
-    answer = respond(kb, question, system=system, retrieval=retrieval,
-                     not_found=card["unknown_answer"], limits=card["knows"], **options)
+    seen = visibility(card["knows"], state, card["name"])
+    corpus, settings = kb.corpus, kb.settings
+    turns = bounded_history(history or [])
+    query = retrieval_query(question, turns, settings, corpus.idf, options.get("model"),
+                            options.get("extractive", False))
+    system = system_prompt(card, voice_lines(corpus, card, seen)) if retrieval else persona_prompt(card)
+    answer = respond(kb, question, system=system, retrieval=retrieval, not_found=card["unknown_answer"],
+                     limits=seen.limits, flags=seen.flags, query=query, history=turns, **options)
+    answer = in_character(answer, card, query, corpus)
     answer.extra["npc"] = card["name"]
     return answer

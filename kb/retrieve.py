@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import pickle
 import sys
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from kb.store import Store
 MODES = ("hybrid", "dense", "bm25")
 CACHE_FORMAT = 4  # bump when Corpus or the tokenizer changes, so old pickles are not reused
 DEFAULT_CONFIG = RetrievalConfig()
+MASKS_PER_CORPUS = 256  # distinct (where, limits, flags) masks kept per loaded corpus
 
 
 @dataclass
@@ -157,12 +159,34 @@ def within_limits(meta: dict, limits: dict) -> bool:
     return True
 
 
-def allowed_mask(corpus: Corpus, where: dict | None, limits: dict | None) -> np.ndarray | None:
-    """Which chunks the filters let through, or None when nothing is filtered."""
-    if not where and not limits:
+def requirements_met(meta: dict, flags: frozenset[str] | None) -> bool:
+    """Every quest flag the chunk `requires:` is set (``flags`` None: nothing is gated)."""
+    return flags is None or all(flag in flags for flag in meta.get("requires_flags", ()))
+
+
+def _frozen(mapping: dict | None) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in (mapping or {}).items()))
+
+
+# One small mask cache per loaded corpus: a new store generation loads a new Corpus, so its masks
+# start empty and the old ones go with the old corpus.
+_masks: "weakref.WeakKeyDictionary[Corpus, dict]" = weakref.WeakKeyDictionary()
+
+
+def allowed_mask(corpus: Corpus, where: dict | None, limits: dict | None,
+                 flags: frozenset[str] | None = None) -> np.ndarray | None:
+    """Which chunks the filters let through, or None when nothing is filtered; cached per corpus."""
+    if not where and not limits and flags is None:
         return None
-    return np.array([matches_where(m, where or {}) and within_limits(m, limits or {})
-                     for m in corpus.metas], dtype=bool)
+    key = (_frozen(where), _frozen(limits), flags)
+    masks = _masks.setdefault(corpus, {})
+    mask = masks.get(key)
+    if mask is None:
+        if len(masks) >= MASKS_PER_CORPUS:
+            masks.clear()
+        mask = masks[key] = np.array([matches_where(m, where or {}) and within_limits(m, limits or {})
+                                      and requirements_met(m, flags) for m in corpus.metas], dtype=bool)
+    return mask
 
 
 def dense_ranking(store: Store, corpus: Corpus, query: str, depth: int,
@@ -225,11 +249,11 @@ def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], dense_we
 
 def search(store: Store, corpus: Corpus, query: str, k: int = 5, mode: str = "hybrid",
            where: dict | None = None, limits: dict | None = None,
-           config: RetrievalConfig = DEFAULT_CONFIG) -> list[Hit]:
-    """The k best visible chunks for a query."""
+           config: RetrievalConfig = DEFAULT_CONFIG, flags: frozenset[str] | None = None) -> list[Hit]:
+    """The k best visible chunks for a query (``flags``: hide canon whose `requires:` they do not meet)."""
     if not corpus.ids or not query.strip():
         return []
-    allowed = allowed_mask(corpus, where, limits)
+    allowed = allowed_mask(corpus, where, limits, flags)
     depth = max(config.depth, 4 * k)
     if mode == "bm25":
         ranked = corpus.bm25_ranking(query, allowed, k, config)

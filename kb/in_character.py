@@ -1,0 +1,149 @@
+"""Offline answers in the NPC's own voice: their recorded lines first, then canon in the first person.
+
+Both functions take the extractive answer's text (or its citations) and return
+new text, so they apply to whatever sentence selection kb/answer.py makes.
+
+First person is a rule, not a model, and applies only where it is safe: a
+sentence whose subject is the NPC's name ("Sefa has received...", "Since the
+spring of 412 TC Sefa has...") or, right after such a sentence, "She ...".
+The name becomes "I" (and "Sefa's" "my"), the verb is conjugated, and
+she/her/herself become I/my/me/myself only when no other known character
+(any speaker in the canon) is named in the sentence; otherwise the sentence
+is left as the canon wrote it. bench/first_person.py measures the rule on
+hand-labelled sentences.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from kb.answer import coverage
+from kb.context import Citation
+
+OWN_LINE_MIN = 0.5  # a line must hold half the question's rare-term weight to answer it
+_ANSWER_SENTENCE = re.compile(r".+?(?:\s\[\d+\])+(?=\s|$)|.+$")
+_LEAD = (r"(?:(?:Since|In|On|At|After|Before|When|By|From|During|For|Until|Every|Each|Twice|Once)"
+         r"(?:\s+(?:[a-z]+|\d[\d,]*|TC|of))*\s*,?\s+)?")
+_AUXILIARY = {"is": "am", "was": "was", "has": "have", "does": "do", "had": "had", "did": "did",
+              "will": "will", "would": "would", "can": "can", "could": "could", "must": "must",
+              "should": "should", "may": "may", "might": "might", "never": "never", "also": "also",
+              "still": "still", "once": "once", "alone": "alone"}
+_OBJECT_FOLLOWERS = {"a", "an", "the", "to", "and", "at", "in", "on", "with", "for", "from", "that",
+                     "of", "as", "by", "into", "about", "before", "after", "when", "if", "or", "but"}
+_PRONOUN = re.compile(r"\b([Ss]he|[Hh]erself|[Hh]er)\b(\s+\w+)?")
+
+
+def own_line_answer(question: str, cited: list[Citation], speaker: str,
+                    idf: Callable[[str], float]) -> tuple[str, list[Citation]] | None:
+    """The NPC's own recorded line that best answers the question, cited, or None.
+
+    A line answers when it holds at least OWN_LINE_MIN of the question's rare-term
+    weight; choices offered to the player are not the NPC's words.
+    """
+    line = re.compile(rf"^{re.escape(speaker)}:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+    best = None
+    for citation in cited:
+        for text in line.findall(citation.hit.text):
+            if text.startswith("(choice)"):
+                continue
+            score = coverage(question, text, idf)
+            if score >= OWN_LINE_MIN and (best is None or score > best[0]):
+                best = (score, text, citation)
+    if best is None:
+        return None
+    _, text, citation = best
+    return f"{text} [{citation.n}]", [citation]
+
+
+def _conjugate(verb: str) -> str:
+    """A third-person singular verb in the first person: has -> have, keeps -> keep, watches -> watch."""
+    lower = verb.lower()
+    if lower in _AUXILIARY:
+        return _AUXILIARY[lower]
+    if lower.endswith("ies") and len(lower) > 4:
+        return verb[:-3] + "y"
+    if lower.endswith(("sses", "shes", "ches", "xes", "zes", "oes")):
+        return verb[:-2]
+    if lower.endswith("s") and not lower.endswith(("ss", "us", "is")):
+        return verb[:-1]
+    return verb
+
+
+def _is_verb(word: str) -> bool:
+    """A likely finite verb right after a subject: an auxiliary, a past tense, or a third-person -s."""
+    lower = word.lower()
+    return word.islower() and (lower in _AUXILIARY or lower.endswith("ed")
+                               or (lower.endswith("s") and not lower.endswith(("ss", "us", "is"))))
+
+
+def _pronouns_to_first_person(text: str) -> str:
+    def swap(match: re.Match) -> str:
+        pronoun, following = match.group(1), match.group(2) or ""
+        capital = pronoun[0].isupper()
+        nxt = following.strip().lower()
+        if pronoun.lower() == "herself":
+            word = "myself"
+        elif pronoun.lower() == "she":
+            word, following = "I", (f" {_conjugate(following.strip())}" if nxt else following)
+        elif not nxt or nxt in _OBJECT_FOLLOWERS:
+            word = "me"
+        else:
+            word = "my"
+        return (word.capitalize() if capital and word != "I" else word) + following
+
+    return _PRONOUN.sub(swap, text)
+
+
+def _names_pattern(names: list[str]) -> str:
+    return "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
+
+
+def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
+                             after_own: bool = False) -> str | None:
+    """The sentence spoken by the NPC, or None when its subject is not the NPC or the rule is unsure.
+
+    ``names``: what the canon calls the NPC (full name first); ``others``: other
+    characters' names; ``after_own``: the sentence before was the NPC's, so a
+    leading "She" is the NPC too.
+    """
+    named = _names_pattern(names)
+    subject = re.match(rf"^(?P<lead>{_LEAD})(?:(?P<name>{named})(?P<poss>'s)?|(?P<she>She))\s+(?P<word>\S+)",
+                       sentence)
+    if not subject or (subject.group("she") and not after_own):
+        return None
+    word = subject.group("word")
+    if not subject.group("poss") and not _is_verb(word.rstrip(",;")):
+        return None
+    rest = sentence[subject.end():]
+    mentions_other = any(re.search(rf"\b{re.escape(o)}\b", sentence) for o in others)
+    if mentions_other and _PRONOUN.search(rest):
+        return None  # "her" might be another character's
+    lead = subject.group("lead")
+    start = "my" if subject.group("poss") else "I"
+    if not lead:
+        start = start.capitalize()
+    head = f"{lead}{start} {word if subject.group('poss') else _conjugate(word)}"
+    rest = re.sub(rf"\b(?:{named})'s\b", "my", rest)
+    rest = re.sub(rf"\b(?:{named})\b", "me", rest)
+    if not mentions_other:
+        rest = _pronouns_to_first_person(rest)
+    return head + rest
+
+
+def first_person(text: str, names: list[str], others: set[str]) -> str:
+    """An extractive answer ("sentence [n] sentence [n]") with the NPC's sentences in the first person."""
+    out, previous_own = [], False
+    for sentence in (s.strip() for s in _ANSWER_SENTENCE.findall(text)):
+        if not sentence:
+            continue
+        rendered = sentence_in_first_person(sentence, names, others, previous_own)
+        previous_own = rendered is not None
+        out.append(rendered or sentence)
+    return " ".join(out)
+
+
+def npc_names(card: dict) -> list[str]:
+    """What the canon may call the NPC: the full name, the speaker name, the first name."""
+    full = card["name"]
+    return list(dict.fromkeys([full, card["speaker"], full.split()[0]]))

@@ -167,6 +167,12 @@ def search(query, k, mode, where, kb_dir, as_json):
         out.print()
 
 
+def state_option(func):
+    return click.option("--state", "state_pairs", multiple=True, metavar="KEY=VALUE",
+                        help="Game state: chapter=2, region=Saltreach, flag=met_sefa (repeatable); "
+                             "it only narrows what a card allows.")(func)
+
+
 def llm_options(func):
     func = click.option("--no-retrieval", is_flag=True,
                         help="Answer from the model alone, with no canon (e.g. to try a fine-tuned model).")(func)
@@ -201,13 +207,17 @@ def print_answer(answer, streamed: bool) -> None:
 @cli.command()
 @click.argument("question")
 @llm_options
+@state_option
 @common
-def ask(question, k, model, base_url, extractive, no_retrieval, kb_dir, as_json):
-    """Answer QUESTION from the canon, with [n] citations."""
+def ask(question, k, model, base_url, extractive, no_retrieval, state_pairs, kb_dir, as_json):
+    """Answer QUESTION from the canon, with [n] citations (--state: as a player at that point would)."""
+    from kb.gamestate import state_from_pairs
+
+    state = state_from_pairs(state_pairs) if state_pairs else None
     kb = open_kb(kb_dir, base_url=base_url)
     stream = None if as_json else EchoTokens()
     answer = kb.ask(question, k=k, extractive=extractive, model=model, retrieval=not no_retrieval,
-                    on_token=stream)
+                    on_token=stream, state=state)
     if as_json:
         emit_json(answer.to_json())
     else:
@@ -343,17 +353,37 @@ def npc_show(name, kb_dir, as_json):
 @click.argument("name")
 @click.argument("question")
 @llm_options
+@state_option
 @common
-def npc_ask(name, question, k, model, base_url, extractive, no_retrieval, kb_dir, as_json):
+def npc_ask(name, question, k, model, base_url, extractive, no_retrieval, state_pairs, kb_dir, as_json):
     """Ask NAME a QUESTION; they answer in character from the canon they may know."""
+    from kb.gamestate import state_from_pairs
+
+    state = state_from_pairs(state_pairs) if state_pairs else None
     character = open_kb(kb_dir, base_url=base_url).npc(name)
     stream = None if as_json else EchoTokens()
     answer = character.ask(question, k=k, extractive=extractive, model=model,
-                           retrieval=not no_retrieval, on_token=stream)
+                           retrieval=not no_retrieval, on_token=stream, state=state)
     if as_json:
         emit_json(answer.to_json())
     else:
         print_answer(answer, streamed=stream.streamed)
+
+
+@npc.command("chat")
+@click.argument("name")
+@llm_options
+@state_option
+@click.option("--kb", "kb_dir", type=click.Path(path_type=Path), default=None,
+              help="Knowledge base directory [default: $KB_DIR or ./.kb].")
+def npc_chat(name, k, model, base_url, extractive, no_retrieval, state_pairs, kb_dir):
+    """Talk with NAME, a line at a time (stdin works too); /state KEY=VALUE, /state, /quit."""
+    from kb.chat import chat_loop
+    from kb.gamestate import state_from_pairs
+
+    character = open_kb(kb_dir, base_url=base_url).npc(name)
+    chat_loop(character, state_from_pairs(state_pairs), click.get_text_stream("stdin"), Console(),
+              k=k, extractive=extractive, model=model, retrieval=not no_retrieval)
 
 
 @cli.command()

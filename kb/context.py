@@ -14,6 +14,16 @@ class Citation:
 
     n: int
     hit: Hit
+    quoted_line_ids: list[str] | None = None  # the recorded lines the answer quotes, when known
+
+    @property
+    def line_ids(self) -> list[str]:
+        """The ids a game plays the recorded lines by (Yarn `#line:`, Ink tags, loc keys): the
+        quoted lines' when the answer quotes single lines, else every line of the chunk."""
+        if self.quoted_line_ids is not None:
+            return self.quoted_line_ids
+        ids = self.hit.metadata.get("line_ids") or []
+        return [str(i) for i in (ids if isinstance(ids, list) else [ids])]
 
     def label(self) -> str:
         """Where it came from, as a citation shows it: source, heading, speaker, page."""
@@ -25,7 +35,10 @@ class Citation:
         return " · ".join(dict.fromkeys(parts))
 
     def to_json(self) -> dict:
-        return {"n": self.n, "source": self.hit.source, "id": self.hit.id, "text": self.hit.text}
+        out = {"n": self.n, "source": self.hit.source, "id": self.hit.id, "text": self.hit.text}
+        if self.line_ids:
+            out["line_ids"] = self.line_ids
+        return out
 
 
 def pack(hits: list[Hit], budget_tokens: int) -> list[Citation]:

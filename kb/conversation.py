@@ -3,8 +3,8 @@
 "And who hired them?" names nobody. Retrieval therefore searches a condensed
 query: the question plus the rarest terms and names of the last few turns,
 each weighted by its corpus IDF and by DECAY per turn of age, so the subject
-of the previous exchange comes along and the chatter of ten turns ago does
-not. With a chat model configured and KB_CONDENSE=model, the model rewrites
+of the previous exchange comes along and the talk of three exchanges ago
+fades. With a chat model configured and KB_CONDENSE=model, the model rewrites
 the follow-up as a standalone question instead.
 """
 
@@ -16,16 +16,17 @@ from typing import Callable
 from ingest.text import CJK_CHARS
 from ingest.tokens import count_tokens
 from kb.config import Settings
-from kb.errors import InvalidRequest
+from kb.errors import KBError
 from kb.lexical import tokens
 from kb.llm import chat
 
 MAX_TURNS = 6               # messages of history kept (three exchanges)
 MAX_HISTORY_TOKENS = 800    # and never more tokens than this
 CONDENSE_TURNS = 4          # messages the offline condenser reads
-DECAY = 0.6                 # a term's weight per message of age
+DECAY = 0.5                 # a term's weight per exchange of age
 NAME_BOOST = 1.5            # a capitalised word (a name) counts for more than its rarity alone
-RARE_IDF = 2.5              # carried only when at least this rare (about 1 chunk in 10 or fewer)
+REPLY_SHARE = 0.5           # a name from the NPC's reply weighs half one from the player
+MIN_WEIGHT = 1.0            # idf 1.0: a word in about 70% of chunks
 CARRIED_TERMS = 5
 ROLES = ("user", "assistant")
 
@@ -50,14 +51,14 @@ def split_messages(messages: list[dict]) -> tuple[str, list[dict]]:
     Client system messages are dropped: the NPC's persona and rules are ours to set.
 
     Raises:
-        InvalidRequest: there is no user message with text to answer.
+        KBError: there is no user message with text to answer (HTTP 400).
     """
     turns = [{"role": m["role"], "content": message_text(m.get("content")).strip()}
              for m in messages if m.get("role") in ROLES]
     while turns and not turns[-1]["content"]:
         turns.pop()
     if not turns or turns[-1]["role"] != "user":
-        raise InvalidRequest("no user message to answer; the last user message is the question")
+        raise KBError("no user message to answer; the last user message is the question", "invalid_request")
     return turns[-1]["content"], [t for t in turns[:-1] if t["content"]]
 
 
@@ -89,20 +90,30 @@ def _surface_terms(text: str) -> list[str]:
 
 def carried_terms(question: str, history: list[dict], idf: Callable[[str], float],
                   decay: float = DECAY, limit: int = CARRIED_TERMS) -> list[str]:
-    """The earlier turns' rarest terms and names not already in the question, heaviest first."""
+    """The terms of the earlier turns that a follow-up leaves out, heaviest first.
+
+    From the player's turns every content word counts (their questions are short
+    and name the subject); from the replies only names do, at REPLY_SHARE of the
+    weight. A term weighs its IDF, times NAME_BOOST for a name, times DECAY per
+    exchange of age; terms under MIN_WEIGHT (words in most chunks) are never carried.
+    """
     asked = set(tokens(question))
     weights: dict[str, tuple[float, str]] = {}
-    for age, turn in enumerate(reversed(history[-CONDENSE_TURNS:])):
+    age = 0
+    for turn in reversed(history[-CONDENSE_TURNS:]):
+        from_player = turn["role"] == "user"
         for word in _surface_terms(turn["content"]):
             stems = tokens(word)
-            if not stems or asked & set(stems):
+            name = word[0].isupper() and word[0].isascii()
+            if not stems or asked & set(stems) or "'" in word or not (from_player or name):
                 continue
             weight = max(idf(s) for s in stems) * decay ** age
-            if word[0].isupper() and word[0].isascii():
-                weight *= NAME_BOOST
+            weight *= (NAME_BOOST if name else 1.0) * (1.0 if from_player else REPLY_SHARE)
             folded = word.casefold()
-            if weight >= RARE_IDF and weight > weights.get(folded, (0.0, ""))[0]:
+            if weight >= MIN_WEIGHT and weight > weights.get(folded, (0.0, ""))[0]:
                 weights[folded] = (weight, word)
+        if from_player:
+            age += 1
     ranked = sorted(weights.values(), key=lambda item: -item[0])
     return [word for _, word in ranked[:limit]]
 

@@ -22,6 +22,7 @@ from kb.answer import coverage
 from kb.context import Citation
 
 OWN_LINE_MIN = 0.5  # a line must hold half the question's rare-term weight to answer it
+_PARENTHETICAL = re.compile(r"^\([^)]*\)\s*")  # an acting direction before a line: (whispering)
 _ANSWER_SENTENCE = re.compile(r".+?(?:\s\[\d+\])+(?=\s|$)|.+$")
 _LEAD = (r"(?:(?:Since|In|On|At|After|Before|When|By|From|During|For|Until|Every|Each|Twice|Once)"
          r"(?:\s+(?:[a-z]+|\d[\d,]*|TC|of))*\s*,?\s+)?")
@@ -53,7 +54,18 @@ def own_line_answer(question: str, cited: list[Citation], speaker: str,
     if best is None:
         return None
     _, text, citation = best
-    return f"{text} [{citation.n}]", [citation]
+    quoted = Citation(citation.n, citation.hit, quoted_line_ids(citation, text))
+    return f"{_PARENTHETICAL.sub('', text)} [{citation.n}]", [quoted]
+
+
+def quoted_line_ids(citation: Citation, quoted: str) -> list[str] | None:
+    """The id of the quoted line, when the chunk has one id per line of text; None when ids and lines
+    do not pair up (then the citation carries all of the chunk's ids)."""
+    lines = [line for line in citation.hit.text.splitlines() if line.strip()]
+    ids = citation.hit.metadata.get("line_ids")
+    if not isinstance(ids, list) or len(ids) != len(lines):
+        return None
+    return [str(i) for i, line in zip(ids, lines) if quoted in line][:1] or None
 
 
 def _conjugate(verb: str) -> str:

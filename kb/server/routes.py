@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from kb.api import NPC, KnowledgeBase
-from kb.errors import InvalidRequest, KBError, NotFound
+from kb.conversation import split_messages
+from kb.errors import InvalidRequest, NotFound
 from kb.server import streaming
 from kb.server.schemas import (
     MAX_QUESTION_CHARS,
@@ -23,6 +24,7 @@ from kb.server.schemas import (
     ChatRequest,
     IngestRequest,
     IngestResponse,
+    NpcAskRequest,
     SearchRequest,
     SearchResponse,
 )
@@ -80,11 +82,29 @@ def ask(body: AskRequest, request: Request):
     return answer.to_json()
 
 
-@json_api.post("/npc/{name}/ask", response_model=AnswerResponse)
-def npc_ask(name: str, body: AskRequest, request: Request):
-    """An NPC's in-character answer from only the canon its card allows, as `kb npc ask --json`."""
+def conversation(body: NpcAskRequest) -> tuple[str, list[dict]]:
+    """The question and the turns before it, from ``question`` (+ ``history``) or ``messages``.
+
+    Raises:
+        InvalidRequest: both forms, or neither.
+    """
+    if body.messages is not None:
+        if body.question is not None or body.history is not None:
+            raise InvalidRequest("give either question (with history) or messages, not both")
+        return split_messages([t.model_dump() for t in body.messages])
+    if body.question is None:
+        raise InvalidRequest("give question (with history) or messages")
+    return body.question, [t.model_dump() for t in body.history or []]
+
+
+@json_api.post("/npc/{name}/ask", response_model=AnswerResponse, response_model_exclude_none=True)
+def npc_ask(name: str, body: NpcAskRequest, request: Request):
+    """An NPC's in-character answer from only the canon its card (and the game state) allows,
+    as `kb npc ask --json`; ``history`` or ``messages`` carry the conversation."""
     character = find_npc(knowledge_base(request), name)
-    return character.ask(body.question, k=body.k, extractive=extractive(request, body.extractive)).to_json()
+    question, history = conversation(body)
+    return character.ask(question, k=body.k, extractive=extractive(request, body.extractive),
+                         history=history, state=body.state).to_json()
 
 
 @json_api.post("/ingest", response_model=IngestResponse)
@@ -115,31 +135,23 @@ def get_model(model_id: str, request: Request):
     return _model_card(model_id)
 
 
-def last_user_message(messages: list[ChatMessage]) -> str:
-    """The question: the last user message's text.
+def chat_turns(messages: list[ChatMessage]) -> tuple[str, list[dict]]:
+    """The question (the last user message) and every user/assistant turn before it.
 
     Raises:
-        KBError: there is no user message, or it is too long.
+        InvalidRequest: there is no user message, or the question is too long.
     """
-    for message in reversed(messages):
-        if message.role != "user":
-            continue
-        content = message.content
-        if isinstance(content, list):
-            content = " ".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
-        text = (content or "").strip()
-        if len(text) > MAX_QUESTION_CHARS:
-            raise InvalidRequest(f"the question is over {MAX_QUESTION_CHARS} characters")
-        if text:
-            return text
-        break
-    raise KBError("no user message to answer; the last user message is the question", "invalid_request")
+    question, history = split_messages([m.model_dump() for m in messages])
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InvalidRequest(f"the question is over {MAX_QUESTION_CHARS} characters")
+    return question, history
 
 
 @openai_api.post("/v1/chat/completions")
 def chat_completions(body: ChatRequest, request: Request):
-    """Answer the last user message as `kb` or in character as `npc:<Name>`; `stream: true` for SSE."""
-    question = last_user_message(body.messages)
+    """Answer the last user message, in the light of the turns before it, as `kb` or in character as
+    `npc:<Name>`; ``state`` (extension) is the player's game state; `stream: true` for SSE."""
+    question, history = chat_turns(body.messages)
     kb = knowledge_base(request)
     if body.model == KB_MODEL:
         answerer = kb
@@ -151,7 +163,8 @@ def chat_completions(body: ChatRequest, request: Request):
     quote = extractive(request)
 
     def run(on_token=None):
-        return answerer.ask(question, k=body.k, extractive=quote, on_token=on_token)
+        return answerer.ask(question, k=body.k, extractive=quote, on_token=on_token, history=history,
+                            state=body.state)
 
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if not body.stream:

@@ -30,6 +30,28 @@ class AskRequest(BaseModel):
     extractive: bool = Field(False, description="Quote the canon; never call the chat model.")
 
 
+GameState = Field(None, description='The player\'s game state, e.g. {"chapter": 2, "region": "Saltreach", '
+                                    '"flags": {"met_sefa": true}}; it can only narrow what an NPC\'s card allows.')
+
+
+class Turn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=MAX_QUESTION_CHARS)
+
+
+class NpcAskRequest(AskRequest):
+    """`/npc/{name}/ask`: a question and optionally the conversation before it (``history``), or the
+    whole conversation as ``messages`` (its last user message is the question); and the game state."""
+
+    question: str | None = Field(None, min_length=1, max_length=MAX_QUESTION_CHARS)
+    history: list[Turn] | None = Field(None, max_length=MAX_MESSAGES,
+                                       description="The conversation before the question, oldest first.")
+    messages: list[Turn] | None = Field(None, max_length=MAX_MESSAGES,
+                                        description="The whole conversation, the question last (instead of question and history).")
+    state: dict | None = GameState
+
+
 class IngestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     paths: list[str] = Field(min_length=1, max_length=100,
@@ -51,6 +73,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: dict | None = None
     k: int = Field(5, ge=1, le=MAX_ANSWER_K, description="Canon chunks to retrieve (extension).")
+    state: dict | None = GameState
 
 
 class Citation(BaseModel):
@@ -58,6 +81,8 @@ class Citation(BaseModel):
     source: str
     id: str
     text: str
+    line_ids: list[str] | None = Field(None, description="Ids of the recorded lines (Yarn #line:, Ink "
+                                                          "tags, loc keys), to play the voice line.")
 
 
 class AnswerResponse(BaseModel):

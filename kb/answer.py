@@ -119,7 +119,8 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
             extractive: bool = False, model: str | None = None, system: str | None = None,
             not_found: str = NOT_IN_CANON, limits: dict | None = None, retrieval: bool = True,
             on_token: Callable[[str], None] | None = None, flags: frozenset[str] | None = None,
-            query: str | None = None, history: list[dict] | None = None) -> Answer:
+            query: str | None = None, history: list[dict] | None = None,
+            on_prompt: Callable[[list[dict]], None] | None = None) -> Answer:
     """Retrieve, pack and answer one question; the NPC path passes its own system prompt and limits.
 
     With ``retrieval=False`` the model answers alone (no canon, no citations), so a
@@ -127,6 +128,8 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
     In a conversation, ``query`` (kb/conversation.py's condensed question) is what
     retrieval searches and ``history`` the bounded turns the model sees before it.
     ``flags`` hides canon whose `requires:` they do not meet (kb/gamestate.py).
+    ``on_prompt`` receives the messages a chat model is (or, offline, would be) sent,
+    so the NPC evaluation can check them for hidden canon.
     """
     settings = kb.settings
     if not retrieval:
@@ -143,9 +146,12 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
     similarity = dense_similarities(store, query, cited)
     if relevance(query, cited, similarity, corpus.idf) < MIN_RELEVANCE:
         return Answer(not_found, [], mode)
+    messages = build_messages(system, question, cited, history)
+    if on_prompt is not None:
+        on_prompt(messages)
     if not use_llm:
         return Answer(extract(query, cited, corpus.idf, store.similarities), cited, mode)
-    text = chat(build_messages(system, question, cited, history), settings, model, on_token)
+    text = chat(messages, settings, model, on_token)
     if text.strip() == not_found:  # the model found nothing: citing the canon would claim otherwise
         return Answer(text.strip(), [], mode)
     used = {int(n) for n in re.findall(r"\[(\d+)\]", text)}

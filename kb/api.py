@@ -251,12 +251,14 @@ class NPC:
 
     def ask(self, question: str, *, k: int = 5, extractive: bool = False, model: str | None = None,
             retrieval: bool = True, on_token: Callable[[str], None] | None = None,
-            history: list[dict] | None = None, state: dict | None = None) -> Answer:
+            history: list[dict] | None = None, state: dict | None = None,
+            on_prompt: Callable[[list[dict]], None] | None = None) -> Answer:
         """The NPC's answer to a player's question; ``unknown_answer`` for anything beyond their limits.
 
         ``history``: the conversation so far (``{"role", "content"}`` turns, oldest first);
         ``state``: the player's game state, e.g. ``{"chapter": 2, "flags": {"met_sefa": True}}``,
-        which narrows what the card allows and unlocks canon that `requires:` its flags.
+        which narrows what the card allows and unlocks canon that `requires:` its flags;
+        ``on_prompt``: called with the messages the model is (offline: would be) sent.
 
         Raises:
             InvalidState: the state is malformed.
@@ -264,5 +266,6 @@ class NPC:
             LLMError: the configured chat model cannot be reached or refuses.
         """
         return ask_npc(self.kb, self.card, question, k=k, extractive=extractive, model=model,
-                       retrieval=retrieval, on_token=on_token, history=history, state=state)
+                       retrieval=retrieval, on_token=on_token, history=history, state=state,
+                       on_prompt=on_prompt)
 

@@ -271,8 +271,27 @@ def eval_answers(kb, questions, model, compare_models, retrieval, k, as_json) ->
     print_table(table)
 
 
+def eval_npc(kb, npc_file, k, as_json) -> None:
+    """`kb eval --npc FILE`: leak rate, unknown-answer and fact accuracy, first person, latency."""
+    from kb.npc_eval import read_npc_questions, run_npc_questions
+
+    result = run_npc_questions(kb, read_npc_questions(npc_file), k)
+    if as_json:
+        emit_json(result)
+        return
+    figures = [key for key in result if key != "questions"]
+    table = Table(*figures)
+    table.add_row(*("-" if result[f] is None else str(result[f]) for f in figures))
+    print_table(table)
+    for row in result["questions"]:
+        if row["leak"] or not row["correct"]:
+            click.echo(f"{'LEAK' if row['leak'] else 'miss'}  {row['npc']}: {row['question']} -> {row['answer'][:120]}")
+
+
 @cli.command("eval")
-@click.argument("qa_file", type=click.Path(dir_okay=False))
+@click.argument("qa_file", type=click.Path(dir_okay=False), required=False)
+@click.option("--npc", "npc_file", type=click.Path(dir_okay=False), default=None,
+              help="An NPC question set (JSONL: npc, question, state, history, expected) instead of QA_FILE.")
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
 @click.option("--compare", is_flag=True, help="Every mode side by side.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="With --compare: recall@k curves to a PNG.")
@@ -285,12 +304,18 @@ def eval_answers(kb, questions, model, compare_models, retrieval, k, as_json) ->
 @click.option("--base-url", default=None, help="OpenAI-compatible server [$OPENAI_BASE_URL].")
 @click.option("-k", default=5, show_default=True, type=click.IntRange(1, 50), help="With --answers: chunks per question.")
 @common
-def eval_cmd(qa_file, mode, compare, plot, answers, model, compare_models, retrieval, base_url, k,
+def eval_cmd(qa_file, npc_file, mode, compare, plot, answers, model, compare_models, retrieval, base_url, k,
              kb_dir, as_json):
-    """Measure retrieval on a QA.jsonl question set (or, with --answers, the answers themselves)."""
+    """Measure retrieval on a QA.jsonl question set (or, with --answers, the answers themselves;
+    with --npc, NPCs' secrets, limits and voice)."""
     from kb.evaluate import read_questions, recall_curve, run_questions, summarize
     from kb.retrieve import MODES
 
+    if bool(qa_file) == bool(npc_file):
+        raise click.UsageError("name a QA_FILE or --npc FILE (one of them)")
+    if npc_file:
+        eval_npc(open_kb(kb_dir, base_url=base_url), npc_file, k, as_json)
+        return
     if not (answers or compare_models) and (model or retrieval is not None):
         raise click.UsageError("--model and --retrieval/--no-retrieval score answers: add --answers")
     questions = read_questions(qa_file)

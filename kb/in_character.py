@@ -33,6 +33,8 @@ _AUXILIARY = {"is": "am", "was": "was", "has": "have", "does": "do", "had": "had
 _OBJECT_FOLLOWERS = {"a", "an", "the", "to", "and", "at", "in", "on", "with", "for", "from", "that",
                      "of", "as", "by", "into", "about", "before", "after", "when", "if", "or", "but"}
 _PRONOUN = re.compile(r"\b([Ss]he|[Hh]erself|[Hh]er)\b(\s+\w+)?")
+# a second verb of the same subject: "I am exact and keeps my logbook" -> "and keep my logbook"
+_COORDINATED = re.compile(r"\b(and|but|or)\s+([a-z]+s)(?=\s+(?:my|her|the|a|an|his|their|its|every|it|them|me)\b)")
 
 
 def own_line_answer(question: str, cited: list[Citation], speaker: str,
@@ -120,6 +122,9 @@ def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
     leading "She" is the NPC too.
     """
     named = _names_pattern(names)
+    own_line = re.match(rf"^(?:{named}):\s*(?:\([^)]*\)\s*)?", sentence, re.IGNORECASE)
+    if own_line:  # the NPC's own recorded line, quoted with its speaker: just the words
+        return sentence[own_line.end():]
     subject = re.match(rf"^(?P<lead>{_LEAD})(?:(?P<name>{named})(?P<poss>'s)?|(?P<she>She))\s+(?P<word>\S+)",
                        sentence)
     if not subject or (subject.group("she") and not after_own):
@@ -136,6 +141,8 @@ def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
     if not lead:
         start = start.capitalize()
     head = f"{lead}{start} {word if subject.group('poss') else _conjugate(word)}"
+    if not subject.group("poss"):
+        rest = _COORDINATED.sub(lambda m: f"{m.group(1)} {_conjugate(m.group(2))}", rest)
     rest = re.sub(rf"\b(?:{named})'s\b", "my", rest)
     rest = re.sub(rf"\b(?:{named})\b", "me", rest)
     if not mentions_other:

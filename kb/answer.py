@@ -143,8 +143,9 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
     cited = pack(hits, settings.context_tokens)
     use_llm = settings.llm_configured and not extractive
     mode = "llm" if use_llm else "extractive"
-    similarity = dense_similarities(store, query, cited)
-    if relevance(query, cited, similarity, corpus.idf) < MIN_RELEVANCE:
+    # a follow-up passes on the condensed query, a new subject on its own words
+    asked = dict.fromkeys([question, query])
+    if max(relevance(q, cited, dense_similarities(store, q, cited), corpus.idf) for q in asked) < MIN_RELEVANCE:
         return Answer(not_found, [], mode)
     messages = build_messages(system, question, cited, history)
     if on_prompt is not None:

@@ -407,7 +407,7 @@ def npc_chat(name, k, model, base_url, extractive, no_retrieval, state_pairs, kb
     from kb.gamestate import state_from_pairs
 
     character = open_kb(kb_dir, base_url=base_url).npc(name)
-    chat_loop(character, state_from_pairs(state_pairs), click.get_text_stream("stdin"), Console(),
+    chat_loop(character, state_from_pairs(state_pairs), sys.stdin, Console(),
               k=k, extractive=extractive, model=model, retrieval=not no_retrieval)
 
 

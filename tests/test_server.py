@@ -182,8 +182,9 @@ def test_json_api_matches_the_cli(base_url, store_copy):
         assert http.get("/healthz").json() == {"status": "ok"}
         status = http.get("/status").json()
         cli_status = invoke("status", "--kb", store_copy, "--json")
-        assert status["files"] == 22 and status["cards"] == 3 and status["chunks"] > 100
+        assert status["cards"] == 3 and status["chunks"] > 100
         assert cli_status.exit_code == 0 and f'"chunks": {status["chunks"]}' in cli_status.stdout
+        assert f'"files": {status["files"]}' in cli_status.stdout
 
         found = http.post("/search", json={"query": "Orrin Light keeper", "k": 3,
                                            "where": {"speaker": "Sefa"}}).json()

@@ -9,7 +9,12 @@ server has not seen (built from the world's headings, "Tell me about X."), and
 players of one scene do; recent embeddings are cached). Prints a table (and
 --json the figures). Loopback only; nothing downloads.
 
-    python bench/serve.py [--kb DIR] [--npc Maren] [--requests 24]
+--budget measures only the game-runtime budget (issue 14): an NPC's replies
+at 8 clients, each request carrying a game state and a two-turn history, plain
+and streamed; the streamed rows add the time to the first content token.
+Budget: reply p50 <= 50 ms extractive, first streamed token <= 100 ms.
+
+    python bench/serve.py [--kb DIR] [--npc Maren] [--requests 24] [--budget]
 """
 
 from __future__ import annotations
@@ -98,11 +103,30 @@ def new_questions() -> list[str]:
     return asked
 
 
-def measure(url: str, model: str, clients: int, asked: list[str], workload: str = "") -> dict:
-    """Send one chat request per question from ``clients`` threads; latency per request, throughput overall."""
+def streamed_reply(http: httpx.Client, body: dict, start: float) -> tuple[float | None, bool]:
+    """Read one SSE reply; the seconds to its first content token (None if none came) and whether it was ok."""
+    first = None
+    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        if response.status_code != 200:
+            return None, False
+        for line in response.iter_lines():
+            if first is None and line.startswith("data: {") and '"content": "' in line \
+                    and '"content": ""' not in line:
+                first = time.perf_counter() - start
+    return first, first is not None
+
+
+def measure(url: str, model: str, clients: int, asked: list[str], workload: str = "",
+            extra: dict | None = None, history: list[dict] | None = None, stream: bool = False) -> dict:
+    """Send one chat request per question from ``clients`` threads; latency per request, throughput overall.
+
+    ``extra`` is added to every body (a game state); ``history`` goes before each question;
+    ``stream`` reads SSE and also records the time to the first content token.
+    """
     total = len(asked)
     local = threading.local()
     latencies: list[float] = []
+    first_tokens: list[float] = []
     errors = 0
     lock = threading.Lock()
 
@@ -110,22 +134,52 @@ def measure(url: str, model: str, clients: int, asked: list[str], workload: str 
         nonlocal errors
         if not hasattr(local, "http"):
             local.http = httpx.Client(base_url=url, timeout=300)
-        body = {"model": model, "messages": [{"role": "user", "content": asked[i]}]}
+        body = {"model": model, "messages": [*(history or []), {"role": "user", "content": asked[i]}],
+                **(extra or {})}
         start = time.perf_counter()
-        response = local.http.post("/v1/chat/completions", json=body)
+        if stream:
+            first, ok = streamed_reply(local.http, body, start)
+        else:
+            response = local.http.post("/v1/chat/completions", json=body)
+            first, ok = None, response.status_code == 200 and response.json()["choices"][0]["message"]["content"]
         elapsed = time.perf_counter() - start
         with lock:
             latencies.append(elapsed)
-            errors += response.status_code != 200 or not response.json()["choices"][0]["message"]["content"]
+            if first is not None:
+                first_tokens.append(first)
+            errors += not ok
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(one, range(total)))
     wall = time.perf_counter() - started
-    return {"model": model, "workload": workload, "clients": clients, "requests": total, "errors": errors,
-            "rps": round(total / wall, 2),
-            "p50_ms": round(median(latencies) * 1000),
-            "p95_ms": round(percentile(latencies, 95) * 1000)}
+    row = {"model": model, "workload": workload, "clients": clients, "requests": total, "errors": errors,
+           "rps": round(total / wall, 2),
+           "p50_ms": round(median(latencies) * 1000),
+           "p95_ms": round(percentile(latencies, 95) * 1000)}
+    if stream and first_tokens:
+        row.update(ttft_p50_ms=round(median(first_tokens) * 1000), ttft_p95_ms=round(percentile(first_tokens, 95) * 1000))
+    return row
+
+
+BUDGET_STATE = {"state": {"chapter": 1, "region": "Saltreach", "flags": {"paid_fare": True}}}
+BUDGET_HISTORY = [{"role": "user", "content": "Is this the ferry to Greyhithe?"},
+                  {"role": "assistant", "content": "Only ferry there is, tidewalker. Three copper bits."}]
+
+
+def budget_rows(url: str, model: str, requests: int, fresh, repeat: list[str]) -> list[dict]:
+    """The game-runtime budget cells: 8 clients, state and history on every request, plain and streamed."""
+    measure(url, model, 1, repeat, "warm-up", BUDGET_STATE, BUDGET_HISTORY)
+    rows = []
+    count = max(requests, 16)
+    for stream in (False, True):
+        for workload in ("new", "repeat"):
+            asked = ([next(fresh) for _ in range(count)] if workload == "new" else
+                     [repeat[i % len(repeat)] for i in range(count)])
+            rows.append(measure(url, model, 8, asked, f"{workload}+state{'+sse' if stream else ''}",
+                                BUDGET_STATE, BUDGET_HISTORY, stream))
+            print(f"  {model} {rows[-1]['workload']} x8: p50 {rows[-1]['p50_ms']} ms", file=sys.stderr)
+    return rows
 
 
 def main() -> None:
@@ -135,6 +189,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24,
                         help="requests per cell, at least 2 per client; 'new' needs 2x(24+24+64) of ~270 [24]")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--budget", action="store_true",
+                        help="only the NPC game-runtime budget: 8 clients with state and history, plain and streamed")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +206,9 @@ def main() -> None:
             fresh = iter(new_questions())
             repeat = repeated_questions()
             rows = []
-            for model in ("kb", f"npc:{args.npc}"):
+            if args.budget:
+                rows = budget_rows(url, f"npc:{args.npc}", args.requests, fresh, repeat)
+            for model in () if args.budget else ("kb", f"npc:{args.npc}"):
                 measure(url, model, 1, repeat, "warm-up")  # the repeat set, once, unmeasured
                 for workload in ("new", "repeat"):
                     for clients in CLIENTS:
@@ -167,11 +225,12 @@ def main() -> None:
         print(json.dumps({"machine": machine(), "revision": revision(), "rows": rows}, indent=2))
         return
     print(f"kb serve --extractive on the sample world; {machine()}; code at {revision()}")
-    print(f"{'model':<14}{'questions':<10}{'clients':>8}{'requests':>9}{'req/s':>8}{'p50 ms':>8}"
-          f"{'p95 ms':>8}{'errors':>7}")
+    print(f"{'model':<14}{'questions':<18}{'clients':>8}{'requests':>9}{'req/s':>8}{'p50 ms':>8}"
+          f"{'p95 ms':>8}{'errors':>7}{'1st token p50':>14}{'p95':>6}")
     for r in rows:
-        print(f"{r['model']:<14}{r['workload']:<10}{r['clients']:>8}{r['requests']:>9}{r['rps']:>8}"
-              f"{r['p50_ms']:>8}{r['p95_ms']:>8}{r['errors']:>7}")
+        print(f"{r['model']:<14}{r['workload']:<18}{r['clients']:>8}{r['requests']:>9}{r['rps']:>8}"
+              f"{r['p50_ms']:>8}{r['p95_ms']:>8}{r['errors']:>7}{r.get('ttft_p50_ms', '-'):>14}"
+              f"{r.get('ttft_p95_ms', '-'):>6}")
 
 
 if __name__ == "__main__":

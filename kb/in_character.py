@@ -34,7 +34,7 @@ _OBJECT_FOLLOWERS = {"a", "an", "the", "to", "and", "at", "in", "on", "with", "f
                      "of", "as", "by", "into", "about", "before", "after", "when", "if", "or", "but"}
 _PRONOUN = re.compile(r"\b([Ss]he|[Hh]erself|[Hh]er)\b(\s+\w+)?")
 # a second verb of the same subject: "I am exact and keeps my logbook" -> "and keep my logbook"
-_COORDINATED = re.compile(r"\b(and|but|or)\s+([a-z]+s)(?=\s+(?:my|her|the|a|an|his|their|its|every|it|them|me)\b)")
+_COORDINATED = re.compile(r"\b(and|but|or)\s+([a-z]+s)(?=\s+(?:my|her|the|a|an|his|their|its|every|it|them|me|no)\b)")
 
 
 def own_line_answer(question: str, cited: list[Citation], speaker: str,
@@ -163,6 +163,10 @@ def first_person(text: str, names: list[str], others: set[str]) -> str:
 
 
 def npc_names(card: dict) -> list[str]:
-    """What the canon may call the NPC: the full name, the speaker name, the first name."""
+    """What the canon may call the NPC: the full name, the speaker name, the first name, each also
+    after the first word of the role ("Archivist Ysolde Penhallow", "The ferrywoman Maren")."""
     full = card["name"]
-    return list(dict.fromkeys([full, card["speaker"], full.split()[0]]))
+    names = list(dict.fromkeys([full, card["speaker"], full.split()[0]]))
+    title = card["role"].split()[0]
+    titled = [f"{form} {name}" for name in names for form in (title, f"The {title.lower()}", f"the {title.lower()}")]
+    return [*names, *titled]

@@ -1,0 +1,82 @@
+"""How often the first-person rule (kb/in_character.py) gets a sentence wrong, on hand-labelled sentences.
+
+Every sentence of the sample world's English canon that names one of the
+three NPCs is run through the rule as that NPC would speak it. A human
+labelled each result in bench/first_person_labels.jsonl: "ok" when the
+rendering is right (rendered correctly, or correctly left in the third
+person), "wrong" when it is wrong (bad grammar, the wrong person made "I",
+or a sentence the NPC should have said as "I" left alone counts as
+"missed"). A rendering that no longer matches its label is reported as
+unlabelled, so a change to the rule shows up here.
+
+    python bench/first_person.py [--kb DIR] [--dump]   # --dump: print renderings to label
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from kb.api import KnowledgeBase  # noqa: E402
+from kb.in_character import first_person, npc_names  # noqa: E402
+from kb.npc import speakers  # noqa: E402
+
+LABELS = Path(__file__).with_name("first_person_labels.jsonl")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def renderings(kb: KnowledgeBase) -> list[dict]:
+    """Each (NPC, canon sentence naming them) with the rule's rendering; sentences, not lines of dialogue."""
+    corpus = kb.corpus
+    rows = []
+    for card in kb.npcs().values():
+        names = npc_names(card)
+        others = {s for s in speakers(corpus) if s not in names and s not in card["name"].split()}
+        named = re.compile("|".join(rf"\b{re.escape(n)}\b" for n in names))
+        seen = set()
+        for text, meta in zip(corpus.texts, corpus.metas):
+            if meta.get("lang") != "en" or "speaker" in meta:
+                continue
+            for sentence in _SENTENCE.split(text):
+                sentence = sentence.strip()
+                if named.search(sentence) and sentence not in seen and not sentence.startswith("#"):
+                    seen.add(sentence)
+                    rendered = first_person(f"{sentence} [1]", names, others)[:-4]
+                    rows.append({"npc": card["name"], "sentence": sentence, "rendered": rendered,
+                                 "changed": rendered != sentence})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kb", type=Path, default=Path(".kb"))
+    parser.add_argument("--dump", action="store_true")
+    args = parser.parse_args()
+    rows = renderings(KnowledgeBase.open(args.kb))
+    if args.dump:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return
+    labels = {(r["npc"], r["sentence"], r["rendered"]): r["label"]
+              for r in map(json.loads, LABELS.read_text(encoding="utf-8").splitlines()) if r}
+    counts: dict[str, int] = {}
+    for row in rows:
+        label = labels.get((row["npc"], row["sentence"], row["rendered"]), "unlabelled")
+        key = f"{'rendered' if row['changed'] else 'left'}:{label}"
+        counts[key] = counts.get(key, 0) + 1
+    rendered = sum(v for k, v in counts.items() if k.startswith("rendered"))
+    wrong = counts.get("rendered:wrong", 0)
+    print(f"{len(rows)} canon sentences name an NPC; {rendered} rendered in the first person, "
+          f"{wrong} of them wrong ({wrong / rendered:.0%}); left in the third person: "
+          f"{counts.get('left:ok', 0)} rightly, {counts.get('left:missed', 0)} missed; "
+          f"{sum(v for k, v in counts.items() if k.endswith('unlabelled'))} unlabelled")
+    print(json.dumps(counts, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,7 @@ from kb.conversation import bounded_history, retrieval_query
 from kb.errors import NotFound
 from kb.gamestate import Visibility, visibility
 from kb.in_character import first_person, npc_names, own_line_answer
+from kb.lexical import query_tokens, tokens
 from kb.retrieve import Corpus
 from kb.store import Store
 
@@ -122,10 +123,29 @@ def system_prompt(card: dict, examples: list[str]) -> str:
     )
 
 
-def in_character(answer: Answer, card: dict, query: str, corpus: Corpus) -> Answer:
-    """An extractive answer in the NPC's voice: their own line when one answers, else canon in the first person."""
+def holds_rarest_term(question: str, answer: Answer, corpus: Corpus, among: int = 1) -> bool:
+    """The cited canon holds one of the question's ``among`` rarest terms that the canon uses anywhere.
+
+    An NPC quoting canon that shares only the common words of a question ("the
+    Kessel Glass" for "Who commissioned the theft of the Kessel Glass?") answers
+    what was not asked. On corpora/eval/npc.jsonl this check took unknown-answer
+    accuracy from 0.29 to 0.79 and fact accuracy from 0.76 to 0.72; with the two
+    rarest terms, 0.43 and 0.76.
+    """
+    known = [t for t in query_tokens(question) if corpus.doc_freq.get(t)]
+    if not known:
+        return True
+    rarest = set(sorted(set(known), key=corpus.idf, reverse=True)[:among])
+    return any(rarest & set(tokens(f"{c.hit.metadata.get('title', '')}\n{c.hit.text}")) for c in answer.citations)
+
+
+def in_character(answer: Answer, card: dict, question: str, query: str, corpus: Corpus) -> Answer:
+    """An extractive answer in the NPC's voice: their own line when one answers, else canon in the
+    first person; the card's unknown_answer when the canon cited misses what the question is about."""
     if answer.mode != "extractive" or not answer.citations:
         return answer
+    if not holds_rarest_term(question, answer, corpus):
+        return Answer(card["unknown_answer"], [], answer.mode, answer.extra)
     own = own_line_answer(query, answer.citations, card["speaker"], corpus.idf)
     if own is not None:
         answer.answer, answer.citations = own
@@ -157,6 +177,6 @@ def ask_npc(kb: "KnowledgeBase", card: dict, question: str, retrieval: bool = Tr
     system = system_prompt(card, voice_lines(corpus, card, seen)) if retrieval else persona_prompt(card)
     answer = respond(kb, question, system=system, retrieval=retrieval, not_found=card["unknown_answer"],
                      limits=seen.limits, flags=seen.flags, query=query, history=turns, **options)
-    answer = in_character(answer, card, query, corpus)
+    answer = in_character(answer, card, question, query, corpus)
     answer.extra["npc"] = card["name"]
     return answer

@@ -11,6 +11,7 @@ from kb.store import Store
 from tests.conftest import CORPORA, invoke, invoke_json
 
 LATE_QUESTION = "Who commissioned the theft of the Kessel Glass?"
+KESSEL_QUESTION = "What happened to the Kessel Glass on the first night of the festival?"  # later chapters say more
 ABSENT_QUESTION = "What is the price of a railway ticket to Paris?"
 
 
@@ -55,7 +56,9 @@ def test_unknown_npc_is_a_clear_error(corpora_kb):
 def test_chapter_one_npc_never_cites_later_canon_extractive(corpora_kb):
     hidden_ids = {(c["source"], c["chunk_index"]) for c in hidden_chunks(corpora_kb, MAREN)}
     assert hidden_ids, "the sample world must hold canon Maren may not know"
-    result, data = invoke_json("npc", "ask", "Maren", LATE_QUESTION, "-k", "10", "--kb", corpora_kb)
+    _, unknown = invoke_json("npc", "ask", "Maren", LATE_QUESTION, "-k", "10", "--kb", corpora_kb)
+    assert unknown["answer"] == "The tide hasn't brought me word of that, tidewalker." and not unknown["citations"]
+    result, data = invoke_json("npc", "ask", "Maren", KESSEL_QUESTION, "-k", "10", "--kb", corpora_kb)
     assert result.exit_code == 0
     assert data["npc"] == "Maren" and data["mode"] == "extractive"
     assert "Aurel Thane" not in data["answer"]

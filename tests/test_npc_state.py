@@ -293,3 +293,18 @@ def test_npc_eval_reports_no_leak_on_its_own_questions(world_kb, tmp_path):
     questions.write_text('{"npc": "Oska", "question": "hi"}\n')
     result = invoke("eval", "--npc", questions, "--kb", world_kb)
     assert result.exit_code == 1 and ":1: expected must be" in result.stderr
+
+
+def test_model_condenses_a_follow_up_when_asked_to(world_kb, fake_openai, monkeypatch):
+    monkeypatch.setenv("KB_CONDENSE", "model")
+    fake_openai.reply = "What does the fen witch Morwa brew reed-sleep from?"
+    history = [{"role": "user", "content": "Who is Morwa?"}, {"role": "assistant", "content": "A witch."}]
+    kb = KnowledgeBase.open(world_kb)
+    kb.settings.base_url = fake_openai.base_url
+    kb.ask("And what does she brew?", history=history)
+    condense_request, answer_request = fake_openai.chat_requests()
+    assert "Rewrite the player's last question" in condense_request["messages"][0]["content"]
+    assert "user: Who is Morwa?" in condense_request["messages"][1]["content"]
+    assert FENS in answer_request["messages"][-1]["content"]          # retrieval searched the rewrite
+    assert answer_request["messages"][1:3] == history                  # and the model sees the turns
+    assert answer_request["messages"][-1]["content"].endswith("Question: And what does she brew?")

@@ -16,11 +16,11 @@ if TYPE_CHECKING:
 DEPTH = 10
 
 
-def read_questions(path: str) -> list[dict]:
-    """Read a QA.jsonl file; every line needs question, answers and doc_id.
+def read_jsonl(path: str) -> list[tuple[int, object]]:
+    """A question set's non-blank lines, parsed, with their line numbers.
 
     Raises:
-        KBError: the file is missing or a line is malformed (named by number).
+        KBError: the file is missing, not UTF-8, or a line is not JSON (named by number).
     """
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -28,14 +28,25 @@ def read_questions(path: str) -> list[dict]:
         raise KBError(f"{path}: cannot read question set: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise KBError(f"{path}: question set is not UTF-8 (bad byte at offset {exc.start})") from None
-    questions = []
+    parsed = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            parsed.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
             raise KBError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+    return parsed
+
+
+def read_questions(path: str) -> list[dict]:
+    """Read a QA.jsonl file; every line needs question, answers and doc_id.
+
+    Raises:
+        KBError: the file is missing or a line is malformed (named by number).
+    """
+    questions = []
+    for number, item in read_jsonl(path):
         if not isinstance(item, dict) or not all(k in item for k in ("question", "answers", "doc_id")):
             raise KBError(f"{path}:{number}: a line needs question, answers and doc_id")
         if not isinstance(item["question"], str) or not item["question"].strip():

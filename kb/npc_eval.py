@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ingest.text import plain
 from kb.errors import KBError
+from kb.evaluate import read_jsonl
 from kb.gamestate import visibility
 from kb.in_character import npc_names
 
@@ -40,18 +40,8 @@ def read_npc_questions(path: str) -> list[dict]:
     Raises:
         KBError: the file is missing or a line is malformed (named by number).
     """
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KBError(f"{path}: cannot read NPC question set: {exc}") from None
     items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KBError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+    for number, item in read_jsonl(path):
         expected = item.get("expected") if isinstance(item, dict) else None
         if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("npc", "question")):
             raise KBError(f"{path}:{number}: a line needs npc and question (text) and expected")

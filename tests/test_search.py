@@ -107,7 +107,9 @@ def test_where_speaker_matches_inside_a_list(corpora_kb):
     assert isinstance(results[0]["metadata"]["speaker"], list)
     assert "Dace" in results[0]["metadata"]["speaker"]
     wren = search(corpora_kb, "lighthouse", "--where", "speaker=Wren", "-k", "20", "--mode", "dense")
-    assert len(wren) == 11  # every chunk in which Wren speaks, and no other
+    speaking = [m for m in Store(corpora_kb).canon.get(include=["metadatas"])["metadatas"]
+                if "Wren" in m.get("speaker", [])]
+    assert len(wren) == len(speaking) > 1  # every chunk in which Wren speaks, and no other
     assert all("Wren" in h["metadata"]["speaker"] for h in wren)
 
 

@@ -27,6 +27,7 @@ from kb.store import Store
 from tests.conftest import invoke
 
 LATE_QUESTION = "Who commissioned the theft of the Kessel Glass?"
+KESSEL_QUESTION = "What happened to the Kessel Glass on the first night of the festival?"  # later chapters say more
 MAREN = {"chapter": 1, "region": ["Saltreach"]}
 NEW_CANON = "The harbour bell of Greyhithe was cast by the smith Odo Varn from seven melted anchors."
 
@@ -124,7 +125,7 @@ def test_chat_streams_the_same_answer(client):
 def test_npc_model_answers_in_character_without_later_canon(client, store_copy, stream):
     hidden = hidden_ids(store_copy, MAREN)
     assert hidden
-    request = dict(model="npc:Maren", messages=[{"role": "user", "content": LATE_QUESTION}],
+    request = dict(model="npc:Maren", messages=[{"role": "user", "content": KESSEL_QUESTION}],
                    extra_body={"k": 10})
     if stream:
         chunks = list(client.chat.completions.create(stream=True, **request))

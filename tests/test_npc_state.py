@@ -232,6 +232,9 @@ def test_chat_route_reads_the_whole_conversation(served):
 
     assert first_source("the fen witch Morwa") == "world/fens.md"
     assert first_source("the smuggler queen Vela Marr") == "world/crown.md"
+    cast = client.chat.completions.create(model="npc:Oska Brine",
+                                          messages=[{"role": "user", "content": "What was the bell cast from?"}])
+    assert any(c.get("line_ids") == ["bell_cast_01"] for c in cast.model_extra["citations"])
 
 
 def test_json_npc_route_takes_history_messages_and_state(served):

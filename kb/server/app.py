@@ -3,7 +3,8 @@
 Two APIs share one process (routes in kb/server/routes.py):
 
 - OpenAI-compatible: ``GET /v1/models`` lists ``kb`` and ``npc:<Name>`` per
-  card; ``POST /v1/chat/completions`` answers the last user message, streamed
+  card; ``POST /v1/chat/completions`` answers the last user message (after the turns
+  before it, under the extension field ``state``), streamed
   (SSE) or not, with ``[n]`` citations in the text and a ``citations`` field.
 - JSON: ``POST /search``, ``/ask``, ``/npc/{name}/ask``, ``/ingest``;
   ``GET /status``, ``/healthz``; the OpenAPI document at ``/openapi.json``.

@@ -581,5 +581,32 @@ def finetune_cancel(job_id, base_url, kb_dir, as_json):
         print_job(job)
 
 
+@cli.command()
+@click.argument("paths", nargs=-1)
+@click.option("--changed-since", metavar="REV", default=None,
+              help="Report only files changed since a git revision (the rest is still read as canon).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "github"]), default="text",
+              show_default=True)
+@click.option("--termbase", "show_termbase", is_flag=True, help="Print the English-Chinese termbase as CSV.")
+@click.option("--llm", is_flag=True, help="Ask the chat model to confirm each suspected contradiction.")
+@common
+def check(paths, changed_since, fmt, show_termbase, llm, kb_dir, as_json):
+    """Lint scripts and canon for spoilers, terminology, speakers, metadata and continuity (exit 1 on errors)."""
+    from kb.check import format_report, run_check, termbase
+    from kb.check.config import find_config
+
+    paths = list(paths) or ["."]
+    if show_termbase:
+        click.echo(termbase(paths), nl=False)
+        return
+    settings = settings_from(kb_dir)
+    if llm and not settings.llm_configured:
+        raise click.UsageError("--llm needs a chat model: set OPENAI_API_KEY or OPENAI_BASE_URL")
+    report = run_check(paths, find_config(Path.cwd()), changed_since, settings if llm else None)
+    click.echo(format_report(report, "json" if as_json else fmt))
+    if report.errors:
+        sys.exit(1)
+
+
 def main():
     cli()

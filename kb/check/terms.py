@@ -1,0 +1,105 @@
+"""Terminology: Chinese renderings that differ from the termbase, English names spelt two ways, dropped terms."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from rapidfuzz.distance import OSA
+
+from kb.check.entities import Canon
+from kb.check.findings import RULES, Finding, Location
+from kb.check.termbase import bilingual_pairs, fold, rendering, same_term, table_rows
+from kb.check.world import mention_line
+
+RARE_USES = 2          # a spelling used this often or less may be a slip ...
+COMMON_RATIO = 3       # ... of a spelling used at least this many times as often
+MIN_SPELLING_CHARS = 5  # shorter names are one letter apart by chance (Oar, Orr)
+
+
+def check(canon: Canon) -> list[Finding]:
+    return mismatches(canon) + spellings(canon) + dropped(canon)
+
+
+def mismatches(canon: Canon) -> list[Finding]:
+    """A `中文（English）` pair, or a second loc row, whose Chinese differs from the termbase's."""
+    findings = []
+    for pair in bilingual_pairs(canon.files):
+        term = canon.terms.get(fold(pair.en))
+        zh = rendering(pair)
+        if term and not same_term(zh, term.zh):
+            zh = zh[-len(term.zh):]  # `商人李长胜` against 李长生: the slip is the name, not the title before it
+            findings.append(_mismatch(pair.line.file.shown, mention_line(pair.line, zh), zh, pair.en, term))
+    for file in canon.files:
+        if file.kind != "table":
+            continue
+        for texts, where in table_rows(file):
+            term = canon.terms.get(fold(texts.get("en", "")))
+            zh = texts.get("zh")
+            if term and zh and zh != term.zh and term.path == file.shown and term.line != where["en"].number:
+                findings.append(_mismatch(file.shown, where["zh"].number, zh, texts["en"], term))
+    return findings
+
+
+def _mismatch(path: str, line: int, zh: str, en: str, term) -> Finding:
+    return Finding("term-mismatch", RULES["term-mismatch"].severity, path, line,
+                   f"'{en}' is rendered '{zh}' here, but the termbase has '{term.zh}'",
+                   f"write '{term.zh}', or change the termbase entry (`kb check --termbase` shows it)",
+                   [Location(term.path, term.line)])
+
+
+def spellings(canon: Canon) -> list[Finding]:
+    """A rarely used English name one or two edits from a much more common one of as many words."""
+    uses: Counter = Counter()
+    first = {}
+    for line in canon.lines():
+        for name, form in canon.mentioned(line):
+            if form == name:
+                uses[name] += 1
+                first.setdefault(name, (line, form))
+    findings = []
+    names = [n for n in uses if len(n) >= MIN_SPELLING_CHARS and not re.search(r"[^\x00-\x7f]", n)]
+    for rare in names:
+        if uses[rare] > RARE_USES:
+            continue
+        for common in names:
+            if (uses[common] >= COMMON_RATIO * uses[rare] and len(common.split()) == len(rare.split())
+                    and _near(rare, common)):
+                line, form = first[rare]
+                findings.append(Finding(
+                    "name-spelling", RULES["name-spelling"].severity, line.file.shown, mention_line(line, form),
+                    f"'{rare}' ({uses[rare]} use(s)) looks like a misspelling of '{common}' "
+                    f"({uses[common]} uses)",
+                    f"write '{common}', or if '{rare}' is another name, ignore this rule for the file"))
+                break
+    return findings
+
+
+def _near(rare: str, common: str) -> bool:
+    """One edit apart (two for long names), and not a plural, possessive or other word form."""
+    if rare.rstrip("s") == common.rstrip("s") or rare.lower() == common.lower():
+        return False
+    allowed = 2 if len(common) >= 10 else 1
+    return OSA.distance(rare, common) <= allowed
+
+
+def dropped(canon: Canon) -> list[Finding]:
+    """A loc row whose English holds a termbase term whose Chinese its translation lacks."""
+    terms = [t for t in canon.terms.values()]
+    findings = []
+    for file in canon.files:
+        if file.kind != "table":
+            continue
+        for texts, where in table_rows(file):
+            en, zh = texts.get("en"), texts.get("zh")
+            if not en or not zh:
+                continue
+            for term in terms:
+                if fold(term.en) != fold(en) and term.zh not in zh \
+                        and re.search(rf"(?<![\w-]){re.escape(term.form)}(?![\w-])", en):
+                    findings.append(Finding(
+                        "term-dropped", RULES["term-dropped"].severity, file.shown, where["zh"].number,
+                        f"the English names '{term.form}' but the Chinese lacks its rendering '{term.zh}'",
+                        f"translate '{term.form}' as '{term.zh}', or fix the termbase entry",
+                        [Location(term.path, term.line)]))
+    return findings

@@ -3,6 +3,9 @@
 A line without a `chapter` is common knowledge (known from chapter 1). An
 entity's first chapter is taken from the *other* files, so the file under
 check cannot vouch for itself; a name no other file uses is never a spoiler.
+A script is checked against the prose canon (documents, loc tables) when the
+prose names the entity at all, so two scripts that slip alike do not vouch
+for each other; a document is checked against every other file.
 """
 
 from __future__ import annotations
@@ -36,17 +39,18 @@ def _uses(canon: Canon) -> dict[str, list[Line]]:
     return uses
 
 
+def reference(uses: list[Line], line: Line) -> list[Line]:
+    """The lines that say what the canon knows of an entity, as seen from ``line``'s file."""
+    others = [l for l in uses if l.file is not line.file]
+    if line.file.kind != "script":
+        return others
+    prose = [l for l in others if l.file.kind != "script"]
+    return prose or others
+
+
 def spoilers(canon: Canon) -> list[Finding]:
     """One finding per file and entity: the first line naming it before the others' first chapter."""
-    first: dict[str, dict[int, Line]] = defaultdict(dict)  # entity -> id(file) -> its earliest line
-    for name, lines in _uses(canon).items():
-        for line in lines:
-            chapter = appearance(line)
-            if chapter is None:
-                continue
-            best = first[name].get(id(line.file))
-            if best is None or chapter < appearance(best):
-                first[name][id(line.file)] = line
+    uses = {name: [l for l in lines if appearance(l) is not None] for name, lines in _uses(canon).items()}
     findings = []
     reported: set[tuple[int, str]] = set()
     for line in canon.lines():
@@ -56,7 +60,7 @@ def spoilers(canon: Canon) -> list[Finding]:
         for name, form in canon.mentioned(line):
             if (id(line.file), name) in reported:
                 continue
-            others = [l for key, l in first[name].items() if key != id(line.file)]
+            others = reference(uses[name], line)
             if not others:
                 continue
             earliest = min(others, key=appearance)
@@ -87,7 +91,7 @@ def npc_knowledge(canon: Canon) -> list[Finding]:
         for name, form in canon.mentioned(line):
             if name in (card["name"], card["speaker"]):
                 continue
-            elsewhere = [l for l in uses[name] if l.file is not line.file]
+            elsewhere = reference(uses[name], line)
             if not elsewhere or any(within_limits(l.meta, card["knows"]) for l in elsewhere):
                 continue
             limits = ", ".join(f"{k} {'/'.join(map(str, v)) if isinstance(v, list) else v}"

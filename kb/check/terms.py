@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 
 from rapidfuzz.distance import OSA
 
@@ -51,12 +51,12 @@ def _mismatch(path: str, line: int, zh: str, en: str, term) -> Finding:
 def spellings(canon: Canon) -> list[Finding]:
     """A rarely used English name one or two edits from a much more common one of as many words."""
     uses: Counter = Counter()
-    first = {}
+    lines = defaultdict(list)
     for line in canon.lines():
         for name, form in canon.mentioned(line):
             if form == name:
                 uses[name] += 1
-                first.setdefault(name, (line, form))
+                lines[name].append(line)
     findings = []
     names = [n for n in uses if len(n) >= MIN_SPELLING_CHARS and not re.search(r"[^\x00-\x7f]", n)]
     for rare in names:
@@ -65,12 +65,12 @@ def spellings(canon: Canon) -> list[Finding]:
         for common in names:
             if (uses[common] >= COMMON_RATIO * uses[rare] and len(common.split()) == len(rare.split())
                     and _near(rare, common)):
-                line, form = first[rare]
-                findings.append(Finding(
-                    "name-spelling", RULES["name-spelling"].severity, line.file.shown, mention_line(line, form),
+                findings.extend(Finding(
+                    "name-spelling", RULES["name-spelling"].severity, line.file.shown, mention_line(line, rare),
                     f"'{rare}' ({uses[rare]} use(s)) looks like a misspelling of '{common}' "
                     f"({uses[common]} uses)",
-                    f"write '{common}', or if '{rare}' is another name, ignore this rule for the file"))
+                    f"write '{common}', or if '{rare}' is another name, ignore this rule for the file")
+                    for line in lines[rare])
                 break
     return findings
 

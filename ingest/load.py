@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import PurePath
-
 from ingest.cards import parse_card
 from ingest.chunk import chunk_sections
 from ingest.decode import decode_text
 from ingest.errors import IngestError
-from ingest.parsers import parser_for
-from ingest.types import Chunk, Section
-
-
-def parse_sections(data: bytes, source: str) -> list[Section]:
-    """Decode and parse one canon file into its sections (no chunking).
-
-    Raises:
-        IngestError: the file cannot be decoded or parsed.
-    """
-    parser = parser_for(PurePath(source).suffix)
-    try:
-        if getattr(parser, "BINARY", False):
-            if not data:
-                raise IngestError("file is empty", source)
-            return parser.parse(data, source)
-        return parser.parse(decode_text(data, source), source)
-    except IngestError:
-        raise
-    except Exception as exc:  # a pathological file (e.g. JSON nested 100,000 deep) must not stop the others
-        raise _unexpected(exc, source) from None
+from ingest.parse import parse_sections, unexpected
+from ingest.types import Chunk
 
 
 def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
@@ -45,16 +24,10 @@ def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
     except IngestError:
         raise
     except Exception as exc:  # nor must chunking a pathological section
-        raise _unexpected(exc, source) from None
+        raise unexpected(exc, source) from None
     if not chunks:
         raise IngestError("no text to index", source)
     return chunks
-
-
-def _unexpected(exc: Exception, source: str) -> IngestError:
-    """A parser's or chunker's own exception as one line naming the file."""
-    detail = str(exc).splitlines()[0] if str(exc) else ""
-    return IngestError(f"cannot parse ({exc.__class__.__name__}: {detail})", source)
 
 
 def load_card(data: bytes, source: str) -> dict:

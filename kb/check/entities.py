@@ -28,12 +28,11 @@ MIN_HAN_FORM = 2  # one Han character is a morpheme of countless words, not a na
 
 @dataclass
 class Entity:
-    """A named thing: its name, how text may write it, and where the canon defines it."""
+    """A named thing: its name, where it comes from (card, heading, table, mined), how text may write it."""
 
     name: str
     kinds: set[str] = field(default_factory=set)
     forms: set[str] = field(default_factory=set)
-    defined: tuple[str, int] | None = None
 
 
 @dataclass
@@ -43,7 +42,6 @@ class Canon:
     files: list[SourceFile]
     entities: dict[str, Entity]
     terms: dict[str, Term]
-    mined: Counter
     mentions: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
 
     def lines(self):
@@ -113,43 +111,34 @@ def build_canon(files: list[SourceFile]) -> Canon:
     terms = build_termbase(files)
     entities: dict[str, Entity] = {}
 
-    def add(name: str, kind: str, where: tuple[str, int], *forms: str) -> None:
+    def add(name: str, kind: str, *forms: str) -> None:
         entity = entities.setdefault(name, Entity(name))
         entity.kinds.add(kind)
         entity.forms.update(f for f in (name, *forms) if f)
-        entity.defined = entity.defined or where
 
     for file in files:
         if file.card:
-            add(file.card["name"], "card", (file.shown, file.key_line("name")), file.card["speaker"])
+            add(file.card["name"], "card", file.card["speaker"])
         if file.kind == "table":
-            for texts, where in table_rows(file):
+            for texts, _where in table_rows(file):
                 en = texts.get("en", "")
                 if is_term(en) and _is_name(en, mined):
-                    add(strip_article(en), "table", (file.shown, where["en"].number))
+                    add(strip_article(en), "table")
         for meta in file.metas if file.kind == "document" else []:
             for heading in str(meta.get("title", "")).split(" > "):
                 if _is_name(heading, mined):
-                    add(strip_article(heading), "heading", (file.shown, file.find(f"# {heading}") or 1))
+                    add(strip_article(heading), "heading")
     forms = {form for entity in entities.values() for form in entity.forms}
     for name in mined:
         if name not in forms:
-            add(name, "mined", _first_use(files, name))
+            add(name, "mined")
     for entity in entities.values():
         term = terms.get(fold(entity.name))
         if term and len(term.zh) >= MIN_HAN_FORM:
             entity.forms.add(term.zh)
-    canon = Canon(files, entities, terms, mined)
+    canon = Canon(files, entities, terms)
     _index_mentions(canon)
     return canon
-
-
-def _first_use(files: list[SourceFile], name: str) -> tuple[str, int]:
-    for file in files:
-        for line in file.lines:
-            if name in line.text:
-                return file.shown, file.find(name, line.number) or line.number
-    return files[0].shown, 1
 
 
 def _index_mentions(canon: Canon) -> None:

@@ -6,6 +6,7 @@ from collections import Counter, defaultdict
 
 from rapidfuzz.distance import OSA
 
+from ingest.parsers.loctable import METADATA_COLUMNS
 from kb.check.entities import Canon
 from kb.check.findings import RULES, Finding
 from kb.check.world import SourceFile
@@ -63,7 +64,7 @@ def key_typos(canon: Canon) -> list[Finding]:
     findings = []
     for file in canon.files:
         for key in _keys(file):
-            if key in STANDARD_KEYS:
+            if key in STANDARD_KEYS or key in METADATA_COLUMNS:  # `note` and `node`, `tag` and `tags` are all real
                 continue
             near = [k for k in set(usage) | STANDARD_KEYS if k != key and OSA.distance(k, key) <= 1
                     and (k in STANDARD_KEYS or usage[k] > usage[key])]

@@ -11,12 +11,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from ingest.cards import parse_card
 from ingest.decode import decode_text
 from ingest.discover import discover
 from ingest.errors import IngestError
-from ingest.load import parse_sections
+from ingest.parse import parse_sections
 from ingest.parsers.dialogue import CHOICE_MARK
+from ingest.types import Section
 from kb.errors import KBError
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".xlsx")
@@ -91,15 +94,14 @@ def load_world(paths: list[str]) -> list[SourceFile]:
 
 
 def _load(path: Path, kind: str) -> SourceFile:
+    """One file read, parsed and numbered; a file that cannot be read or parsed carries its error."""
     shown = shown_path(path)
-    data = path.read_bytes()
     try:
+        data = _read(path, shown)
         raw = decode_text(data, shown).splitlines() if path.suffix.lower() != ".xlsx" else []
         if kind == "card":
-            file = SourceFile(path, shown, "card", raw)
-            file.card = parse_card("\n".join(raw), shown)
-            file.card_data = _card_mapping(raw)
-            return file
+            return SourceFile(path, shown, "card", raw, card=parse_card("\n".join(raw), shown),
+                              card_data=_card_mapping(raw))
         sections = parse_sections(data, shown)
     except IngestError as exc:
         return SourceFile(path, shown, kind, [], error=exc)
@@ -108,6 +110,19 @@ def _load(path: Path, kind: str) -> SourceFile:
         file.kind = "table"
     elif any(section.meta.get("speaker") for section in sections):
         file.kind = "script"
+    _number_lines(file, sections)
+    return file
+
+
+def _read(path: Path, shown: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise IngestError(f"cannot read file: {exc.strerror}", shown) from None
+
+
+def _number_lines(file: SourceFile, sections: list[Section]) -> None:
+    """Each section's lines (and each new heading) as Lines, found in the raw text in order."""
     cursor = 1
     heading = None
     for section in sections:
@@ -124,16 +139,12 @@ def _load(path: Path, kind: str) -> SourceFile:
             cursor = file.find(key, cursor) or cursor
         for text in section.text.splitlines():
             speaker, said = _split(text.removeprefix(f"{key}: ") if key else text, speakers)
-            number = next((n for needle in _needles(said) if (n := file.find(needle, cursor))), cursor)
-            cursor = number
-            file.lines.append(Line(file, number, said, speaker, section.meta))
-    return file
+            cursor = next((n for needle in _needles(said) if (n := file.find(needle, cursor))), cursor)
+            file.lines.append(Line(file, cursor, said, speaker, section.meta))
 
 
 def _card_mapping(raw: list[str]) -> dict:
     """The card's YAML as written (keys of `knows` included), for the metadata checks."""
-    import yaml
-
     data = yaml.safe_load("\n".join(raw))
     return data if isinstance(data, dict) else {}
 

@@ -26,7 +26,8 @@ WORLD = Path(__file__).parent / "data" / "check-world"
 SLIPS = [
     ("spoiler", "scripts/dock.yarn", "They say Vela Crane"),
     ("npc-knowledge", "scripts/bell-tower.ink", "Hollow Chapel"),
-    ("term-mismatch", "world/zh/ledger.md", "李长胜"),
+    ("term-mismatch", "world/zh/ledger.md", "李长胜"),        # written with its English
+    ("term-mismatch", "world/zh/debt.md", "李长声"),          # written alone, one character off
     ("name-spelling", "scripts/dock.yarn", "Odo Hassk"),
     ("term-dropped", "loc/ui-strings.csv", "quest.bell.desc"),
     ("unknown-speaker", "scripts/dock.yarn", "Brannoc:"),

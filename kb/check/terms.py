@@ -9,12 +9,15 @@ from rapidfuzz.distance import OSA
 
 from kb.check.entities import Canon
 from kb.check.findings import RULES, Finding, Location
-from kb.check.termbase import bilingual_pairs, fold, rendering, same_term, table_rows
+from kb.check.termbase import HAN, bilingual_pairs, fold, rendering, same_term, table_rows
 from kb.check.world import mention_line
 
 RARE_USES = 2          # a spelling used this often or less may be a slip ...
 COMMON_RATIO = 3       # ... of a spelling used at least this many times as often
 MIN_SPELLING_CHARS = 5  # shorter names are one letter apart by chance (Oar, Orr)
+MIN_NEAR_CHARS = 3      # two-character words one character apart are everywhere in Chinese
+_HAN_CHAR = re.compile(f"[{HAN}]")
+_HAN_NAME = re.compile(f"[{HAN}·]+")
 
 
 def check(canon: Canon) -> list[Finding]:
@@ -22,14 +25,20 @@ def check(canon: Canon) -> list[Finding]:
 
 
 def mismatches(canon: Canon) -> list[Finding]:
-    """A `中文（English）` pair, or a second loc row, whose Chinese differs from the termbase's."""
+    """A `中文（English）` pair, a second loc row, or a Chinese name one character off, differing from the termbase."""
     findings = []
+    reported = set()
     for pair in bilingual_pairs(canon.files):
         term = canon.terms.get(fold(pair.en))
         zh = rendering(pair)
         if term and not same_term(zh, term.zh):
             zh = zh[-len(term.zh):]  # `商人李长胜` against 李长生: the slip is the name, not the title before it
+            reported.add((id(pair.line), zh))
             findings.append(_mismatch(pair.line.file.shown, mention_line(pair.line, zh), zh, pair.en, term))
+    for line, zh, term in near_renderings(canon):
+        if (id(line), zh) not in reported:
+            reported.add((id(line), zh))
+            findings.append(_mismatch(line.file.shown, mention_line(line, zh), zh, term.en, term))
     for file in canon.files:
         if file.kind != "table":
             continue
@@ -39,6 +48,39 @@ def mismatches(canon: Canon) -> list[Finding]:
             if term and zh and zh != term.zh and term.path == file.shown and term.line != where["en"].number:
                 findings.append(_mismatch(file.shown, where["zh"].number, zh, texts["en"], term))
     return findings
+
+
+def near_renderings(canon: Canon):
+    """(line, written, term) where Chinese text holds a term's rendering with one character changed.
+
+    The first character must match: a name with another first character is
+    another name or word (靠退潮 is not a slip of 长退潮), while a homophone
+    slip changes a later one (李长胜 for 李长生). One substitution leaves one
+    half of the rendering intact, so only the places where a half occurs are
+    compared (fast on a large canon).
+    """
+    terms = [t for t in canon.terms.values() if len(t.zh) >= MIN_NEAR_CHARS and _HAN_NAME.fullmatch(t.zh)]
+    renderings = {t.zh for t in canon.terms.values()}
+    for line in canon.lines():
+        text = line.text
+        if not _HAN_CHAR.search(text):
+            continue
+        for term in terms:
+            size, half = len(term.zh), len(term.zh) // 2
+            starts = {i for i in _positions(text, term.zh[:half])} | \
+                     {i - half for i in _positions(text, term.zh[half:])}
+            for start in sorted(i for i in starts if 0 <= i <= len(text) - size):
+                written = text[start:start + size]
+                if (_HAN_NAME.fullmatch(written) and written not in renderings and written[0] == term.zh[0]
+                        and sum(a != b for a, b in zip(written, term.zh)) == 1):
+                    yield line, written, term
+
+
+def _positions(text: str, part: str):
+    start = text.find(part)
+    while start >= 0:
+        yield start
+        start = text.find(part, start + 1)
 
 
 def _mismatch(path: str, line: int, zh: str, en: str, term) -> Finding:

@@ -597,7 +597,7 @@ def check(paths, changed_since, fmt, show_termbase, llm, kb_dir, as_json):
 
     paths = list(paths) or ["."]
     if show_termbase:
-        click.echo(termbase(paths), nl=False)
+        click.echo(termbase(paths, as_json), nl=False)
         return
     settings = settings_from(kb_dir)
     if llm and not settings.llm_configured:

@@ -215,6 +215,8 @@ def test_termbase_prints_the_loc_table_pairs_and_the_canons_as_csv(world):
     assert names and set(names) <= pairs
     assert ("Ring the Ninefold Bell before dawn.", "在黎明前敲响钟。") not in pairs
     assert all(r["source"].startswith(("loc/ui-strings.csv:", "world/")) for r in rows)
+    result = invoke("check", "--termbase", "--json")
+    assert json.loads(result.stdout)["terms"] == rows
 
 
 @pytest.mark.parametrize("reply, severity, verdict", [

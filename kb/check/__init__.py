@@ -7,15 +7,17 @@ the files being checked: all of them, or those changed since a git revision.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
 
 from kb.check import continuity, metadata, speakers, spoilers, terms
 from kb.check.changes import changed_files
 from kb.check.config import CheckConfig
 from kb.check.entities import Canon, build_canon
 from kb.check.findings import RULES, Finding, as_github, as_json, as_sarif, as_text, sort_key
-from kb.check.termbase import termbase_csv
+from kb.check.termbase import sorted_terms, termbase_csv
 from kb.check.world import load_world
 from kb.config import Settings
 
@@ -49,7 +51,7 @@ def run_check(paths: list[str], config: CheckConfig, changed_since: str | None =
     canon = load_canon(paths)
     checked = canon.files
     if changed_since is not None:
-        changed = changed_files(changed_since)
+        changed = changed_files(changed_since, Path(paths[0]).resolve())
         checked = [f for f in canon.files if f.path.resolve() in changed]
     shown = {f.shown for f in checked}
     findings = [_unreadable(f) for f in checked if f.error]
@@ -78,7 +80,11 @@ def format_report(report: CheckReport, fmt: str) -> str:
     return as_text(report.findings, report.files)
 
 
-def termbase(paths: list[str]) -> str:
-    """The termbase of the canon under ``paths`` as CSV."""
-    return termbase_csv(load_canon(paths).terms)
+def termbase(paths: list[str], as_json: bool = False) -> str:
+    """The termbase of the canon under ``paths`` as CSV (en, zh, source), or as one JSON document."""
+    terms = load_canon(paths).terms
+    if as_json:
+        return json.dumps({"terms": [{"en": t.en, "zh": t.zh, "source": f"{t.path}:{t.line}"}
+                                     for t in sorted_terms(terms)]}, ensure_ascii=False, indent=2) + "\n"
+    return termbase_csv(terms)
 

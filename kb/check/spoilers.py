@@ -11,6 +11,7 @@ for each other; a document is checked against every other file.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 from kb.check.entities import Canon
 from kb.check.findings import RULES, Finding, Location
@@ -31,26 +32,43 @@ def check(canon: Canon) -> list[Finding]:
     return spoilers(canon) + npc_knowledge(canon)
 
 
-def _uses(canon: Canon) -> dict[str, list[Line]]:
-    uses: dict[str, list[Line]] = defaultdict(list)
+@dataclass
+class Uses:
+    """Where the canon names one entity, split into prose (documents, loc tables) and every file."""
+
+    prose: list[Line] = field(default_factory=list)
+    every: list[Line] = field(default_factory=list)
+
+    def pool(self, line: Line) -> list[Line]:
+        """What ``line`` is judged against: the prose for a script line when the prose names the entity."""
+        return self.prose if line.file.kind == "script" and self.prose else self.every
+
+
+def entity_uses(canon: Canon) -> dict[str, Uses]:
+    uses: dict[str, Uses] = defaultdict(Uses)
     for line in canon.lines():
         for name, _form in canon.mentioned(line):
-            uses[name].append(line)
+            uses[name].every.append(line)
+            if line.file.kind != "script":
+                uses[name].prose.append(line)
     return uses
 
 
-def reference(uses: list[Line], line: Line) -> list[Line]:
-    """The lines that say what the canon knows of an entity, as seen from ``line``'s file."""
-    others = [l for l in uses if l.file is not line.file]
-    if line.file.kind != "script":
-        return others
-    prose = [l for l in others if l.file.kind != "script"]
-    return prose or others
+def _firsts(lines: list[Line]) -> list[Line]:
+    """Each file's earliest line (by chapter), earliest first: the earliest outside any file is among the first two."""
+    best: dict[int, Line] = {}
+    for line in lines:
+        if appearance(line) is None:
+            continue
+        held = best.get(id(line.file))
+        if held is None or appearance(line) < appearance(held):
+            best[id(line.file)] = line
+    return sorted(best.values(), key=appearance)
 
 
 def spoilers(canon: Canon) -> list[Finding]:
-    """One finding per file and entity: the first line naming it before the others' first chapter."""
-    uses = {name: [l for l in lines if appearance(l) is not None] for name, lines in _uses(canon).items()}
+    """One finding per file and entity: the first line naming it before the other files' first chapter."""
+    firsts = {name: Uses(_firsts(u.prose), _firsts(u.every)) for name, u in entity_uses(canon).items()}
     findings = []
     reported: set[tuple[int, str]] = set()
     for line in canon.lines():
@@ -60,11 +78,8 @@ def spoilers(canon: Canon) -> list[Finding]:
         for name, form in canon.mentioned(line):
             if (id(line.file), name) in reported:
                 continue
-            others = reference(uses[name], line)
-            if not others:
-                continue
-            earliest = min(others, key=appearance)
-            if appearance(earliest) <= chapter:
+            earliest = next((l for l in firsts[name].pool(line) if l.file is not line.file), None)
+            if earliest is None or appearance(earliest) <= chapter:
                 continue
             reported.add((id(line.file), name))
             findings.append(Finding(
@@ -82,7 +97,8 @@ def npc_knowledge(canon: Canon) -> list[Finding]:
     cards = {f.card["speaker"].casefold(): f.card for f in canon.files if f.card and f.card["knows"]}
     if not cards:
         return []
-    uses = _uses(canon)
+    uses = entity_uses(canon)
+    visible: dict[tuple[str, str], dict[int, Line]] = {}  # (card, entity) -> file -> a line within limits
     findings = []
     for line in canon.lines():
         card = cards.get((line.speaker or "").casefold())
@@ -91,8 +107,16 @@ def npc_knowledge(canon: Canon) -> list[Finding]:
         for name, form in canon.mentioned(line):
             if name in (card["name"], card["speaker"]):
                 continue
-            elsewhere = reference(uses[name], line)
-            if not elsewhere or any(within_limits(l.meta, card["knows"]) for l in elsewhere):
+            pool = uses[name].pool(line)
+            if (card["name"], name) not in visible:
+                visible[(card["name"], name)] = {id(l.file): l for l in uses[name].every
+                                                 if within_limits(l.meta, card["knows"])}
+            seen = visible[(card["name"], name)]
+            prose_only = pool is uses[name].prose
+            known = any(key != id(line.file) and (not prose_only or held.file.kind != "script")
+                        for key, held in seen.items())
+            elsewhere = next((l for l in pool if l.file is not line.file), None)
+            if elsewhere is None or known:
                 continue
             limits = ", ".join(f"{k} {'/'.join(map(str, v)) if isinstance(v, list) else v}"
                                for k, v in card["knows"].items())
@@ -103,7 +127,7 @@ def npc_knowledge(canon: Canon) -> list[Finding]:
                 "mentions it",
                 f"cut '{form}' from {line.speaker}'s line, give the line to someone who may know it, "
                 "or widen the card's `knows`",
-                [Location(elsewhere[0].file.shown, mention_line(elsewhere[0], name))]))
+                [Location(elsewhere.file.shown, mention_line(elsewhere, name))]))
     return findings
 
 

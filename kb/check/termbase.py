@@ -123,11 +123,15 @@ def build_termbase(files: list[SourceFile]) -> dict[str, Term]:
     return terms
 
 
+def sorted_terms(terms: dict[str, Term]) -> list[Term]:
+    return sorted(terms.values(), key=lambda t: t.en.casefold())
+
+
 def termbase_csv(terms: dict[str, Term]) -> str:
     """The termbase for localizers to review: en, zh, and where each pair was learned."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["en", "zh", "source"])
-    for term in sorted(terms.values(), key=lambda t: t.en.casefold()):
+    for term in sorted_terms(terms):
         writer.writerow([term.en, term.zh, f"{term.path}:{term.line}"])
     return out.getvalue()

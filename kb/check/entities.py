@@ -19,7 +19,7 @@ from kb.check.world import Line, SourceFile
 
 _WORD = r"[A-Z][a-z]+(?:[-'’][A-Za-z]+)*['’]?"
 _SEQUENCE = re.compile(rf"(?<![\w'’-]){_WORD}(?: (?:of (?:the )?)?{_WORD})*")
-_SENTENCE_START = re.compile(r"(?:^|[.!?:;\"“”—–\-*#>]|\d\.)\s*$")
+_SENTENCE_MARKS = ".!?:;\"“”—–-*#>"  # after one of these a capital starts a sentence, not a name
 _NAME_WORD = re.compile(rf"^(?:{_WORD}|of|the)$")
 _MARKUP = re.compile(r"[*_`]")
 MAX_NAME_WORDS = 5
@@ -74,13 +74,13 @@ def mine_names(files: list[SourceFile]) -> Counter:
     for file in files:
         for line in file.lines:
             text = _name_text(line.text)
-            lowered.update(re.findall(r"\b[a-z][\w'’-]*(?: [a-z][\w'’-]*)*", text))
+            lowered.update(re.findall(r"\b[a-z][\w'’-]*", text))
             for match in _SEQUENCE.finditer(text):
-                if not _SENTENCE_START.search(text[:match.start()]):
+                before = text[:match.start()].rstrip()
+                if before and before[-1] not in _SENTENCE_MARKS:
                     seen[_trim(match.group())] += 1
-    lower_words = {w for phrase in lowered for w in phrase.split()} | lowered
     names = Counter({name: n for name, n in seen.items()
-                     if name.lower() not in lower_words and len(name.split()) <= MAX_NAME_WORDS})
+                     if name.lower() not in lowered and len(name.split()) <= MAX_NAME_WORDS})
     for name in list(names):  # `Second Oar Aurel Thane`, `Black Strand of Cinderholm`: two names side by side
         if any(left in names and right in names for left, right in _splits(name)):
             del names[name]

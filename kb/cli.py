@@ -444,7 +444,7 @@ def finetune_build(out, fmt, speakers, context_turns, validation_split, kb_dir, 
 @click.option("--epochs", type=click.IntRange(1, 100), default=None,
               help="Epochs for the cost estimate [the price table's default, 4].")
 @click.option("--prices", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="An edited copy of the price table (TOML) [kb/prices.toml].")
+              help="An edited copy of the price table (TOML) [kb/finetune/prices.toml].")
 @click.option("--validation", is_flag=True, help="FILE is a validation file: no minimum number of examples.")
 @common
 def finetune_check(file, model, epochs, prices, validation, kb_dir, as_json):

@@ -124,10 +124,10 @@ def test_github_format_prints_workflow_commands(world):
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     spoiler_line = line_of(world, "scripts/dock.yarn", "They say Vela Crane")
-    assert any(l.startswith(f"::error file=scripts/dock.yarn,line={spoiler_line},title=spoiler::")
-               for l in lines)
-    assert any(l.startswith("::warning file=npcs/pim.yaml,") for l in lines)
-    assert all(l.startswith(("::error ", "::warning ")) for l in lines)
+    assert any(out.startswith(f"::error file=scripts/dock.yarn,line={spoiler_line},title=spoiler::")
+               for out in lines)
+    assert any(out.startswith("::warning file=npcs/pim.yaml,") for out in lines)
+    assert all(out.startswith(("::error ", "::warning ")) for out in lines)
 
 
 def test_only_warnings_exit_zero_and_config_regrades_disables_and_ignores(world):

@@ -78,7 +78,7 @@ def spoilers(canon: Canon) -> list[Finding]:
         for name, form in canon.mentioned(line):
             if (id(line.file), name) in reported:
                 continue
-            earliest = next((l for l in firsts[name].pool(line) if l.file is not line.file), None)
+            earliest = next((use for use in firsts[name].pool(line) if use.file is not line.file), None)
             if earliest is None or appearance(earliest) <= chapter:
                 continue
             reported.add((id(line.file), name))
@@ -109,13 +109,13 @@ def npc_knowledge(canon: Canon) -> list[Finding]:
                 continue
             pool = uses[name].pool(line)
             if (card["name"], name) not in visible:
-                visible[(card["name"], name)] = {id(l.file): l for l in uses[name].every
-                                                 if within_limits(l.meta, card["knows"])}
+                visible[(card["name"], name)] = {id(use.file): use for use in uses[name].every
+                                                 if within_limits(use.meta, card["knows"])}
             seen = visible[(card["name"], name)]
             prose_only = pool is uses[name].prose
             known = any(key != id(line.file) and (not prose_only or held.file.kind != "script")
                         for key, held in seen.items())
-            elsewhere = next((l for l in pool if l.file is not line.file), None)
+            elsewhere = next((use for use in pool if use.file is not line.file), None)
             if elsewhere is None or known:
                 continue
             limits = ", ".join(f"{k} {'/'.join(map(str, v)) if isinstance(v, list) else v}"

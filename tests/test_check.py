@@ -178,6 +178,19 @@ def test_an_unreadable_file_is_an_error_at_its_line(world):
     assert "===" in finding["message"]
 
 
+def test_binary_formats_are_parsed_not_refused(world):
+    import docx
+
+    _, before = check_json()
+    document = docx.Document()
+    document.add_heading("Lowmarsh Quay", 1)
+    document.add_paragraph("Nets dry on the Lowmarsh Quay every morning.")
+    document.save(world / "world" / "quay.docx")
+    _, after = check_json()
+    assert after["files"] == before["files"] + 1
+    assert found(after) == found(before)
+
+
 def git(root: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
 

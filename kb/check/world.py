@@ -98,7 +98,7 @@ def _load(path: Path, kind: str) -> SourceFile:
     shown = shown_path(path)
     try:
         data = _read(path, shown)
-        raw = decode_text(data, shown).splitlines() if path.suffix.lower() != ".xlsx" else []
+        raw = _raw_lines(data, shown)
         if kind == "card":
             return SourceFile(path, shown, "card", raw, card=parse_card("\n".join(raw), shown),
                               card_data=_card_mapping(raw))
@@ -112,6 +112,14 @@ def _load(path: Path, kind: str) -> SourceFile:
         file.kind = "script"
     _number_lines(file, sections)
     return file
+
+
+def _raw_lines(data: bytes, shown: str) -> list[str]:
+    """The text's lines to find line numbers in; none for a binary format (.docx, .pdf, .xlsx), whose parser reads bytes."""
+    try:
+        return decode_text(data, shown).splitlines()
+    except IngestError:
+        return []
 
 
 def _read(path: Path, shown: str) -> bytes:

@@ -195,10 +195,15 @@ def git(root: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
 
 
+def commit_all(root: Path) -> None:
+    """The world as a git repository with everything committed."""
+    git(root, "init", "-q")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "canon")
+
+
 def test_changed_since_reports_only_changed_files_against_the_whole_canon(world):
-    git(world, "init", "-q")
-    git(world, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
-    git(world, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "canon")
+    commit_all(world)
     _, data = check_json("--changed-since", "HEAD")
     assert data["findings"] == [] and data["files"] == 0
     with (world / "scripts" / "dock.yarn").open("a", encoding="utf-8") as f:
@@ -248,3 +253,18 @@ def test_llm_judges_each_suspected_contradiction_with_both_citations(world, fake
     question = request["messages"][-1]["content"]
     for path, text in (("world/places.md", "40 metres"), ("world/chapter-3.md", "45 metres")):
         assert f"{path}:{line_of(world, path, text)}" in question and text in question
+
+
+def test_llm_is_not_asked_about_contradictions_outside_the_changed_files(world, fake_openai, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    commit_all(world)
+    with (world / "scripts" / "market.twee").open("a", encoding="utf-8") as f:
+        f.write("Tamsin: And a jar of honey.\n")
+    _, data = check_json("--llm", "--changed-since", "HEAD")
+    assert {f["path"] for f in data["findings"]} == {"scripts/market.twee"}
+    assert fake_openai.chat_requests() == []
+    (world / "world" / "places.md").write_text(
+        (world / "world" / "places.md").read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    _, data = check_json("--llm", "--changed-since", "HEAD")
+    assert "continuity" in {f["rule"] for f in data["findings"]}
+    assert len(fake_openai.chat_requests()) == 1

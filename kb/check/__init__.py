@@ -18,7 +18,7 @@ from kb.check.config import CheckConfig
 from kb.check.entities import Canon, build_canon
 from kb.check.findings import RULES, Finding, as_github, as_json, as_sarif, as_text, sort_key
 from kb.check.termbase import sorted_terms, termbase_csv
-from kb.check.world import load_world
+from kb.check.world import SourceFile, load_world
 from kb.config import Settings
 
 FAMILIES = (spoilers, terms, speakers, metadata)
@@ -59,12 +59,12 @@ def run_check(paths: list[str], config: CheckConfig, changed_since: str | None =
         findings += family.check(canon)
     if config.enabled("continuity"):
         confirm = continuity.model_judge(llm_settings) if llm_settings else None
-        findings += continuity.check(canon, confirm)
+        findings += continuity.check(canon, confirm, shown)
     findings = [f for f in findings if f.path in shown]
     return CheckReport(sorted(config.apply(findings), key=sort_key), len(checked))
 
 
-def _unreadable(file) -> Finding:
+def _unreadable(file: SourceFile) -> Finding:
     return Finding("unreadable", RULES["unreadable"].severity, file.shown, file.error.line or 1,
                    file.error.reason, "fix the file so `kb ingest` can read it")
 
@@ -80,11 +80,11 @@ def format_report(report: CheckReport, fmt: str) -> str:
     return as_text(report.findings, report.files)
 
 
-def termbase(paths: list[str], as_json: bool = False) -> str:
+def termbase(paths: list[str], json_document: bool = False) -> str:
     """The termbase of the canon under ``paths`` as CSV (en, zh, source), or as one JSON document."""
-    terms = load_canon(paths).terms
-    if as_json:
+    pairs = load_canon(paths).terms
+    if json_document:
         return json.dumps({"terms": [{"en": t.en, "zh": t.zh, "source": f"{t.path}:{t.line}"}
-                                     for t in sorted_terms(terms)]}, ensure_ascii=False, indent=2) + "\n"
-    return termbase_csv(terms)
+                                     for t in sorted_terms(pairs)]}, ensure_ascii=False, indent=2) + "\n"
+    return termbase_csv(pairs)
 

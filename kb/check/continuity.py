@@ -123,10 +123,12 @@ def _overlap(a: Statement, b: Statement) -> float:
     return len(a.words & b.words) / len(union) if union else 0.0
 
 
-def check(canon: Canon, confirm=None) -> list[Finding]:
-    """Suspected contradictions; ``confirm(a, b) -> (verdict, reason)`` asks a model when given."""
+def check(canon: Canon, confirm=None, paths: set[str] | None = None) -> list[Finding]:
+    """Suspected contradictions touching ``paths`` (all when None); ``confirm(a, b) -> (verdict, reason)`` asks a model."""
     findings = []
     for a, b in suspects(canon):
+        if paths is not None and not {a.line.file.shown, b.line.file.shown} & paths:
+            continue  # neither side is being checked: no finding, and no question to the model
         severity, verdict = RULES["continuity"].severity, ""
         if confirm is not None:
             contradicts, reason = confirm(a, b)

@@ -6,6 +6,7 @@ raw text by searching for its words, from where the previous one was found.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ class SourceFile:
         """The 1-based number of the first raw line from ``start`` holding ``needle`` (then from the top); 0 if none."""
         if not needle:
             return 0
-        for number in (*range(start, len(self.raw) + 1), *range(1, start)):
+        for number in itertools.chain(range(start, len(self.raw) + 1), range(1, start)):
             if needle in self.raw[number - 1]:
                 return number
         return 0

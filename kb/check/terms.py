@@ -45,7 +45,8 @@ def mismatches(canon: Canon) -> list[Finding]:
         for texts, where in table_rows(file):
             term = canon.terms.get(fold(texts.get("en", "")))
             zh = texts.get("zh")
-            if term and zh and zh != term.zh and term.path == file.shown and term.line != where["en"].number:
+            if (term and zh and zh != term.zh and (id(where["zh"]), zh) not in reported
+                    and (term.path, term.line) != (file.shown, where["en"].number)):
                 findings.append(_mismatch(file.shown, where["zh"].number, zh, texts["en"], term))
     return findings
 
@@ -127,7 +128,11 @@ def _near(rare: str, common: str) -> bool:
 
 def dropped(canon: Canon) -> list[Finding]:
     """A loc row whose English holds a termbase term whose Chinese its translation lacks."""
-    terms = [t for t in canon.terms.values()]
+    by_form = {term.form: term for term in canon.terms.values()}
+    if not by_form:
+        return []
+    finder = re.compile(r"(?<![\w-])(?:" + "|".join(map(re.escape, sorted(by_form, key=len, reverse=True)))
+                        + r")(?![\w-])")
     findings = []
     for file in canon.files:
         if file.kind != "table":
@@ -136,9 +141,8 @@ def dropped(canon: Canon) -> list[Finding]:
             en, zh = texts.get("en"), texts.get("zh")
             if not en or not zh:
                 continue
-            for term in terms:
-                if fold(term.en) != fold(en) and term.zh not in zh \
-                        and re.search(rf"(?<![\w-]){re.escape(term.form)}(?![\w-])", en):
+            for term in (by_form[form] for form in dict.fromkeys(finder.findall(en))):
+                if fold(term.en) != fold(en) and term.zh not in zh:
                     findings.append(Finding(
                         "term-dropped", RULES["term-dropped"].severity, file.shown, where["zh"].number,
                         f"the English names '{term.form}' but the Chinese lacks its rendering '{term.zh}'",

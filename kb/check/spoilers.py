@@ -21,7 +21,7 @@ from kb.limits import within_limits
 COMMON_CHAPTER = 1
 
 
-def appearance(line: Line) -> int | None:
+def appearance(line: Line) -> int | float | None:
     """The chapter a line belongs to; 1 without a chapter key; None for a chapter that is not a number."""
     if "chapter" not in line.meta:
         return COMMON_CHAPTER
@@ -133,4 +133,4 @@ def npc_knowledge(canon: Canon) -> list[Finding]:
 
 def _comparable(limits: dict) -> bool:
     """A card whose numeric limits are numbers (the metadata rule reports the others)."""
-    return isinstance(limits.get("chapter", 0), int)
+    return isinstance(limits.get("chapter", 0), (int, float))

@@ -39,9 +39,10 @@ class Line:
     meta: dict
 
     @property
-    def chapter(self) -> int | None:
+    def chapter(self) -> int | float | None:
+        """The line's chapter as a number (2, or 2.5 for an interlude); None when absent or not a number."""
         value = self.meta.get("chapter")
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 @dataclass

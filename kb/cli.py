@@ -374,6 +374,21 @@ def serve(host, port, roots, base_url, model, extractive, kb_dir, as_json):
                roots=list(roots), extractive=extractive)
 
 
+@cli.command("mcp")
+@click.option("--allow-ingest", is_flag=True, help="Add an `ingest` tool (read-only without it); needs --root.")
+@click.option("--root", "roots", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="A folder the ingest tool may read (repeatable).")
+@click.option("--extractive", is_flag=True, help="Quote the canon; never call a model.")
+@common
+def mcp_cmd(allow_ingest, roots, extractive, kb_dir, as_json):
+    """Serve the knowledge base to an MCP client over stdio: search, ask, npc_ask, status."""
+    from kb.mcp_server import serve_stdio
+
+    if allow_ingest != bool(roots):
+        raise click.UsageError("--allow-ingest and --root go together: the ingest tool reads only under --root")
+    serve_stdio(open_kb(kb_dir), roots=list(roots), extractive=extractive)
+
+
 @cli.group()
 def finetune():
     """Fine-tune a model on your scripts' voices: build, check, submit and follow a job."""

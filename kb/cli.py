@@ -400,7 +400,7 @@ def serve(host, port, roots, base_url, model, extractive, kb_dir, as_json):
 
 @cli.command("mcp")
 @click.option("--allow-ingest", is_flag=True, help="Add an `ingest` tool (read-only without it); needs --root.")
-@click.option("--root", "roots", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+@click.option("--root", "roots", multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="A folder the ingest tool may read (repeatable).")
 @click.option("--extractive", is_flag=True, help="Quote the canon; never call a model.")
 @common

@@ -23,7 +23,7 @@ from kb.api import KnowledgeBase
 from kb.errors import KBError
 from kb.sync import IngestReport
 
-POLL_MS = 1000  # how often the watcher wakes without changes (to notice the stop event)
+RETRY_MS = 1000  # a quiet watcher wakes this often, to retry a failed ingest
 
 
 @dataclass
@@ -64,13 +64,14 @@ class CanonFilter(watchfiles.DefaultFilter):
 
 
 def ingest_batch(kb: KnowledgeBase, paths: list[str]) -> Batch:
-    """Ingest the watched paths once; a KBError (the store locked by another writer) becomes the batch's error."""
+    """Ingest the watched paths once, timed.
+
+    Raises:
+        KBError: the store cannot be opened or written, or another writer holds it.
+    """
     started = time.perf_counter()
-    try:
-        report, error = kb.ingest(paths), None
-    except KBError as exc:
-        report, error = None, str(exc)
-    return Batch(report, time.perf_counter() - started, time.time(), error)
+    report = kb.ingest(paths)
+    return Batch(report, time.perf_counter() - started, time.time())
 
 
 def watch(kb: KnowledgeBase, paths: list[str], stop: threading.Event, on_batch: Callable[[Batch], None],
@@ -78,7 +79,9 @@ def watch(kb: KnowledgeBase, paths: list[str], stop: threading.Event, on_batch: 
     """Ingest ``paths``, then again after each batch of changes under them, until ``stop`` is set.
 
     The first ingest runs once the watcher is listening, so no change made
-    meanwhile is missed; ``on_batch`` hears about every ingest.
+    meanwhile is missed. A later ingest that fails (another writer holds the
+    store) is retried every second until it succeeds; ``on_batch`` hears about
+    every ingest, and about each new error once.
 
     Raises:
         KBError: a watched path does not exist, or the first ingest cannot open or write the store.
@@ -89,17 +92,22 @@ def watch(kb: KnowledgeBase, paths: list[str], stop: threading.Event, on_batch: 
     roots = [Path(p).resolve() for p in paths]
     kb_dir = None if kb.settings.chroma_url else Path(kb.settings.kb_dir).resolve()
     changes = watchfiles.watch(*roots, watch_filter=CanonFilter(roots, kb_dir), debounce=max(debounce_ms, 1600),
-                               step=debounce_ms, stop_event=stop, rust_timeout=POLL_MS, yield_on_timeout=True,
+                               step=debounce_ms, stop_event=stop, rust_timeout=RETRY_MS, yield_on_timeout=True,
                                raise_interrupt=False)
-    first = True
+    first, pending, last_error = True, True, None
     for changed in changes:  # the first yield (a change or a timeout) comes once the watcher is listening
-        if not (changed or first):
+        if not (changed or pending):
             continue
-        batch = ingest_batch(kb, paths)
-        if first and batch.error:
-            raise KBError(batch.error)
-        first = False
-        on_batch(batch)
+        try:
+            batch = ingest_batch(kb, paths)
+        except KBError as exc:
+            if first:
+                raise
+            batch = Batch(None, 0.0, time.time(), f"{exc} (retrying)")
+        first, pending = False, batch.report is None
+        if batch.error is None or batch.error != last_error:
+            on_batch(batch)
+        last_error = batch.error
 
 
 @contextlib.contextmanager

@@ -159,7 +159,7 @@ def watch_ingest(kb, paths: list[str], debounce_ms: int) -> None:
     from kb.watch import stop_on_interrupt, watch
 
     def show(batch):
-        click.echo(batch.summary())
+        click.echo(batch.summary(), err=batch.report is None)
         for failure in batch.report.failed if batch.report else []:
             click.echo(f"error: {failure['path']}: {failure['error']}", err=True)
 

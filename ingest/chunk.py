@@ -55,11 +55,13 @@ def chunk_sections(sections: list[Section], file_key: str, file_hash: str, sourc
     given (a CJK character costs about one token, a word of English about 1.3,
     so the same token budget holds less Chinese prose). Ids are
     `<file key>-<file hash>-<n>`: a changed file gets new ids, so its new
-    chunks can be written before its old ones are dropped.
+    chunks can be written before its old ones are dropped. A dialogue
+    chunk's meta["line_ids"] lists the recorded ids of the lines inside it.
     """
     chunks: list[Chunk] = []
     for section in sections:
         section_size = cjk_size if cjk_size and detect_lang(section.text) == "zh" else size
+        next_line = 0  # dialogue pieces are runs of whole lines, in order, without overlap
         for piece in _splitter(section_size, overlap, section.dialogue).split_text(section.text):
             piece = piece.strip()
             if not piece:
@@ -69,6 +71,12 @@ def chunk_sections(sections: list[Section], file_key: str, file_hash: str, sourc
                 meta["speaker"] = _speakers_in(piece, meta["speaker"])
                 if not meta["speaker"]:
                     del meta["speaker"]
+            if section.line_ids:
+                line_count = piece.count("\n") + 1
+                ids = [i for i in section.line_ids[next_line:next_line + line_count] if i]
+                next_line += line_count
+                if ids:
+                    meta["line_ids"] = ids
             meta.setdefault("lang", detect_lang(piece))
             meta.update(
                 source=source,

@@ -7,7 +7,7 @@ from pathlib import PurePath
 from ingest.cards import parse_card
 from ingest.chunk import chunk_sections
 from ingest.decode import decode_text
-from ingest.errors import IngestError
+from ingest.errors import IngestError, NothingToIndex
 from ingest.parsers import parser_for
 from ingest.types import Chunk
 
@@ -17,7 +17,8 @@ def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
     """Parse and chunk one canon file.
 
     Raises:
-        IngestError: the file cannot be decoded or parsed, or yields no text.
+        NothingToIndex: the file parses but yields no text (a command-only script).
+        IngestError: the file cannot be decoded or parsed.
     """
     parser = parser_for(PurePath(source).suffix)
     try:
@@ -35,7 +36,7 @@ def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise IngestError(f"cannot parse ({exc.__class__.__name__}: {detail})", source) from None
     if not chunks:
-        raise IngestError("no text to index", source)
+        raise NothingToIndex("no text to index", source)
     return chunks
 
 

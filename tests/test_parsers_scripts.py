@@ -209,7 +209,7 @@ def test_ink_knots_stitches_choices_and_tags(tmp_path):
         "They fall silent.",
         "Idris: You have my trust.",
         "Nobody trusts you.",
-        "Sefa: The lamp / The Light was dimmed / lit times.",
+        "Sefa: The lamp / The Light was dimmed / lit trust times.",
     ]
     assert hall.meta["knot"] == "hall" and "stitch" not in hall.meta
     assert hall.meta["chapter"] == 2 and hall.meta["region"] == "Saltreach"

@@ -287,7 +287,8 @@ def test_fountain_scenes_cues_and_title_page(tmp_path):
         "Wren: (softly) You knew I would come.",
     ]
     assert lamp_room.meta["speaker"] == ["Sefa", "Wren"]
-    assert lamp_room.meta["title"] == "The Dimmed Light"
+    assert lamp_room.meta["title"] == lamp_room.meta["scene"]  # the scene names the section
+    assert lamp_room.meta["story"] == "The Dimmed Light"  # the title page names the script
     assert lamp_room.meta["credit"] == "Written by the Lore KB team"
     assert lamp_room.meta["chapter"] == 3
     assert lamp_room.meta["region"] == "Fellstack"

@@ -42,6 +42,16 @@ def detect_lang(text: str) -> str:
     return "zh" if cjk and cjk >= latin else "en"
 
 
+def _pieces(text: str, size: int, overlap: int, dialogue: bool) -> list[str]:
+    """The text cut to ``size`` tokens; a text of at most ``size`` UTF-8 bytes (so tokens) is one piece as it is.
+
+    The shortcut keeps a million-row localization table from paying a tokenizer pass per string.
+    """
+    if len(text) <= size and len(text.encode()) <= size:
+        return [text]
+    return _splitter(size, overlap, dialogue).split_text(text)
+
+
 def _speakers_in(text: str, speakers: list[str]) -> list[str]:
     """The speakers of a dialogue section whose lines made it into this piece."""
     return [s for s in speakers if re.search(rf"^{re.escape(s)}:", text, re.MULTILINE)]
@@ -62,7 +72,7 @@ def chunk_sections(sections: list[Section], file_key: str, file_hash: str, sourc
     for section in sections:
         section_size = cjk_size if cjk_size and detect_lang(section.text) == "zh" else size
         next_line = 0  # dialogue pieces are runs of whole lines, in order, without overlap
-        for piece in _splitter(section_size, overlap, section.dialogue).split_text(section.text):
+        for piece in _pieces(section.text, section_size, overlap, section.dialogue):
             piece = piece.strip()
             if not piece:
                 continue

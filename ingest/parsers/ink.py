@@ -8,16 +8,26 @@ Supported:
   before its first stitch is a section with only meta["knot"]; text before
   the first knot is a section with neither);
 - line tags `# key: value` -> metadata of their section (later values win;
-  bare tags collect in meta["tags"]), removed from the text;
-- `Speaker: line` turns; choices `*`, `+`, nested `* *`, labels `(name)`,
-  `[bracketed]` choice-only text -> `(choice) text` with the brackets dropped;
-  gathers `-` -> plain lines;
-- inline logic: `{a|b}` / `{&a|b}` / `{~a|b}` / `{!a|b}` -> `a / b`,
-  `{cond: a|b}` -> `a / b`, `{variable}` -> nothing; multi-line
-  `{ cond:` ... `- else:` ... `}` blocks keep every branch's text.
+  bare tags collect in meta["tags"]), removed from the text; line id tags
+  (`#line:abc`, `# id: abc`, `#line_id:`) -> the chunk's meta["line_ids"];
+  `# speaker: Name` declares a speaker;
+- `Speaker: line` turns, a speaker by the rule in ingest.parsers.dialogue
+  (so `Error: ...`, `Keystroke registered: ...`, `Target 1: ...` are
+  narration); choices `*`, `+`, nested `* *`, after a gather on the same
+  line (`-*[choice]`), labels `(name)`, `[bracketed]` choice-only text ->
+  `(choice) text` with the brackets dropped; gathers `-` -> plain lines;
+- inline logic, read in one pass (linear in the line's length):
+  `{a|b}` / `{&a|b}` / `{~a|b}` / `{!a|b}` -> `a / b`, `{cond: a|b}` ->
+  `a / b` with the spaces at the options' edges kept, options that are only
+  a divert (`{->a|->b}`) vanish, `{variable}` -> `variable` so the sentence
+  reads; multi-line `{ cond:` ... `- else:` ... `}` blocks, also opened on a
+  gather line (`- { not flag:`), keep every branch's text;
+- Unity rich text (`<i>`, `<b>`, `<color=red>`) and other markup stripped
+  (ingest.parsers.markup).
 Dropped: diverts `-> target` (END, DONE, tunnels `->->`), threads `<- x`, glue
-`<>`, `//` and `/* */` comments, VAR, CONST, LIST, INCLUDE, EXTERNAL, TODO and
-`~` logic lines, and whole `=== function f() ===` knots.
+`<>`, `//` and `/* */` comments (`//*[...]` is a line comment), VAR, CONST,
+LIST, INCLUDE, EXTERNAL, TODO and `~` logic lines, and whole
+`=== function f() ===` knots.
 Not supported: escapes (`\\#`, `\\{`); a speaker inside a conditional branch
 line (`- cond: Maren: hi`) loses its condition but keeps the speaker.
 Errors: a knot or stitch header without a valid name, an unbalanced `{` or

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from ingest.cards import parse_card
 from ingest.chunk import chunk_sections
@@ -13,8 +13,13 @@ from ingest.types import Chunk
 
 
 def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
-                chunk_size: int, chunk_overlap: int, cjk_chunk_size: int | None = None) -> list[Chunk]:
+                chunk_size: int, chunk_overlap: int, cjk_chunk_size: int | None = None,
+                file_path: Path | None = None) -> list[Chunk]:
     """Parse and chunk one canon file.
+
+    With ``file_path`` (the file on disk), a parser that reads a project
+    beyond one file (``project_meta``: a split tweego project's StoryTitle)
+    adds what it finds to every section's metadata the file does not set.
 
     Raises:
         NothingToIndex: the file parses but yields no text (a command-only script).
@@ -28,6 +33,10 @@ def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
             sections = parser.parse(data, source)
         else:
             sections = parser.parse(decode_text(data, source), source)
+        if file_path is not None and hasattr(parser, "project_meta"):
+            project = parser.project_meta(file_path)
+            for section in sections:
+                section.meta = {**project, **section.meta}
         chunks = chunk_sections(sections, file_key, file_hash, source, chunk_size, chunk_overlap,
                                 cjk_chunk_size)
     except IngestError:

@@ -64,7 +64,7 @@ def _store_file(store: Store, found, data: bytes, digest: str, settings: Setting
         store.put_file(record, [], [], [], [])
         return 0
     chunks = load_chunks(data, found.source, key, digest, settings.chunk_tokens,
-                         settings.chunk_overlap, settings.cjk_chunk_tokens)
+                         settings.chunk_overlap, settings.cjk_chunk_tokens, file_path=found.path)
     for chunk in chunks:
         chunk.meta["ingested_at"] = record.ingested_at
     embeddings = store.embed_passages([passage_text(c.text, c.meta) for c in chunks])

@@ -25,10 +25,12 @@ other inserts (`{embed passage: 'x'}`, `{back link}`), HTML tags and
 `<!-- -->` comments, `/* */` comments, hook brackets `[ ]` and `{ }`, hook
 names `|name>` / `<name|`, `''bold''`, `//italic//`, `__underline__` and
 `~~strike~~` marks; markup stripped by ingest.parsers.markup.
+- a split tweego project: a file without StoryTitle takes meta["story"]
+  from a StoryTitle passage in another .twee/.tw file of its folder or the
+  folder above (project_meta, called by ingest.load with the file's path).
 Not supported: `$variables` stay verbatim; a prose parenthesis that looks
-like a macro (`(note: ...)`) is dropped; a StoryTitle in another file of a
-split tweego project does not reach this file's sections (each file is
-parsed alone).
+like a macro (`(note: ...)`) is dropped; when only the StoryTitle file of a
+split project changes, the other files keep the story they were ingested with.
 Errors: a `::` header without a name or otherwise malformed, text before
 the first passage, a StoryData that is not JSON (line inside the file), an
 unclosed `/*`.
@@ -36,8 +38,10 @@ unclosed `/*`.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from pathlib import Path
 
 from ingest.errors import ParseError
 from ingest.meta import tags_to_meta
@@ -76,11 +80,9 @@ def parse(text: str, path: str) -> list[Section]:
         ParseError: a header, StoryData or comment is broken; the message names the line.
     """
     passages = _passages(text, path)
-    story = None
+    story = _title_of(passages)
     for passage in passages:
-        if passage["name"] == "StoryTitle":
-            story = " ".join(passage["body"]).strip()
-        elif passage["name"] == "StoryData":
+        if passage["name"] == "StoryData":
             _check_story_data(passage, path)
     parts = []
     for passage in passages:
@@ -90,6 +92,38 @@ def parse(text: str, path: str) -> list[Section]:
         meta = {"story": story, **tags_to_meta(passage["tags"]), "node": passage["name"]}
         parts.append(([_turn(line) for line in _without_vars_section(body.splitlines())], meta, []))
     return dialogue_sections(parts)
+
+
+def project_meta(file: Path) -> dict:
+    """`story` for a file of a split tweego project: the StoryTitle found in its folder or the one above."""
+    for folder in (file.parent, file.parent.parent):
+        for other in sorted(folder.glob("*.tw*")):
+            if other.suffix.lower() in (".twee", ".tw") and other != file:
+                title = _story_title(other, other.stat().st_mtime_ns)
+                if title:
+                    return {"story": title}
+    return {}
+
+
+@functools.lru_cache(maxsize=4096)
+def _story_title(file: Path, mtime_ns: int) -> str | None:
+    """The StoryTitle passage's text in one Twee file (cached per file version), or None."""
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if ":: StoryTitle" not in text:
+        return None
+    try:
+        passages = _passages(text, str(file))
+    except ParseError:
+        return None
+    return _title_of(passages)
+
+
+def _title_of(passages: list[dict]) -> str | None:
+    """The text of the StoryTitle passage, if there is one with text."""
+    return next((" ".join(p["body"]).strip() or None for p in passages if p["name"] == "StoryTitle"), None)
 
 
 def _passages(text: str, path: str) -> list[dict]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import io
 import re
 import sys
@@ -39,6 +40,7 @@ from ingest.load import load_chunks  # noqa: E402
 from ingest.parsers import parser_for  # noqa: E402
 
 FORMATS = ("ink", "yarn", "fountain", "twee", "loctable")
+TAKES_FILE_PATH = "file_path" in inspect.signature(load_chunks).parameters  # older code does not
 _WORD = re.compile(r"[^\W\d_]{2,}")
 _MARKUP = re.compile(r"</?[a-z]+(?:=[^>]*)?>|\[/?(?:color|b|i|u|break|right|center)\b[^\]]*\]|\*\*|<<|[{}]|^>.*<$",
                      re.IGNORECASE | re.MULTILINE)
@@ -170,7 +172,8 @@ def measure(fmt: str, files: list[Path]) -> dict:
         expected = expected_lines(fmt, data)
         row["expected"] += len(expected)
         try:
-            chunks = load_chunks(data, str(path), "key", "0" * 40, 400, 40)
+            extra = {"file_path": path} if TAKES_FILE_PATH else {}
+            chunks = load_chunks(data, str(path), "key", "0" * 40, 400, 40, **extra)
         except IngestError as exc:
             if exc.__class__.__name__ == "NothingToIndex":
                 row["skipped"] += 1

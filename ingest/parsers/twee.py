@@ -17,7 +17,9 @@ Supported:
   -> `(choice) text`, as Yarn options and ink choices; `Speaker: line` turns
   (a speaker by the rule in ingest.parsers.dialogue, so `Empathy: 5` is
   narration); everything else as narration lines;
-- Chapbook `{variable}` inserts -> the variable's name, so the sentence reads.
+- Chapbook `{variable}` inserts -> the variable's name, so the sentence reads;
+  `{cycling link for: 'x', choices: ['a', 'b']}` and `{dropdown menu ...}`
+  -> `a / b`.
 Dropped: SugarCube `<<macros>>` (spanning lines too; `<<script>>` bodies
 whole), Harlowe `(macro: ...)` calls (nested parentheses and lines
 included), Chapbook vars sections (`name: value` lines above a `--` line) and
@@ -64,6 +66,7 @@ _LINK_MACRO = re.compile(r"^(?:link|button|click|choice|actions|back|return|cycl
 _QUOTED = re.compile(r"\"(?P<double>[^\"]*)\"|'(?P<single>[^']*)'")
 _CHAPBOOK_INSERT = re.compile(r"\{(?P<name>[A-Za-z_][\w.]*(?: [A-Za-z_]\w*)*)\s*(?::(?P<args>[^{}\n]*))?\}")
 _CHAPBOOK_LABEL = re.compile(r"\blabel:\s*(?:\"(?P<double>[^\"]*)\"|'(?P<single>[^']*)')")
+_CHAPBOOK_CHOICES = re.compile(r"\bchoices:\s*\[(?P<list>[^\]]*)\]")
 _CHAPBOOK_VAR = re.compile(r"^[\w.]+(?:\s*\([^)]*\))?\s*:\s*.*$")
 _BLOCKQUOTE = re.compile(r"^>\s+")
 _HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
@@ -202,9 +205,13 @@ def _visible(line: str) -> str:
 
 
 def _insert_text(match: re.Match) -> str:
-    """A Chapbook insert as what it shows: `{name}` -> name, a link's label, otherwise nothing."""
+    """A Chapbook insert as what it shows: `{name}` -> name, its choices, a link's label, otherwise nothing."""
     if match["args"] is None and " " not in match["name"]:
         return match["name"]
+    choices = _CHAPBOOK_CHOICES.search(match["args"] or "")
+    if choices:
+        return " / ".join(q["double"] or q["single"] or "" for q in _QUOTED.finditer(choices["list"])
+                          if q["double"] or q["single"])
     label = _CHAPBOOK_LABEL.search(match["args"] or "")
     if not label and match["name"].endswith("link"):
         label = _QUOTED.search(match["args"] or "")

@@ -9,7 +9,8 @@ Supported:
   `(choice) text`; line group items `=> text` kept as plain lines;
 - `#line:abc` hashtags -> the chunk's meta["line_ids"];
 - inline `{$expressions}` -> the expression without `$` (`{$gold}` -> `gold`),
-  so the sentence still reads; `[b]`/`[/b]` and other markup stripped
+  so the sentence still reads; format functions `[select value={$g} male="he"
+  female="she"/]`, `[plural ...]`, `[ordinal ...]` -> their cases, `he / she`; `[b]`/`[/b]` and other markup stripped
   (ingest.parsers.markup); escapes `\\#`, `\\[`, `\\{` undone;
 - file tags (`# key:value` lines before the first node) as metadata of every node.
 Dropped: `<<commands>>` (so option conditions and jumps), other end-of-line
@@ -36,6 +37,8 @@ _COMMAND = re.compile(r"<<.*?>>")
 _HASHTAGS = re.compile(r"(?:^|(?<=\s))(?<!\\)#\S.*$")
 _OPTION = re.compile(r"^->\s*(?P<text>.*)$")
 _YARN1_OPTION = re.compile(r"^\[\[(?P<inner>[^\]]*)\]\]$")
+_FORMAT_FUNCTION = re.compile(r"\[(?:select|plural|ordinal)\b(?P<args>[^\[\]]*)/\]")
+_FORMAT_CASE = re.compile(r"\b(?!value=)\w+=\"(?P<text>[^\"]*)\"")
 _EXPRESSION = re.compile(r"(?<!\\)\{(?P<expression>[^{}]*)\}")
 _ESCAPE = re.compile(r"\\([#\[\]{}<>/\\])")
 _LINE_GROUP_ITEM = re.compile(r"^=>\s*")
@@ -103,6 +106,7 @@ def _line_id(line: str) -> str | None:
 def _turn(line: str) -> tuple[str | None, str]:
     """One body line without its commands and hashtags, as a turn."""
     line = _HASHTAGS.sub("", _COMMAND.sub("", line)).strip()
+    line = _FORMAT_FUNCTION.sub(lambda match: " / ".join(_FORMAT_CASE.findall(match["args"])), line)
     line = _EXPRESSION.sub(lambda match: match["expression"].replace("$", "").strip(), line)
     option = _OPTION.match(line) or _YARN1_OPTION.match(line)
     if option:

@@ -16,10 +16,10 @@ Which `X: text` prefix is a speaker (scripts without cues: ink, Yarn, Twee):
   or a letter without case (Chinese), no digits, and not a label word such as
   `Error`, `Note`, `Ending`, `Warning`, `Step` (LABEL_WORDS);
 - what follows has a letter, so a stat line (`Empathy: 5`) is narration;
-- and, over the whole file, it is declared (a `speaker:` tag), or it speaks
-  twice, or some other name in the file does: a file that writes dialogue as
-  `Name: line` keeps its one-line characters, while a lone `Notice: ...` in a
-  prose script stays narration.
+- and, over the whole file, it is declared (ink's `# speaker: Name` tag),
+  or it speaks twice, or some other name in the file does: a file that
+  writes dialogue as `Name: line` keeps its one-line characters, while a
+  lone `Notice: ...` in a prose script stays narration.
 """
 
 from __future__ import annotations

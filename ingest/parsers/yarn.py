@@ -10,8 +10,9 @@ Supported:
 - `#line:abc` hashtags -> the chunk's meta["line_ids"];
 - inline `{$expressions}` -> the expression without `$` (`{$gold}` -> `gold`),
   so the sentence still reads; format functions `[select value={$g} male="he"
-  female="she"/]`, `[plural ...]`, `[ordinal ...]` -> their cases, `he / she`; `[b]`/`[/b]` and other markup stripped
-  (ingest.parsers.markup); escapes `\\#`, `\\[`, `\\{` undone;
+  female="she"/]`, `[plural ...]`, `[ordinal ...]` -> their cases, `he / she`;
+  `[b]`/`[/b]` and other markup stripped (ingest.parsers.markup); escapes
+  `\\#`, `\\[`, `\\{` undone;
 - file tags (`# key:value` lines before the first node) as metadata of every node.
 Dropped: `<<commands>>` (so option conditions and jumps), other end-of-line
 hashtags (`#mood:sad`), `//` comments.

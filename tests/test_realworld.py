@@ -213,8 +213,8 @@ def test_fountain_cues_with_punctuation_and_the_title_page():
         "Gideon, Tex & Scobie: We hear you, Reggie!",
         "Bartholomew: Nobody calls me that.",
         "Reggie's Voice: Then I'll call you Bart.",
-        "Static fills the room.",
-        "INTERMISSION",
+        "INTERMISSION",  # centered right after the dialogue
+        "Static fills the room.",  # `_*...*_` nested emphasis
     ]
     assert radio.meta["title"] == radio.meta["scene"] == "INT. RADIO ROOM - NIGHT"
     assert radio.meta["story"] == "The Long Shift"

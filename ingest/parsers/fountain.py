@@ -24,7 +24,7 @@ Supported:
 Dropped: transitions (`CUT TO:`, `FADE OUT.`, forced `>`), boneyard `/* */`,
 notes `[[ ]]`, sections `#`, synopses `=`, page breaks `===`.
 Not supported: a blank line inside a dialogue block (the two-space trick)
-ends the dialogue.
+ends the dialogue, and so does a centered `> line <` right after it.
 Errors: a `/*` boneyard never closed (line where it opens).
 """
 
@@ -77,7 +77,7 @@ def parse(text: str, path: str) -> list[Section]:
         name = _cue_name(line) if after_blank and index < len(lines) and lines[index] else None
         if name:
             speech = []
-            while index < len(lines) and lines[index]:
+            while index < len(lines) and lines[index] and not _CENTERED.match(lines[index]):
                 speech.append(_plain(lines[index]))
                 index += 1
             turns.append((name, " ".join(speech)))

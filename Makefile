@@ -18,6 +18,7 @@ demo: $(BIN)/kb
 	$(BIN)/kb npc ask Sefa "Why was the Orrin Light dimmed?" --kb $(DEMO_KB)
 
 test: $(BIN)/kb
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/kb

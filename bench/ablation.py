@@ -4,13 +4,13 @@ Per set of ../shared/eval, our store is ingested with the current defaults
 (or reused from --cache), then scored in hybrid mode:
 
 - defaults: as shipped;
-- no word pairs: the English word-pair BM25 index left out (PAIR_WEIGHT 0);
+- no word pairs: the English word-pair BM25 index left out (pair_weight 0);
 - Chinese question words kept: a question's stopword-only bigrams (是什么) stay in the query;
 - min-max BM25: BM25 min-max scaled like the cosine, as before (the weakest match scores 0);
 - dense weight w: the query language's cosine weight set to w.
 
-Choices are undone by setting kb.retrieve's module constants, so the code measured is the
-code shipped. BM25 alone is printed for reference, and under the table the
+Each row is a RetrievalConfig with one field changed, passed to the same search the CLI runs,
+so the code measured is the code shipped. BM25 alone is printed for reference, and under the table the
 ceiling of answer_recall@5: the share of questions whose gold answer string
 appears in any chunk at all, and in a chunk of the gold document.
 
@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -32,45 +31,36 @@ from rich.table import Table
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import kb.retrieve as retrieve  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
 from bench.common import SETS, cached_store_dir, eval_set, ingested, machine, revision  # noqa: E402
-from kb.evaluate import normalize_answer, run_questions, summarize  # noqa: E402
-from kb.lexical import tokens  # noqa: E402
+from ingest.text import plain  # noqa: E402
+from kb.config import RetrievalConfig  # noqa: E402
+from kb.evaluate import run_questions, summarize  # noqa: E402
+from kb.retrieve import Corpus  # noqa: E402
 
 METRICS = ("recall@1", "recall@5", "mrr", "answer_recall@5")
 
 
-@contextmanager
-def undone(**constants):
-    """kb.retrieve with some module-level names replaced for the duration."""
-    saved = {name: getattr(retrieve, name) for name in constants}
-    for name, value in constants.items():
-        setattr(retrieve, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(retrieve, name, value)
-
-
 def variants(weights: list[float]):
-    """(label, replaced constants, mode) for every row of the table."""
-    yield "defaults", {}, "hybrid"
-    yield "no word pairs", {"PAIR_WEIGHT": 0.0}, "hybrid"
-    yield "Chinese question words kept", {"query_tokens": tokens}, "hybrid"
-    yield "min-max BM25", {"_share_of_best": retrieve._min_max}, "hybrid"
+    """(label, config, mode) for every row of the table."""
+    shipped = RetrievalConfig()
+    yield "defaults", shipped, "hybrid"
+    yield "no word pairs", replace(shipped, pair_weight=0.0), "hybrid"
+    yield "Chinese question words kept", replace(shipped, drop_question_words=False), "hybrid"
+    yield "min-max BM25", replace(shipped, bm25_scaling="min-max"), "hybrid"
     for weight in weights:
-        yield f"dense weight {weight:g}", {"DENSE_WEIGHT": {"en": weight, "zh": weight}}, "hybrid"
-    yield "BM25 alone", {}, "bm25"
+        yield f"dense weight {weight:g}", replace(shipped, dense_weight={"en": weight, "zh": weight}), "hybrid"
+    yield "BM25 alone", shipped, "bm25"
 
 
-def answer_ceiling(corpus: retrieve.Corpus, questions: list[dict]) -> tuple[float, float]:
+def answer_ceiling(corpus: Corpus, questions: list[dict]) -> tuple[float, float]:
     """Shares of questions whose gold answer is in some chunk, and in some chunk of the gold document."""
-    chunks = [(Path(meta.get("source", "")).stem, normalize_answer(text))
+    chunks = [(Path(meta.get("source", "")).stem, plain(text))
               for text, meta in zip(corpus.texts, corpus.metas)]
     anywhere = in_gold = 0
     for item in questions:
-        answers = [a for a in map(normalize_answer, item["answers"]) if a]
+        answers = [a for a in map(plain, item["answers"]) if a]
         anywhere += any(a in text for _, text in chunks for a in answers)
         in_gold += any(a in text for doc, text in chunks if doc == str(item["doc_id"]) for a in answers)
     return anywhere / len(questions), in_gold / len(questions)
@@ -94,13 +84,11 @@ def main() -> None:
             with open(folder / "qa.dev.jsonl", encoding="utf-8") as fh:
                 questions = [json.loads(line) for line in fh if line.strip()]
             kb_dir = cached_store_dir(args.cache, name) if args.cache else Path(tmp) / name
-            store = ingested(kb_dir, folder / "docs")
-            corpus = retrieve.Corpus.load(store)
-            ceilings.append((name, *answer_ceiling(corpus, questions)))
+            kb = ingested(kb_dir, folder / "docs")
+            ceilings.append((name, *answer_ceiling(kb.corpus, questions)))
             rows = list(variants(weights))
-            for label, constants, mode in rows:
-                with undone(**constants):
-                    figures = summarize(run_questions(store, corpus, questions, mode))
+            for label, config, mode in rows:
+                figures = summarize(run_questions(kb.with_retrieval(config), questions, mode))
                 table.add_row(name, label, *(f"{figures[m]:.4f}" for m in METRICS),
                               end_section=label == rows[-1][0])
                 print(f"{name}: {label} done", file=sys.stderr)

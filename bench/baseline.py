@@ -44,7 +44,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from bench.common import SETS, cached_store_dir, eval_set, ingested, machine, revision  # noqa: E402
 from kb.config import Settings  # noqa: E402
 from kb.evaluate import DEPTH, run_questions, score_question, summarize  # noqa: E402
-from kb.retrieve import MODES, Corpus  # noqa: E402
+from kb.retrieve import MODES  # noqa: E402
 
 CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 WORD = re.compile(r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
@@ -149,9 +149,8 @@ def plain_bm25(texts, sources, questions) -> dict:
 
 
 def ours(kb_dir: Path, docs_dir: Path, questions) -> dict[str, dict]:
-    store = ingested(kb_dir, docs_dir)
-    corpus = Corpus.load(store)
-    return {mode: summarize(run_questions(store, corpus, questions, mode)) for mode in MODES}
+    kb = ingested(kb_dir, docs_dir)
+    return {mode: summarize(run_questions(kb, questions, mode)) for mode in MODES}
 
 
 def main() -> None:

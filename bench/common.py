@@ -75,7 +75,7 @@ def forget_recent_embeddings() -> None:
     A new `kb` process starts with it empty; a benchmark that runs many calls in one process must
     empty it to measure what each call costs on its own.
     """
-    from kb.embed import LoreEmbedding
+    from kb.store.embed import LoreEmbedding
 
     cache = getattr(LoreEmbedding, "_cache", None)
     if cache is not None:
@@ -96,12 +96,12 @@ def cached_store_dir(cache: Path, name: str) -> Path:
 
 
 def ingested(kb_dir: Path, docs_dir: Path):
-    """Our store of a set's documents with the current defaults (incremental if kb_dir holds one), or exit."""
+    """Our knowledge base of a set's documents with the current defaults (incremental if kb_dir holds one), or exit."""
+    from kb.api import KnowledgeBase
     from kb.config import Settings
-    from kb.store import Store
-    from kb.sync import ingest
 
-    report = ingest([str(docs_dir)], Settings(kb_dir=kb_dir, chroma_url=None))
+    kb = KnowledgeBase(Settings(kb_dir=kb_dir, chroma_url=None))
+    report = kb.ingest([str(docs_dir)])
     if report.failed:
         sys.exit(f"our ingest failed: {report.failed[:3]}")
-    return Store(kb_dir)
+    return kb

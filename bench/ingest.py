@@ -25,7 +25,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import eval_set, forget_recent_embeddings, machine, peak_rss_mb, revision  # noqa: E402
 from kb.config import Settings  # noqa: E402
-from kb.embed import DEFAULT_MODEL, LoreEmbedding  # noqa: E402
+from kb.store.embed import DEFAULT_MODEL, LoreEmbedding  # noqa: E402
 from kb.sync import ingest  # noqa: E402
 
 

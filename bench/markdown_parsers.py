@@ -141,7 +141,7 @@ def main() -> None:
         verdict = (f"native is {u['s_per_mb'] / n['s_per_mb']:.0f}x faster per MB and keeps "
                    f"{n['headings']:.1%} of headings / {n['words']:.1%} of words vs "
                    f"{u['headings']:.1%} / {u['words']:.1%}")
-        verdict += (f" -> keep native" if not loses and n["s_per_mb"] < u["s_per_mb"]
+        verdict += (" -> keep native" if not loses and n["s_per_mb"] < u["s_per_mb"]
                     else f" -> native loses {', '.join(loses) or 'on speed'}: look before choosing")
         console.print(f"verdict, {label}: {verdict}")
     console.print(f"machine: {machine()}; code at {revision()}")

@@ -27,8 +27,15 @@ from rich.table import Table
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import (eval_set, forget_recent_embeddings, machine, median,  # noqa: E402
-                          peak_rss_mb, percentile, revision)
+from bench.common import (  # noqa: E402
+    eval_set,
+    forget_recent_embeddings,
+    machine,
+    median,
+    peak_rss_mb,
+    percentile,
+    revision,
+)
 from kb.config import Settings  # noqa: E402
 from kb.errors import KBError  # noqa: E402
 from kb.retrieve import MODES, Corpus, search  # noqa: E402
@@ -80,7 +87,7 @@ def main() -> None:
         for i, question in enumerate(questions):
             for mode in MODES[i % 3:] + MODES[:i % 3]:  # each mode goes first in turn
                 forget_recent_embeddings()
-                latencies[mode].append(timed(lambda: search(store, corpus, question, k=args.k, mode=mode)))
+                latencies[mode].append(timed(lambda q=question, m=mode: search(store, corpus, q, k=args.k, mode=m)))
         chunks = len(corpus.ids)
 
     table = Table(title=f"kb search on fairytaleqa ({chunks} chunks, store {how}), "

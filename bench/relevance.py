@@ -17,11 +17,8 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from kb.answer import MIN_RELEVANCE, dense_similarities, relevance  # noqa: E402
-from kb.config import Settings  # noqa: E402
+from kb.api import KnowledgeBase  # noqa: E402
 from kb.context import pack  # noqa: E402
-from kb.retrieve import Corpus, search  # noqa: E402
-from kb.store import Store  # noqa: E402
-from kb.sync import ingest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "corpora" / "eval"
@@ -36,18 +33,17 @@ def main():
     parser.add_argument("--kb", type=Path, help="reuse a store of the sample world")
     args = parser.parse_args()
     kb_dir = args.kb or Path(tempfile.mkdtemp()) / "kb"
-    settings = Settings(kb_dir=kb_dir)
+    kb = KnowledgeBase.open(kb_dir)
     if not args.kb:
-        ingest([str(ROOT / "corpora")], settings)
-    store = Store(kb_dir)
-    corpus = Corpus.load(store)
+        kb.ingest([str(ROOT / "corpora")])
+    store, corpus = kb.store, kb.corpus
     groups = {"answerable": questions("world-qa.jsonl") + questions("crosslingual.jsonl"),
               "unanswerable": questions("unanswerable.jsonl")}
     print(f"threshold MIN_RELEVANCE = {MIN_RELEVANCE}")
     for label, items in groups.items():
         scores = []
         for question in items:
-            cited = pack(search(store, corpus, question, k=5), settings.context_tokens)
+            cited = pack(kb.search(question, k=5), kb.settings.context_tokens)
             scores.append(relevance(question, cited, dense_similarities(store, question, cited), corpus.idf))
         passed = sum(s >= MIN_RELEVANCE for s in scores)
         print(f"{label:13} n={len(scores):3}  answered={passed:3}  "

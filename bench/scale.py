@@ -36,12 +36,19 @@ from rich.table import Table
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import (EVAL, forget_recent_embeddings, machine, median,  # noqa: E402
-                          peak_rss_mb, percentile, revision)
+from bench.common import (  # noqa: E402
+    EVAL,
+    forget_recent_embeddings,
+    machine,
+    median,
+    peak_rss_mb,
+    percentile,
+    revision,
+)
 from kb.config import Settings  # noqa: E402
-from kb.embed import model_dim  # noqa: E402
 from kb.retrieve import MODES, Corpus, search  # noqa: E402
 from kb.store import FileRecord, Store  # noqa: E402
+from kb.store.embed import model_dim  # noqa: E402
 
 SYLLABLES = ["ka", "ren", "tho", "mir", "el", "va", "dun", "si", "lor", "ae", "bre", "gal", "shi", "tor",
              "wen", "ny", "ost", "quil", "har", "ume", "fen", "dra", "cael", "mo"]

@@ -13,13 +13,12 @@ import re
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+from ingest.text import detect_lang
 from ingest.tokens import ENCODING, encoding
 from ingest.types import Chunk, Section
 
 PROSE_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", "，", ", ", " ", ""]
 DIALOGUE_SEPARATORS = ["\n"]
-CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana, CJK ideographs: a regex class body
-_CJK = re.compile(f"[{CJK_CHARS}]")
 
 
 @functools.cache
@@ -33,13 +32,6 @@ def _splitter(size: int, overlap: int, dialogue: bool) -> RecursiveCharacterText
         separators=DIALOGUE_SEPARATORS if dialogue else PROSE_SEPARATORS,
         keep_separator="end",
     )
-
-
-def detect_lang(text: str) -> str:
-    """'zh' when CJK characters dominate the letters, else 'en' (our corpora's two languages)."""
-    cjk = len(_CJK.findall(text))
-    latin = len(re.findall(r"[A-Za-z]+", text))
-    return "zh" if cjk and cjk >= latin else "en"
 
 
 def _pieces(text: str, size: int, overlap: int, dialogue: bool) -> list[str]:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from kb.config import Settings
-from kb.context import Cited, pack, render
+from kb.context import Citation, pack, render
 from kb.errors import KBError, LLMError
 from kb.lexical import query_tokens, tokens
 from kb.llm import chat
-from kb.retrieve import Corpus, search
 from kb.store import Store
+
+if TYPE_CHECKING:
+    from kb.api import KnowledgeBase
 
 NOT_IN_CANON = "The canon does not say."
 INSTRUCTION = (
@@ -39,7 +41,7 @@ class Answer:
     """What `kb ask --json` prints."""
 
     answer: str
-    citations: list[Cited]
+    citations: list[Citation]
     mode: str
     extra: dict = field(default_factory=dict)
 
@@ -56,13 +58,13 @@ def coverage(question: str, text: str, idf) -> float:
     return sum(w for term, w in weights.items() if term in found) / total if total else 0.0
 
 
-def relevance(question: str, cited: list[Cited], similarity: dict[str, float], idf) -> float:
+def relevance(question: str, cited: list[Citation], similarity: dict[str, float], idf) -> float:
     """How well the best chunk answers the question: rare-term coverage plus twice the cosine."""
     return max((coverage(question, f"{c.hit.metadata.get('title', '')}\n{c.hit.text}", idf)
                 + 2 * similarity.get(c.hit.id, 0.0) for c in cited), default=0.0)
 
 
-def extract(question: str, cited: list[Cited], idf, similarity_of, max_sentences: int = 3) -> str:
+def extract(question: str, cited: list[Citation], idf, similarity_of, max_sentences: int = 3) -> str:
     """The sentences of the canon that answer the question best, each with its citation.
 
     A sentence scores by the rare question terms it holds plus twice its cosine
@@ -81,7 +83,7 @@ def extract(question: str, cited: list[Cited], idf, similarity_of, max_sentences
     return " ".join(f"{sentence} [{n}]" for _, n, _, sentence in best)
 
 
-def build_messages(system: str, question: str, cited: list[Cited]) -> list[dict]:
+def build_messages(system: str, question: str, cited: list[Citation]) -> list[dict]:
     """The chat request: instructions, then the numbered canon, then the question."""
     return [
         {"role": "system", "content": system},
@@ -89,7 +91,7 @@ def build_messages(system: str, question: str, cited: list[Cited]) -> list[dict]
     ]
 
 
-def dense_similarities(store: Store, question: str, cited: list[Cited]) -> dict[str, float]:
+def dense_similarities(store: Store, question: str, cited: list[Citation]) -> dict[str, float]:
     """Cosine similarity of the question to each cited chunk (for the relevance check)."""
     if not cited:
         return {}
@@ -111,7 +113,7 @@ def answer_without_canon(question: str, settings: Settings, system: str, model: 
     return Answer(chat(messages, settings, model, on_token), [], "llm")
 
 
-def respond(store: Store, corpus: Corpus, question: str, settings: Settings, *, k: int = 5,
+def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
             extractive: bool = False, model: str | None = None, system: str | None = None,
             not_found: str = NOT_IN_CANON, limits: dict | None = None, retrieval: bool = True,
             on_token: Callable[[str], None] | None = None) -> Answer:
@@ -120,12 +122,14 @@ def respond(store: Store, corpus: Corpus, question: str, settings: Settings, *, 
     With ``retrieval=False`` the model answers alone (no canon, no citations), so a
     fine-tuned model can be measured with and without the canon in front of it.
     """
+    settings = kb.settings
     if not retrieval:
         if extractive:
             raise KBError("--extractive quotes the canon, so it cannot be combined with --no-retrieval")
         return answer_without_canon(question, settings, system or NO_CANON_INSTRUCTION, model, on_token)
     system = system or INSTRUCTION
-    hits = search(store, corpus, question, k=k, limits=limits)
+    store, corpus = kb.store, kb.corpus
+    hits = kb.search(question, k=k, limits=limits)
     cited = pack(hits, settings.context_tokens)
     use_llm = settings.llm_configured and not extractive
     mode = "llm" if use_llm else "extractive"

@@ -10,17 +10,16 @@ answer's citations point at the gold document.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from ingest.chunk import CJK_CHARS
-from kb.answer import Answer, respond
-from kb.config import Settings
+from ingest.text import CJK_CHARS, plain
+from kb.answer import Answer
 from kb.errors import LLMError
 from kb.evaluate import first_hit_rank
-from kb.lexical import fold
-from kb.retrieve import Corpus
-from kb.store import Store
+
+if TYPE_CHECKING:
+    from kb.api import KnowledgeBase
 
 _CITATION = re.compile(r"\[\d+\]")
 _CJK_OR_RUN = re.compile(f"[{CJK_CHARS}]|[^{CJK_CHARS}]+")
@@ -31,10 +30,8 @@ METRICS = ("exact_match", "f1", "contains", "citation_hit")
 def answer_tokens(text: str) -> list[str]:
     """Normalized tokens: case- and width-folded, without [n] citations, punctuation or English
     articles; each CJK character is one token."""
-    text = fold(_CITATION.sub(" ", text))
-    text = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
-    return [piece for word in text.split() for piece in _CJK_OR_RUN.findall(word)
-            if piece not in _ARTICLES]
+    return [piece for word in plain(_CITATION.sub(" ", text)).split()
+            for piece in _CJK_OR_RUN.findall(word) if piece not in _ARTICLES]
 
 
 def _golds(answers: list[str]) -> list[list[str]]:
@@ -89,8 +86,8 @@ def summarize_answers(per_question: list[dict], model: str, retrieval: bool, mod
     return row
 
 
-def run_answers(store: Store, corpus: Corpus, questions: list[dict], settings: Settings,
-                model: str | None = None, retrieval: bool = True, k: int = 5) -> dict:
+def run_answers(kb: "KnowledgeBase", questions: list[dict], model: str | None = None,
+                retrieval: bool = True, k: int = 5) -> dict:
     """Answer every question with one model, with or without retrieval, and score the answers.
 
     Without a chat model configured, retrieval runs answer extractively (the
@@ -99,26 +96,27 @@ def run_answers(store: Store, corpus: Corpus, questions: list[dict], settings: S
     Raises:
         LLMError: a model was named (or retrieval turned off) but no chat model is configured.
     """
+    settings = kb.settings
     if model and not settings.llm_configured:
         raise LLMError(f"answering with --model {model} needs a chat model: set OPENAI_API_KEY "
                        "or OPENAI_BASE_URL (or pass --base-url)")
     per_question, mode = [], "llm"
     for item in questions:
-        answer = respond(store, corpus, item["question"], settings, k=k, model=model, retrieval=retrieval)
+        answer = kb.ask(item["question"], k=k, model=model, retrieval=retrieval)
         mode = answer.mode
         per_question.append(score_answer(answer, item, retrieval))
     label = (model or settings.model) if mode == "llm" else "-"
     return {**summarize_answers(per_question, label, retrieval, mode), "questions": per_question}
 
 
-def compare_answers(store: Store, corpus: Corpus, questions: list[dict], settings: Settings,
-                    models: list[str | None], retrieval: bool | None = None, k: int = 5) -> list[dict]:
+def compare_answers(kb: "KnowledgeBase", questions: list[dict], models: list[str | None],
+                    retrieval: bool | None = None, k: int = 5) -> list[dict]:
     """Rows for every model, each without and with retrieval (or only the setting asked for)."""
     settings_to_run = (False, True) if retrieval is None else (retrieval,)
     rows = []
     for model in models:
         for use_retrieval in settings_to_run:
-            run = run_answers(store, corpus, questions, settings, model, use_retrieval, k)
+            run = run_answers(kb, questions, model, use_retrieval, k)
             run.pop("questions")
             rows.append(run)
     return rows

@@ -25,14 +25,14 @@ err = Console(stderr=True)
 
 
 class KBGroup(click.Group):
-    """Turns a KBError anywhere below into one line on stderr and exit status 1."""
+    """Turns a KBError anywhere below into one line on stderr and the error's exit status."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except KBError as exc:
             click.echo(f"error: {exc}", err=True)
-            ctx.exit(1)
+            ctx.exit(exc.exit_code)
 
 
 def _remember_chroma_url(ctx, param, value):
@@ -96,12 +96,11 @@ def parse_where(pairs: tuple[str, ...]) -> dict:
     return where
 
 
-def open_store(settings: Settings):
-    from kb.retrieve import Corpus
-    from kb.store import Store
+def open_kb(kb_dir: Path | None, **overrides):
+    """The knowledge base the command's --kb, --chroma-url and environment point at."""
+    from kb.api import KnowledgeBase
 
-    store = Store(settings.kb_dir, settings.chroma_url)
-    return store, Corpus.load(store)
+    return KnowledgeBase(settings_from(kb_dir, **overrides))
 
 
 @click.group(cls=KBGroup)
@@ -116,23 +115,22 @@ def cli():
 @common
 def ingest(paths, embed_model, kb_dir, as_json):
     """Add, update and remove files incrementally."""
-    from kb.sync import IngestReport, ingest as run_ingest
+    from kb.sync import IngestReport
 
-    settings = settings_from(kb_dir, embed_model=embed_model)
+    kb = open_kb(kb_dir, embed_model=embed_model)
     show_bar = not as_json and sys.stderr.isatty()
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       console=err, transient=True, disable=not show_bar) as progress:
             task = progress.add_task("ingesting", total=None)
-            report = run_ingest(list(paths), settings,
-                                on_file=lambda source: progress.update(task, advance=1, description=source))
+            report = kb.ingest(list(paths),
+                               on_file=lambda source: progress.update(task, advance=1, description=source))
     except KBError as exc:  # the store itself failed (locked, read-only, another model)
         if not as_json:
             raise
         click.echo(f"error: {exc}", err=True)
-        where = settings.chroma_url or str(settings.kb_dir)
-        emit_json(IngestReport(failed=[{"path": where, "error": str(exc)}]).to_json())
-        sys.exit(1)
+        emit_json(IngestReport(failed=[{"path": kb.location, "error": str(exc)}]).to_json())
+        sys.exit(exc.exit_code)
     for failure in report.failed:
         click.echo(f"error: {failure['path']}: {failure['error']}", err=True)
     if as_json:
@@ -155,11 +153,7 @@ def ingest(paths, embed_model, kb_dir, as_json):
 @common
 def search(query, k, mode, where, kb_dir, as_json):
     """Show the canon chunks that best match QUERY."""
-    from kb.retrieve import search as run_search
-
-    where = parse_where(where)
-    store, corpus = open_store(settings_from(kb_dir))
-    hits = run_search(store, corpus, query, k=k, mode=mode, where=where)
+    hits = open_kb(kb_dir).search(query, k=k, mode=mode, where=parse_where(where))
     if as_json:
         emit_json({"query": query, "results": [h.to_json() for h in hits]})
         return
@@ -210,13 +204,10 @@ def print_answer(answer, streamed: bool) -> None:
 @common
 def ask(question, k, model, base_url, extractive, no_retrieval, kb_dir, as_json):
     """Answer QUESTION from the canon, with [n] citations."""
-    from kb.answer import respond
-
-    settings = settings_from(kb_dir, base_url=base_url)
-    store, corpus = open_store(settings)
+    kb = open_kb(kb_dir, base_url=base_url)
     stream = None if as_json else EchoTokens()
-    answer = respond(store, corpus, question, settings, k=k, extractive=extractive, model=model,
-                     retrieval=not no_retrieval, on_token=stream)
+    answer = kb.ask(question, k=k, extractive=extractive, model=model, retrieval=not no_retrieval,
+                    on_token=stream)
     if as_json:
         emit_json(answer.to_json())
     else:
@@ -227,10 +218,7 @@ def ask(question, k, model, base_url, extractive, no_retrieval, kb_dir, as_json)
 @common
 def status(kb_dir, as_json):
     """Files, chunks, embedding model, store size and last ingest."""
-    from kb.store import Store
-
-    settings = settings_from(kb_dir)
-    data = Store(settings.kb_dir, settings.chroma_url).status()
+    data = open_kb(kb_dir).status()
     if as_json:
         emit_json(data)
         return
@@ -245,27 +233,24 @@ def status(kb_dir, as_json):
 @common
 def forget(paths, kb_dir, as_json):
     """Remove files (or everything under folders) from the store."""
-    from kb.sync import forget as run_forget
-
-    removed = run_forget(list(paths), settings_from(kb_dir))
+    removed = open_kb(kb_dir).forget(list(paths))
     if as_json:
         emit_json({"removed": removed})
     else:
         click.echo(f"removed {len(removed)} file(s)" + "".join(f"\n  {r}" for r in removed))
 
 
-def eval_answers(questions, model, compare_models, retrieval, k, settings, as_json) -> None:
+def eval_answers(kb, questions, model, compare_models, retrieval, k, as_json) -> None:
     """`kb eval --answers`: one model's scores, or with --compare-models one table of every run."""
     from kb.answer_eval import METRICS, compare_answers, run_answers
 
-    store, corpus = open_store(settings)
     if compare_models:
         models = [m.strip() for m in compare_models.split(",") if m.strip()]
         if not models:
             raise click.BadParameter("name at least one model, like A,B", param_hint="--compare-models")
-        rows = compare_answers(store, corpus, questions, settings, models, retrieval, k)
+        rows = compare_answers(kb, questions, models, retrieval, k)
     else:
-        rows = [run_answers(store, corpus, questions, settings, model, retrieval is not False, k)]
+        rows = [run_answers(kb, questions, model, retrieval is not False, k)]
     if as_json:
         emit_json({"runs": rows} if compare_models else rows[0])
         return
@@ -300,12 +285,12 @@ def eval_cmd(qa_file, mode, compare, plot, answers, model, compare_models, retri
         raise click.UsageError("--model and --retrieval/--no-retrieval score answers: add --answers")
     questions = read_questions(qa_file)
     if answers or compare_models:
-        eval_answers(questions, model, compare_models, retrieval, k,
-                     settings_from(kb_dir, base_url=base_url), as_json)
+        eval_answers(open_kb(kb_dir, base_url=base_url), questions, model, compare_models, retrieval, k,
+                     as_json)
         return
-    store, corpus = open_store(settings_from(kb_dir))
+    kb = open_kb(kb_dir)
     modes = MODES if compare else (mode,)
-    runs = {m: run_questions(store, corpus, questions, m) for m in modes}
+    runs = {m: run_questions(kb, questions, m) for m in modes}
     results = {m: summarize(per_q) for m, per_q in runs.items()}
     if plot:
         from kb.plot import plot_recall
@@ -330,11 +315,7 @@ def npc():
 @common
 def npc_list(kb_dir, as_json):
     """The NPC cards in the store."""
-    from kb.npc import cards
-    from kb.store import Store
-
-    settings = settings_from(kb_dir)
-    found = cards(Store(settings.kb_dir, settings.chroma_url))
+    found = open_kb(kb_dir).npcs()
     if as_json:
         emit_json({"npcs": list(found.values())})
         return
@@ -349,11 +330,8 @@ def npc_list(kb_dir, as_json):
 @common
 def npc_show(name, kb_dir, as_json):
     """One NPC's card and the lines that set their voice."""
-    from kb.npc import find_card, voice_lines
-
-    store, corpus = open_store(settings_from(kb_dir))
-    card = find_card(store, name)
-    card = {**card, "voice": voice_lines(corpus, card)}
+    character = open_kb(kb_dir).npc(name)
+    card = {**character.card, "voice": character.voice_lines()}
     if as_json:
         emit_json(card)
         return
@@ -368,14 +346,10 @@ def npc_show(name, kb_dir, as_json):
 @common
 def npc_ask(name, question, k, model, base_url, extractive, no_retrieval, kb_dir, as_json):
     """Ask NAME a QUESTION; they answer in character from the canon they may know."""
-    from kb.npc import ask_npc, find_card
-
-    settings = settings_from(kb_dir, base_url=base_url)
-    store, corpus = open_store(settings)
-    card = find_card(store, name)
+    character = open_kb(kb_dir, base_url=base_url).npc(name)
     stream = None if as_json else EchoTokens()
-    answer = ask_npc(store, corpus, card, question, settings, k=k, extractive=extractive,
-                     model=model, retrieval=not no_retrieval, on_token=stream)
+    answer = character.ask(question, k=k, extractive=extractive, model=model,
+                           retrieval=not no_retrieval, on_token=stream)
     if as_json:
         emit_json(answer.to_json())
     else:
@@ -450,8 +424,7 @@ def finetune_build(out, fmt, speakers, context_turns, validation_split, kb_dir, 
     """Build training data from the ingested dialogue: one example per spoken line."""
     from kb.finetune import build
 
-    store, corpus = open_store(settings_from(kb_dir))
-    report = build(store, corpus, out, fmt, speakers, context_turns, validation_split)
+    report = build(open_kb(kb_dir), out, fmt, speakers, context_turns, validation_split)
     if as_json:
         emit_json(report.to_json())
         return
@@ -471,7 +444,7 @@ def finetune_build(out, fmt, speakers, context_turns, validation_split, kb_dir, 
 @click.option("--epochs", type=click.IntRange(1, 100), default=None,
               help="Epochs for the cost estimate [the price table's default, 4].")
 @click.option("--prices", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="An edited copy of the price table (TOML) [kb/prices.toml].")
+              help="An edited copy of the price table (TOML) [kb/finetune/prices.toml].")
 @click.option("--validation", is_flag=True, help="FILE is a validation file: no minimum number of examples.")
 @common
 def finetune_check(file, model, epochs, prices, validation, kb_dir, as_json):

@@ -1,4 +1,8 @@
-"""One Settings object from command-line flags and the environment."""
+"""One Settings object from command-line flags and the environment, and the retrieval knobs.
+
+A setting read from the environment is checked once, here: a value that
+cannot be used is one ConfigError naming the variable, never silently ignored.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,48 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kb.errors import ConfigError
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value and value.strip().isdigit() else default
+
+def env_int(name: str, default: int, minimum: int = 1) -> int:
+    """An integer setting from the environment, or ``default`` when unset or blank.
+
+    Raises:
+        ConfigError: the value is not a whole number of at least ``minimum``.
+    """
+    value = (os.environ.get(name) or "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a whole number") from None
+    if number < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return number
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How hybrid retrieval weighs its parts; one process can hold several (bench/ablation.py does).
+
+    The defaults were chosen on ../shared/eval's dev halves (README, bench/ablation.py):
+    USE's cosine lowered English MRR at any weight, so English keeps it only for the
+    cross-lingual lane; Chinese gains from a little.
+    """
+
+    dense_weight: dict = field(default_factory=lambda: {"en": 0.0, "zh": 0.1})
+    cross_lingual_weight: float = 0.9   # a chunk in another language scores this share of its cosine
+    pair_weight: float = 0.5            # word-pair BM25 added at this weight; flat from 0.25 to 0.5
+    short_chunk_terms: int = 20         # chunks shorter than this are scaled down (barks, UI strings)
+    bm25_scaling: str = "share-of-best"  # or "min-max", as before the fusion fix
+    drop_question_words: bool = True    # a Chinese question's stopword-only bigrams (是什么) leave the query
+    depth: int = 50                     # candidates each retriever hands to the fusion (at least 4k)
+    ef_search: int = 100                # HNSW search breadth, set when a store is created
+
+    def __post_init__(self):
+        if self.bm25_scaling not in ("share-of-best", "min-max"):
+            raise ConfigError(f"bm25_scaling must be 'share-of-best' or 'min-max', not {self.bm25_scaling!r}")
 
 
 @dataclass
@@ -19,19 +61,28 @@ class Settings:
     Environment: KB_DIR, KB_CHROMA_URL, KB_EMBED_MODEL, KB_CHUNK_TOKENS,
     KB_CJK_CHUNK_TOKENS, KB_CHUNK_OVERLAP, KB_CONTEXT_TOKENS, KB_MAX_FILE_MB, OPENAI_API_KEY,
     OPENAI_BASE_URL, KB_MODEL.
+
+    Raises:
+        ConfigError: a numeric variable is set to something that is not a usable number.
     """
 
     kb_dir: Path = field(default_factory=lambda: Path(os.environ.get("KB_DIR") or ".kb"))
     chroma_url: str | None = field(default_factory=lambda: os.environ.get("KB_CHROMA_URL") or None)
     embed_model: str | None = field(default_factory=lambda: os.environ.get("KB_EMBED_MODEL") or None)
-    chunk_tokens: int = field(default_factory=lambda: _env_int("KB_CHUNK_TOKENS", 600))
-    cjk_chunk_tokens: int = field(default_factory=lambda: _env_int("KB_CJK_CHUNK_TOKENS", 1000))
-    chunk_overlap: int = field(default_factory=lambda: _env_int("KB_CHUNK_OVERLAP", 40))
-    context_tokens: int = field(default_factory=lambda: _env_int("KB_CONTEXT_TOKENS", 3000))
-    max_file_mb: int = field(default_factory=lambda: _env_int("KB_MAX_FILE_MB", 20))
+    chunk_tokens: int = field(default_factory=lambda: env_int("KB_CHUNK_TOKENS", 600, minimum=16))
+    cjk_chunk_tokens: int = field(default_factory=lambda: env_int("KB_CJK_CHUNK_TOKENS", 1000, minimum=16))
+    chunk_overlap: int = field(default_factory=lambda: env_int("KB_CHUNK_OVERLAP", 40, minimum=0))
+    context_tokens: int = field(default_factory=lambda: env_int("KB_CONTEXT_TOKENS", 3000, minimum=64))
+    max_file_mb: int = field(default_factory=lambda: env_int("KB_MAX_FILE_MB", 20))
     api_key: str | None = field(default_factory=lambda: os.environ.get("OPENAI_API_KEY") or None)
     base_url: str | None = field(default_factory=lambda: os.environ.get("OPENAI_BASE_URL") or None)
     model: str = field(default_factory=lambda: os.environ.get("KB_MODEL") or "gpt-4o-mini")
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+
+    def __post_init__(self):
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ConfigError(f"KB_CHUNK_OVERLAP={self.chunk_overlap} must be below "
+                              f"KB_CHUNK_TOKENS={self.chunk_tokens}")
 
     @property
     def llm_configured(self) -> bool:

@@ -9,7 +9,7 @@ from kb.retrieve import Hit
 
 
 @dataclass
-class Cited:
+class Citation:
     """A chunk in the context, with the number the answer cites it by."""
 
     n: int
@@ -28,19 +28,19 @@ class Cited:
         return {"n": self.n, "source": self.hit.source, "id": self.hit.id, "text": self.hit.text}
 
 
-def pack(hits: list[Hit], budget_tokens: int) -> list[Cited]:
+def pack(hits: list[Hit], budget_tokens: int) -> list[Citation]:
     """Keep hits in rank order while they fit the budget; the first always goes in."""
-    packed: list[Cited] = []
+    packed: list[Citation] = []
     used = 0
     for hit in hits:
         cost = count_tokens(hit.text) + 12  # the "[n] source" header line
         if packed and used + cost > budget_tokens:
             continue
-        packed.append(Cited(len(packed) + 1, hit))
+        packed.append(Citation(len(packed) + 1, hit))
         used += cost
     return packed
 
 
-def render(cited: list[Cited]) -> str:
+def render(cited: list[Citation]) -> str:
     """The canon block a chat model reads: each chunk under its [n] and source."""
     return "\n\n".join(f"[{c.n}] ({c.label()})\n{c.hit.text}" for c in cited)

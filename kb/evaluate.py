@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
+from ingest.text import plain
 from kb.errors import KBError
-from kb.lexical import fold
-from kb.retrieve import Corpus, search
-from kb.store import Store
+
+if TYPE_CHECKING:
+    from kb.api import KnowledgeBase
 
 DEPTH = 10
 
@@ -56,19 +58,13 @@ def first_hit_rank(sources: list[str], doc_id: str) -> int | None:
     return None
 
 
-def normalize_answer(text: str) -> str:
-    """Case-, width- and punctuation-fold text, so 'soon die.' matches 'soon die;'."""
-    folded = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in fold(text))
-    return " ".join(folded.split())
-
-
 def score_question(sources: list[str], texts: list[str], item: dict) -> dict:
     """Per-question figures from the ranked chunks' sources and texts."""
     rank = first_hit_rank(sources, item["doc_id"])
-    top5 = normalize_answer(" ".join(texts[:5]))
+    top5 = plain(" ".join(texts[:5]))
     return {
         "rank": rank,
-        "answer_in_top5": any(normalize_answer(a) in top5 for a in item["answers"] if normalize_answer(a)),
+        "answer_in_top5": any(plain(a) in top5 for a in item["answers"] if plain(a)),
     }
 
 
@@ -91,11 +87,11 @@ def summarize(per_question: list[dict]) -> dict:
     }
 
 
-def run_questions(store: Store, corpus: Corpus, questions: list[dict], mode: str = "hybrid") -> list[dict]:
+def run_questions(kb: "KnowledgeBase", questions: list[dict], mode: str = "hybrid") -> list[dict]:
     """Run every question through retrieval in one mode; per-question figures."""
     per_question = []
     for item in questions:
-        hits = search(store, corpus, item["question"], k=DEPTH, mode=mode)
+        hits = kb.search(item["question"], k=DEPTH, mode=mode)
         per_question.append(score_question([h.source for h in hits], [h.text for h in hits], item))
     return per_question
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import re
 import threading
-import unicodedata
 
 import Stemmer
 from spacy.lang.en.stop_words import STOP_WORDS
 from spacy.lang.zh.stop_words import STOP_WORDS as ZH_STOP_WORDS
 
-from ingest.chunk import CJK_CHARS
+from ingest.text import CJK_CHARS, fold
 
 _CJK_RUN = re.compile(f"[{CJK_CHARS}]+")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -39,11 +38,6 @@ def _stemmer():
     if not hasattr(_local, "stemmer"):
         _local.stemmer = Stemmer.Stemmer("english")
     return _local.stemmer
-
-
-def fold(text: str) -> str:
-    """Case- and width-fold text (NFKC), as answers and tokens are compared."""
-    return unicodedata.normalize("NFKC", text).casefold()
 
 
 def _stems(folded: str) -> list[str]:

@@ -8,12 +8,15 @@ the answer nor the prompt can carry a later chapter.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from kb.answer import Answer, respond
-from kb.config import Settings
-from kb.errors import KBError
+from kb.errors import NotFound
 from kb.retrieve import Corpus, within_limits
 from kb.store import Store
+
+if TYPE_CHECKING:
+    from kb.api import KnowledgeBase
 
 VOICE_EXAMPLES = 4
 
@@ -31,18 +34,17 @@ def card_named(known: dict[str, dict], name: str) -> dict | None:
                  if folded in (card["name"].casefold(), card["speaker"].casefold())), None)
 
 
-def find_card(store: Store, name: str) -> dict:
-    """The card whose name (or speaker name) matches, case-insensitively.
+def find_card(known: dict[str, dict], name: str) -> dict:
+    """The card among ``known`` whose name (or speaker name) matches, case-insensitively.
 
     Raises:
-        KBError: no such NPC; the message lists the ones there are.
+        NotFound: no such NPC; the message lists the ones there are.
     """
-    known = cards(store)
     card = card_named(known, name)
     if card is not None:
         return card
     listing = ", ".join(sorted(known)) or "none (put YAML cards in an npcs/ folder and ingest it)"
-    raise KBError(f"no NPC named '{name}'; known NPCs: {listing}")
+    raise NotFound(f"no NPC named '{name}'; known NPCs: {listing}", "npc_not_found")
 
 
 def voice_lines(corpus: Corpus, card: dict, limit: int = VOICE_EXAMPLES) -> list[str]:
@@ -83,15 +85,14 @@ def system_prompt(card: dict, examples: list[str]) -> str:
     )
 
 
-def ask_npc(store: Store, corpus: Corpus, card: dict, question: str, settings: Settings,
-            retrieval: bool = True, **options) -> Answer:
+def ask_npc(kb: "KnowledgeBase", card: dict, question: str, retrieval: bool = True, **options) -> Answer:
     """Answer a player's question as the NPC of ``card`` (from find_card), from only the canon it may know.
 
     Without retrieval the model answers from the persona alone, the way a
     model fine-tuned on the NPC's lines was trained to.
     """
-    system = system_prompt(card, voice_lines(corpus, card)) if retrieval else persona_prompt(card)
-    answer = respond(store, corpus, question, settings, system=system, retrieval=retrieval,
+    system = system_prompt(card, voice_lines(kb.corpus, card)) if retrieval else persona_prompt(card)
+    answer = respond(kb, question, system=system, retrieval=retrieval,
                      not_found=card["unknown_answer"], limits=card["knows"], **options)
     answer.extra["npc"] = card["name"]
     return answer

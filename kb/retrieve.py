@@ -16,18 +16,14 @@ from dataclasses import dataclass
 import bm25s
 import numpy as np
 
-from ingest.chunk import detect_lang
-from kb.lexical import query_tokens, tokens_and_pairs, word_pairs
+from ingest.text import detect_lang
+from kb.config import RetrievalConfig
+from kb.lexical import query_tokens, tokens, tokens_and_pairs, word_pairs
 from kb.store import Store
 
 MODES = ("hybrid", "dense", "bm25")
 CACHE_FORMAT = 4  # bump when Corpus or the tokenizer changes, so old pickles are not reused
-# By query language, chosen on ../shared/eval dev (README): USE's cosine lowered English MRR at any
-# weight, so English keeps it only for the cross-lingual lane; Chinese gains from a little.
-DENSE_WEIGHT = {"en": 0.0, "zh": 0.1}
-CROSS_LINGUAL_WEIGHT = 0.9
-SHORT_CHUNK_TERMS = 20
-PAIR_WEIGHT = 0.5  # word-pair BM25 added at this weight; fairytaleqa dev was flat from 0.25 to 0.5
+DEFAULT_CONFIG = RetrievalConfig()
 
 
 @dataclass
@@ -101,7 +97,8 @@ class Corpus:
         """How rare a term is in the canon; a term the canon never uses is rarest of all."""
         return math.log(1 + (len(self.ids) + 1) / (self.doc_freq.get(term, 0) + 0.5))
 
-    def bm25_ranking(self, query: str, allowed: np.ndarray | None, limit: int) -> list[tuple[int, float]]:
+    def bm25_ranking(self, query: str, allowed: np.ndarray | None, limit: int,
+                     config: RetrievalConfig = DEFAULT_CONFIG) -> list[tuple[int, float]]:
         """The top ``limit`` chunk positions by BM25 score (terms plus weighted word pairs), best first.
 
         Zero scores are left out.
@@ -110,13 +107,14 @@ class Corpus:
         ~40 ms of the ~46 ms a BM25 query took (bench/scale.py).
         """
         vocab = self.bm25.vocab_dict if self.ids else {}
-        terms = [t for t in query_tokens(query) if t in vocab]
+        wanted = query_tokens(query) if config.drop_question_words else tokens(query)
+        terms = [t for t in wanted if t in vocab]
         if not terms:
             return []
         scores = self.bm25.get_scores(terms)
         pairs = [p for p in word_pairs(query) if self.pairs and p in self.pairs.vocab_dict]
-        if pairs:
-            scores = scores + PAIR_WEIGHT * self.pairs.get_scores(pairs)
+        if pairs and config.pair_weight:
+            scores = scores + config.pair_weight * self.pairs.get_scores(pairs)
         if allowed is not None:
             scores = np.where(allowed, scores, 0.0)
         if limit < len(scores):
@@ -202,43 +200,46 @@ def _min_max(ranking: list[tuple[int, float]]) -> dict[int, float]:
 
 
 def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], dense_weight: float,
-         cross_lingual: set[int], lengths: list[int]) -> list[tuple[int, float]]:
+         cross_lingual: set[int], lengths: list[int],
+         config: RetrievalConfig = DEFAULT_CONFIG) -> list[tuple[int, float]]:
     """Weighted fusion of normalised scores, fair to canon in the other language.
 
     A chunk in the query's language scores (1 - dense_weight) * bm25 +
     dense_weight * cosine. A chunk in another language has no words in common
-    with the query, so BM25 cannot see it; it scores CROSS_LINGUAL_WEIGHT * cosine
+    with the query, so BM25 cannot see it; it scores cross_lingual_weight * cosine
     instead of being buried under every lexical match. Chunks of fewer than
-    SHORT_CHUNK_TERMS terms (a UI string, a one-line bark) are scaled down by
+    short_chunk_terms terms (a UI string, a one-line bark) are scaled down by
     the square root of their share: both BM25 and cosine overrate them.
     """
-    lexical, semantic = _share_of_best(bm25), _min_max(dense)
+    scale_bm25 = _share_of_best if config.bm25_scaling == "share-of-best" else _min_max
+    lexical, semantic = scale_bm25(bm25), _min_max(dense)
     scores = {}
     for pos in lexical.keys() | semantic.keys():
         if pos in cross_lingual:
-            score = CROSS_LINGUAL_WEIGHT * semantic.get(pos, 0.0)
+            score = config.cross_lingual_weight * semantic.get(pos, 0.0)
         else:
             score = (1 - dense_weight) * lexical.get(pos, 0.0) + dense_weight * semantic.get(pos, 0.0)
-        scores[pos] = score * min(1.0, lengths[pos] / SHORT_CHUNK_TERMS) ** 0.5
+        scores[pos] = score * min(1.0, lengths[pos] / config.short_chunk_terms) ** 0.5
     return sorted(scores.items(), key=lambda item: -item[1])
 
 
 def search(store: Store, corpus: Corpus, query: str, k: int = 5, mode: str = "hybrid",
-           where: dict | None = None, limits: dict | None = None) -> list[Hit]:
+           where: dict | None = None, limits: dict | None = None,
+           config: RetrievalConfig = DEFAULT_CONFIG) -> list[Hit]:
     """The k best visible chunks for a query."""
     if not corpus.ids or not query.strip():
         return []
     allowed = allowed_mask(corpus, where, limits)
-    depth = max(50, 4 * k)
+    depth = max(config.depth, 4 * k)
     if mode == "bm25":
-        ranked = corpus.bm25_ranking(query, allowed, k)
+        ranked = corpus.bm25_ranking(query, allowed, k, config)
     elif mode == "dense":
         ranked = dense_ranking(store, corpus, query, depth, allowed)
     else:
         dense = dense_ranking(store, corpus, query, depth, allowed)
         query_lang = detect_lang(query)
         other = {pos for pos, _ in dense if corpus.metas[pos].get("lang", query_lang) != query_lang}
-        ranked = fuse(corpus.bm25_ranking(query, allowed, depth), dense, DENSE_WEIGHT[query_lang],
-                      other, corpus.lengths)
+        ranked = fuse(corpus.bm25_ranking(query, allowed, depth, config), dense,
+                      config.dense_weight[query_lang], other, corpus.lengths, config)
     return [Hit(corpus.ids[pos], corpus.texts[pos], score, corpus.metas[pos])
             for pos, score in ranked[:k]]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,9 @@ import pytest
 from ingest.tokens import encoding
 from kb.answer import NO_CANON_INSTRUCTION
 from kb.answer_eval import answer_tokens, contains_answer, exact_match, token_f1
-from kb.finetune import (SEPARATOR, STOP, check_file, chat_problems, completion_problems, load_prices,
-                         training_cost)
+from kb.finetune.check import chat_problems, check_file, completion_problems
+from kb.finetune.dataset import SEPARATOR, STOP
+from kb.finetune.prices import load_prices, training_cost
 from tests.conftest import invoke, invoke_json
 
 FERRY = """

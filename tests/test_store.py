@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -15,8 +14,8 @@ from pathlib import Path
 import pytest
 from chromadb.api.shared_system_client import SharedSystemClient
 
-from kb.embed import LoreEmbedding
 from kb.store import FileRecord, Store, write_lock
+from kb.store.embed import LoreEmbedding
 from tests.conftest import invoke, invoke_json
 
 STATUS_KEYS = {"kb": str, "files": int, "cards": int, "chunks": int, "model": str,

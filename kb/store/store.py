@@ -1,4 +1,4 @@
-"""The only module that talks to chromadb: chunks, the ingest manifest, the model record, the lock.
+"""The store over chromadb: chunks, the ingest manifest, the model record.
 
 Everything the knowledge base keeps lives in chromadb collections, so the same
 code serves a local directory (PersistentClient) and a shared Chroma server
@@ -15,19 +15,15 @@ chunks, then flips its manifest row (the commit), then deletes the old ones; a
 journal row makes an interrupted replace repairable, and readers only see
 chunks whose hash matches the manifest.
 
-The write lock is a file lock beside a local store: it keeps a second process
-from writing the same directory. It does not protect a Chroma server, where
-any number of machines may write at once; there only abandoned journal rows
-are repaired, and writers should not replace the same file at the same time
-(run one ingest job per folder, e.g. from CI).
+A local store has one writer at a time (kb/store/lock.py). A Chroma server
+has no such lock, since any number of machines may write at once; there only
+abandoned journal rows are repaired, and writers should not replace the same
+file at the same time (run one ingest job per folder, e.g. from CI).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -36,13 +32,12 @@ from pathlib import Path
 import chromadb
 from chromadb.config import Settings as ChromaSettings
 
-from kb.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
-from kb.errors import KBError, ModelMismatch, StoreLocked
+from kb.errors import KBError, ModelMismatch, Unavailable
+from kb.store.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
 
 CANON = "canon"
 MANIFEST = "manifest"
 _UNIT = [1.0]  # manifest rows need a vector; they are only ever fetched by id
-HNSW_EF_SEARCH = 100
 STALE_JOURNAL_SECONDS = 900  # on a shared server, a replace journalled longer ago was abandoned
 
 
@@ -84,7 +79,7 @@ def _client(kb_dir: Path, chroma_url: str | None):
             return chromadb.HttpClient(host=url.hostname, port=url.port or 8000,
                                        ssl=url.scheme == "https", settings=settings)
         except Exception as exc:
-            raise KBError(f"cannot reach the Chroma server at {chroma_url}: {exc}") from None
+            raise Unavailable(f"cannot reach the Chroma server at {chroma_url}: {exc}") from None
     try:
         kb_dir.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(kb_dir / "chroma"), settings=settings)
@@ -96,23 +91,24 @@ class Store:
     """A knowledge base: chunks with embeddings, plus the manifest that makes ingest incremental."""
 
     def __init__(self, kb_dir: Path, chroma_url: str | None = None, model: str | None = None,
-                 create: bool = False):
+                 create: bool = False, ef_search: int = 100):
         """Open (or, with ``create``, make) the store.
 
         Raises:
-            KBError: no store there and ``create`` is false, or it cannot be opened.
+            Unavailable: no store there and ``create`` is false, or it cannot be reached.
+            KBError: it cannot be opened or written.
             ModelMismatch: the store was built with a different embedding model.
         """
         self.kb_dir = Path(kb_dir)
         self.chroma_url = chroma_url
         if not create and not chroma_url and not (self.kb_dir / "chroma" / "chroma.sqlite3").exists():
             # checked before chromadb runs, which would leave an empty store at a mistyped --kb
-            raise KBError(f"no knowledge base at {self.kb_dir}; run `kb ingest PATH` first")
+            raise Unavailable(f"no knowledge base at {self.kb_dir}; run `kb ingest PATH` first")
         self.client = _client(self.kb_dir, chroma_url)
         existing = {c.name if hasattr(c, "name") else c for c in self.client.list_collections()}
         if CANON not in existing and not create:
             where = chroma_url or str(self.kb_dir)
-            raise KBError(f"no knowledge base at {where}; run `kb ingest PATH` first")
+            raise Unavailable(f"no knowledge base at {where}; run `kb ingest PATH` first")
         if CANON in existing:
             meta = self.client.get_collection(CANON).metadata or {}
             recorded = meta.get("embedding_model")
@@ -128,7 +124,7 @@ class Store:
                 CANON,
                 embedding_function=self.embedder,
                 metadata={"embedding_model": self.model, "dim": model_dim(self.model)},
-                configuration={"hnsw": {"space": "cosine", "ef_search": HNSW_EF_SEARCH}},
+                configuration={"hnsw": {"space": "cosine", "ef_search": ef_search}},
             )
             self.manifest = self.client.get_or_create_collection(
                 MANIFEST, embedding_function=None, configuration={"hnsw": {"space": "l2"}})
@@ -197,15 +193,15 @@ class Store:
                               metadatas=metas[start:end], embeddings=embeddings[start:end])
         self.manifest.upsert(ids=[f"file:{record.key}"], embeddings=[_UNIT],
                              metadatas=[record.to_meta()])
+        self._bump_generation()  # before the cleanup: a cache of the old generation is stale from here
         self._drop_stale_chunks(record.key, record.hash)
-        self._bump_generation()
 
     def remove_file(self, key: str) -> None:
         """Forget one file: the manifest row first (readers stop seeing it), then its chunks."""
         self._journal(key)
         self.manifest.delete(ids=[f"file:{key}"])
-        self._drop_stale_chunks(key, None)
         self._bump_generation()
+        self._drop_stale_chunks(key, None)
 
     def repair(self, stale_after: float | None = None) -> int:
         """Finish replacements an interrupted ingest left half done; return how many.
@@ -226,6 +222,8 @@ class Store:
             record = files.get(meta["key"])
             self._drop_stale_chunks(meta["key"], record.hash if record else None)
             repaired += 1
+        if repaired:  # a crash between a manifest flip and its generation bump left caches stale
+            self._bump_generation()
         return repaired
 
     # -- reads ------------------------------------------------------------
@@ -270,36 +268,3 @@ class Store:
         if self.chroma_url:
             return None
         return sum(p.stat().st_size for p in self.kb_dir.rglob("*") if p.is_file())
-
-
-@contextlib.contextmanager
-def write_lock(kb_dir: Path):
-    """Hold the single-writer lock for a knowledge base, or fail at once with who holds it.
-
-    Raises:
-        StoreLocked: another process holds the lock.
-        KBError: the directory cannot be written.
-    """
-    kb_dir = Path(kb_dir)
-    try:
-        kb_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(kb_dir / "write.lock", "a+")
-    except OSError as exc:
-        raise KBError(f"cannot write to the knowledge base at {kb_dir}: {exc.strerror}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise StoreLocked(f"another process (pid {holder}) is writing to {kb_dir}; "
-                          "wait for it to finish and run again") from None
-    try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()

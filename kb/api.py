@@ -1,0 +1,237 @@
+"""The front door: one `KnowledgeBase` that the CLI, the server and the adapters all stand on.
+
+    from kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(".kb")
+    kb.ingest(["corpora"])
+    for hit in kb.search("Kessel Glass", k=3):
+        print(hit.source, hit.score)
+    print(kb.ask("When was the Kessel Glass stolen?").answer)
+    print(kb.npc("Sefa").ask("Why was the Orrin Light dimmed?").answer)
+
+A KnowledgeBase is safe to share between threads. It opens its store on first
+use and keeps one in-memory corpus (the visible chunks and their BM25 indexes)
+per store generation: when an ingest moves the generation, one thread reloads
+while the others keep answering from the previous, complete corpus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from kb.answer import Answer, respond
+from kb.config import RetrievalConfig, Settings
+from kb.errors import Busy
+from kb.npc import ask_npc, cards, find_card, voice_lines
+from kb.retrieve import Corpus, Hit, search
+from kb.store import Store
+from kb.sync import IngestReport, forget, ingest
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    generation: int
+    corpus: Corpus
+
+
+class _Shared:
+    """What views of one knowledge base share: the open store, the loaded corpus, the locks."""
+
+    def __init__(self):
+        self.store: Store | None = None
+        self.loaded: _Loaded | None = None
+        self.open_lock = threading.Lock()
+        self.reload_lock = threading.Lock()
+        self.ingest_lock = threading.Lock()
+
+
+class KnowledgeBase:
+    """A knowledge base on disk (or on a Chroma server), with search, answers and NPCs.
+
+    Use ``KnowledgeBase.open(...)``; nothing is read until the first call that needs it.
+    """
+
+    def __init__(self, settings: Settings, _shared: _Shared | None = None):
+        self.settings = settings
+        self._shared = _shared or _Shared()
+
+    @classmethod
+    def open(cls, location: str | Path | None = None, settings: Settings | None = None) -> "KnowledgeBase":
+        """A knowledge base at a directory or a Chroma server URL (default: the settings').
+
+        Raises:
+            ConfigError: a setting read from the environment cannot be used.
+        """
+        settings = dataclasses.replace(settings) if settings else Settings()
+        if location is not None:
+            if str(location).startswith(("http://", "https://")):
+                settings.chroma_url = str(location)
+            else:
+                settings.kb_dir, settings.chroma_url = Path(location), None
+        return cls(settings)
+
+    def with_retrieval(self, config: RetrievalConfig) -> "KnowledgeBase":
+        """The same store and corpus, searched with other retrieval weights (bench/ablation.py)."""
+        settings = dataclasses.replace(self.settings, retrieval=config)
+        return KnowledgeBase(settings, self._shared)
+
+    @property
+    def location(self) -> str:
+        return self.settings.chroma_url or str(self.settings.kb_dir)
+
+    # -- the store and its corpus ------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The store, opened on first use.
+
+        Raises:
+            Unavailable: there is no knowledge base there yet, or it cannot be reached.
+            ModelMismatch: the store was built with another embedding model.
+        """
+        shared = self._shared
+        if shared.store is None:
+            with shared.open_lock:
+                if shared.store is None:
+                    shared.store = Store(self.settings.kb_dir, self.settings.chroma_url)
+        return shared.store
+
+    @property
+    def corpus(self) -> Corpus:
+        """The corpus of the store's current generation, or the previous one while another thread reloads."""
+        shared, store = self._shared, self.store
+        loaded = shared.loaded
+        if loaded is not None and loaded.generation == store.generation():
+            return loaded.corpus
+        if loaded is None:
+            with shared.reload_lock:
+                if shared.loaded is None:
+                    self._reload(store)
+            return shared.loaded.corpus
+        if shared.reload_lock.acquire(blocking=False):
+            try:
+                self._reload(store)
+            finally:
+                shared.reload_lock.release()
+        return shared.loaded.corpus
+
+    def refresh(self) -> None:
+        """Load the current generation now (after an ingest, so its canon is visible at once)."""
+        store = self.store
+        with self._shared.reload_lock:
+            loaded = self._shared.loaded
+            if loaded is None or loaded.generation != store.generation():
+                self._reload(store)
+
+    def _reload(self, store: Store) -> None:
+        # the generation is read first: if a write lands during the load, the next call reloads
+        generation = store.generation()
+        self._shared.loaded = _Loaded(generation, Corpus.load(store))
+
+    def warm(self) -> None:
+        """Open the store, load the corpus and the embedding model before the first question."""
+        self.corpus  # noqa: B018 - loading is the point
+        self.store.embedder.embed_query(["warm up"])
+
+    # -- writes -------------------------------------------------------------
+
+    def ingest(self, paths: list[str], on_file: Callable[[str], None] | None = None) -> IngestReport:
+        """Add, update and remove files incrementally; one ingest at a time per KnowledgeBase.
+
+        Raises:
+            Busy: another thread of this process is ingesting into it.
+            StoreLocked: another process holds the local store's write lock.
+            KBError: the store cannot be created or written.
+        """
+        if not self._shared.ingest_lock.acquire(blocking=False):
+            raise Busy("an ingest is already running on this knowledge base; try again when it finishes")
+        try:
+            report = ingest([str(p) for p in paths], self.settings, on_file=on_file)
+        finally:
+            self._shared.ingest_lock.release()
+        if self._shared.loaded is not None:  # a server: its next answer sees the new canon at once
+            self.refresh()
+        return report
+
+    def forget(self, paths: list[str]) -> list[str]:
+        """Remove files (or everything under folders); the sources removed.
+
+        Raises:
+            Unavailable: there is no knowledge base there.
+            StoreLocked: another process holds the write lock.
+        """
+        removed = forget([str(p) for p in paths], self.settings)
+        if removed and self._shared.loaded is not None:
+            self.refresh()
+        return removed
+
+    # -- reads --------------------------------------------------------------
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", where: dict | None = None,
+               limits: dict | None = None) -> list[Hit]:
+        """The k best visible chunks for a query, filtered by metadata ``where`` and NPC ``limits``.
+
+        Raises:
+            Unavailable: there is no knowledge base there.
+        """
+        return search(self.store, self.corpus, query, k=k, mode=mode, where=where, limits=limits,
+                      config=self.settings.retrieval)
+
+    def ask(self, question: str, *, k: int = 5, extractive: bool = False, model: str | None = None,
+            retrieval: bool = True, on_token: Callable[[str], None] | None = None) -> Answer:
+        """An answer from the canon with [n] citations (from the chat model, or quoted offline).
+
+        Raises:
+            Unavailable: there is no knowledge base there.
+            LLMError: the configured chat model cannot be reached or refuses.
+        """
+        return respond(self, question, k=k, extractive=extractive, model=model, retrieval=retrieval,
+                       on_token=on_token)
+
+    def npcs(self) -> dict[str, dict]:
+        """Every NPC card, by name."""
+        return cards(self.store)
+
+    def npc(self, name: str) -> "NPC":
+        """The NPC whose card name or speaker name is ``name`` (case-insensitive).
+
+        Raises:
+            NotFound: no such NPC; the message lists the ones there are.
+        """
+        return NPC(self, find_card(self.npcs(), name))
+
+    def status(self) -> dict:
+        """Files, cards, chunks, model, size, generation and last ingest."""
+        store = self.store
+        return {**store.status(), "generation": store.generation()}
+
+
+@dataclass
+class NPC:
+    """A character who answers in character from only the canon their card allows."""
+
+    kb: KnowledgeBase
+    card: dict
+
+    @property
+    def name(self) -> str:
+        return self.card["name"]
+
+    def voice_lines(self) -> list[str]:
+        """A few of the NPC's own lines, from canon they may know."""
+        return voice_lines(self.kb.corpus, self.card)
+
+    def ask(self, question: str, *, k: int = 5, extractive: bool = False, model: str | None = None,
+            retrieval: bool = True, on_token: Callable[[str], None] | None = None) -> Answer:
+        """The NPC's answer to a player's question; ``unknown_answer`` for anything beyond their limits.
+
+        Raises:
+            LLMError: the configured chat model cannot be reached or refuses.
+        """
+        return ask_npc(self.kb, self.card, question, k=k, extractive=extractive, model=model,
+                       retrieval=retrieval, on_token=on_token)
+

@@ -1,0 +1,89 @@
+"""`kb serve`: the knowledge base over HTTP, for game engines (OpenAI chat API) and tools (JSON API).
+
+Two APIs share one process (routes in kb/server/routes.py):
+
+- OpenAI-compatible: ``GET /v1/models`` lists ``kb`` and ``npc:<Name>`` per
+  card; ``POST /v1/chat/completions`` answers the last user message, streamed
+  (SSE) or not, with ``[n]`` citations in the text and a ``citations`` field.
+- JSON: ``POST /search``, ``/ask``, ``/npc/{name}/ask``, ``/ingest``;
+  ``GET /status``, ``/healthz``; the OpenAPI document at ``/openapi.json``.
+
+Every request thread shares one ``KnowledgeBase`` (kb/api.py): one store and
+one in-memory corpus that is swapped, never mutated, when the store's
+generation moves, so queries keep answering while an ingest runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI
+
+from kb.api import KnowledgeBase
+from kb.config import Settings
+from kb.errors import KBError
+from kb.server import routes
+from kb.server.errors import install_error_handlers
+from kb.server.security import MAX_BODY_BYTES, TOKEN_ENV, BodyLimit, check_exposure
+
+log = logging.getLogger("kb.server")
+
+
+def create_app(settings: Settings, *, token: str | None = None, roots: list[Path] | None = None,
+               extractive: bool = False, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The HTTP app over one knowledge base.
+
+    ``token`` defaults to $KB_API_TOKEN; when set, every route but /healthz and
+    the docs needs ``Authorization: Bearer <token>``. ``roots`` are the folders
+    /ingest may read (none: /ingest is off). ``extractive`` never calls a chat
+    model even when one is configured.
+    """
+    kb = KnowledgeBase(settings)
+
+    def warm():
+        try:
+            kb.warm()
+        except KBError as exc:
+            log.warning("%s", exc)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await anyio.to_thread.run_sync(warm)
+        yield
+
+    app = FastAPI(title="Lore KB", version="0.1.0", lifespan=lifespan,
+                  description="Your studio's canon as an OpenAI-compatible chat API and a JSON API.")
+    app.state.kb = kb
+    app.state.token = token or os.environ.get(TOKEN_ENV) or None
+    app.state.roots = [Path(r).resolve() for r in roots or []]
+    app.state.extractive = extractive
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    install_error_handlers(app)
+    for router in (routes.service, routes.json_api, routes.openai_api):
+        app.include_router(router)
+    return app
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
+          roots: list[Path] | None = None, token: str | None = None, extractive: bool = False) -> None:
+    """Run the API with uvicorn until interrupted.
+
+    Raises:
+        KBError: exposed without a token, a root that is not a folder, or no knowledge base
+            to serve (and no root to ingest into it).
+    """
+    token = token or os.environ.get(TOKEN_ENV) or None
+    check_exposure(host, token)
+    for root in roots or []:
+        if not Path(root).is_dir():
+            raise KBError(f"--root {root} is not a folder")
+    if not roots:
+        KnowledgeBase(settings).store  # noqa: B018 - fail now, in one line, rather than per request
+    import uvicorn
+
+    app = create_app(settings, token=token, roots=roots, extractive=extractive)
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)

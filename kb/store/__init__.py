@@ -1,0 +1,8 @@
+"""The only package that talks to chromadb: the store (store.py), its embedding function (embed.py)
+and the writer lock of a local store (lock.py)."""
+
+from kb.store.embed import DEFAULT_MODEL, MODELS, LoreEmbedding, model_dim
+from kb.store.lock import write_lock
+from kb.store.store import FileRecord, Store
+
+__all__ = ["DEFAULT_MODEL", "MODELS", "FileRecord", "LoreEmbedding", "Store", "model_dim", "write_lock"]

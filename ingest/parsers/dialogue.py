@@ -80,7 +80,7 @@ def _looks_like_name(name: str) -> bool:
     if words[0].lower() in LABEL_WORDS or any(char.isdigit() for char in name):
         return False
     named = [word for word in words if word.lower() not in NAME_PARTICLES]
-    return (0 < len(named) <= 3 and not words[0].lower() in NAME_PARTICLES
+    return (0 < len(named) <= 3 and words[0].lower() not in NAME_PARTICLES
             and all(not word[0].islower() for word in named))
 
 

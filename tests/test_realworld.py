@@ -36,9 +36,16 @@ def chunks_of(path: Path):
 
 @pytest.fixture(scope="module")
 def realworld_kb(tmp_path_factory):
+    """`kb ingest` over the whole set (hashed-words embedder: parsing is under test); its report and chunk metadata."""
+    from kb.store import embed
+    from tests.fake_embedder import NAME, HashedWords
+
     kb_dir = tmp_path_factory.mktemp("realworld") / "kb"
-    result, report = invoke_json("ingest", *FORMAT_FOLDERS, "--kb", kb_dir)
-    return result, report, kb_dir
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(embed.MODELS, NAME, HashedWords)
+        result, report = invoke_json("ingest", *FORMAT_FOLDERS, "--kb", kb_dir, "--embed-model", NAME)
+        metas = Store(kb_dir).all_chunks()[2]
+    return result, report, metas
 
 
 def test_every_real_file_ingests_and_text_free_ones_are_skipped(realworld_kb):
@@ -55,8 +62,7 @@ def test_every_real_file_ingests_and_text_free_ones_are_skipped(realworld_kb):
 
 
 def test_chunks_carry_line_ids_and_the_split_project_story(realworld_kb):
-    _, _, kb_dir = realworld_kb
-    metas = Store(kb_dir).all_chunks()[2]
+    _, _, metas = realworld_kb
     sally = [m for m in metas if m["source"] == "Projects_Space_Sally.yarn" and m.get("node") == "Sally"]
     assert "794945" in sally[0]["line_ids"]
     split = [m for m in metas if m["source"].startswith("split_project/")]

@@ -25,8 +25,8 @@ whole), Harlowe `(macro: ...)` calls (nested parentheses and lines
 included), Chapbook vars sections (`name: value` lines above a `--` line) and
 other inserts (`{embed passage: 'x'}`, `{back link}`), HTML tags and
 `<!-- -->` comments, `/* */` comments, hook brackets `[ ]` and `{ }`, hook
-names `|name>` / `<name|`, `''bold''`, `//italic//`, `__underline__` and
-`~~strike~~` marks; markup stripped by ingest.parsers.markup.
+names `|name>` / `<name|`, `''bold''`, `**bold**`, `//italic//`,
+`__underline__` and `~~strike~~` marks; markup stripped by ingest.parsers.markup.
 - a split tweego project: a file without StoryTitle takes meta["story"]
   from a StoryTitle passage in another .twee/.tw file of its folder or the
   folder above (project_meta, called by ingest.load with the file's path).
@@ -73,7 +73,7 @@ _HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _HOOK_NAME = re.compile(r"\|\w+>|<\w+\|")
 _HTML_TAG = re.compile(r"<[^<>]*>")
 _HOOK_BRACKET = re.compile(r"[\[\]{}]")
-_TEXT_MARKS = re.compile(r"''|(?<![:/])//|__|~~")
+_TEXT_MARKS = re.compile(r"''|(?<![:/])//|__|~~|\*\*+")
 
 
 def parse(text: str, path: str) -> list[Section]:

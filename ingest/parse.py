@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from ingest.decode import decode_text
 from ingest.errors import IngestError
@@ -10,8 +10,12 @@ from ingest.parsers import parser_for
 from ingest.types import Section
 
 
-def parse_sections(data: bytes, source: str) -> list[Section]:
+def parse_sections(data: bytes, source: str, file_path: Path | None = None) -> list[Section]:
     """Decode and parse one canon file into its sections (no chunking).
+
+    With ``file_path`` (the file on disk), a parser that reads a project
+    beyond one file (``project_meta``: a split tweego project's StoryTitle)
+    adds what it finds to every section's metadata the file does not set.
 
     Raises:
         IngestError: the file cannot be decoded or parsed.
@@ -21,8 +25,14 @@ def parse_sections(data: bytes, source: str) -> list[Section]:
         if getattr(parser, "BINARY", False):
             if not data:
                 raise IngestError("file is empty", source)
-            return parser.parse(data, source)
-        return parser.parse(decode_text(data, source), source)
+            sections = parser.parse(data, source)
+        else:
+            sections = parser.parse(decode_text(data, source), source)
+        if file_path is not None and hasattr(parser, "project_meta"):
+            project = parser.project_meta(file_path)
+            for section in sections:
+                section.meta = {**project, **section.meta}
+        return sections
     except IngestError:
         raise
     except Exception as exc:  # a pathological file (e.g. JSON nested 100,000 deep) must not stop the others

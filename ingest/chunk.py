@@ -34,6 +34,16 @@ def _splitter(size: int, overlap: int, dialogue: bool) -> RecursiveCharacterText
     )
 
 
+def _pieces(text: str, size: int, overlap: int, dialogue: bool) -> list[str]:
+    """The text cut to ``size`` tokens; a text of at most ``size`` UTF-8 bytes (so tokens) is one piece as it is.
+
+    The shortcut keeps a million-row localization table from paying a tokenizer pass per string.
+    """
+    if len(text) <= size and len(text.encode()) <= size:
+        return [text]
+    return _splitter(size, overlap, dialogue).split_text(text)
+
+
 def _speakers_in(text: str, speakers: list[str]) -> list[str]:
     """The speakers of a dialogue section whose lines made it into this piece."""
     return [s for s in speakers if re.search(rf"^{re.escape(s)}:", text, re.MULTILINE)]
@@ -47,12 +57,14 @@ def chunk_sections(sections: list[Section], file_key: str, file_hash: str, sourc
     given (a CJK character costs about one token, a word of English about 1.3,
     so the same token budget holds less Chinese prose). Ids are
     `<file key>-<file hash>-<n>`: a changed file gets new ids, so its new
-    chunks can be written before its old ones are dropped.
+    chunks can be written before its old ones are dropped. A dialogue
+    chunk's meta["line_ids"] lists the recorded ids of the lines inside it.
     """
     chunks: list[Chunk] = []
     for section in sections:
         section_size = cjk_size if cjk_size and detect_lang(section.text) == "zh" else size
-        for piece in _splitter(section_size, overlap, section.dialogue).split_text(section.text):
+        next_line = 0  # dialogue pieces are runs of whole lines, in order, without overlap
+        for piece in _pieces(section.text, section_size, overlap, section.dialogue):
             piece = piece.strip()
             if not piece:
                 continue
@@ -61,6 +73,12 @@ def chunk_sections(sections: list[Section], file_key: str, file_hash: str, sourc
                 meta["speaker"] = _speakers_in(piece, meta["speaker"])
                 if not meta["speaker"]:
                     del meta["speaker"]
+            if section.line_ids:
+                line_count = piece.count("\n") + 1
+                ids = [i for i in section.line_ids[next_line:next_line + line_count] if i]
+                next_line += line_count
+                if ids:
+                    meta["line_ids"] = ids
             meta.setdefault("lang", detect_lang(piece))
             meta.update(
                 source=source,

@@ -21,3 +21,7 @@ class IngestError(Exception):
 
 class ParseError(IngestError):
     """The file's syntax is broken (an unclosed node, an unknown construct)."""
+
+
+class NothingToIndex(IngestError):
+    """The file is valid but holds no text to index (only commands, only headings): skipped, not failed."""

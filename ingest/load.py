@@ -2,40 +2,35 @@
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path
 
 from ingest.cards import parse_card
 from ingest.chunk import chunk_sections
 from ingest.decode import decode_text
-from ingest.errors import IngestError
-from ingest.parsers import parser_for
+from ingest.errors import IngestError, NothingToIndex
+from ingest.parse import parse_sections, unexpected
 from ingest.types import Chunk
 
 
 def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
-                chunk_size: int, chunk_overlap: int, cjk_chunk_size: int | None = None) -> list[Chunk]:
-    """Parse and chunk one canon file.
+                chunk_size: int, chunk_overlap: int, cjk_chunk_size: int | None = None,
+                file_path: Path | None = None) -> list[Chunk]:
+    """Parse and chunk one canon file (``file_path`` as in ``parse_sections``).
 
     Raises:
-        IngestError: the file cannot be decoded or parsed, or yields no text.
+        NothingToIndex: the file parses but yields no text (a command-only script).
+        IngestError: the file cannot be decoded or parsed.
     """
-    parser = parser_for(PurePath(source).suffix)
+    sections = parse_sections(data, source, file_path)
     try:
-        if getattr(parser, "BINARY", False):
-            if not data:
-                raise IngestError("file is empty", source)
-            sections = parser.parse(data, source)
-        else:
-            sections = parser.parse(decode_text(data, source), source)
         chunks = chunk_sections(sections, file_key, file_hash, source, chunk_size, chunk_overlap,
                                 cjk_chunk_size)
     except IngestError:
         raise
-    except Exception as exc:  # a pathological file (e.g. JSON nested 100,000 deep) must not stop the others
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise IngestError(f"cannot parse ({exc.__class__.__name__}: {detail})", source) from None
+    except Exception as exc:  # nor must chunking a pathological section
+        raise unexpected(exc, source) from None
     if not chunks:
-        raise IngestError("no text to index", source)
+        raise NothingToIndex("no text to index", source)
     return chunks
 
 

@@ -8,6 +8,7 @@ import yaml
 
 from ingest.errors import ParseError
 
+_INTEGER = re.compile(r"-?\d+")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
 
@@ -15,7 +16,7 @@ def coerce(value):
     """Turn '2' into 2 so `chapter <= 2` compares numbers, and keep anything else."""
     if isinstance(value, str):
         stripped = value.strip()
-        if re.fullmatch(r"-?\d+", stripped):
+        if _INTEGER.fullmatch(stripped):
             return int(stripped)
         return stripped
     return value

@@ -13,12 +13,14 @@ class Section:
     ``page``, ``chapter``, ``region``, ``speaker`` (a list, for dialogue),
     ``scene``/``node``/``knot`` and any other keys the source declares.
     ``dialogue`` sections hold one ``Speaker: line`` per line and are never
-    split inside a line.
+    split inside a line; their ``line_ids`` (one per line, None where a line
+    has none, or empty) name each line's recorded id for voice and loc pipelines.
     """
 
     text: str
     meta: dict = field(default_factory=dict)
     dialogue: bool = False
+    line_ids: list = field(default_factory=list)
 
 
 @dataclass

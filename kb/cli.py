@@ -10,6 +10,7 @@ import datetime
 import functools
 import json
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -112,12 +113,20 @@ def cli():
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--embed-model", default=None, help="Embedding model for a new store.")
+@click.option("--watch", "watching", is_flag=True, help="Keep running: re-ingest after each batch of changes (Ctrl-C stops).")
+@click.option("--debounce-ms", type=click.IntRange(10, 60_000), default=300, show_default=True,
+              help="With --watch: wait until the files have been quiet this long.")
 @common
-def ingest(paths, embed_model, kb_dir, as_json):
+def ingest(paths, embed_model, watching, debounce_ms, kb_dir, as_json):
     """Add, update and remove files incrementally."""
     from kb.sync import IngestReport
 
     kb = open_kb(kb_dir, embed_model=embed_model)
+    if watching:
+        if as_json:
+            raise click.UsageError("--watch prints one line per batch; it does not take --json")
+        watch_ingest(kb, list(paths), debounce_ms)
+        return
     show_bar = not as_json and sys.stderr.isatty()
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -143,6 +152,21 @@ def ingest(paths, embed_model, kb_dir, as_json):
         print_table(table)
     if report.failed:
         sys.exit(1)
+
+
+def watch_ingest(kb, paths: list[str], debounce_ms: int) -> None:
+    """`kb ingest --watch`: one summary line per batch on stdout until Ctrl-C."""
+    from kb.watch import stop_on_interrupt, watch
+
+    def show(batch):
+        click.echo(batch.summary(), err=batch.report is None)
+        for failure in batch.report.failed if batch.report else []:
+            click.echo(f"error: {failure['path']}: {failure['error']}", err=True)
+
+    stop = threading.Event()
+    with stop_on_interrupt(stop, lambda: click.echo("stopping after this batch (Ctrl-C again to abort)", err=True)):
+        click.echo(f"watching {', '.join(paths)} (Ctrl-C to stop)", err=True)
+        watch(kb, paths, stop, show, debounce_ms)
 
 
 @cli.command()
@@ -429,6 +453,21 @@ def serve(host, port, roots, base_url, model, extractive, kb_dir, as_json):
                roots=list(roots), extractive=extractive)
 
 
+@cli.command("mcp")
+@click.option("--allow-ingest", is_flag=True, help="Add an `ingest` tool (read-only without it); needs --root.")
+@click.option("--root", "roots", multiple=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="A folder the ingest tool may read (repeatable).")
+@click.option("--extractive", is_flag=True, help="Quote the canon; never call a model.")
+@common
+def mcp_cmd(allow_ingest, roots, extractive, kb_dir, as_json):
+    """Serve the knowledge base to an MCP client over stdio: search, ask, npc_ask, status."""
+    from kb.mcp_server import serve_stdio
+
+    if allow_ingest != bool(roots):
+        raise click.UsageError("--allow-ingest and --root go together: the ingest tool reads only under --root")
+    serve_stdio(open_kb(kb_dir), roots=list(roots), extractive=extractive)
+
+
 @cli.group()
 def finetune():
     """Fine-tune a model on your scripts' voices: build, check, submit and follow a job."""
@@ -499,7 +538,7 @@ def finetune_build(out, fmt, speakers, context_turns, validation_split, kb_dir, 
 @click.option("--epochs", type=click.IntRange(1, 100), default=None,
               help="Epochs for the cost estimate [the price table's default, 4].")
 @click.option("--prices", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="An edited copy of the price table (TOML) [kb/prices.toml].")
+              help="An edited copy of the price table (TOML) [kb/finetune/prices.toml].")
 @click.option("--validation", is_flag=True, help="FILE is a validation file: no minimum number of examples.")
 @common
 def finetune_check(file, model, epochs, prices, validation, kb_dir, as_json):
@@ -607,6 +646,33 @@ def finetune_cancel(job_id, base_url, kb_dir, as_json):
         emit_json(job)
     else:
         print_job(job)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1)
+@click.option("--changed-since", metavar="REV", default=None,
+              help="Report only files changed since a git revision (the rest is still read as canon).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "github"]), default="text",
+              show_default=True)
+@click.option("--termbase", "show_termbase", is_flag=True, help="Print the English-Chinese termbase as CSV.")
+@click.option("--llm", is_flag=True, help="Ask the chat model to confirm each suspected contradiction.")
+@common
+def check(paths, changed_since, fmt, show_termbase, llm, kb_dir, as_json):
+    """Lint scripts and canon for spoilers, terminology, speakers, metadata and continuity (exit 1 on errors)."""
+    from kb.check import format_report, run_check, termbase
+    from kb.check.config import find_config
+
+    paths = list(paths) or ["."]
+    if show_termbase:
+        click.echo(termbase(paths, as_json), nl=False)
+        return
+    settings = settings_from(kb_dir)
+    if llm and not settings.llm_configured:
+        raise click.UsageError("--llm needs a chat model: set OPENAI_API_KEY or OPENAI_BASE_URL")
+    report = run_check(paths, find_config(Path.cwd()), changed_since, settings if llm else None)
+    click.echo(format_report(report, "json" if as_json else fmt))
+    if report.errors:
+        sys.exit(1)
 
 
 def main():

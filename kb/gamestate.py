@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ingest.meta import coerce
 from kb.errors import Forbidden, KBError
-from kb.retrieve import requirements_met, within_limits
+from kb.limits import requirements_met, within_limits
 
 FLAGS = "flags"
 

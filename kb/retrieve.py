@@ -20,6 +20,7 @@ import numpy as np
 from ingest.text import detect_lang
 from kb.config import RetrievalConfig
 from kb.lexical import query_tokens, tokens, tokens_and_pairs, word_pairs
+from kb.limits import requirements_met, within_limits
 from kb.store import Store
 
 MODES = ("hybrid", "dense", "bm25")
@@ -136,32 +137,6 @@ def _matches(value, wanted) -> bool:
 def matches_where(meta: dict, where: dict) -> bool:
     """Every `key=value` holds (a list-valued key, like `speaker`, holds if it contains the value)."""
     return all(key in meta and _matches(meta[key], wanted) for key, wanted in where.items())
-
-
-def within_limits(meta: dict, limits: dict) -> bool:
-    """An NPC may know this chunk: numeric limits are maxima, lists are allowed values.
-
-    A chunk without the limited key is common knowledge and always visible.
-    """
-    for key, limit in limits.items():
-        if key not in meta:
-            continue
-        values = meta[key] if isinstance(meta[key], list) else [meta[key]]
-        if isinstance(limit, list):
-            allowed = {str(v) for v in limit}
-            if not any(str(v) in allowed for v in values):
-                return False
-        elif isinstance(limit, (int, float)) and not isinstance(limit, bool):
-            if any(isinstance(v, (int, float)) and v > limit for v in values):
-                return False
-        elif not any(str(v) == str(limit) for v in values):
-            return False
-    return True
-
-
-def requirements_met(meta: dict, flags: frozenset[str] | None) -> bool:
-    """Every quest flag the chunk `requires:` is set (``flags`` None: nothing is gated)."""
-    return flags is None or all(flag in flags for flag in meta.get("requires_flags", ()))
 
 
 def _frozen(mapping: dict | None) -> tuple:

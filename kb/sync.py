@@ -3,7 +3,8 @@
 Incremental by content hash: unchanged files are not read past their hash, a
 changed file's chunks are embedded first and swapped in at once, files gone
 from a folder that was ingested before are removed. One bad file is reported
-and skipped; what it had stored before stays.
+and skipped; what it had stored before stays. A file with no text to index
+(a command-only script) is listed in `skipped` and holds no chunks.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ingest.discover import discover, file_hash, file_key
-from ingest.errors import IngestError
+from ingest.errors import IngestError, NothingToIndex
 from ingest.load import load_card, load_chunks
 from kb.config import Settings
 from kb.store import FileRecord, Store, write_lock
@@ -63,7 +64,7 @@ def _store_file(store: Store, found, data: bytes, digest: str, settings: Setting
         store.put_file(record, [], [], [], [])
         return 0
     chunks = load_chunks(data, found.source, key, digest, settings.chunk_tokens,
-                         settings.chunk_overlap, settings.cjk_chunk_tokens)
+                         settings.chunk_overlap, settings.cjk_chunk_tokens, file_path=found.path)
     for chunk in chunks:
         chunk.meta["ingested_at"] = record.ingested_at
     embeddings = store.embed_passages([passage_text(c.text, c.meta) for c in chunks])
@@ -98,6 +99,10 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
                 else:
                     _store_file(store, item, data, digest, settings)
                     (report.updated if old else report.added).append(item.source)
+            except NothingToIndex as exc:  # a text-free file is a note, not a failure
+                if old:
+                    store.remove_file(old.key)
+                report.skipped.append({"path": item.source, "reason": exc.reason})
             except IngestError as exc:
                 report.failed.append({"path": item.source, "error": exc.reason})
             if on_file:

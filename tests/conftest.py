@@ -63,3 +63,13 @@ def fake_openai():
     """A running OpenAI-compatible stand-in on 127.0.0.1 that records what it receives."""
     with FakeOpenAI() as api:
         yield api
+
+
+@pytest.fixture
+def fake_embedder(monkeypatch) -> str:
+    """Register the hashed-words model (tests/fake_embedder.py) for this test; its name."""
+    from kb.store import embed
+    from tests.fake_embedder import NAME, HashedWords
+
+    monkeypatch.setitem(embed.MODELS, NAME, HashedWords)
+    return NAME

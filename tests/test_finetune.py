@@ -12,7 +12,9 @@ import pytest
 from ingest.tokens import encoding
 from kb.answer import NO_CANON_INSTRUCTION
 from kb.answer_eval import answer_tokens, contains_answer, exact_match, token_f1
-from kb.finetune import SEPARATOR, STOP, chat_problems, check_file, completion_problems, load_prices, training_cost
+from kb.finetune.check import chat_problems, check_file, completion_problems
+from kb.finetune.dataset import SEPARATOR, STOP
+from kb.finetune.prices import load_prices, training_cost
 from tests.conftest import invoke, invoke_json
 
 FERRY = """

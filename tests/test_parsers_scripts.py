@@ -209,7 +209,7 @@ def test_ink_knots_stitches_choices_and_tags(tmp_path):
         "They fall silent.",
         "Idris: You have my trust.",
         "Nobody trusts you.",
-        "Sefa: The lamp / The Light was dimmed / lit times.",
+        "Sefa: The lamp / The Light was dimmed / lit trust times.",
     ]
     assert hall.meta["knot"] == "hall" and "stitch" not in hall.meta
     assert hall.meta["chapter"] == 2 and hall.meta["region"] == "Saltreach"
@@ -287,7 +287,8 @@ def test_fountain_scenes_cues_and_title_page(tmp_path):
         "Wren: (softly) You knew I would come.",
     ]
     assert lamp_room.meta["speaker"] == ["Sefa", "Wren"]
-    assert lamp_room.meta["title"] == "The Dimmed Light"
+    assert lamp_room.meta["title"] == lamp_room.meta["scene"]  # the scene names the section
+    assert lamp_room.meta["story"] == "The Dimmed Light"  # the title page names the script
     assert lamp_room.meta["credit"] == "Written by the Lore KB team"
     assert lamp_room.meta["chapter"] == 3
     assert lamp_room.meta["region"] == "Fellstack"
@@ -446,11 +447,13 @@ def test_xlsx_sheets(tmp_path):
     assert zh.meta["lang"] == "zh"
 
 
-def test_csv_row_with_wrong_field_count_names_its_line(tmp_path):
-    path = write(tmp_path, "bad.csv", 'key,en,zh\na,"two\nlines",二\nb,only two\n')
-    error = parse_error(path)
-    assert error.line == 4
-    assert "2 fields" in error.reason
+def test_csv_row_with_wrong_field_count_is_read_and_warned_with_its_line(tmp_path, caplog):
+    path = write(tmp_path, "odd.csv", 'key,en,zh\na,"two\nlines",二\nb,only two\nc,three,三,extra\n')
+    sections = parse_file(path)
+    assert [s.text for s in sections] == ["a: two lines", "a: 二", "b: only two", "c: three", "c: 三"]
+    warnings = [record.getMessage() for record in caplog.records if record.name == "ingest"]
+    assert warnings == [f"{path}:4: row has 2 fields but the header has 3; missing cells read as empty",
+                        f"{path}:5: row has 4 fields but the header has 3; extra ones ignored"]
 
 
 def test_loc_table_that_is_not_text_or_workbook(tmp_path):

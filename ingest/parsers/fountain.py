@@ -3,21 +3,28 @@
 Supported:
 - the title page (`Key: value` lines at the top until the first blank line,
   indented continuation lines joined) -> metadata of every section, keys lower
-  case with spaces as `_`: `Title` -> title, `Chapter: 3` -> chapter=3, `Region`;
+  case with spaces as `_`, emphasis removed: `Title` -> meta["story"] (the
+  script's name; each section's title is its scene), `Chapter: 3` ->
+  chapter=3, `Region`, `Author`, `Draft date` -> draft_date;
 - scene headings (INT. / EXT. / INT./EXT. / INT/EXT / I/E / EST., or forced
   with a leading `.`, scene numbers `#1#` removed) -> a new section with
-  meta["scene"] = the heading; text before the first heading is a section too;
+  meta["scene"] and its title = the heading; text before the first heading
+  is a section too; a scene with no text holds its heading as its one line,
+  so an outline of headings is indexed;
 - character cues (an upper-case line after a blank line and before a
-  non-blank one, or forced with `@`; extensions like `(V.O.)` / `(CONT'D)`
-  and the dual-dialogue `^` dropped) -> one `Speaker: line` turn for the whole
-  dialogue block, the name in Title Case (`MAREN (V.O.)` -> `Maren`);
+  non-blank one, or forced with `@`; punctuation allowed: `GIDEON, TEX &
+  SCOBIE`, `"BARTHOLOMEW"` (quotes dropped), `REGGIE'S VOICE`; extensions
+  like `(V.O.)` / `(CONT'D)` and the dual-dialogue `^` dropped) -> one
+  `Speaker: line` turn for the whole dialogue block, the name in Title Case
+  (`MAREN (V.O.)` -> `Maren`, `REGGIE'S VOICE` -> `Reggie's Voice`);
   parentheticals such as `(whispering)` are kept inline in the turn;
 - action paragraphs -> narration lines (forced `!`, lyrics `~` and centered
-  `> text <` markers removed); `*`/`**`/`_` emphasis markers removed.
+  `> text <` markers removed); `*`/`**`/`***`/`_` emphasis markers removed,
+  nested ones (`_**bold underline**_`) too.
 Dropped: transitions (`CUT TO:`, `FADE OUT.`, forced `>`), boneyard `/* */`,
 notes `[[ ]]`, sections `#`, synopses `=`, page breaks `===`.
 Not supported: a blank line inside a dialogue block (the two-space trick)
-ends the dialogue.
+ends the dialogue, and so does a centered `> line <` right after it.
 Errors: a `/*` boneyard never closed (line where it opens).
 """
 
@@ -36,7 +43,7 @@ _TRANSITION = re.compile(r"^(?:[A-Z0-9 '.\-]+ TO:|FADE (?:IN|OUT)[:.]?|FADE TO B
 _CENTERED = re.compile(r"^>\s*(?P<text>.*?)\s*<$")
 _SKIPPED = re.compile(r"^(?:#|=)")  # sections, synopses and page breaks
 _CUE = re.compile(r"^(?P<forced>@)?(?P<name>[^(^]+?)\s*(?:\(.*\))?\s*\^?$")
-_CUE_NAME = re.compile(r"^[\w '.\-]+$")
+_CUE_NAME = re.compile(r"^[\w '.,&\"\-]+$")
 _NOTE = re.compile(r"\[\[.*?\]\]", re.DOTALL)
 _EMPHASIS = re.compile(r"(\*{1,3}|_)(?=\S)(?P<text>.+?)(?<=\S)\1")
 _ACTION_MARK = re.compile(r"^[!~]\s*")
@@ -70,7 +77,7 @@ def parse(text: str, path: str) -> list[Section]:
         name = _cue_name(line) if after_blank and index < len(lines) and lines[index] else None
         if name:
             speech = []
-            while index < len(lines) and lines[index]:
+            while index < len(lines) and lines[index] and not _CENTERED.match(lines[index]):
                 speech.append(_plain(lines[index]))
                 index += 1
             turns.append((name, " ".join(speech)))
@@ -107,19 +114,22 @@ def _cue_name(line: str) -> str | None:
     name = cue["name"].strip()
     if not cue["forced"] and not (name.isupper() and any(char.isalpha() for char in name)):
         return None
-    return name
+    return name.strip('"').strip()
 
 
 def _plain(text: str) -> str:
-    """Text without Fountain's emphasis markers."""
-    return _EMPHASIS.sub(lambda match: match["text"], text).strip()
+    """Text without Fountain's emphasis markers, nested ones included (at most `_***...***_`: two passes)."""
+    for _ in range(2):
+        text = _EMPHASIS.sub(lambda match: match["text"], text)
+    return text.strip()
 
 
 def _close_scene(title_meta: dict, scene: str | None, turns: list, sections: list[Section]) -> None:
     """Add the finished scene to `sections` when it has text."""
-    meta = dict(title_meta)
+    meta = {("story" if key == "title" else key): value for key, value in title_meta.items()}
     if scene:
-        meta["scene"] = scene
+        meta["scene"] = meta["title"] = scene
+        turns = turns or [(None, scene)]
     section = dialogue_section(turns, meta)
     if section:
         sections.append(section)

@@ -10,25 +10,38 @@ Supported:
   comment(s), note(s), description, speaker, character, chapter, region,
   scene, node, tags, status, max_length; those names are never languages,
   even when short (`tag`, `npc`); columns with an empty header are ignored;
+- one language per row instead (Yarn Spinner's strings files): a `text`
+  column beside a `language` (or `lang`, `locale`) column;
 - text: `key: string` (the key's words, such as `item.kessel_glass.desc`,
   help retrieval and citations); a row with a `speaker` gives
   `Speaker: string` instead, a dialogue line with meta["speaker"], and the
-  key only in metadata; meta["key"] always holds the key;
-- .csv: comma-separated, quoted fields may hold commas and newlines; .tsv:
-  tab-separated, no quoting; both decoded as UTF-8 (with or without BOM) or
-  UTF-16/32 with a BOM; .xlsx: every worksheet (meta["sheet"]), each with its
-  own header row, formulas read as their cached values.
-Skipped: blank rows and languages whose cell is empty.
-Errors: a CSV/TSV row with a different number of fields than the header, a
-row whose key is empty while it has text, malformed CSV quoting, an
-undecodable file, an .xlsx that is not a workbook, an .xlsx value in a
-column without a header (line = row number in its sheet).
+  key only in metadata; meta["key"] always holds the key, and
+  meta["line_ids"] too, so a citation names the recorded line;
+- markup is stripped from the text (BBCode `[color=red]`, `[break]`,
+  `[right]`, Unity rich text, HTML-like tags: ingest.parsers.markup);
+- .csv: comma-separated, quoted fields may hold commas and newlines, read as
+  leniently as Python's csv module and game engines (a space after a closing
+  quote is part of the cell, then trimmed); .tsv: tab-separated, no quoting;
+  both decoded as UTF-8 (with or without BOM) or UTF-16/32 with a BOM;
+  .xlsx: every worksheet (meta["sheet"]), each with its own header row,
+  formulas read as their cached values.
+Skipped: blank rows; languages whose cell is empty; untranslated cells that
+copy the row's first language (its source text), so one English string is
+not indexed again under de, fr, ja.
+Warnings (logged on the `ingest` logger, the row still indexed): a CSV/TSV
+row with fewer fields than the header (missing cells read as empty) or more
+(the extra ones ignored).
+Skipped (NothingToIndex, by ingest.load): a table without any text column.
+Errors: a row whose key is empty while it has text, an undecodable file,
+an .xlsx that is not a workbook, an .xlsx value in a column without a
+header (line = row number in its sheet).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import zipfile
 from pathlib import PurePath
@@ -39,14 +52,19 @@ from openpyxl.utils.exceptions import InvalidFileException
 from ingest.decode import decode_text
 from ingest.errors import IngestError, ParseError
 from ingest.parsers.dialogue import dialogue_section
+from ingest.parsers.markup import strip_markup
 from ingest.types import Section
+
+log = logging.getLogger("ingest")
 
 BINARY = True
 
 KEY_COLUMNS = ("key", "id", "string_id")
+ROW_LANGUAGE_COLUMNS = ("language", "lang", "locale")
+ROW_TEXT_COLUMN = "text"
 METADATA_COLUMNS = {
     "context", "comment", "comments", "note", "notes", "description", "speaker", "character",
-    "chapter", "region", "scene", "node", "tags", "tag", "npc", "status", "max_length",
+    "chapter", "region", "scene", "node", "tags", "tag", "npc", "status", "max_length", "file", "lock",
 }
 _LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 
@@ -76,15 +94,12 @@ def _delimited_rows(data: bytes, path: str) -> list[tuple[int, list[str]]]:
     if PurePath(path).suffix.lower() == ".tsv":
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        reader = csv.reader(io.StringIO(text, newline=""))
     rows = []
     start = 1
-    try:
-        for fields in reader:
-            rows.append((start, fields))
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise ParseError(f"malformed CSV: {exc}", path, start) from None
+    for fields in reader:
+        rows.append((start, fields))
+        start = reader.line_num + 1
     return rows
 
 
@@ -135,16 +150,22 @@ def _table_sections(rows: list[tuple[int, list[str]]], table_meta: dict,
         return []
     header = [name.strip() for name in rows[0][1]]
     key_index = _key_index(header)
-    languages = [i for i, name in enumerate(header) if i != key_index and _is_language(name)]
+    row_language = _row_language_columns(header)
+    if row_language:
+        languages = [row_language[1]]
+    else:
+        languages = [i for i, name in enumerate(header) if i != key_index and _is_language(name)]
     metadata = [i for i, name in enumerate(header)
                 if name and i != key_index and i not in languages]
+    width = len(header)
     sections = []
     for number, fields in rows[1:]:
-        if len(fields) != len(header):
-            raise ParseError(f"row has {len(fields)} fields but the header has {len(header)}",
-                             path, number)
+        if len(fields) != width:
+            log.warning("%s:%d: row has %d fields but the header has %d; %s", path, number, len(fields),
+                        width, "missing cells read as empty" if len(fields) < width else "extra ones ignored")
+            fields = (fields + [""] * width)[:width]
         key = fields[key_index].strip()
-        texts = [(header[i], fields[i].strip()) for i in languages if fields[i].strip()]
+        texts = _translations(header, fields, languages, row_language)
         if texts and not key:
             raise ParseError(f"row has text but an empty '{header[key_index]}' column",
                              path, number)
@@ -155,8 +176,31 @@ def _table_sections(rows: list[tuple[int, list[str]]], table_meta: dict,
         for locale, text in texts:
             meta = {**row_meta, "lang": re.split(r"[-_]", locale)[0].lower(), "locale": locale}
             turn = (speaker, text) if speaker else (None, f"{key}: {text}")
-            sections.append(dialogue_section([turn], meta))
+            sections.append(dialogue_section([turn], meta, [key]))
     return sections
+
+
+def _translations(header: list[str], fields: list[str], languages: list[int],
+                  row_language: tuple[int, int] | None) -> list[tuple[str, str]]:
+    """A row's (locale, text) pairs, markup stripped, without empty cells or copies of the row's first text."""
+    texts = []
+    seen = set()
+    for index in languages:
+        text = " ".join(strip_markup(fields[index]).split())
+        if text and text not in seen:
+            locale = fields[row_language[0]].strip() if row_language else header[index]
+            texts.append((locale or "und", text))
+        seen.add(text)
+    return texts
+
+
+def _row_language_columns(header: list[str]) -> tuple[int, int] | None:
+    """(language column, text column) of a table with one language per row, else None."""
+    lowered = [name.lower() for name in header]
+    language = next((lowered.index(name) for name in ROW_LANGUAGE_COLUMNS if name in lowered), None)
+    if language is None or ROW_TEXT_COLUMN not in lowered:
+        return None
+    return language, lowered.index(ROW_TEXT_COLUMN)
 
 
 def _key_index(header: list[str]) -> int:

@@ -1,0 +1,1 @@
+﻿This is include 1.

@@ -1,0 +1,1 @@
+﻿INCLUDE test_included_file4.ink

@@ -1,0 +1,132 @@
+"""The front door on a small world each test writes, embedded by the deterministic fake model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import kb as public
+from kb import ConfigError, KnowledgeBase, NotFound, RetrievalConfig, Settings, Unavailable
+from kb.context import pack
+from kb.retrieve import Hit, fuse
+from tests.conftest import invoke
+
+WORLD = {
+    "herons.md": "# Herons\n\nThe old woman of the fens feeds the grey herons at dawn.\n",
+    "kilns.md": "# Kilns\n\nThe woman who tends the kilns is old and sat by the fire.\n",
+    "ferry.md": "---\nchapter: 3\n---\n# Ferry\n\nThe ferry to Saltreach sank in the storm of 412.\n",
+    "npcs/pip.yaml": "name: Pip\nrole: ferry hand\npersona: cheerful\nspeaker: Pip\nknows:\n  chapter: 2\n",
+}
+
+
+def write_world(root: Path, files: dict[str, str] = WORLD) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def world_kb(tmp_path, fake_embedder) -> KnowledgeBase:
+    kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
+    report = kb.ingest([str(write_world(tmp_path / "world"))])
+    assert report.failed == [] and len(report.added) == len(WORLD)
+    return kb
+
+
+def test_open_does_not_create_anything(tmp_path):
+    kb = KnowledgeBase.open(tmp_path / "nowhere")
+    with pytest.raises(Unavailable, match="no knowledge base"):
+        kb.search("herons")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_search_ranks_the_file_that_holds_the_rare_word(world_kb):
+    for mode in ("bm25", "dense", "hybrid"):
+        hits = world_kb.search("Saltreach ferry", k=2, mode=mode)
+        assert hits and hits[0].source == "ferry.md", mode
+
+
+def test_where_and_npc_limits_filter_before_ranking(world_kb):
+    assert [h.source for h in world_kb.search("ferry storm", where={"chapter": 3})] == ["ferry.md"]
+    assert "ferry.md" not in [h.source for h in world_kb.search("ferry storm", limits={"chapter": 2})]
+    # the card's limit is the NPC's: Pip (chapter 2) never sees the chapter-3 ferry
+    pip = world_kb.npc("pip")
+    assert pip.name == "Pip"
+    assert all(c.hit.source != "ferry.md" for c in pip.ask("What sank the ferry?", extractive=True).citations)
+
+
+def test_an_unknown_npc_lists_the_known_ones(world_kb):
+    with pytest.raises(NotFound, match="known NPCs: Pip"):
+        world_kb.npc("Nessa")
+
+
+def test_word_pairs_break_a_tie_only_when_their_weight_is_on(world_kb):
+    question = "old woman"
+    with_pairs = {h.source: h.score for h in world_kb.search(question, k=2, mode="bm25")}
+    assert with_pairs["herons.md"] > with_pairs["kilns.md"]  # "old woman" in a row beats the words apart
+    plain = world_kb.with_retrieval(replace(RetrievalConfig(), pair_weight=0.0))
+    without = {h.source: h.score for h in plain.search(question, k=2, mode="bm25")}
+    assert without["herons.md"] < with_pairs["herons.md"]
+    assert world_kb.settings.retrieval.pair_weight == 0.5  # the view did not change the original
+
+
+def test_fusion_gives_other_language_chunks_their_own_lane():
+    bm25 = [(0, 4.0), (1, 2.0)]
+    dense = [(2, 0.9), (0, 0.5), (1, 0.1)]
+    config = RetrievalConfig(dense_weight={"en": 0.0, "zh": 0.1})
+    ranked = dict(fuse(bm25, dense, 0.0, cross_lingual={2}, lengths=[40, 40, 40], config=config))
+    assert ranked[0] == 1.0 and ranked[1] == 0.5
+    assert ranked[2] == pytest.approx(config.cross_lingual_weight)  # its cosine is the best, min-max 1.0
+
+
+def test_fusion_scales_down_short_chunks():
+    ranked = dict(fuse([(0, 1.0), (1, 1.0)], [], 0.0, set(), lengths=[5, 40]))
+    assert ranked[1] == 1.0 and ranked[0] == pytest.approx((5 / 20) ** 0.5)
+
+
+def test_pack_keeps_rank_order_within_the_budget_and_always_the_first():
+    long, short = "word " * 400, "a short line"
+    hits = [Hit(str(i), text, 1.0 - i / 10, {"source": f"{i}.md"}) for i, text in enumerate([long, short, long])]
+    packed = pack(hits, budget_tokens=450)
+    assert [c.hit.id for c in packed] == ["0", "1"] and [c.n for c in packed] == [1, 2]
+    assert [c.hit.id for c in pack(hits[2:], budget_tokens=10)] == ["2"]
+
+
+def test_ask_quotes_the_sentence_that_holds_the_answer(world_kb):
+    answer = world_kb.ask("When did the ferry to Saltreach sink?", extractive=True)
+    assert "412" in answer.answer and answer.mode == "extractive"
+    assert answer.citations[0].hit.source == "ferry.md"
+
+
+def test_status_counts_what_was_ingested(world_kb):
+    status = world_kb.status()
+    assert (status["files"], status["cards"]) == (3, 1)
+    assert status["chunks"] == len(world_kb.corpus.ids) == 3
+
+
+def test_forget_removes_a_file_and_the_corpus_follows(world_kb, tmp_path):
+    world_kb.corpus  # noqa: B018 - loaded before, so forget must refresh it
+    assert world_kb.forget([str(tmp_path / "world" / "ferry.md")]) == ["ferry.md"]
+    assert "ferry.md" not in {m["source"] for m in world_kb.corpus.metas}
+
+
+@pytest.mark.parametrize("value, message", [("abc", "is not a whole number"), ("0", "must be at least")])
+def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch, value, message):
+    monkeypatch.setenv("KB_CHUNK_TOKENS", value)
+    with pytest.raises(ConfigError, match=f"KB_CHUNK_TOKENS={value!r}|KB_CHUNK_TOKENS={value}"):
+        Settings()
+    result = invoke("search", "herons")
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error: KB_CHUNK_TOKENS") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_exported_error_maps_to_an_exit_code_and_an_http_status():
+    errors = [getattr(public, n) for n in public.__all__ if isinstance(getattr(public, n), type)
+              and issubclass(getattr(public, n), public.KBError)]
+    assert len(errors) > 5
+    for error in errors:
+        assert error.exit_code in (1, 2) and 400 <= error.http_status < 600

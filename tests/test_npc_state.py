@@ -53,8 +53,8 @@ WORLD = {
     "world/anchors.md": "---\nline_ids: [bell_cast_01]\n---\n# Anchors\n"
                         "Oska: The bell was cast from seven melted anchors, and it remembers the sea.\n",
     "scripts/dusk.yarn": "title: Dusk\ntags: chapter:1 region:Harbour\n---\n"
-                         "Wren: Why do you ring the bell at dusk?\n"
-                         "Oska: I ring it at dusk so the night boats can count their way home.\n"
+                         "Wren: Why do you ring the bell at dusk? #line:dusk_01\n"
+                         "Oska: I ring it at dusk so the night boats can count their way home. #line:dusk_02\n"
                          "===\n"
                          "title: Tower\ntags: chapter:1 region:Harbour requires:met_oska\n---\n"
                          "Oska: Climb the tower at low tide, when the gulls are asleep.\n===\n",
@@ -147,6 +147,7 @@ def test_own_line_first_then_canon_in_the_first_person(world_kb):
     _, own = invoke_json("npc", "ask", "Oska", "Why do you ring the bell at dusk?", "--kb", world_kb)
     assert own["answer"].startswith("I ring it at dusk so the night boats can count their way home.")
     assert [c["source"] for c in own["citations"]] == ["scripts/dusk.yarn"]
+    assert own["citations"][0]["line_ids"] == ["dusk_02"]  # the Yarn #line: of the line quoted, not the scene's
     _, canon = invoke_json("npc", "ask", "Oska", "Since when has the harbour bell of Varn been rung at dusk?",
                            "--kb", world_kb)
     assert "I have rung the harbour bell of Varn every dusk since 390 TC" in canon["answer"]

@@ -139,6 +139,9 @@ def test_terminal_chat_follows_up_and_takes_state(world_kb):
     assert "refused: state chapter=5 is beyond" in result.output
     assert '"flags": {"met_oska": true}' in result.output
     assert "tide chart" in result.output
+    refused = CliRunner().invoke(cli, ["npc", "chat", "Oska", "--state", "region=Fens", "--kb", str(world_kb)],
+                                 input="hello\n")
+    assert refused.exit_code == 1 and "state region=Fens is beyond Oska Brine's card" in refused.stderr
 
 
 # -- offline voice ------------------------------------------------------------------

@@ -17,7 +17,7 @@ Which `X: text` prefix is a speaker (scripts without cues: ink, Yarn, Twee):
   `Error`, `Note`, `Ending`, `Warning`, `Step` (LABEL_WORDS);
 - what follows has a letter, so a stat line (`Empathy: 5`) is narration;
 - and, over the whole file, it is declared (ink's `# speaker: Name` tag),
-  or it speaks twice, or some other name in the file does: a file that
+  or it speaks twice, or some other name in the file speaks too: a file that
   writes dialogue as `Name: line` keeps its one-line characters, while a
   lone `Notice: ...` in a prose script stays narration.
 """
@@ -94,11 +94,11 @@ def dialogue_sections(parts: list[tuple[list, dict, list]], declared: set[str] =
     """A file's nodes as Sections, ``(turns, meta, line ids)`` each, with the file's speakers confirmed.
 
     A speaker is kept when declared, when it speaks twice in the file, or when
-    another name in the file does (module docstring); otherwise its line is
-    narration again, written as it was.
+    another name in the file speaks too (module docstring); otherwise its line
+    is narration again, written as it was.
     """
     counts = Counter(speaker for turns, _, _ in parts for speaker, _ in turns if speaker)
-    file_has_dialogue = any(count > 1 for count in counts.values())
+    file_has_dialogue = len(counts) > 1 or any(count > 1 for count in counts.values())
     sections = []
     for turns, meta, line_ids in parts:
         confirmed = [(speaker, text) if not speaker or speaker in declared or file_has_dialogue

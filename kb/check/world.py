@@ -47,7 +47,7 @@ class Line:
 
 @dataclass
 class SourceFile:
-    """A file of the checked paths: `kind` is document, script (has speakers), table (loc table) or card."""
+    """A file of the checked paths: `kind` is document, script (dialogue), table (loc table) or card."""
 
     path: Path
     shown: str
@@ -110,7 +110,7 @@ def _load(path: Path, kind: str) -> SourceFile:
     file = SourceFile(path, shown, "document", raw)
     if path.suffix.lower() in TABLE_SUFFIXES:
         file.kind = "table"
-    elif any(section.meta.get("speaker") for section in sections):
+    elif any(section.dialogue or section.meta.get("speaker") for section in sections):
         file.kind = "script"
     _number_lines(file, sections)
     return file

@@ -14,6 +14,8 @@ from typing import Callable
 from kb.config import Settings
 from kb.context import Cited, pack, render
 from kb.errors import KBError, LLMError
+from kb.extract import choose
+from kb.extract import render as render_quotes
 from kb.lexical import query_tokens, tokens
 from kb.llm import chat
 from kb.retrieve import Corpus, search
@@ -31,7 +33,6 @@ NO_CANON_INSTRUCTION = (
     "If you do not know, say so rather than invent."
 )
 MIN_RELEVANCE = 0.8  # answers 29 of the sample world's 34 answerable questions and 0 of 12 unanswerable (bench/relevance.py)
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。！？；])|\n+")
 
 
 @dataclass
@@ -62,23 +63,9 @@ def relevance(question: str, cited: list[Cited], similarity: dict[str, float], i
                 + 2 * similarity.get(c.hit.id, 0.0) for c in cited), default=0.0)
 
 
-def extract(question: str, cited: list[Cited], idf, similarity_of, max_sentences: int = 3) -> str:
-    """The sentences of the canon that answer the question best, each with its citation.
-
-    A sentence scores by the rare question terms it holds plus twice its cosine
-    similarity to the question, so "The poisoner is Nessa Vell." can win on
-    meaning where it loses on words.
-    """
-    candidates = [(c.n, order, sentence) for c in cited
-                  for order, sentence in enumerate(s.strip() for s in _SENTENCE.split(c.hit.text))
-                  if len(sentence) > 1]
-    if not candidates:
-        return ""
-    cosines = similarity_of(question, [sentence for _, _, sentence in candidates])
-    scored = sorted(((coverage(question, sentence, idf) + 2 * cos, n, order, sentence)
-                     for (n, order, sentence), cos in zip(candidates, cosines)), reverse=True)
-    best = sorted(scored[:max_sentences], key=lambda s: (s[1], s[2]))  # reading order
-    return " ".join(f"{sentence} [{n}]" for _, n, _, sentence in best)
+def extract(question: str, cited: list[Cited], idf) -> str:
+    """The sentences of the canon that answer the question best, each with its citation (kb.extract)."""
+    return render_quotes(choose(question, [(c.n, c.hit.text, c.hit.metadata.get("title", "")) for c in cited], idf))
 
 
 def build_messages(system: str, question: str, cited: list[Cited]) -> list[dict]:
@@ -133,7 +120,7 @@ def respond(store: Store, corpus: Corpus, question: str, settings: Settings, *, 
     if relevance(question, cited, similarity, corpus.idf) < MIN_RELEVANCE:
         return Answer(not_found, [], mode)
     if not use_llm:
-        return Answer(extract(question, cited, corpus.idf, store.similarities), cited, mode)
+        return Answer(extract(question, cited, corpus.idf), cited, mode)
     text = chat(build_messages(system, question, cited), settings, model, on_token)
     if text.strip() == not_found:  # the model found nothing: citing the canon would claim otherwise
         return Answer(text.strip(), [], mode)

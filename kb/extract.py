@@ -15,6 +15,7 @@ once. Everything here takes and returns plain values.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -190,6 +191,24 @@ def _sentences(text: str) -> list[_Sentence]:
     return found
 
 
+@functools.lru_cache(maxsize=256)
+def analysed(text: str) -> tuple[tuple[_Sentence, frozenset[str]], ...]:
+    """A chunk's sentences with their terms, kept for a while: the relevance check and the
+    sentence choice both read them, and a server sees the same chunks again and again."""
+    return tuple((s, frozenset(tokens(text[s.start:s.end]))) for s in _sentences(text))
+
+
+def passage_coverage(question: str, text: str, title: str, idf: Callable[[str], float]) -> float:
+    """Share of the question's rare terms that a whole chunk holds, its headings counted as its words.
+
+    The relevance check ("does the canon hold this at all?") reads this.
+    """
+    sentences = analysed(text)
+    terms = set(tokens("\n".join({title, *(s.heading for s, _ in sentences)})))
+    terms.update(*(sentence_terms for _, sentence_terms in sentences))
+    return coverage(question_terms(question, idf), terms)
+
+
 def _join_fragments(line: str, pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
     joined: list[tuple[int, int]] = []
     carry = None
@@ -320,8 +339,8 @@ def candidates(question: str, chunks: list[tuple[int, str, str]], idf: Callable[
     """Every sentence of the chunks ((n, text, heading), in rank order), scored, best first."""
     by_chunk = []
     for rank, (n, text, title) in enumerate(chunks, start=1):
-        sentences = [_Candidate(n, rank, order, s, text[s.start:s.end], set(tokens(text[s.start:s.end])))
-                     for order, s in enumerate(_sentences(text))]
+        sentences = [_Candidate(n, rank, order, s, text[s.start:s.end], set(terms))
+                     for order, (s, terms) in enumerate(analysed(text))]
         by_chunk.append((title, sentences))
     everything = [c for _, sentences in by_chunk for c in sentences]
     asked = _local_rarity(question_terms(question, idf), everything)

@@ -30,8 +30,7 @@ HEADING = 0.5  # ... found only in the chunk's heading
 LEANED_ON = 0.6  # ... found only in the sentence a pronoun-led sentence leans on
 TYPE_BONUS = 0.3  # the sentence holds what the question asks for (a name, a date, a number, a place)
 RANK_BONUS = 0.1  # for the first-ranked chunk, falling as 1/rank
-LOCAL_FLOOR = 0.1
-LOCAL_SHIFT = 0.0
+LOCAL_FLOOR = 0.1  # the least a question term held by most of the context's sentences still weighs
 FRAGMENT_WORDS = 4  # fewer words than this (a CJK character counts half) is a fragment
 
 _CJK = re.compile(f"[{CJK_CHARS}]")
@@ -136,8 +135,9 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     """(start, end) of each sentence of a chunk: headings and list markers left out, fragments joined.
 
     Lines wrapped inside a paragraph are read as one line; a fragment (a
-    heading-like phrase, "No. 4", a two-word list item) is joined to the
-    sentence after it on its line, or to the one before when it comes last.
+    heading-like phrase, a two-word list item) is joined to the sentence after
+    it on its line, or to the one before when it comes last; a line that is
+    only a fragment is not quoted but heads the sentences below it.
     """
     return [(s.start, s.end) for s in _sentences(text)]
 
@@ -186,7 +186,11 @@ def _sentences(text: str) -> list[_Sentence]:
                     start += 1
         if line[start:].strip():
             pieces.append((start, len(line.rstrip())))
-        for piece_start, piece_end in _join_fragments(line, pieces):
+        joined = _join_fragments(line, pieces)
+        if len(joined) == 1 and is_fragment(line[joined[0][0]:joined[0][1]]):
+            heading = line[joined[0][0]:joined[0][1]]  # a line too short to quote alone heads what follows
+            continue
+        for piece_start, piece_end in joined:
             found.append(_Sentence(begin + piece_start, begin + piece_end, number, heading))
     return found
 
@@ -331,7 +335,7 @@ def _local_rarity(asked: dict[str, float], sentences: list[_Candidate]) -> dict[
     for term, weight in asked.items():
         holding = sum(term in s.terms or _related(term, s.terms) for s in sentences)
         if holding:
-            weights[term] = weight * max(LOCAL_FLOOR, math.log((count - holding + 0.5) / (holding + 0.5)) + LOCAL_SHIFT)
+            weights[term] = weight * max(LOCAL_FLOOR, math.log((count - holding + 0.5) / (holding + 0.5)))
     return weights
 
 

@@ -3,8 +3,10 @@
 Retrieval metrics (kb.evaluate) say whether the canon was found; these say
 whether the answer was right: normalized exact match and token F1 (SQuAD
 style, with every CJK character its own token so Chinese scores fairly),
-whether the answer contains a gold answer, and, with retrieval, whether the
-answer's citations point at the gold document.
+whether the answer contains a gold answer, and, with retrieval, the ceiling
+of that (a gold answer inside the canon the answer drew on: its citations,
+or what it retrieved without citing) and whether the answer's citations point
+at the gold document.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 _CITATION = re.compile(r"\[\d+\]")
 _CJK_OR_RUN = re.compile(f"[{CJK_CHARS}]|[^{CJK_CHARS}]+")
 _ARTICLES = frozenset({"a", "an", "the"})
-METRICS = ("exact_match", "f1", "contains", "citation_hit")
+METRICS = ("exact_match", "f1", "contains", "ceiling", "citation_hit")
 
 
 def answer_tokens(text: str) -> list[str]:
@@ -63,15 +65,17 @@ def contains_answer(prediction: str, answers: list[str]) -> float:
 
 
 def score_answer(answer: Answer, item: dict, retrieval: bool) -> dict:
-    """One question's figures; citation_hit is None when the model answered without retrieval."""
+    """One question's figures; ceiling and citation_hit are None when the model answered without retrieval."""
     golds = [str(a) for a in item["answers"]]
     cited = [c.hit.source for c in answer.citations]
+    canon = "\n".join(c.hit.text for c in answer.citations + answer.retrieved)
     return {
         "id": item.get("id"),
         "answer": answer.answer,
         "exact_match": exact_match(answer.answer, golds),
         "f1": round(token_f1(answer.answer, golds), 4),
         "contains": contains_answer(answer.answer, golds),
+        "ceiling": contains_answer(canon, golds) if retrieval else None,
         "citation_hit": (first_hit_rank(cited, item["doc_id"]) is not None) if retrieval else None,
     }
 
@@ -87,22 +91,23 @@ def summarize_answers(per_question: list[dict], model: str, retrieval: bool, mod
 
 
 def run_answers(kb: "KnowledgeBase", questions: list[dict], model: str | None = None,
-                retrieval: bool = True, k: int = 5) -> dict:
+                retrieval: bool = True, k: int = 5, extractive: bool = False) -> dict:
     """Answer every question with one model, with or without retrieval, and score the answers.
 
-    Without a chat model configured, retrieval runs answer extractively (the
-    offline baseline); asking for a model, or for no retrieval, then fails.
+    Without a chat model configured, or with ``extractive``, retrieval runs answer
+    extractively (the offline baseline); asking for a model, or for no retrieval,
+    without one fails.
 
     Raises:
         LLMError: a model was named (or retrieval turned off) but no chat model is configured.
     """
     settings = kb.settings
-    if model and not settings.llm_configured:
+    if model and not settings.llm_configured and not extractive:
         raise LLMError(f"answering with --model {model} needs a chat model: set OPENAI_API_KEY "
                        "or OPENAI_BASE_URL (or pass --base-url)")
     per_question, mode = [], "llm"
     for item in questions:
-        answer = kb.ask(item["question"], k=k, model=model, retrieval=retrieval)
+        answer = kb.ask(item["question"], k=k, model=model, retrieval=retrieval, extractive=extractive)
         mode = answer.mode
         per_question.append(score_answer(answer, item, retrieval))
     label = (model or settings.model) if mode == "llm" else "-"

@@ -226,6 +226,10 @@ def print_answer(answer, streamed: bool) -> None:
         click.echo()
     for c in answer.citations:
         click.echo(f"  [{c.n}] {c.label()}")
+    if answer.retrieved:
+        click.echo("  retrieved, not cited:")
+        for c in answer.retrieved:
+            click.echo(f"    {c.label()}")
 
 
 @cli.command()
@@ -274,7 +278,7 @@ def forget(paths, kb_dir, as_json):
         click.echo(f"removed {len(removed)} file(s)" + "".join(f"\n  {r}" for r in removed))
 
 
-def eval_answers(kb, questions, model, compare_models, retrieval, k, as_json) -> None:
+def eval_answers(kb, questions, model, compare_models, retrieval, k, extractive, as_json) -> None:
     """`kb eval --answers`: one model's scores, or with --compare-models one table of every run."""
     from kb.answer_eval import METRICS, compare_answers, run_answers
 
@@ -284,11 +288,12 @@ def eval_answers(kb, questions, model, compare_models, retrieval, k, as_json) ->
             raise click.BadParameter("name at least one model, like A,B", param_hint="--compare-models")
         rows = compare_answers(kb, questions, models, retrieval, k)
     else:
-        rows = [run_answers(kb, questions, model, retrieval is not False, k)]
+        rows = [run_answers(kb, questions, model, retrieval is not False, k, extractive)]
     if as_json:
         emit_json({"runs": rows} if compare_models else rows[0])
         return
-    table = Table("model", "retrieval", "mode", "n", "exact match", "F1", "contains gold", "cites gold doc")
+    table = Table("model", "retrieval", "mode", "n", "exact match", "F1", "contains gold",
+                  "gold in its canon", "cites gold doc")
     for row in rows:
         table.add_row(row["model"], "on" if row["retrieval"] else "off", row["mode"], str(row["n"]),
                       *("-" if row[m] is None else f"{row[m]:.3f}" for m in METRICS))
@@ -326,9 +331,10 @@ def eval_npc(kb, npc_file, k, as_json) -> None:
 @click.option("--retrieval/--no-retrieval", default=None,
               help="With --answers: answer with the canon [default] or from the model alone.")
 @click.option("--base-url", default=None, help="OpenAI-compatible server [$OPENAI_BASE_URL].")
+@click.option("--extractive", is_flag=True, help="With --answers: quote the canon; never call a model.")
 @click.option("-k", default=5, show_default=True, type=click.IntRange(1, 50), help="With --answers: chunks per question.")
 @common
-def eval_cmd(qa_file, npc_file, mode, compare, plot, answers, model, compare_models, retrieval, base_url, k,
+def eval_cmd(qa_file, npc_file, mode, compare, plot, answers, model, compare_models, retrieval, base_url, extractive, k,
              kb_dir, as_json):
     """Measure retrieval on a QA.jsonl question set (or, with --answers, the answers themselves;
     with --npc, NPCs' secrets, limits and voice)."""
@@ -340,12 +346,12 @@ def eval_cmd(qa_file, npc_file, mode, compare, plot, answers, model, compare_mod
     if npc_file:
         eval_npc(open_kb(kb_dir, base_url=base_url), npc_file, k, as_json)
         return
-    if not (answers or compare_models) and (model or retrieval is not None):
-        raise click.UsageError("--model and --retrieval/--no-retrieval score answers: add --answers")
+    if not (answers or compare_models) and (model or retrieval is not None or extractive):
+        raise click.UsageError("--model, --extractive and --retrieval/--no-retrieval score answers: add --answers")
     questions = read_questions(qa_file)
     if answers or compare_models:
         eval_answers(open_kb(kb_dir, base_url=base_url), questions, model, compare_models, retrieval, k,
-                     as_json)
+                     extractive, as_json)
         return
     kb = open_kb(kb_dir)
     modes = MODES if compare else (mode,)

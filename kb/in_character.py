@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from kb.answer import coverage
 from kb.context import Citation
+from kb.extract import passage_coverage
 
 OWN_LINE_MIN = 0.5  # a line must hold half the question's rare-term weight to answer it
 _PARENTHETICAL = re.compile(r"^\([^)]*\)\s*")  # an acting direction before a line: (whispering)
@@ -50,7 +50,7 @@ def own_line_answer(question: str, cited: list[Citation], speaker: str,
         for text in line.findall(citation.hit.text):
             if text.startswith("(choice)"):
                 continue
-            score = coverage(question, text, idf)
+            score = passage_coverage(question, text, "", idf)
             if score >= OWN_LINE_MIN and (best is None or score > best[0]):
                 best = (score, text, citation)
     if best is None:

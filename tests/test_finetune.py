@@ -662,7 +662,8 @@ def test_eval_compare_models_prints_one_table(dialogue_kb, tmp_path, fake_openai
                     "--base-url", fake_openai.base_url)
     header, *rows = [line for line in result.stdout.splitlines() if "│" in line or "┃" in line]
     assert [c.strip() for c in header.strip("┃").split("┃")] == [
-        "model", "retrieval", "mode", "n", "exact match", "F1", "contains gold", "cites gold doc"]
+        "model", "retrieval", "mode", "n", "exact match", "F1", "contains gold", "gold in its canon",
+        "cites gold doc"]
     assert [[c.strip() for c in row.strip("│").split("│")][:4] for row in rows] == [
         ["base", "off", "llm", "2"], ["ft:base:voices", "off", "llm", "2"]]
 

@@ -1,0 +1,421 @@
+"""Choose the canon sentences that answer a question, for answers written without a model.
+
+A sentence scores by the share of the question's rare terms it holds
+(`coverage`): a term counts whole when its stem is there, in part when only
+a related form is (founder for founded), and in part when only the chunk's
+heading or, for a sentence that opens with a pronoun, the sentence before
+holds it. On top come a bonus when the sentence holds the kind of thing the
+question asks for (who: a name; when: a date; how many: a number; where: a
+place) that the question does not already name, and a small one for the
+chunk's rank. Sentences are split with care for abbreviations, quotes and
+list items; a fragment is never quoted alone, a sentence opening with a
+pronoun brings the one it leans on, and near-identical sentences are quoted
+once. Everything here takes and returns plain values.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+from ingest.text import CJK_CHARS, fold
+from kb.lexical import query_tokens, tokens
+
+MAX_QUOTES = 3
+RELATED_FORM = 0.7  # a question term found only as a related form (founder for founded)
+HEADING = 0.5  # ... found only in the chunk's heading
+LEANED_ON = 0.6  # ... found only in the sentence a pronoun-led sentence leans on
+TYPE_BONUS = 0.3  # the sentence holds what the question asks for (a name, a date, a number, a place)
+RANK_BONUS = 0.1  # for the first-ranked chunk, falling as 1/rank
+LOCAL_FLOOR = 0.1  # the least a question term held by most of the context's sentences still weighs
+FRAGMENT_WORDS = 4  # fewer words than this (a CJK character counts half) is a fragment
+
+_CJK = re.compile(f"[{CJK_CHARS}]")
+_LATIN_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+_HEADING_LINE = re.compile(r"#{1,6}\s")
+_LIST_MARKER = re.compile(r"(?:[-*+•]|\(?\d{1,3}[.)]|[a-z][.)])\s+")
+# A sentence ends at . ! ? … (with closing quotes or brackets) before a space, or at 。！？ (with closers).
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|[。！？!?]+[」』”’）)\"]*")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr st mt ft jr sr prof gen capt col lt sgt cpl rev hon fr sen gov pres vs etc "
+    "e.g eg i.e ie cf al no nos vol vols pp p ch fig figs approx ca inc ltd co corp dept est".split())
+_PRONOUN_OPENERS = frozenset(
+    "he she it they him her his its their them this these that those such there's".split())
+_ZH_PRONOUN_OPENERS = tuple("他她它其该該此这這")
+_ZH_FUNCTION = re.compile("[的了是在和与與及或也都就而被把对對从從为為于於以之会會这這那个個着著过過吗嗎呢吧么麼]")
+
+# What a question asks for: its earliest question phrase decides, the longer one where two start
+# together ("what year" over "what", 什么时候 over 什么); phrases that ask for no kind map to None.
+_QUESTION_TYPES = (
+    ("date", re.compile(r"\b(?:when|what year|which year|what date|what day|what century|what time)\b"
+                        r"|哪一年|哪年|何年|哪一天|何时|何時|什么时候|什麼時候|什么时间|什麼時間|几月|幾月|几号|幾號"
+                        r"|哪个朝代|哪個朝代|哪一世纪|哪個世紀|哪一世紀|什么年代|什麼年代")),
+    ("number", re.compile(r"\bhow (?:many|much|long|old|far|wide|tall|high|deep|big|large|heavy|often)\b"
+                          r"|多少|多久|多长|多長|多大|多高|多远|多遠|多深|多重|多宽|多寬|几|幾")),
+    ("person", re.compile(r"\b(?:who|whom|whose)\b|谁|誰|哪位|何人")),
+    ("place", re.compile(r"\bwhere\b|哪里|哪裡|哪裏|哪儿|哪兒|何处|何處|什么地方|什麼地方|哪个国家|哪個國家"
+                         r"|哪座城市|哪个城市|哪個城市|哪个地区|哪個地區")),
+    (None, re.compile(r"\b(?:what|which|why|how)\b|什么|什麼|哪些|哪个|哪個|哪种|哪種|如何|怎么|怎麼|怎样|怎樣"
+                      r"|为什么|為什麼|为何|為何")),
+)
+_NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+                 "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
+                 "hundred thousand million billion dozen score half once twice thrice first second third")
+_MONTHS = "january february march april may june july august september october november december"
+_ZH_NUMERAL = "〇零一二两兩三四五六七八九十百千万萬亿億"
+_ZH_MEASURE = "个個年月日天夜人名位次种種件座条條只隻本部张張头頭匹艘家所层層届屆任米里斤吨噸元岁歲倍多余餘成"
+_EVIDENCE = {
+    "date": re.compile(rf"\b(?:1\d{{3}}|20\d\d)\b|\b\d+\s*(?:[A-Z]{{2,3}}|[ab]\.?c\.?|a\.?d\.?)(?![a-z])"
+                       rf"|\b(?:{_MONTHS.replace(' ', '|')})\b|\d+\s*(?:年|月|日|世纪|世紀)"
+                       rf"|[{_ZH_NUMERAL}]+(?:年|月|日|世纪|世紀)|年代|朝|时期|時期|centur(?:y|ies)", re.I),
+    "number": re.compile(rf"\d|\b(?:{_NUMBER_WORDS.replace(' ', '|')})\b|第[{_ZH_NUMERAL}]"
+                         rf"|[{_ZH_NUMERAL}]+[{_ZH_MEASURE}]", re.I),
+    "place": re.compile(rf"\b(?:in|at|from|to|near|on|into|across|beyond|of)\s+(?:the\s+)?[A-Z][\w'’-]+"
+                        rf"|(?:在|位于|位於|于|於|来自|來自|到)[{CJK_CHARS}]{{1,8}}?"
+                        rf"(?:省|市|县|縣|区|區|州|国|國|岛|島|山|河|江|湖|海|城|镇|鎮|村|洲|港|湾|灣|郡|道|府)"),
+}
+_CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z'’-]+(?:\s+(?:[A-Z][a-z'’-]+|of|de|van|von))*")
+
+
+class Quote(NamedTuple):
+    """Words of the canon to quote, and the citation number of the chunk they come from."""
+
+    text: str
+    n: int
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    start: int
+    end: int
+    line: int  # which line of the chunk: sentences of one line can be quoted as one run
+    heading: str  # the nearest heading line above it in the chunk, else ""
+
+
+def question_type(question: str) -> str | None:
+    """What the question asks for: "person", "date", "number", "place", or None (what, why, how)."""
+    folded = fold(question)
+    found = [(match.start(), -len(match.group(0)), kind or "") for kind, pattern in _QUESTION_TYPES
+             for match in [pattern.search(folded)] if match]
+    return min(found)[2] or None if found else None
+
+
+def _without_question_words(question: str) -> str:
+    """The question less the phrase that says what it asks for ("what year", 哪一年): not content."""
+    folded = fold(question)
+    for _, pattern in _QUESTION_TYPES:
+        folded = pattern.sub(" ", folded)
+    return folded
+
+
+def _breaks_here(line: str, match: re.Match) -> bool:
+    """Whether a sentence-ending mark really ends a sentence (not "Mr.", "J.", "e.g." or '"Go!" he said')."""
+    rest = line[match.end():].lstrip()
+    if not rest:
+        return True
+    if rest[0].islower():
+        return False
+    if line[match.start()] == ".":
+        word = re.search(r"([\w.]+)\.?$", line[:match.start() + 1].rstrip("."))
+        if word:
+            token = word.group(1).lower().rstrip(".")
+            if token in _ABBREVIATIONS or (len(token) == 1 and token.isalpha()):
+                return False
+    return True
+
+
+def _word_count(text: str) -> float:
+    return len(_LATIN_WORD.findall(text)) + len(re.findall(r"\d+", text)) + len(_CJK.findall(text)) / 2
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence of a chunk: headings and list markers left out, fragments joined.
+
+    Lines wrapped inside a paragraph are read as one line; a fragment (a
+    heading-like phrase, a two-word list item) is joined to the sentence after
+    it on its line, or to the one before when it comes last; a line that is
+    only a fragment is not quoted but heads the sentences below it.
+    """
+    return [(s.start, s.end) for s in _sentences(text)]
+
+
+def _soft_wrap(line: str, following: str) -> bool:
+    """Whether a line break only wraps a paragraph (the next line goes on with the same sentence)."""
+    line, following = line.strip(), following.strip()
+    if not line or not following or _HEADING_LINE.match(following) or _LIST_MARKER.match(following):
+        return False
+    return following[0].islower() or (len(line) >= 50 and not _SENTENCE_END.search(line[-3:] + " "))
+
+
+def _lines(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each logical line: physical lines, with paragraph wraps undone."""
+    spans, offset = [], 0
+    physical = text.split("\n")
+    for i, line in enumerate(physical):
+        if spans and i and _soft_wrap(physical[i - 1], line):
+            spans[-1] = (spans[-1][0], offset + len(line))
+        else:
+            spans.append((offset, offset + len(line)))
+        offset += len(line) + 1
+    return spans
+
+
+def _sentences(text: str) -> list[_Sentence]:
+    found: list[_Sentence] = []
+    heading = ""
+    for number, (begin, end) in enumerate(_lines(text)):
+        line = text[begin:end]
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if _HEADING_LINE.match(stripped):
+            heading = stripped.lstrip("#").strip()
+            continue
+        lead = len(line) - len(line.lstrip())
+        marker = _LIST_MARKER.match(line, lead)
+        start = marker.end() if marker else lead
+        pieces = []
+        for match in _SENTENCE_END.finditer(line, start):
+            if _breaks_here(line, match):
+                pieces.append((start, match.end()))
+                start = match.end()
+                while start < len(line) and line[start].isspace():
+                    start += 1
+        if line[start:].strip():
+            pieces.append((start, len(line.rstrip())))
+        joined = _join_fragments(line, pieces)
+        if len(joined) == 1 and is_fragment(line[joined[0][0]:joined[0][1]]):
+            heading = line[joined[0][0]:joined[0][1]]  # a line too short to quote alone heads what follows
+            continue
+        for piece_start, piece_end in joined:
+            found.append(_Sentence(begin + piece_start, begin + piece_end, number, heading))
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def analysed(text: str) -> tuple[tuple[_Sentence, frozenset[str]], ...]:
+    """A chunk's sentences with their terms, kept for a while: the relevance check and the
+    sentence choice both read them, and a server sees the same chunks again and again."""
+    return tuple((s, frozenset(tokens(text[s.start:s.end]))) for s in _sentences(text))
+
+
+def passage_coverage(question: str, text: str, title: str, idf: Callable[[str], float]) -> float:
+    """Share of the question's rare terms that a whole chunk holds, its headings counted as its words.
+
+    The relevance check ("does the canon hold this at all?") reads this.
+    """
+    sentences = analysed(text)
+    terms = set(tokens("\n".join({title, *(s.heading for s, _ in sentences)})))
+    terms.update(*(sentence_terms for _, sentence_terms in sentences))
+    return coverage(question_terms(question, idf), terms)
+
+
+def _join_fragments(line: str, pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    joined: list[tuple[int, int]] = []
+    carry = None
+    for start, end in pieces:
+        if carry is not None:
+            start, carry = carry, None
+        if is_fragment(line[start:end]):
+            carry = start
+            continue
+        joined.append((start, end))
+    if carry is not None:
+        if joined:
+            joined[-1] = (joined[-1][0], pieces[-1][1])
+        else:
+            joined.append((carry, pieces[-1][1]))
+    return joined
+
+
+def is_fragment(sentence: str) -> bool:
+    """Too short to say anything alone (a heading, a label, "Wardens wear grey")."""
+    return _word_count(sentence) < FRAGMENT_WORDS
+
+
+def leans_on_previous(sentence: str) -> bool:
+    """Whether a sentence opens with a pronoun, so it means little without the one before."""
+    stripped = sentence.lstrip("\"'“‘(「『 ")
+    if stripped.startswith(_ZH_PRONOUN_OPENERS):
+        return True
+    first = _LATIN_WORD.match(stripped)
+    return bool(first) and first.group(0).lower() in _PRONOUN_OPENERS
+
+
+def _related(stem: str, others: set[str]) -> bool:
+    """A different form of the same word: one stem a prefix of the other (found/founder), or nearly so."""
+    if len(stem) < 4 or _CJK.search(stem):
+        return False
+    for other in others:
+        if len(other) < 4 or other == stem:
+            continue
+        shorter = min(len(stem), len(other))
+        common = 0
+        while common < shorter and stem[common] == other[common]:
+            common += 1
+        if common == shorter or (common >= 5 and common >= shorter - 1):
+            return True
+    return False
+
+
+def term_credit(term: str, terms: set[str], context: list[tuple[set[str], float]]) -> float:
+    """How much of one question term a sentence holds: itself 1, a related form RELATED_FORM,
+    or only in its context (heading, the sentence it leans on) that context's weight."""
+    if term in terms:
+        return 1.0
+    credit = RELATED_FORM if _related(term, terms) else 0.0
+    for context_terms, weight in context:
+        if term in context_terms:
+            credit = max(credit, weight)
+    return credit
+
+
+def coverage(question_terms: dict[str, float], terms: set[str],
+             context: list[tuple[set[str], float]] = ()) -> float:
+    """Share of the question's terms, weighted by rarity, that a sentence (with its context) holds."""
+    total = sum(question_terms.values())
+    if not total:
+        return 0.0
+    return sum(weight * term_credit(term, terms, context) for term, weight in question_terms.items()) / total
+
+
+def has_evidence(sentence: str, kind: str, question: str) -> bool:
+    """Whether a sentence holds the kind of thing asked for, beyond what the question already says."""
+    asked = fold(question)
+    if kind == "person":
+        known = set(tokens(question))
+        return ("·" in sentence or "‧" in sentence
+                or any(set(tokens(m.group(0))) - known for m in _CAPITALISED_RUN.finditer(sentence)))
+    pattern = _EVIDENCE[kind]
+    return any(fold(m.group(0)) not in asked for m in pattern.finditer(sentence))
+
+
+def question_terms(question: str, idf: Callable[[str], float]) -> dict[str, float]:
+    """The question's content terms (less its question words and the CJK bigrams that hold a
+    function character, like 鹿的 or 贯是), each weighted by its rarity in the canon."""
+    terms = query_tokens(_without_question_words(question)) or query_tokens(question)
+    return {term: idf(term) for term in dict.fromkeys(terms) if not _ZH_FUNCTION.search(term)}
+
+
+def _same(a: str, b: str) -> bool:
+    """Near-identical texts (the same line copied into several loc-table rows or chunks)."""
+    a, b = (re.sub(r"\W+", "", fold(t)) for t in (a, b))
+    if a == b:
+        return True
+    grams_a = {a[i:i + 3] for i in range(len(a) - 2)}
+    grams_b = {b[i:i + 3] for i in range(len(b) - 2)}
+    union = grams_a | grams_b
+    return bool(union) and len(grams_a & grams_b) / len(union) >= 0.8
+
+
+@dataclass
+class _Candidate:
+    """One sentence of the context, where it stands and what it scored."""
+
+    n: int  # the chunk's citation number
+    rank: int  # the chunk's place in the ranking, from 1
+    order: int  # the sentence's place in its chunk
+    sentence: _Sentence
+    text: str
+    terms: set[str]
+    score: float = 0.0
+
+
+def _local_rarity(asked: dict[str, float], sentences: list[_Candidate]) -> dict[str, float]:
+    """Question terms weighted again by how few of the context's sentences hold them; terms none holds dropped.
+
+    The subject of a passage is in most of its sentences, so it cannot tell them
+    apart; the words that set the answering sentence apart are the rarer ones here.
+    """
+    count = len(sentences)
+    weights = {}
+    for term, weight in asked.items():
+        holding = sum(term in s.terms or _related(term, s.terms) for s in sentences)
+        if holding:
+            weights[term] = weight * max(LOCAL_FLOOR, math.log((count - holding + 0.5) / (holding + 0.5)))
+    return weights
+
+
+def candidates(question: str, chunks: list[tuple[int, str, str]], idf: Callable[[str], float]) -> list[_Candidate]:
+    """Every sentence of the chunks ((n, text, heading), in rank order), scored, best first."""
+    by_chunk = []
+    for rank, (n, text, title) in enumerate(chunks, start=1):
+        sentences = [_Candidate(n, rank, order, s, text[s.start:s.end], set(terms))
+                     for order, (s, terms) in enumerate(analysed(text))]
+        by_chunk.append((title, sentences))
+    everything = [c for _, sentences in by_chunk for c in sentences]
+    asked = _local_rarity(question_terms(question, idf), everything)
+    kind = question_type(question)
+    for title, sentences in by_chunk:
+        heading_terms: dict[str, set[str]] = {}
+        for candidate in sentences:
+            heading = candidate.sentence.heading
+            if heading not in heading_terms:
+                heading_terms[heading] = set(tokens(f"{title}\n{heading}"))
+            context = [(heading_terms[heading], HEADING)]
+            if candidate.order and leans_on_previous(candidate.text):
+                context.append((sentences[candidate.order - 1].terms, LEANED_ON))
+            candidate.score = coverage(asked, candidate.terms, context) + RANK_BONUS / candidate.rank
+            if kind and has_evidence(candidate.text, kind, question):
+                candidate.score += TYPE_BONUS
+    return sorted(everything, key=lambda c: (-c.score, c.rank, c.order))
+
+
+def _with_antecedents(candidate: _Candidate, sentences: list[_Candidate]) -> list[_Candidate]:
+    """The sentence, after up to two before it that it leans on through an opening pronoun."""
+    unit = [candidate]
+    while len(unit) < 3 and unit[0].order and leans_on_previous(unit[0].text):
+        unit.insert(0, sentences[unit[0].order - 1])
+    return unit
+
+
+def _runs(unit: list[_Candidate], text: str) -> list[Quote]:
+    """Consecutive sentences of one line as one quote (whitespace made single spaces)."""
+    quotes: list[Quote] = []
+    first = last = unit[0]
+    for candidate in unit[1:]:
+        if candidate.sentence.line == last.sentence.line and candidate.order == last.order + 1:
+            last = candidate
+            continue
+        quotes.append(Quote(" ".join(text[first.sentence.start:last.sentence.end].split()), first.n))
+        first = last = candidate
+    quotes.append(Quote(" ".join(text[first.sentence.start:last.sentence.end].split()), first.n))
+    return quotes
+
+
+def choose(question: str, chunks: list[tuple[int, str, str]], idf: Callable[[str], float],
+           max_sentences: int = MAX_QUOTES) -> list[Quote]:
+    """The quotes that answer the question best, best first: at most max_sentences sentences chosen,
+    each after the sentences it leans on, none said twice.
+
+    Args:
+        chunks: (citation number, text, heading) of each chunk in the context, in rank order.
+        idf: how rare a term is in the canon (kb.retrieve.Corpus.idf).
+    """
+    ranked = candidates(question, chunks, idf)
+    texts = {n: text for n, text, _ in chunks}
+    sentences_of: dict[int, list[_Candidate]] = {}
+    for candidate in sorted(ranked, key=lambda c: (c.n, c.order)):
+        sentences_of.setdefault(candidate.n, []).append(candidate)
+    said: list[_Candidate] = []
+    quotes: list[Quote] = []
+    picked = 0
+    for candidate in ranked:
+        if picked == max_sentences:
+            break
+        unit = [c for c in _with_antecedents(candidate, sentences_of[candidate.n])
+                if not any(c is old or _same(c.text, old.text) for old in said)]
+        if not unit or unit[-1] is not candidate:
+            continue
+        said.extend(unit)
+        quotes.extend(_runs(unit, texts[candidate.n]))
+        picked += 1
+    return quotes
+
+
+def render(quotes: list[Quote]) -> str:
+    """Quotes as answer text: each followed by its [n] citation."""
+    return " ".join(f"{q.text} [{q.n}]" for q in quotes)

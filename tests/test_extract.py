@@ -1,0 +1,185 @@
+"""Sentence choice for extractive answers (kb/extract.py), and `kb ask --json` on a small world of the test's own."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from kb.extract import RELATED_FORM, choose, is_fragment, leans_on_previous, passage_coverage, question_type, render, split_sentences
+from tests.conftest import invoke, invoke_json
+
+
+def flat(term: str) -> float:
+    return 1.0
+
+
+def sentences(text: str) -> list[str]:
+    return [text[start:end] for start, end in split_sentences(text)]
+
+
+WARDENS = ("The Brine Wardens keep the northern lights burning through the winter storms. "
+           "Their founder, Osric Vane, lost both hands to frostbite in the winter of 212 TC.\n"
+           "Wardens wear grey.")
+
+
+@pytest.mark.parametrize("question, kind", [
+    ("Who founded the Brine Wardens?", "person"),
+    ("When did the Great Drowning happen?", "date"),
+    ("In what year was the Archive founded?", "date"),
+    ("How many great kilns are there on Cinderholm?", "number"),
+    ("Where does Maren keep her ferry?", "place"),
+    ("What did the man who built the tower want?", None),
+    ("Why did the Council vote?", None),
+    ("谁在潮历118年创立了玻璃匠公会？", "person"),
+    ("沉没档案馆是哪一年建立的？", "date"),
+    ("长退潮节是什么时候？", "date"),
+    ("灰港大约有多少人口？", "number"),
+    ("长退潮节一共持续几天？", "number"),
+    ("科兰丁浅海的首都是哪里？", "place"),
+    ("盐缚者会逐渐失去哪种感觉？", None),
+])
+def test_question_type_says_what_is_asked_for(question, kind):
+    assert question_type(question) == kind
+
+
+def test_founder_answers_who_founded():
+    quotes = choose("Who founded the Brine Wardens?", [(1, WARDENS, "Brine Wardens")], flat)
+    assert "Osric Vane" in quotes[0].text
+    assert "Wardens wear grey" not in quotes[0].text
+
+
+def test_a_sentence_opening_with_a_pronoun_brings_the_one_it_leans_on():
+    assert leans_on_previous("Their founder, Osric Vane, lost both hands.")
+    assert leans_on_previous("他于1912年创办了公学。")
+    assert not leans_on_previous("Osric Vane lost both hands.")
+    [first, *_] = choose("Who founded the Brine Wardens?", [(1, WARDENS, "")], flat)
+    assert first.text.startswith("The Brine Wardens keep the northern lights burning")
+    assert first.text.endswith("in the winter of 212 TC.")
+
+
+def test_splits_keep_abbreviations_initials_and_quoted_speech_whole():
+    text = ('Mr. Vane met Dr. Holt at St. Ives in the spring. J. R. Holt wrote it down the same night. '
+            '"Go!" cried the King to his huntsmen. The men ran as fast as they could.')
+    assert sentences(text) == [
+        "Mr. Vane met Dr. Holt at St. Ives in the spring.",
+        "J. R. Holt wrote it down the same night.",
+        '"Go!" cried the King to his huntsmen.',
+        "The men ran as fast as they could.",
+    ]
+
+
+def test_splits_drop_list_markers_and_headings_and_undo_line_wraps():
+    text = ("## Customs\n"
+            "- Every warden carries a lantern of tideglass at night.\n"
+            "- Wardens never sail alone past the outer reefs.\n"
+            "Once upon a time there was a poor woman, who lived in a wretched hut far\n"
+            "away from the village, with her three daughters.")
+    assert sentences(text) == [
+        "Every warden carries a lantern of tideglass at night.",
+        "Wardens never sail alone past the outer reefs.",
+        "Once upon a time there was a poor woman, who lived in a wretched hut far\n"
+        "away from the village, with her three daughters.",
+    ]
+    [quote] = choose("Where did the poor woman live?", [(1, text.split("\n", 3)[3], "")], flat)
+    assert quote.text == ("Once upon a time there was a poor woman, who lived in a wretched hut far "
+                          "away from the village, with her three daughters.")
+
+
+def test_a_fragment_is_never_quoted_alone():
+    assert is_fragment("Wardens wear grey.")
+    assert not is_fragment("Every warden carries a lantern of tideglass.")
+    text = "Wardens wear grey. Every warden carries a lantern of tideglass at night."
+    assert sentences(text) == [text]
+    alone = "Brine Wardens\nNo. 4 is the oldest tower of the wardens in the isles.\nWardens wear grey."
+    assert sentences(alone) == ["No. 4 is the oldest tower of the wardens in the isles."]
+
+
+def test_chinese_sentences_split_after_closing_quotes_not_at_semicolons():
+    text = "他说：「我们走吧。」众人随即出发；天色已晚。灰港是科兰丁浅海的首都，人口约两万三千。"
+    assert sentences(text) == ["他说：「我们走吧。」", "众人随即出发；天色已晚。", "灰港是科兰丁浅海的首都，人口约两万三千。"]
+
+
+def test_near_identical_sentences_are_said_once():
+    row = "The Orrin Light can be seen twenty-two miles away on a clear night."
+    chunks = [(1, row, ""), (2, row + " ", ""), (3, "The Orrin Light can be seen twenty-two miles away on a clear night!", "")]
+    quotes = choose("How far away can the Orrin Light be seen?", chunks, flat)
+    assert [q.n for q in quotes] == [1]
+
+
+def test_best_sentence_first_and_at_most_three():
+    text = " ".join(f"The harbour of Greyhithe has {word} piers along the old wall." for word in
+                    ("many", "some", "few", "wide", "narrow"))
+    text += " The capital of the Corrandine Shallows is Greyhithe, on Saltreach."
+    quotes = choose("What is the capital of the Corrandine Shallows?", [(1, text, "")], flat)
+    assert quotes[0].text == "The capital of the Corrandine Shallows is Greyhithe, on Saltreach."
+    assert len(quotes) == 3
+    assert render(quotes[:1]) == "The capital of the Corrandine Shallows is Greyhithe, on Saltreach. [1]"
+
+
+def test_the_kind_asked_for_picks_the_sentence_that_holds_it():
+    text = ("The Great Drowning is remembered in every harbour song of the Shallows. "
+            "The Great Drowning came in 203 TC and took the old capital.")
+    assert choose("When did the Great Drowning happen?", [(1, text, "")], flat, 1)[0].text.endswith("203 TC and took the old capital.")
+    zh = "玻璃匠公会历史悠久，以烧制潮汐玻璃闻名。玻璃匠公会由奥斯克·布兰德创立，总部设在灰港。"
+    assert "奥斯克·布兰德" in choose("谁创立了玻璃匠公会？", [(1, zh, "")], flat, 1)[0].text
+
+
+def test_passage_coverage_counts_related_forms_and_the_heading():
+    assert passage_coverage("Who founded the Brine Wardens?", "Their founder lost both hands.", "Brine Wardens",
+                            flat) == pytest.approx((RELATED_FORM + 2) / 3)
+    assert passage_coverage("Who founded the Brine Wardens?", "The harbour is quiet.", "", flat) == 0.0
+
+
+# --- end to end -------------------------------------------------------------------
+
+
+@pytest.fixture
+def wardens_kb(tmp_path):
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "brine-wardens.md").write_text(
+        "---\ntitle: The Brine Wardens\n---\n# The Brine Wardens\n\n"
+        "The Brine Wardens keep the northern lights of the Fellstack Isles and rescue sailors in winter. "
+        "Their founder, Osric Vane, lost both hands to frostbite in the winter of 212 TC. "
+        "Wardens wear grey.\n\n"
+        "## Customs\n\n"
+        "Every warden carries a lantern of tideglass, and no warden sails alone past the outer reefs.\n",
+        encoding="utf-8")
+    (world / "harbour.md").write_text(
+        "# Greyhithe\n\nGreyhithe is the capital of the Corrandine Shallows. Its harbour has nine piers "
+        "and a salt market that opens at dawn.\n", encoding="utf-8")
+    kb_dir = tmp_path / "kb"
+    result = invoke("ingest", world, "--kb", kb_dir)
+    assert result.exit_code == 0, result.output
+    return kb_dir
+
+
+def test_kb_ask_names_the_founder_and_cites_its_words(wardens_kb):
+    result, data = invoke_json("ask", "Who founded the Brine Wardens?", "--kb", wardens_kb)
+    assert result.exit_code == 0, result.output
+    assert data["mode"] == "extractive"
+    assert "Osric Vane" in data["answer"]
+    by_n = {c["n"]: c for c in data["citations"]}
+    pairs = re.findall(r"\s*(.+?) \[(\d+)\](?=\s|$)", data["answer"])
+    assert pairs and len(pairs) <= 3 + 3  # at most three chosen, each with what it leans on
+    assert "Osric Vane" in pairs[0][0]
+    for sentence, n in pairs:
+        assert sentence in " ".join(by_n[int(n)]["text"].split())
+
+
+def test_an_llm_answer_that_cites_nothing_lists_its_canon_as_retrieved(wardens_kb, fake_openai):
+    fake_openai.reply = "The wardens were founded long ago."
+    result, data = invoke_json("ask", "Who founded the Brine Wardens?", "--kb", wardens_kb,
+                               "--base-url", fake_openai.base_url)
+    assert result.exit_code == 0, result.output
+    assert data["mode"] == "llm" and data["citations"] == []
+    _, found = invoke_json("search", "Who founded the Brine Wardens?", "--kb", wardens_kb)
+    assert [c["id"] for c in data["retrieved"]] == [r["id"] for r in found["results"]]
+    plain = invoke("ask", "Who founded the Brine Wardens?", "--kb", wardens_kb, "--base-url", fake_openai.base_url)
+    assert "retrieved, not cited" in plain.stdout
+
+    fake_openai.reply = "Osric Vane founded them [1]."
+    _, data = invoke_json("ask", "Who founded the Brine Wardens?", "--kb", wardens_kb,
+                          "--base-url", fake_openai.base_url)
+    assert [c["n"] for c in data["citations"]] == [1] and "retrieved" not in data

@@ -17,6 +17,7 @@ from kb.errors import KBError, LLMError
 from kb.extract import choose, passage_coverage
 from kb.extract import render as render_quotes
 from kb.llm import chat
+from kb.retrieve import search
 from kb.store import Store
 
 if TYPE_CHECKING:
@@ -127,8 +128,8 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
         return answer_without_canon(question, settings, system or NO_CANON_INSTRUCTION, model, on_token)
     system = system or INSTRUCTION
     query = query or question
-    store, corpus = kb.store, kb.corpus
-    hits = kb.search(query, k=k, limits=limits, flags=flags)
+    store, corpus = kb.store, kb.corpus  # one generation read: the hits and the IDF come from the same corpus
+    hits = search(store, corpus, query, k=k, limits=limits, flags=flags, config=settings.retrieval)
     cited = pack(hits, settings.context_tokens)
     use_llm = settings.llm_configured and not extractive
     mode = "llm" if use_llm else "extractive"

@@ -19,7 +19,7 @@ demo: $(BIN)/kb
 
 test: $(BIN)/kb
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: $(BIN)/kb
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

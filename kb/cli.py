@@ -580,19 +580,27 @@ def finetune_submit(file, model, suffix, epochs, validation, base_url, kb_dir, a
         click.echo(f"submitted {job['id']} ({job['status']}); follow it with: kb finetune follow {job['id']}")
 
 
-@finetune.command("status")
-@click.argument("job_id")
-@base_url_option
-@common
-def finetune_status(job_id, base_url, kb_dir, as_json):
-    """One job's state, and its model name once it has succeeded."""
-    from kb.finetune import status as job_status
+def _job_command(name: str, doc: str):
+    """`kb finetune status|cancel JOB_ID`: one call on one job (kb.finetune.<name>), printed alike."""
 
-    job = job_status(job_id, settings_from(kb_dir, base_url=base_url))
-    if as_json:
-        emit_json(job)
-    else:
-        print_job(job)
+    @finetune.command(name, help=doc)
+    @click.argument("job_id")
+    @base_url_option
+    @common
+    def command(job_id, base_url, kb_dir, as_json):
+        from kb import finetune as jobs
+
+        job = getattr(jobs, name)(job_id, settings_from(kb_dir, base_url=base_url))
+        if as_json:
+            emit_json(job)
+        else:
+            print_job(job)
+
+    return command
+
+
+_job_command("status", "One job's state, and its model name once it has succeeded.")
+_job_command("cancel", "Stop a job that is still queued or running.")
 
 
 @finetune.command("follow")
@@ -637,21 +645,6 @@ def finetune_list(limit, base_url, kb_dir, as_json):
         created = datetime.datetime.fromtimestamp(job["created_at"] or 0).isoformat(timespec="minutes")
         table.add_row(job["id"], job["status"], job["model"], job["fine_tuned_model"] or "", created)
     print_table(table)
-
-
-@finetune.command("cancel")
-@click.argument("job_id")
-@base_url_option
-@common
-def finetune_cancel(job_id, base_url, kb_dir, as_json):
-    """Stop a job that is still queued or running."""
-    from kb.finetune import cancel
-
-    job = cancel(job_id, settings_from(kb_dir, base_url=base_url))
-    if as_json:
-        emit_json(job)
-    else:
-        print_job(job)
 
 
 @cli.command()

@@ -347,16 +347,13 @@ def test_a_second_writer_fails_at_once_naming_the_store(tmp_path, kb_dir):
     docs = canon(tmp_path / "docs")
     assert invoke("ingest", docs / "kilns.txt", "--kb", kb_dir).exit_code == 0
     with write_lock(kb_dir):
-        started = time.monotonic()
         proc = subprocess.run([str(Path(sys.executable).with_name("kb")), "ingest", str(docs),
                                "--kb", str(kb_dir)], capture_output=True, text=True, timeout=60)
-        elapsed = time.monotonic() - started
-        assert proc.returncode == 1
+        assert proc.returncode == 1  # returned while we still hold the lock: it did not wait for it
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1, proc.stderr
         assert lines[0].startswith("error: ") and str(kb_dir) in lines[0]
         assert f"pid {os.getpid()}" in lines[0] and "another process" in lines[0]
-        assert elapsed < 20
 
         # in --json too, and readers are not blocked by a writer
         result, report = invoke_json("ingest", docs, "--kb", kb_dir)

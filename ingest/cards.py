@@ -5,10 +5,11 @@ from __future__ import annotations
 import yaml
 
 from ingest.errors import IngestError, ParseError
-from ingest.meta import coerce
+from ingest.meta import coerce, meta_key
 
 DEFAULT_UNKNOWN = "I don't know anything about that."
 _REQUIRED = ("name", "role", "persona")
+UNKNOWN_CANON = ("common", "hidden")  # canon without a limited key: common knowledge, or hidden (strict)
 
 
 def parse_card(text: str, path: str) -> dict:
@@ -32,17 +33,22 @@ def parse_card(text: str, path: str) -> dict:
         raise IngestError("NPC card field 'knows' must be a mapping like {chapter: 2}", path)
     limits = {}
     for key, value in knows.items():
+        key = meta_key(key)
         if isinstance(value, list):
             if not value or not all(isinstance(v, (str, int, float)) for v in value):
                 raise IngestError(f"NPC card field 'knows.{key}' must list plain values", path)
-            limits[str(key)] = [coerce(v) for v in value]
+            limits[key] = [coerce(v) for v in value]
         elif isinstance(value, (str, int, float)):
-            limits[str(key)] = coerce(value)
+            limits[key] = coerce(value)
         else:
             raise IngestError(f"NPC card field 'knows.{key}' must be a value or a list", path)
     unknown = card.get("unknown_answer", DEFAULT_UNKNOWN)
     if not isinstance(unknown, str):
         raise IngestError("NPC card field 'unknown_answer' must be text", path)
+    unknown_canon = card.get("unknown", UNKNOWN_CANON[0])
+    if unknown_canon not in UNKNOWN_CANON:
+        raise IngestError("NPC card field 'unknown' must be 'common' (canon without a limited key is "
+                          "common knowledge) or 'hidden'", path)
     return {
         "name": card["name"].strip(),
         "role": card["role"].strip(),
@@ -50,4 +56,5 @@ def parse_card(text: str, path: str) -> dict:
         "speaker": str(card.get("speaker") or card["name"]).strip(),
         "knows": limits,
         "unknown_answer": unknown.strip(),
+        "unknown": unknown_canon,
     }

@@ -44,13 +44,19 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def meta_key(key) -> str:
+    """A metadata key as stored: `Chapter` and `chapter` are one key, so NPC limits and filters see both."""
+    return str(key).strip().casefold()
+
+
 def clean_meta(meta: dict) -> dict:
-    """Keep values chromadb can store: scalars and non-empty lists of scalars.
+    """Keep values chromadb can store: scalars and non-empty lists of scalars, under case-folded keys.
 
     A `requires:` condition is stored as the list `requires_flags`.
     """
     out = {}
     for key, value in meta.items():
+        key = meta_key(key)
         if value is None:
             continue
         if key in ("requires", "requires_flags"):
@@ -59,11 +65,11 @@ def clean_meta(meta: dict) -> dict:
         if isinstance(value, (list, tuple)):
             items = [coerce(v) for v in value if isinstance(v, (str, int, float, bool))]
             if items:
-                out[str(key)] = items
+                out[key] = items
         elif isinstance(value, (str, int, float, bool)):
-            out[str(key)] = coerce(value)
+            out[key] = coerce(value)
         else:
-            out[str(key)] = str(value)
+            out[key] = str(value)
     return out
 
 
@@ -84,7 +90,8 @@ def split_front_matter(text: str, path: str) -> tuple[dict, str]:
 
 
 def tags_to_meta(tags: list[str]) -> dict:
-    """Turn script tags like `chapter:1` or `region: Saltreach` into metadata; bare tags go to `tags`."""
+    """Turn script tags like `chapter:1` or `Region: Saltreach` into metadata (keys case-folded);
+    bare tags go to `tags`."""
     meta: dict = {}
     bare = []
     for tag in tags:
@@ -93,7 +100,7 @@ def tags_to_meta(tags: list[str]) -> dict:
             continue
         key, sep, value = tag.partition(":")
         if sep and key.strip() and value.strip():
-            meta[key.strip()] = coerce(value)
+            meta[meta_key(key)] = coerce(value)
         else:
             bare.append(tag)
     if bare:

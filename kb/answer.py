@@ -109,7 +109,7 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
             extractive: bool = False, model: str | None = None, system: str | None = None,
             not_found: str = NOT_IN_CANON, limits: dict | None = None, retrieval: bool = True,
             on_token: Callable[[str], None] | None = None, flags: frozenset[str] | None = None,
-            query: str | None = None, history: list[dict] | None = None,
+            query: str | None = None, history: list[dict] | None = None, strict: bool = False,
             on_prompt: Callable[[list[dict]], None] | None = None) -> Answer:
     """Retrieve, pack and answer one question; the NPC path passes its own system prompt and limits.
 
@@ -117,7 +117,8 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
     fine-tuned model can be measured with and without the canon in front of it.
     In a conversation, ``query`` (kb/conversation.py's condensed question) is what
     retrieval searches and ``history`` the bounded turns the model sees before it.
-    ``flags`` hides canon whose `requires:` they do not meet (kb/gamestate.py).
+    ``flags`` hides canon whose `requires:` they do not meet, ``strict`` canon without a
+    limited key (kb/gamestate.py).
     ``on_prompt`` receives the messages a chat model is (or, offline, would be) sent,
     so the NPC evaluation can check them for hidden canon.
     """
@@ -129,7 +130,8 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
     system = system or INSTRUCTION
     query = query or question
     store, corpus = kb.store, kb.corpus  # one generation read: the hits and the IDF come from the same corpus
-    hits = search(store, corpus, query, k=k, limits=limits, flags=flags, config=settings.retrieval)
+    hits = search(store, corpus, query, k=k, limits=limits, flags=flags, strict=strict,
+                  config=settings.retrieval)
     cited = pack(hits, settings.context_tokens)
     use_llm = settings.llm_configured and not extractive
     mode = "llm" if use_llm else "extractive"

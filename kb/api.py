@@ -27,11 +27,11 @@ from kb.answer import Answer, respond
 from kb.config import RetrievalConfig, Settings
 from kb.conversation import bounded_history, retrieval_query
 from kb.errors import Busy
-from kb.gamestate import visibility
+from kb.gamestate import card_visibility, visibility
 from kb.npc import ask_npc, cards, find_card, voice_lines
 from kb.retrieve import Corpus, Hit, search
 from kb.store import Store
-from kb.sync import IngestReport, forget, ingest
+from kb.sync import IngestReport, forget, ingest, stored_limit_warnings
 
 
 @dataclass(frozen=True)
@@ -181,15 +181,17 @@ class KnowledgeBase:
     # -- reads --------------------------------------------------------------
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", where: dict | None = None,
-               limits: dict | None = None, flags: frozenset[str] | None = None) -> list[Hit]:
+               limits: dict | None = None, flags: frozenset[str] | None = None,
+               strict: bool = False) -> list[Hit]:
         """The k best visible chunks for a query, filtered by metadata ``where``, NPC ``limits``
-        and quest ``flags`` (None: canon that `requires:` flags is not hidden).
+        (``strict``: canon without a limited key is hidden too) and quest ``flags`` (None: canon
+        that `requires:` flags is not hidden).
 
         Raises:
             Unavailable: there is no knowledge base there.
         """
         return search(self.store, self.corpus, query, k=k, mode=mode, where=where, limits=limits,
-                      config=self.settings.retrieval, flags=flags)
+                      config=self.settings.retrieval, flags=flags, strict=strict)
 
     def ask(self, question: str, *, k: int = 5, extractive: bool = False, model: str | None = None,
             retrieval: bool = True, on_token: Callable[[str], None] | None = None,
@@ -229,9 +231,11 @@ class KnowledgeBase:
         return NPC(self, find_card(self.npcs(), name))
 
     def status(self) -> dict:
-        """Files, cards, chunks, model, size, generation and last ingest."""
+        """Files, cards, chunks, model, size, generation, last ingest, and warnings about
+        metadata the cards' limits cannot compare (``{path, warning}``)."""
         store = self.store
-        return {**store.status(), "generation": store.generation()}
+        return {**store.status(), "generation": store.generation(),
+                "warnings": stored_limit_warnings(store.files().values())}
 
 
 @dataclass
@@ -247,7 +251,7 @@ class NPC:
 
     def voice_lines(self, state: dict | None = None) -> list[str]:
         """A few of the NPC's own lines, from canon they may know (in this game state)."""
-        return voice_lines(self.kb.corpus, self.card, visibility(self.card["knows"], state, self.name))
+        return voice_lines(self.kb.corpus, self.card, card_visibility(self.card, state))
 
     def ask(self, question: str, *, k: int = 5, extractive: bool = False, model: str | None = None,
             retrieval: bool = True, on_token: Callable[[str], None] | None = None,

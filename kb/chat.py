@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from kb.errors import KBError
-from kb.gamestate import FLAGS, state_from_pairs, visibility
+from kb.gamestate import FLAGS, card_visibility, state_from_pairs
 
 if TYPE_CHECKING:
     from kb.api import NPC
@@ -41,7 +41,7 @@ def chat_loop(character: "NPC", state: dict, lines: TextIO, console: Console, **
     Raises:
         StateBeyondCard: the starting state asks for more than the card allows.
     """
-    visibility(character.card["knows"], state, character.name)  # refuse a bad starting state at once
+    card_visibility(character.card, state)  # refuse a bad starting state at once
     history: list[dict] = []
     console.print(f"[bold]{escape(character.name)}[/bold], {escape(character.card['role'])}. {HELP}",
                   highlight=False)
@@ -60,7 +60,7 @@ def chat_loop(character: "NPC", state: dict, lines: TextIO, console: Console, **
             try:
                 if pairs:
                     candidate = merged_state(state, pairs)
-                    visibility(character.card["knows"], candidate, character.name)
+                    card_visibility(character.card, candidate)
                     state = candidate
             except KBError as exc:
                 console.print(f"[red]refused:[/red] {escape(str(exc))}", highlight=False)

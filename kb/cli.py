@@ -142,6 +142,7 @@ def ingest(paths, embed_model, watching, debounce_ms, kb_dir, as_json):
         sys.exit(exc.exit_code)
     for failure in report.failed:
         click.echo(f"error: {failure['path']}: {failure['error']}", err=True)
+    echo_warnings(report.warnings)
     if as_json:
         emit_json(report.to_json())
     else:
@@ -262,8 +263,16 @@ def status(kb_dir, as_json):
         return
     table = Table(show_header=False)
     for key, value in data.items():
-        table.add_row(key, str(value))
+        if key != "warnings":
+            table.add_row(key, str(value))
     print_table(table)
+    echo_warnings(data["warnings"])
+
+
+def echo_warnings(warnings: list[dict]) -> None:
+    """One line on stderr per warning, naming the file."""
+    for warning in warnings:
+        click.echo(f"warning: {warning['path']}: {warning['warning']}", err=True)
 
 
 @cli.command()

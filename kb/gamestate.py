@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ingest.meta import coerce
+from ingest.meta import coerce, meta_key
 from kb.errors import Forbidden, KBError
 from kb.limits import requirements_met, within_limits
 
@@ -40,14 +40,16 @@ class Visibility:
 
     ``flags`` is None when nothing is gated by flags (a writer's `kb ask` with no
     state sees canon whatever it requires); an NPC always has a set, maybe empty.
+    ``strict``: canon without a limited key is hidden too (a card's `unknown: hidden`).
     """
 
     limits: dict
     flags: frozenset[str] | None
+    strict: bool = False
 
     def allows(self, meta: dict) -> bool:
         """This chunk (by its metadata) is within the limits and its required flags are set."""
-        return within_limits(meta, self.limits) and requirements_met(meta, self.flags)
+        return within_limits(meta, self.limits, self.strict) and requirements_met(meta, self.flags)
 
 
 def _plain(value) -> bool:
@@ -66,6 +68,7 @@ def check_state(state: dict | None) -> dict:
         raise InvalidState("state must be a mapping like {\"chapter\": 2, \"flags\": {\"met_sefa\": true}}")
     checked: dict = {}
     for key, value in state.items():
+        key = meta_key(key)
         if key == FLAGS:
             flags = {name: True for name in value} if isinstance(value, list) else value
             if not isinstance(flags, dict) or not all(isinstance(n, str) and isinstance(v, bool)
@@ -122,10 +125,12 @@ def _narrow(key: str, ceiling, wanted, who: str):
     return wanted
 
 
-def visibility(card_limits: dict, state: dict | None, who: str = "this NPC", gate_flags: bool = True) -> Visibility:
+def visibility(card_limits: dict, state: dict | None, who: str = "this NPC", gate_flags: bool = True,
+               strict: bool = False) -> Visibility:
     """What a request with ``state`` may see under a card's limits (``{}``: no card, no ceiling).
 
-    ``gate_flags`` False (a writer's question with no state) leaves `requires:` canon visible.
+    ``gate_flags`` False (a writer's question with no state) leaves `requires:` canon visible;
+    ``strict`` hides canon without a limited key.
 
     Raises:
         InvalidState: the state is malformed.
@@ -139,4 +144,14 @@ def visibility(card_limits: dict, state: dict | None, who: str = "this NPC", gat
         limits[key] = _narrow(key, card_limits[key], wanted, who) if key in card_limits else wanted
     flags = state.get(FLAGS, {})
     gated = gate_flags or bool(state)
-    return Visibility(limits, frozenset(n for n, on in flags.items() if on) if gated else None)
+    return Visibility(limits, frozenset(n for n, on in flags.items() if on) if gated else None, strict)
+
+
+def card_visibility(card: dict, state: dict | None) -> Visibility:
+    """What an NPC may see in ``state``: its card's `knows` (strict with `unknown: hidden`), narrowed by the state.
+
+    Raises:
+        InvalidState: the state is malformed.
+        StateBeyondCard: the state asks for more than the card allows.
+    """
+    return visibility(card["knows"], state, card["name"], strict=card.get("unknown") == "hidden")

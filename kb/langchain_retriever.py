@@ -47,6 +47,7 @@ class LoreRetriever(BaseRetriever):
     npc: str | None = None
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        limits = self.kb.npc(self.npc).card["knows"] if self.npc else None
-        hits = self.kb.search(query, k=self.k, mode=self.mode, where=self.where, limits=limits)
+        card = self.kb.npc(self.npc).card if self.npc else {"knows": None}
+        hits = self.kb.search(query, k=self.k, mode=self.mode, where=self.where, limits=card["knows"],
+                              strict=card.get("unknown") == "hidden")
         return [as_document(hit) for hit in hits]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from kb.answer import Answer, respond
 from kb.conversation import bounded_history, retrieval_query
 from kb.errors import NotFound
-from kb.gamestate import Visibility, visibility
+from kb.gamestate import Visibility, card_visibility
 from kb.in_character import first_person, npc_names, own_line_answer
 from kb.lexical import query_tokens, tokens
 from kb.retrieve import Corpus
@@ -64,7 +64,7 @@ VOICES_PER_CORPUS = 1024
 
 def _visibility_key(seen: Visibility) -> tuple:
     return (tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in seen.limits.items())),
-            seen.flags)
+            seen.flags, seen.strict)
 
 
 def voice_lines(corpus: Corpus, card: dict, seen: Visibility | None = None,
@@ -73,7 +73,7 @@ def voice_lines(corpus: Corpus, card: dict, seen: Visibility | None = None,
 
     ``seen`` is what this request may see (default: the card's limits, no quest flags).
     """
-    seen = seen or visibility(card["knows"], None)
+    seen = seen or card_visibility(card, None)
     key = (card["name"], card["speaker"], limit, _visibility_key(seen))
     cached = _voices.setdefault(corpus, {})
     if key in cached:
@@ -169,14 +169,14 @@ def ask_npc(kb: "KnowledgeBase", card: dict, question: str, retrieval: bool = Tr
         InvalidState: the state is malformed.
         StateBeyondCard: the state asks for more than the card allows.
     """
-    seen = visibility(card["knows"], state, card["name"])
+    seen = card_visibility(card, state)
     corpus, settings = kb.corpus, kb.settings
     turns = bounded_history(history or [])
     query = retrieval_query(question, turns, settings, corpus.idf, options.get("model"),
                             options.get("extractive", False))
     system = system_prompt(card, voice_lines(corpus, card, seen)) if retrieval else persona_prompt(card)
     answer = respond(kb, question, system=system, retrieval=retrieval, not_found=card["unknown_answer"],
-                     limits=seen.limits, flags=seen.flags, query=query, history=turns, **options)
+                     limits=seen.limits, flags=seen.flags, strict=seen.strict, query=query, history=turns, **options)
     answer = in_character(answer, card, question, query, corpus)
     answer.extra["npc"] = card["name"]
     return answer

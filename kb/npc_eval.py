@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from ingest.text import plain
 from kb.errors import KBError
 from kb.evaluate import read_jsonl
-from kb.gamestate import visibility
+from kb.gamestate import card_visibility
 from kb.in_character import npc_names
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def _sentences(text: str) -> set[str]:
 
 def hidden_canon(kb: "KnowledgeBase", card: dict, state: dict | None) -> tuple[set[str], set[str]]:
     """The ids of the chunks the card and state hide, and their sentences found in no visible chunk."""
-    seen = visibility(card["knows"], state, card["name"])
+    seen = card_visibility(card, state)
     corpus = kb.corpus
     hidden_ids, hidden, visible = set(), set(), set()
     for cid, text, meta in zip(corpus.ids, corpus.texts, corpus.metas):

@@ -149,17 +149,17 @@ _masks: "weakref.WeakKeyDictionary[Corpus, dict]" = weakref.WeakKeyDictionary()
 
 
 def allowed_mask(corpus: Corpus, where: dict | None, limits: dict | None,
-                 flags: frozenset[str] | None = None) -> np.ndarray | None:
+                 flags: frozenset[str] | None = None, strict: bool = False) -> np.ndarray | None:
     """Which chunks the filters let through, or None when nothing is filtered; cached per corpus."""
     if not where and not limits and flags is None:
         return None
-    key = (_frozen(where), _frozen(limits), flags)
+    key = (_frozen(where), _frozen(limits), flags, strict)
     masks = _masks.setdefault(corpus, {})
     mask = masks.get(key)
     if mask is None:
         if len(masks) >= MASKS_PER_CORPUS:
             masks.clear()
-        mask = masks[key] = np.array([matches_where(m, where or {}) and within_limits(m, limits or {})
+        mask = masks[key] = np.array([matches_where(m, where or {}) and within_limits(m, limits or {}, strict)
                                       and requirements_met(m, flags) for m in corpus.metas], dtype=bool)
     return mask
 
@@ -224,11 +224,13 @@ def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], dense_we
 
 def search(store: Store, corpus: Corpus, query: str, k: int = 5, mode: str = "hybrid",
            where: dict | None = None, limits: dict | None = None,
-           config: RetrievalConfig = DEFAULT_CONFIG, flags: frozenset[str] | None = None) -> list[Hit]:
-    """The k best visible chunks for a query (``flags``: hide canon whose `requires:` they do not meet)."""
+           config: RetrievalConfig = DEFAULT_CONFIG, flags: frozenset[str] | None = None,
+           strict: bool = False) -> list[Hit]:
+    """The k best visible chunks for a query (``flags``: hide canon whose `requires:` they do not meet;
+    ``strict``: hide canon without a limited key)."""
     if not corpus.ids or not query.strip():
         return []
-    allowed = allowed_mask(corpus, where, limits, flags)
+    allowed = allowed_mask(corpus, where, limits, flags, strict)
     depth = max(config.depth, 4 * k)
     if mode == "bm25":
         ranked = corpus.bm25_ranking(query, allowed, k, config)

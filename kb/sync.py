@@ -18,6 +18,7 @@ from ingest.discover import discover, file_hash, file_key
 from ingest.errors import IngestError, NothingToIndex
 from ingest.load import load_card, load_chunks
 from kb.config import Settings
+from kb.limits import limit_warnings, non_numbers
 from kb.store import FileRecord, Store, write_lock
 
 
@@ -31,6 +32,7 @@ class IngestReport:
     removed: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
     chunks: int = 0
 
     def to_json(self) -> dict:
@@ -67,6 +69,7 @@ def _store_file(store: Store, found, data: bytes, digest: str, settings: Setting
                          settings.chunk_overlap, settings.cjk_chunk_tokens, file_path=found.path)
     for chunk in chunks:
         chunk.meta["ingested_at"] = record.ingested_at
+    record.non_numbers = non_numbers(c.meta for c in chunks)
     embeddings = store.embed_passages([passage_text(c.text, c.meta) for c in chunks])
     record.chunks = len(chunks)
     store.put_file(record, [c.id for c in chunks], [c.text for c in chunks],
@@ -108,8 +111,18 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
             if on_file:
                 on_file(item.source)
         report.removed = _remove_vanished(store, records, paths, {str(f.path) for f in found})
+        report.warnings = stored_limit_warnings(store.files().values(), {str(f.path) for f in found})
         report.chunks = store.count()
     return report
+
+
+def stored_limit_warnings(records, paths: set[str] | None = None) -> list[dict]:
+    """Warnings for the stored files (those at ``paths``, else all) with values the cards' numeric
+    limits cannot compare, checked against the cards stored now."""
+    records = list(records)
+    cards = [r.card["knows"] for r in records if r.kind == "card" and r.card]
+    return limit_warnings(((r.source, r.non_numbers) for r in records
+                           if r.kind == "canon" and (paths is None or r.path in paths)), cards)
 
 
 def _remove_vanished(store: Store, records: dict[str, FileRecord], paths: list[str],

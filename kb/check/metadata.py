@@ -10,8 +10,8 @@ from ingest.parsers.loctable import METADATA_COLUMNS
 from kb.check.entities import Canon
 from kb.check.findings import RULES, Finding
 from kb.check.world import SourceFile
+from kb.limits import is_number, numeric_keys
 
-NUMERIC_KEYS = {"chapter"}
 STANDARD_KEYS = {"chapter", "region", "title", "speaker", "scene", "node", "knot", "stitch", "tags",
                  "lang", "locale", "key", "page", "sheet"}
 MIN_PEERS = 2  # other files of the same kind in the folder before a missing chapter is odd
@@ -33,14 +33,8 @@ def _keys(file: SourceFile) -> dict:
     return values
 
 
-def _numeric_keys(canon: Canon) -> set[str]:
-    """Keys compared as numbers: chapter, and any a card limits with a number."""
-    return NUMERIC_KEYS | {k for f in canon.files if f.card for k, v in f.card["knows"].items()
-                           if isinstance(v, (int, float))}
-
-
 def uncomparable(canon: Canon) -> list[Finding]:
-    numeric = _numeric_keys(canon)
+    numeric = numeric_keys(f.card["knows"] for f in canon.files if f.card)
     findings = []
     for file in canon.files:
         metas = [_keys(file)] if file.card_data is not None else file.metas
@@ -54,8 +48,7 @@ def uncomparable(canon: Canon) -> list[Finding]:
 
 
 def _is_number(value) -> bool:
-    values = value if isinstance(value, list) else [value]
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return all(is_number(v) for v in (value if isinstance(value, list) else [value]))
 
 
 def key_typos(canon: Canon) -> list[Finding]:

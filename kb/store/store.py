@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import chromadb
@@ -54,11 +54,14 @@ class FileRecord:
     chunks: int
     ingested_at: float
     card: dict | None = None
+    non_numbers: dict = field(default_factory=dict)  # per key, a value numeric limits cannot compare
 
     def to_meta(self) -> dict:
-        meta = {k: v for k, v in vars(self).items() if k != "card"}
+        meta = {k: v for k, v in vars(self).items() if k not in ("card", "non_numbers")}
         if self.card is not None:
             meta["card"] = json.dumps(self.card, ensure_ascii=False)
+        if self.non_numbers:
+            meta["non_numbers"] = json.dumps(self.non_numbers, ensure_ascii=False)
         return meta
 
     @classmethod
@@ -66,7 +69,7 @@ class FileRecord:
         fields = {k: meta[k] for k in ("key", "path", "source", "root", "hash", "kind",
                                       "chunks", "ingested_at")}
         card = json.loads(meta["card"]) if meta.get("card") else None
-        return cls(**fields, card=card)
+        return cls(**fields, card=card, non_numbers=json.loads(meta.get("non_numbers") or "{}"))
 
 
 def _client(kb_dir: Path, chroma_url: str | None):

@@ -11,8 +11,9 @@
 
 A KnowledgeBase is safe to share between threads. It opens its store on first
 use and keeps one in-memory corpus (the visible chunks and their BM25 indexes)
-per store generation: when an ingest moves the generation, one thread reloads
-while the others keep answering from the previous, complete corpus.
+per store generation: when an ingest moves the generation, one thread brings
+the on-disk postings up to date (kb/postings.py: only the changed files) and
+reloads while the others keep answering from the previous, complete corpus.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kb.conversation import bounded_history, retrieval_query
 from kb.errors import Busy
 from kb.gamestate import card_visibility, visibility
 from kb.npc import ask_npc, cards, find_card, voice_lines
+from kb.postings import Postings, index_path
 from kb.retrieve import Corpus, Hit, search
 from kb.store import Store
 from kb.sync import IngestReport, forget, ingest, stored_limit_warnings
@@ -53,6 +55,7 @@ class _Shared:
         self.store: Store | None = None
         self.loaded: _Loaded | None = None
         self.cards: _Cards | None = None
+        self.postings: Postings | None = None
         self.open_lock = threading.Lock()
         self.reload_lock = threading.Lock()
         self.ingest_lock = threading.Lock()
@@ -139,7 +142,9 @@ class KnowledgeBase:
     def _reload(self, store: Store) -> None:
         # the generation is read first: if a write lands during the load, the next call reloads
         generation = store.generation()
-        self._shared.loaded = _Loaded(generation, Corpus.load(store))
+        if self._shared.postings is None:
+            self._shared.postings = Postings(index_path(store))
+        self._shared.loaded = _Loaded(generation, Corpus.load(store, self._shared.postings))
 
     def warm(self) -> None:
         """Open the store, load the corpus and the embedding model before the first question."""

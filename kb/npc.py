@@ -132,7 +132,7 @@ def holds_rarest_term(question: str, answer: Answer, corpus: Corpus, among: int 
     accuracy from 0.29 to 0.79 and fact accuracy from 0.76 to 0.72; with the two
     rarest terms, 0.43 and 0.76.
     """
-    known = [t for t in query_tokens(question) if corpus.doc_freq.get(t)]
+    known = [t for t in query_tokens(question) if corpus.doc_freq(t)]
     if not known:
         return True
     rarest = set(sorted(set(known), key=corpus.idf, reverse=True)[:among])

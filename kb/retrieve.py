@@ -1,4 +1,4 @@
-"""Find the canon for a question: dense (chromadb), BM25 (bm25s), and their fusion, filtered.
+"""Find the canon for a question: dense (chromadb), BM25 (kb/postings.py), and their fusion, filtered.
 
 Filters (`--where`, an NPC's knowledge limits) are applied before ranking, to
 both retrievers: a chunk the filter hides is never scored, so it cannot leak
@@ -8,23 +8,19 @@ into the top k.
 from __future__ import annotations
 
 import math
-import pickle
-import sys
 import weakref
-from collections import Counter
 from dataclasses import dataclass
 
-import bm25s
 import numpy as np
 
 from ingest.text import detect_lang
 from kb.config import RetrievalConfig
-from kb.lexical import query_tokens, tokens, tokens_and_pairs, word_pairs
+from kb.lexical import query_tokens, tokens, word_pairs
 from kb.limits import requirements_met, within_limits
+from kb.postings import Loaded, Postings, index_path
 from kb.store import Store
 
 MODES = ("hybrid", "dense", "bm25")
-CACHE_FORMAT = 4  # bump when Corpus or the tokenizer changes, so old pickles are not reused
 DEFAULT_CONFIG = RetrievalConfig()
 MASKS_PER_CORPUS = 256  # distinct (where, limits, flags) masks kept per loaded corpus
 
@@ -47,58 +43,69 @@ class Hit:
                 "source": self.source, "metadata": self.metadata}
 
 
-class Corpus:
-    """The visible chunks and their BM25 indexes (terms, word pairs), cached on disk per store generation."""
+class Field:
+    """One BM25 index (the terms, or the word pairs) scored as bm25s scored it: Lucene BM25, k1 1.5, b 0.75.
 
-    def __init__(self, ids: list[str], texts: list[str], metas: list[dict]):
-        self.ids, self.texts, self.metas = ids, texts, metas
-        self.position = {cid: i for i, cid in enumerate(ids)}
-        self.bm25 = bm25s.BM25()
-        self.pairs: bm25s.BM25 | None = None  # None when no chunk has two words in a row (all Chinese)
-        self.doc_freq: Counter = Counter()
-        # Interned, each distinct term is held once while the indexes are built (peak RSS -22% at 30k chunks).
-        tokenized, paired = [], []
-        for text, meta in zip(texts, metas):
-            terms, pairs = tokens_and_pairs(f"{meta.get('title', '')}\n{text}")
-            tokenized.append(list(map(sys.intern, terms)))
-            paired.append(list(map(sys.intern, pairs)))
-        self.lengths = [len(terms) for terms in tokenized]
-        if ids:
-            for terms in tokenized:
-                self.doc_freq.update(set(terms))
-            self.bm25.index(tokenized, show_progress=False)
-            if any(paired):
-                self.pairs = bm25s.BM25()
-                self.pairs.index(paired, show_progress=False)
+    Postings are kept by term and scored at query time, so N, the average length
+    and each document frequency always describe the corpus as it now is; the
+    arithmetic follows bm25s step by step (float32 idf and sums, float64
+    term-frequency part), so the scores and ranks are those it gave.
+    """
+
+    K1, B = 1.5, 0.75
+
+    def __init__(self, postings: np.ndarray, lengths: np.ndarray):
+        order = np.argsort(postings[:, 1], kind="stable")
+        self.docs = postings[order, 0]
+        self.counts = postings[order, 2].astype(np.float32)
+        counts = np.bincount(postings[:, 1]) if len(postings) else np.zeros(0, dtype=np.int64)
+        self.start = np.concatenate([[0], np.cumsum(counts)])
+        self.lengths = lengths.astype(np.float64)
+        self.size = len(lengths)
+        self.average = self.lengths.mean() if self.size else 0.0
+
+    def doc_freq(self, term_id: int | None) -> int:
+        if term_id is None or term_id + 1 >= len(self.start):
+            return 0
+        return int(self.start[term_id + 1] - self.start[term_id])
+
+    def scores(self, term_ids: list[int]) -> np.ndarray:
+        """Every chunk's BM25 score for these terms (repeats count again, as in bm25s)."""
+        scores = np.zeros(self.size, dtype=np.float32)
+        for term_id in term_ids:
+            span = slice(self.start[term_id], self.start[term_id + 1])
+            docs, tf = self.docs[span], self.counts[span]
+            df = len(docs)
+            idf = np.float32(math.log(1 + (self.size - df + 0.5) / (df + 0.5)))
+            tfc = tf / (self.K1 * ((1 - self.B) + self.B * self.lengths[docs] / self.average) + tf)
+            scores[docs] += (idf * tfc).astype(np.float32)
+        return scores
+
+
+class Corpus:
+    """The visible chunks and their BM25 indexes (terms, word pairs), read from the postings on disk."""
+
+    def __init__(self, loaded: Loaded, postings: Postings):
+        self.ids, self.texts, self.metas = loaded.ids, loaded.texts, loaded.metas
+        self.position = {cid: i for i, cid in enumerate(self.ids)}
+        self.lengths = loaded.lengths.tolist()
+        self.terms = Field(loaded.terms, loaded.lengths)
+        self.pairs = Field(loaded.pairs, loaded.pair_lengths)
+        self._postings = postings
 
     @classmethod
-    def load(cls, store: Store) -> "Corpus":
-        """The corpus for the store's current generation, from the cache when it is fresh."""
-        generation = store.generation()
-        cache = None if store.chroma_url else store.kb_dir / "cache" / f"corpus-v{CACHE_FORMAT}-{generation}.pkl"
-        if cache and cache.exists():
-            try:
-                with open(cache, "rb") as fh:
-                    return pickle.load(fh)
-            except (OSError, pickle.PickleError, EOFError):
-                pass
-        corpus = cls(*store.all_chunks())
-        if cache:
-            try:
-                cache.parent.mkdir(exist_ok=True)
-                for old in cache.parent.glob("corpus-*.pkl"):
-                    old.unlink()
-                tmp = cache.with_suffix(".tmp")
-                with open(tmp, "wb") as fh:
-                    pickle.dump(corpus, fh)
-                tmp.replace(cache)
-            except OSError:
-                pass  # a read-only store still answers, just without the cache
-        return corpus
+    def load(cls, store: Store, postings: Postings | None = None) -> "Corpus":
+        """The store's visible chunks; the postings are brought up to date first (a changed file only)."""
+        postings = postings or Postings(index_path(store))
+        return cls(postings.current(store), postings)
+
+    def doc_freq(self, term: str) -> int:
+        """How many chunks hold a term."""
+        return self.terms.doc_freq(self._postings.lookup([term]).get(term))
 
     def idf(self, term: str) -> float:
         """How rare a term is in the canon; a term the canon never uses is rarest of all."""
-        return math.log(1 + (len(self.ids) + 1) / (self.doc_freq.get(term, 0) + 0.5))
+        return math.log(1 + (len(self.ids) + 1) / (self.doc_freq(term) + 0.5))
 
     def bm25_ranking(self, query: str, allowed: np.ndarray | None, limit: int,
                      config: RetrievalConfig = DEFAULT_CONFIG) -> list[tuple[int, float]]:
@@ -109,15 +116,16 @@ class Corpus:
         Only the top is sorted (argpartition): at 100k chunks a full sort cost
         ~40 ms of the ~46 ms a BM25 query took (bench/scale.py).
         """
-        vocab = self.bm25.vocab_dict if self.ids else {}
         wanted = query_tokens(query) if config.drop_question_words else tokens(query)
-        terms = [t for t in wanted if t in vocab]
+        pairs = word_pairs(query)
+        ids = self._postings.lookup(wanted + pairs) if self.ids else {}
+        terms = [ids[t] for t in wanted if self.terms.doc_freq(ids.get(t))]
         if not terms:
             return []
-        scores = self.bm25.get_scores(terms)
-        pairs = [p for p in word_pairs(query) if self.pairs and p in self.pairs.vocab_dict]
+        scores = self.terms.scores(terms)
+        pairs = [ids[p] for p in pairs if self.pairs.doc_freq(ids.get(p))]
         if pairs and config.pair_weight:
-            scores = scores + config.pair_weight * self.pairs.get_scores(pairs)
+            scores = scores + config.pair_weight * self.pairs.scores(pairs)
         if allowed is not None:
             scores = np.where(allowed, scores, 0.0)
         if limit < len(scores):

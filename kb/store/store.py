@@ -238,15 +238,25 @@ class Store:
         """Every visible chunk as (ids, texts, metadatas); stale rows of a half-done write are left out."""
         live = {key: rec.hash for key, rec in self.files().items()}
         ids, texts, metas = [], [], []
+        for cid, text, meta in self.scan_chunks(batch):
+            if live.get(meta.get("file_key")) == meta.get("file_hash"):
+                ids.append(cid)
+                texts.append(text)
+                metas.append(meta)
+        return ids, texts, metas
+
+    def scan_chunks(self, batch: int = 5000):
+        """Every chunk row, visible or not, as (id, text, metadata), a page at a time."""
         total = self.canon.count()
         for offset in range(0, total, batch):
             rows = self.canon.get(limit=batch, offset=offset, include=["documents", "metadatas"])
-            for cid, text, meta in zip(rows["ids"], rows["documents"], rows["metadatas"]):
-                if live.get(meta.get("file_key")) == meta.get("file_hash"):
-                    ids.append(cid)
-                    texts.append(text)
-                    metas.append(meta)
-        return ids, texts, metas
+            yield from zip(rows["ids"], rows["documents"], rows["metadatas"])
+
+    def file_chunks(self, key: str, file_hash: str) -> tuple[list[str], list[str], list[dict]]:
+        """One file version's chunks as (ids, texts, metadatas), for an index that follows the store."""
+        rows = self.canon.get(where={"$and": [{"file_key": key}, {"file_hash": file_hash}]},
+                              include=["documents", "metadatas"])
+        return rows["ids"], rows["documents"], rows["metadatas"]
 
     def dense_query(self, query: str, n: int, ids: list[str] | None = None):
         """Nearest chunks to a query by embedding: a list of (id, distance)."""

@@ -1,0 +1,279 @@
+"""The BM25 postings on disk (SQLite, data only), kept current from the store's file records.
+
+One row per ingested file version (its key, hash and ingest time) holds that
+file's visible chunks (ids, texts, metadata as JSON) and their term counts as
+packed integer arrays; a vocabulary table gives each term and word pair a
+stable id. Opening diffs the store's file records against the rows: only a
+new, changed or removed file is read from the store and tokenized, so a script
+drop touches its own postings and a reopened store builds nothing. Several
+`kb serve` replicas on one Chroma server each keep such a file current from
+the store they share.
+
+Nothing here is code: a file that is not our format, is corrupt, or comes from
+an older format is deleted and rebuilt from the store (11.7: the pickle it
+replaces ran whatever a writer of the cache directory put there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kb.lexical import tokens_and_pairs
+from kb.store import FileRecord, Store
+
+FORMAT = 5  # PRAGMA user_version: bump when the schema or the tokenizer changes
+APPLICATION_ID = 0x4C4B4235  # "LKB5": a SQLite file that is not ours is rebuilt, never read
+FULL_SCAN_FILES = 50  # more changed files than this: one paged scan of the store instead of a read per file
+WRITE_BATCH_CHUNKS = 20_000  # chunks tokenized and written per transaction on a cold build
+_SCHEMA = """
+CREATE TABLE files (key TEXT PRIMARY KEY, version TEXT NOT NULL, seq INTEGER NOT NULL,
+                    ids TEXT NOT NULL, texts TEXT NOT NULL, metas TEXT NOT NULL,
+                    lengths BLOB NOT NULL, pair_lengths BLOB NOT NULL,
+                    terms BLOB NOT NULL, pairs BLOB NOT NULL);
+CREATE TABLE vocabulary (id INTEGER PRIMARY KEY, term TEXT NOT NULL UNIQUE);
+"""
+
+
+def version_of(record: FileRecord) -> str:
+    """What must match for a file's postings to be reused: its content hash and when it was ingested."""
+    return f"{record.hash}@{record.ingested_at!r}"
+
+
+def index_path(store: Store) -> Path:
+    """Where a store's postings live: beside a local store, or one file per Chroma server URL."""
+    if store.chroma_url:
+        digest = hashlib.sha1(store.chroma_url.encode()).hexdigest()[:12]
+        return store.kb_dir / "cache" / f"bm25-{digest}.sqlite"
+    return store.kb_dir / "cache" / "bm25.sqlite"
+
+
+@dataclass
+class FileChunks:
+    """One file version's visible chunks, as the store holds them."""
+
+    key: str
+    version: str
+    ids: list[str]
+    texts: list[str]
+    metas: list[dict]
+
+
+@dataclass
+class Loaded:
+    """Every indexed chunk in file order, with postings as (chunk, term id, count) rows per field."""
+
+    ids: list[str]
+    texts: list[str]
+    metas: list[dict]
+    lengths: np.ndarray
+    pair_lengths: np.ndarray
+    terms: np.ndarray  # int32 (n, 3)
+    pairs: np.ndarray  # int32 (n, 3)
+
+
+def _postings(counts: list[Counter], ids: dict[str, int]) -> bytes:
+    rows = [(doc, ids[term], n) for doc, counter in enumerate(counts) for term, n in counter.items()]
+    return np.array(rows, dtype=np.int32).reshape(-1, 3).tobytes()
+
+
+def _array(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.int32)
+
+
+class Postings:
+    """A store's BM25 postings in one SQLite file (or in memory where nothing can be written)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()  # one connection, shared by a server's threads
+        self.db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path is None:
+            return self._create(sqlite3.connect(":memory:", check_same_thread=False))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+            if self._usable(db):
+                return db
+            db.close()
+            self._remove()
+            return self._create(sqlite3.connect(self.path, timeout=60, check_same_thread=False))
+        except (OSError, sqlite3.Error):
+            self.path = None  # a read-only or broken cache directory: index in memory for this process
+            return self._create(sqlite3.connect(":memory:", check_same_thread=False))
+
+    def _remove(self) -> None:
+        """Delete this index and what an older version cached beside it (pickles are never read)."""
+        for path in [self.path, *(self.path.with_name(self.path.name + s) for s in ("-wal", "-shm"))]:
+            path.unlink(missing_ok=True)
+        for old in self.path.parent.glob("corpus-*.pkl"):
+            old.unlink(missing_ok=True)
+
+    @staticmethod
+    def _usable(db: sqlite3.Connection) -> bool:
+        """Ours and this format (made ours if new and empty); damage found later rebuilds it too."""
+        try:
+            app = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if app == 0 and version == 0 and not db.execute("SELECT 1 FROM sqlite_master").fetchone():
+                Postings._create(db)
+                return True
+            return app == APPLICATION_ID and version == FORMAT
+        except sqlite3.Error:
+            return False
+
+    @staticmethod
+    def _create(db: sqlite3.Connection) -> sqlite3.Connection:
+        db.execute("PRAGMA journal_mode = WAL")  # readers (other replicas, the CLI) never wait for a writer
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version = {FORMAT}")
+        db.commit()
+        return db
+
+    def current(self, store: Store) -> "Loaded":
+        """The store's chunks and postings, brought up to date first; a damaged index is rebuilt once."""
+        try:
+            self.update(store)
+            return self.load()
+        except (sqlite3.Error, ValueError, TypeError, KeyError, IndexError):
+            with self._lock:
+                self.db.close()
+                if self.path is not None:
+                    self._remove()
+                self.db = self._open()
+            self.update(store)
+            return self.load()
+
+    # -- keeping current ----------------------------------------------------
+
+    def versions(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self.db.execute("SELECT key, version FROM files"))
+
+    def update(self, store: Store) -> int:
+        """Bring the postings in line with the store's file records; how many files changed."""
+        records = store.files()
+        wanted = {key: version_of(record) for key, record in records.items()}
+        have = self.versions()
+        gone = [key for key in have if key not in wanted]
+        changed = {key: version for key, version in wanted.items() if have.get(key) != version}
+        if gone:
+            with self._lock, self.db:
+                self.db.executemany("DELETE FROM files WHERE key = ?", [(key,) for key in gone])
+        if changed:
+            self._add(self._read(store, {key: records[key] for key in changed}))
+        return len(gone) + len(changed)
+
+    @staticmethod
+    def _read(store: Store, records: dict[str, FileRecord]):
+        """The changed files' chunks: one read per file, or one paged scan when many changed."""
+        if len(records) <= FULL_SCAN_FILES:
+            for key, record in records.items():
+                yield FileChunks(key, version_of(record), *store.file_chunks(key, record.hash))
+            return
+        found: dict[str, FileChunks] = {}  # in the order the store holds them, as the old cache was
+        for cid, text, meta in store.scan_chunks():
+            key = meta.get("file_key")
+            record = records.get(key)
+            if record is not None and meta.get("file_hash") == record.hash:
+                chunks = found.setdefault(key, FileChunks(key, version_of(record), [], [], []))
+                chunks.ids.append(cid)
+                chunks.texts.append(text)
+                chunks.metas.append(meta)
+        yield from found.values()
+        for key, record in records.items():  # files with no visible chunks (cards, text-free) are indexed empty
+            if key not in found:
+                yield FileChunks(key, version_of(record), [], [], [])
+
+    def _add(self, files) -> None:
+        batch, size = [], 0
+        for chunks in files:
+            batch.append(chunks)
+            size += len(chunks.ids)
+            if size >= WRITE_BATCH_CHUNKS:
+                self._write(batch)
+                batch, size = [], 0
+        if batch:
+            self._write(batch)
+
+    def _write(self, batch: list[FileChunks]) -> None:
+        tokenized = []
+        for chunks in batch:
+            term_counts, pair_counts = [], []
+            for text, meta in zip(chunks.texts, chunks.metas):
+                terms, pairs = tokens_and_pairs(f"{meta.get('title', '')}\n{text}")
+                term_counts.append(Counter(terms))
+                pair_counts.append(Counter(pairs))
+            tokenized.append((chunks, term_counts, pair_counts))
+        with self._lock, self.db:
+            vocabulary = {t for _, terms, pairs in tokenized for c in terms + pairs for t in c}
+            ids = self._term_ids(vocabulary)
+            seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM files").fetchone()[0]
+            for chunks, term_counts, pair_counts in tokenized:
+                seq += 1
+                self.db.execute(
+                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (chunks.key, chunks.version, seq, json.dumps(chunks.ids),
+                     json.dumps(chunks.texts, ensure_ascii=False), json.dumps(chunks.metas, ensure_ascii=False),
+                     np.array([sum(c.values()) for c in term_counts], dtype=np.int32).tobytes(),
+                     np.array([sum(c.values()) for c in pair_counts], dtype=np.int32).tobytes(),
+                     _postings(term_counts, ids), _postings(pair_counts, ids)))
+
+    def _term_ids(self, terms: set[str]) -> dict[str, int]:
+        """Stable ids for these terms, new ones added (call inside a write transaction)."""
+        self.db.executemany("INSERT OR IGNORE INTO vocabulary (term) VALUES (?)", ((t,) for t in terms))
+        return self.lookup(terms, locked=True)
+
+    def lookup(self, terms, locked: bool = False) -> dict[str, int]:
+        """The ids of those of ``terms`` the vocabulary holds."""
+        terms = list(dict.fromkeys(terms))
+        found = {}
+        for start in range(0, len(terms), 500):
+            part = terms[start:start + 500]
+            query = f"SELECT term, id FROM vocabulary WHERE term IN ({','.join('?' * len(part))})"
+            if locked:
+                found.update(self.db.execute(query, part))
+            else:
+                with self._lock:
+                    found.update(self.db.execute(query, part))
+        return found
+
+    def vocabulary_size(self) -> int:
+        with self._lock:
+            return self.db.execute("SELECT coalesce(max(id), 0) + 1 FROM vocabulary").fetchone()[0]
+
+    # -- reading ------------------------------------------------------------
+
+    def load(self) -> Loaded:
+        """Every file's chunks and postings, in the order the files were indexed."""
+        ids, texts, metas = [], [], []
+        lengths, pair_lengths, terms, pairs = [], [], [], []
+        with self._lock:
+            rows = self.db.execute("SELECT ids, texts, metas, lengths, pair_lengths, terms, pairs "
+                                   "FROM files ORDER BY seq").fetchall()
+        for file_ids, file_texts, file_metas, file_lengths, file_pair_lengths, file_terms, file_pairs in rows:
+            offset = len(ids)
+            ids.extend(json.loads(file_ids))
+            texts.extend(json.loads(file_texts))
+            metas.extend(json.loads(file_metas))
+            lengths.append(_array(file_lengths))
+            pair_lengths.append(_array(file_pair_lengths))
+            for field, blob in ((terms, file_terms), (pairs, file_pairs)):
+                rows3 = _array(blob).reshape(-1, 3).copy()
+                rows3[:, 0] += offset
+                field.append(rows3)
+        empty = np.zeros((0, 3), dtype=np.int32)
+        return Loaded(ids, texts, metas,
+                      np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32),
+                      np.concatenate(pair_lengths) if pair_lengths else np.zeros(0, dtype=np.int32),
+                      np.concatenate(terms) if terms else empty, np.concatenate(pairs) if pairs else empty)

@@ -1,0 +1,142 @@
+"""The BM25 postings on disk: data only, kept current file by file, rebuilt whenever unreadable."""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ingest.discover import file_key
+from kb import KnowledgeBase, Settings
+from kb.postings import APPLICATION_ID, Postings, index_path
+from tests.conftest import invoke_json
+from tests.test_api import write_world
+
+
+@pytest.fixture
+def world(tmp_path, fake_embedder):
+    """A small world ingested and searched once (so its postings are on disk); the kb and the folder."""
+    root = write_world(tmp_path / "world")
+    kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
+    kb.ingest([str(root)])
+    assert reopened(kb).search("Saltreach ferry", k=1, mode="bm25")[0].source == "ferry.md"
+    return kb, root
+
+
+def reopened(kb: KnowledgeBase) -> KnowledgeBase:
+    """The same store as a new process sees it: nothing loaded yet."""
+    return KnowledgeBase.open(kb.settings.kb_dir, kb.settings)
+
+
+def file_rows(path: Path) -> dict[str, tuple]:
+    with sqlite3.connect(path) as db:
+        return {key: (version, seq) for key, version, seq in db.execute("SELECT key, version, seq FROM files")}
+
+
+class Payload:
+    """Unpickling this touches a file: proof that a pickle was loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_reopened_store_reindexes_nothing(world):
+    kb, _ = world
+    store = reopened(kb).store
+    assert Postings(index_path(store)).update(store) == 0
+
+
+def test_a_changed_file_touches_only_its_own_postings(world):
+    kb, root = world
+    path = index_path(kb.store)
+    before = file_rows(path)
+    (root / "kilns.md").write_text("# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n", encoding="utf-8")
+    (root / "herons.md").unlink()
+    kb.ingest([str(root)])
+
+    hits = reopened(kb).search("Glimmerware", k=1, mode="bm25")
+    assert [hit.source for hit in hits] == ["kilns.md"]
+    after = file_rows(path)
+    assert file_key(root / "herons.md") not in after
+    assert {key for key in after if after[key] != before.get(key)} == {file_key(root / "kilns.md")}
+    assert reopened(kb).search("herons", mode="bm25") == []
+
+
+def test_a_server_sees_another_writers_change_on_its_next_search(world, tmp_path):
+    kb, root = world
+    writer = reopened(kb)
+    (root / "ferry.md").write_text("# Ferry\n\nThe ferry to Saltreach was raised by Ondra.\n", encoding="utf-8")
+    writer.ingest([str(root)])
+    assert kb.search("Ondra", k=1, mode="bm25")[0].source == "ferry.md"
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage " * 100, b"SQLite format 3\x00" + b"\xff" * 200])
+def test_an_unreadable_index_is_rebuilt(world, content):
+    kb, _ = world
+    path = index_path(kb.store)
+    for suffix in ("", "-wal", "-shm"):  # a new file, as a writer of the cache directory would leave it
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    path.write_bytes(content)
+    assert reopened(kb).search("Saltreach ferry", k=1, mode="bm25")[0].source == "ferry.md"
+    assert file_rows(path)  # rebuilt in our format
+
+
+def test_an_index_of_an_older_format_or_damaged_rows_is_rebuilt(world):
+    kb, _ = world
+    path = index_path(kb.store)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE files SET terms = x'0102', metas = 'not json'")
+    assert reopened(kb).search("Saltreach ferry", k=1, mode="bm25")[0].source == "ferry.md"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 4")
+    assert reopened(kb).search("Saltreach ferry", k=1, mode="bm25")[0].source == "ferry.md"
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert db.execute("PRAGMA user_version").fetchone()[0] > 4
+
+
+def test_a_pickle_planted_in_the_cache_is_never_loaded(world, tmp_path):
+    kb, _ = world
+    marker = tmp_path / "code-ran"
+    cache = kb.settings.kb_dir / "cache"
+    generation = kb.store.generation()
+    for name in (f"corpus-v4-{generation}.pkl", f"corpus-v3-{generation}.pkl"):
+        (cache / name).write_bytes(pickle.dumps(Payload(marker)))
+    result, data = invoke_json("search", "Saltreach ferry", "--kb", kb.settings.kb_dir, "--mode", "bm25")
+    assert result.exit_code == 0, result.output
+    assert data["results"][0]["source"] == "ferry.md"
+    assert not marker.exists()
+
+
+def test_scores_are_those_bm25s_gave():
+    """The old indexes were bm25s; its scores (and so every rank) are kept to the last bit."""
+    import bm25s
+    import numpy as np
+
+    from kb.lexical import tokens_and_pairs
+    from kb.retrieve import Field
+
+    texts = ["The old woman fed the herons.", "Herons, herons and more herons by the old mill.",
+             "旧港的灯塔在风暴中熄灭了", "", "The mill woman sold flour to the old woman of the fens."]
+    counted = [tokens_and_pairs(text) for text in texts]
+    postings = Postings(None)
+    with postings.db:
+        ids = postings._term_ids({t for terms, pairs in counted for t in terms + pairs})
+    compared = 0
+    for field in (0, 1):
+        docs = [tokens[field] for tokens in counted]
+        rows = [(doc, ids[t], docs[doc].count(t)) for doc in range(len(docs)) for t in dict.fromkeys(docs[doc])]
+        mine = Field(np.array(rows, dtype=np.int32).reshape(-1, 3), np.array([len(d) for d in docs]))
+        reference = bm25s.BM25()
+        reference.index(docs, show_progress=False)
+        for query in (["heron"], ["old", "woman", "old"], ["港的", "heron"], ["old_woman"], ["mill_woman"]):
+            query = [t for t in query if t in reference.vocab_dict]
+            if query:
+                assert np.array_equal(mine.scores([ids[t] for t in query]), reference.get_scores(query))
+                compared += 1
+    assert compared == 5

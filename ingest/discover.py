@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +48,9 @@ def ignore_patterns(root: Path) -> list[str]:
         IngestError: the file cannot be read or is not UTF-8.
     """
     path = root / ".kbignore"
-    if not path.is_file():
-        return []
     try:
+        if not path.is_file():
+            return []
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise IngestError(f"cannot read .kbignore: {exc.strerror}", str(path)) from None
@@ -65,14 +66,25 @@ def is_ignored(source: str, patterns: list[str]) -> bool:
                for p in patterns)
 
 
+def walk(root: Path) -> tuple[list[Path], list[OSError]]:
+    """The files under a folder, hidden files and folders left out, and the errors of the folders
+    that could not be listed (an unreadable subfolder is reported, not silently skipped)."""
+    files: list[Path] = []
+    errors: list[OSError] = []
+    for folder, dirs, names in os.walk(root, onerror=errors.append):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files.extend(Path(folder, name) for name in names if not name.startswith("."))
+    return files, errors
+
+
 def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list[tuple[str, str]]]:
     """Return (files to ingest, skipped (path, why), failed (path, why)).
 
     Hidden files and folders, and paths matched by the folder's `.kbignore`, are
     skipped silently from folder walks; unsupported files are skipped with a
     note; a named path that does not exist or is neither a regular file nor a
-    folder, or a file name that is not UTF-8 (it could be neither stored nor
-    printed as JSON), is an error.
+    folder, a folder that cannot be listed, or a file name that is not UTF-8 (it
+    could be neither stored nor printed as JSON), is an error.
     """
     found: list[Found] = []
     skipped: list[tuple[str, str]] = []
@@ -95,10 +107,14 @@ def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list
             except IngestError as exc:  # without its patterns the folder would ingest what it excludes
                 missing.append((_printable(str(Path(name) / ".kbignore")), exc.reason))
                 continue
-            candidates = sorted(
-                p for p in root.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-                and not is_ignored(p.relative_to(root).as_posix(), ignored))
+            files, unreadable = walk(root)
+            for exc in unreadable:
+                folder = Path(exc.filename).relative_to(root).as_posix()
+                if not is_ignored(folder, ignored):
+                    missing.append((_printable(name if folder == "." else folder),
+                                    f"cannot read folder: {exc.strerror}; what it held stays in the knowledge base"))
+            candidates = sorted(p for p in files
+                                if p.is_file() and not is_ignored(p.relative_to(root).as_posix(), ignored))
             base = root
         for path in candidates:
             if path in seen:

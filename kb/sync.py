@@ -46,11 +46,12 @@ def passage_text(text: str, meta: dict) -> str:
 
 
 def _read(path: Path, limit_mb: int, source: str) -> bytes:
-    size = path.stat().st_size
-    if size > limit_mb * 1024 * 1024:
-        raise IngestError(f"file is {size / 1048576:.1f} MB, over the {limit_mb} MB limit "
-                          "(set KB_MAX_FILE_MB to raise it)", source)
+    """The file's bytes; gone since discovery or unreadable is an IngestError naming it."""
     try:
+        size = path.stat().st_size
+        if size > limit_mb * 1024 * 1024:
+            raise IngestError(f"file is {size / 1048576:.1f} MB, over the {limit_mb} MB limit "
+                              "(set KB_MAX_FILE_MB to raise it)", source)
         return path.read_bytes()
     except OSError as exc:
         raise IngestError(f"cannot read file: {exc.strerror}", source) from None
@@ -133,10 +134,21 @@ def _remove_vanished(store: Store, records: dict[str, FileRecord], paths: list[s
     for record in records.values():
         path = Path(record.path)
         if (any(path.is_relative_to(root) for root in roots) and record.path not in seen
-                and not path.exists()):
+                and _gone(path)):
             store.remove_file(record.key)
             removed.append(record.source)
     return removed
+
+
+def _gone(path: Path) -> bool:
+    """The file is certainly not there; one under a folder that cannot be read is kept."""
+    try:
+        path.stat()
+        return False
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:  # e.g. its folder cannot be read
+        return False
 
 
 def forget(paths: list[str], settings: Settings) -> list[str]:

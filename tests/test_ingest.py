@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from kb.api import KnowledgeBase
 from kb.store import Store
 from tests.conftest import invoke, invoke_json
 
@@ -241,4 +242,46 @@ def test_a_read_only_store_fails_with_one_line_and_loses_nothing():
     finally:
         for path in [base, *base.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_file_deleted_between_discovery_and_read_is_a_failed_entry(tmp_path, kb_dir):
+    docs = good_folder(tmp_path / "docs")
+    write(docs / "wrens.md", "# Wrens\n\nWrens nest in the thatch.\n")
+
+    def delete_kilns_once_herons_is_in(source):  # discovery is over: kilns.txt is already listed
+        if source == "herons.md":
+            (docs / "kilns.txt").unlink()
+
+    report = KnowledgeBase.open(kb_dir).ingest([docs], on_file=delete_kilns_once_herons_is_in)
+
+    assert report.added == ["herons.md", "wrens.md"]
+    assert report.failed == [{"path": "kilns.txt", "error": "cannot read file: No such file or directory"}]
+    assert stored_sources(kb_dir) == {"herons.md": 1, "wrens.md": 1}
+
+
+def test_an_unreadable_subfolder_is_a_failed_entry_and_keeps_what_it_stored():
+    base = Path(tempfile.mkdtemp(prefix="lore-kb-unreadable-"))
+    base.chmod(0o777)  # `nobody` (when the tests run as root) writes the store here
+    docs = good_folder(base / "docs")
+    write(docs / "reeds" / "bend.md", "# Reeds\n\nReeds bend low in the east wind.\n")
+    kb_dir = base / "kb"
+    try:
+        with unprivileged():
+            assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+        before = stored_sources(kb_dir)
+        write(docs / "wrens.md", "# Wrens\n\nWrens nest in the thatch.\n")  # after reeds/ in the walk
+        (docs / "reeds").chmod(0)
+
+        with unprivileged():
+            result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+
+        assert result.exit_code == 1, result.output
+        assert report["added"] == ["wrens.md"] and report["removed"] == []
+        [failure] = report["failed"]
+        assert failure["path"] == "reeds" and failure["error"].startswith("cannot read folder: Permission denied")
+        assert error_lines(result) == [f"error: reeds: {failure['error']}"]
+        assert stored_sources(kb_dir) == {**before, "wrens.md": 1}
+    finally:
+        (docs / "reeds").chmod(0o755)
         shutil.rmtree(base, ignore_errors=True)

@@ -36,7 +36,7 @@ def renderings(kb: KnowledgeBase) -> list[dict]:
     rows = []
     for card in kb.npcs().values():
         names = npc_names(card)
-        others = {s for s in speakers(corpus) if s not in names and s not in card["name"].split()}
+        others = {s for s in speakers(corpus) if s not in names and s not in card.name.split()}
         named = re.compile("|".join(rf"\b{re.escape(n)}\b" for n in names))
         seen = set()
         for text, meta in zip(corpus.texts, corpus.metas):
@@ -47,7 +47,7 @@ def renderings(kb: KnowledgeBase) -> list[dict]:
                 if named.search(sentence) and sentence not in seen and not sentence.startswith("#"):
                     seen.add(sentence)
                     rendered = first_person(f"{sentence} [1]", names, others)[:-4]
-                    rows.append({"npc": card["name"], "sentence": sentence, "rendered": rendered,
+                    rows.append({"npc": card.name, "sentence": sentence, "rendered": rendered,
                                  "changed": rendered != sentence})
     return rows
 

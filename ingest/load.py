@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingest.cards import parse_card
+from ingest.cards import Card, parse_card
 from ingest.chunk import chunk_sections
 from ingest.decode import decode_text
 from ingest.errors import IngestError, NothingToIndex
@@ -34,6 +34,6 @@ def load_chunks(data: bytes, source: str, file_key: str, file_hash: str,
     return chunks
 
 
-def load_card(data: bytes, source: str) -> dict:
+def load_card(data: bytes, source: str) -> Card:
     """Decode and validate one NPC card."""
     return parse_card(decode_text(data, source), source)

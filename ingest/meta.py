@@ -8,6 +8,7 @@ import yaml
 
 from ingest.errors import ParseError
 
+NUMERIC_KEYS = frozenset({"chapter"})  # compared as numbers, whatever the cards say
 _INTEGER = re.compile(r"-?\d+")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ingest.cards import Card
 from kb.answer import Answer, respond
 from kb.config import RetrievalConfig, Settings
 from kb.conversation import bounded_history, retrieval_query
@@ -218,7 +219,7 @@ class KnowledgeBase:
                        on_token=on_token, limits=seen.limits, flags=seen.flags, query=query,
                        history=turns)
 
-    def npcs(self) -> dict[str, dict]:
+    def npcs(self) -> dict[str, Card]:
         """Every NPC card, by name (read from the manifest once per store generation)."""
         store = self.store
         generation = store.generation()
@@ -248,11 +249,11 @@ class NPC:
     """A character who answers in character from only the canon their card allows."""
 
     kb: KnowledgeBase
-    card: dict
+    card: Card
 
     @property
     def name(self) -> str:
-        return self.card["name"]
+        return self.card.name
 
     def voice_lines(self, state: dict | None = None) -> list[str]:
         """A few of the NPC's own lines, from canon they may know (in this game state)."""

@@ -43,7 +43,7 @@ def chat_loop(character: "NPC", state: dict, lines: TextIO, console: Console, **
     """
     card_visibility(character.card, state)  # refuse a bad starting state at once
     history: list[dict] = []
-    console.print(f"[bold]{escape(character.name)}[/bold], {escape(character.card['role'])}. {HELP}",
+    console.print(f"[bold]{escape(character.name)}[/bold], {escape(character.card.role)}. {HELP}",
                   highlight=False)
     for raw in lines:
         line = raw.strip()

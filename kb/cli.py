@@ -391,11 +391,11 @@ def npc_list(kb_dir, as_json):
     """The NPC cards in the store."""
     found = open_kb(kb_dir).npcs()
     if as_json:
-        emit_json({"npcs": list(found.values())})
+        emit_json({"npcs": [card.to_json() for card in found.values()]})
         return
     table = Table("name", "role", "speaker", "knows")
     for card in found.values():
-        table.add_row(card["name"], card["role"], card["speaker"], json.dumps(card["knows"]) if card["knows"] else "everything")
+        table.add_row(card.name, card.role, card.speaker, json.dumps(card.knows) if card.knows else "everything")
     print_table(table)
 
 
@@ -405,7 +405,7 @@ def npc_list(kb_dir, as_json):
 def npc_show(name, kb_dir, as_json):
     """One NPC's card and the lines that set their voice."""
     character = open_kb(kb_dir).npc(name)
-    card = {**character.card, "voice": character.voice_lines()}
+    card = {**character.card.to_json(), "voice": character.voice_lines()}
     if as_json:
         emit_json(card)
         return

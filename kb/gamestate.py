@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ingest.cards import Card
 from ingest.meta import coerce, meta_key
 from kb.errors import Forbidden, KBError
 from kb.limits import requirements_met, within_limits
@@ -147,11 +148,11 @@ def visibility(card_limits: dict, state: dict | None, who: str = "this NPC", gat
     return Visibility(limits, frozenset(n for n, on in flags.items() if on) if gated else None, strict)
 
 
-def card_visibility(card: dict, state: dict | None) -> Visibility:
+def card_visibility(card: Card, state: dict | None) -> Visibility:
     """What an NPC may see in ``state``: its card's `knows` (strict with `unknown: hidden`), narrowed by the state.
 
     Raises:
         InvalidState: the state is malformed.
         StateBeyondCard: the state asks for more than the card allows.
     """
-    return visibility(card["knows"], state, card["name"], strict=card.get("unknown") == "hidden")
+    return visibility(card.knows, state, card.name, strict=card.strict)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from ingest.cards import Card
 from kb.context import Citation
 from kb.extract import passage_coverage
 
@@ -162,11 +163,11 @@ def first_person(text: str, names: list[str], others: set[str]) -> str:
     return " ".join(out)
 
 
-def npc_names(card: dict) -> list[str]:
+def npc_names(card: Card) -> list[str]:
     """What the canon may call the NPC: the full name, the speaker name, the first name, each also
     after the first word of the role ("Archivist Ysolde Penhallow", "The ferrywoman Maren")."""
-    full = card["name"]
-    names = list(dict.fromkeys([full, card["speaker"], full.split()[0]]))
-    title = card["role"].split()[0]
+    full = card.name
+    names = list(dict.fromkeys([full, card.speaker, full.split()[0]]))
+    title = card.role.split()[0]
     titled = [f"{form} {name}" for name in names for form in (title, f"The {title.lower()}", f"the {title.lower()}")]
     return [*names, *titled]

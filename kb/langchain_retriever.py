@@ -47,7 +47,7 @@ class LoreRetriever(BaseRetriever):
     npc: str | None = None
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        card = self.kb.npc(self.npc).card if self.npc else {"knows": None}
-        hits = self.kb.search(query, k=self.k, mode=self.mode, where=self.where, limits=card["knows"],
-                              strict=card.get("unknown") == "hidden")
+        card = self.kb.npc(self.npc).card if self.npc else None
+        hits = self.kb.search(query, k=self.k, mode=self.mode, where=self.where,
+                              limits=card.knows if card else None, strict=bool(card and card.strict))
         return [as_document(hit) for hit in hits]

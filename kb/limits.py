@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-NUMERIC_KEYS = frozenset({"chapter"})  # compared as numbers even before a card limits them
+from ingest.meta import NUMERIC_KEYS
 
 
 def is_number(value) -> bool:

@@ -15,6 +15,7 @@ import re
 import weakref
 from typing import TYPE_CHECKING
 
+from ingest.cards import Card
 from kb.answer import Answer, respond
 from kb.conversation import bounded_history, retrieval_query
 from kb.errors import NotFound
@@ -30,20 +31,21 @@ if TYPE_CHECKING:
 VOICE_EXAMPLES = 4
 
 
-def cards(store: Store) -> dict[str, dict]:
+def cards(store: Store) -> dict[str, Card]:
     """Every NPC card in the store, by name (read from the manifest, not re-parsed)."""
-    return {r.card["name"]: {**r.card, "source": r.source}
-            for r in store.files().values() if r.kind == "card" and r.card}
+    found = (Card.from_json({**r.card, "source": r.source})
+             for r in store.files().values() if r.kind == "card" and r.card)
+    return {card.name: card for card in found}
 
 
-def card_named(known: dict[str, dict], name: str) -> dict | None:
+def card_named(known: dict[str, Card], name: str) -> Card | None:
     """The card among ``known`` whose name or speaker name is ``name``, case-insensitively."""
     folded = name.casefold()
     return next((card for card in known.values()
-                 if folded in (card["name"].casefold(), card["speaker"].casefold())), None)
+                 if folded in (card.name.casefold(), card.speaker.casefold())), None)
 
 
-def find_card(known: dict[str, dict], name: str) -> dict:
+def find_card(known: dict[str, Card], name: str) -> Card:
     """The card among ``known`` whose name (or speaker name) matches, case-insensitively.
 
     Raises:
@@ -67,19 +69,19 @@ def _visibility_key(seen: Visibility) -> tuple:
             seen.flags, seen.strict)
 
 
-def voice_lines(corpus: Corpus, card: dict, seen: Visibility | None = None,
+def voice_lines(corpus: Corpus, card: Card, seen: Visibility | None = None,
                 limit: int = VOICE_EXAMPLES) -> list[str]:
     """A few of the NPC's own canonical lines, from canon the NPC may know, as voice examples.
 
     ``seen`` is what this request may see (default: the card's limits, no quest flags).
     """
     seen = seen or card_visibility(card, None)
-    key = (card["name"], card["speaker"], limit, _visibility_key(seen))
+    key = (card.name, card.speaker, limit, _visibility_key(seen))
     cached = _voices.setdefault(corpus, {})
     if key in cached:
         return cached[key]
-    line = re.compile(rf"^{re.escape(card['speaker'])}:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
-    speaker = card["speaker"].casefold()
+    line = re.compile(rf"^{re.escape(card.speaker)}:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+    speaker = card.speaker.casefold()
     examples: list[str] = []
     for pos, meta in enumerate(corpus.metas):
         # the speaker test first: the limits are checked only on the NPC's own few chunks,
@@ -104,13 +106,13 @@ def speakers(corpus: Corpus) -> frozenset[str]:
     return _speakers[corpus]
 
 
-def persona_prompt(card: dict) -> str:
+def persona_prompt(card: Card) -> str:
     """Who the NPC is: the system message of their fine-tuning examples and of answers without canon."""
-    return (f"You are {card['name']}, {card['role']}, a character in a game. Stay in character.\n\n"
-            f"Persona:\n{card['persona']}")
+    return (f"You are {card.name}, {card.role}, a character in a game. Stay in character.\n\n"
+            f"Persona:\n{card.persona}")
 
 
-def system_prompt(card: dict, examples: list[str]) -> str:
+def system_prompt(card: Card, examples: list[str]) -> str:
     """Persona, voice examples and the rules that keep the NPC in canon and in character."""
     voice = "\n".join(f"- {line}" for line in examples) or "- (no recorded lines)"
     return (
@@ -119,7 +121,7 @@ def system_prompt(card: dict, examples: list[str]) -> str:
         "Answer the player using only the numbered canon excerpts you are given; they are "
         "everything you know. Cite each fact with its number in square brackets, like [1]. "
         "Never reveal or guess anything beyond them. If they do not hold the answer, reply in "
-        f"character with: {card['unknown_answer']}"
+        f"character with: {card.unknown_answer}"
     )
 
 
@@ -139,24 +141,24 @@ def holds_rarest_term(question: str, answer: Answer, corpus: Corpus, among: int 
     return any(rarest & set(tokens(f"{c.hit.metadata.get('title', '')}\n{c.hit.text}")) for c in answer.citations)
 
 
-def in_character(answer: Answer, card: dict, question: str, query: str, corpus: Corpus) -> Answer:
+def in_character(answer: Answer, card: Card, question: str, query: str, corpus: Corpus) -> Answer:
     """An extractive answer in the NPC's voice: their own line when one answers, else canon in the
     first person; the card's unknown_answer when the canon cited misses what the question is about."""
     if answer.mode != "extractive" or not answer.citations:
         return answer
     if not holds_rarest_term(question, answer, corpus):
-        return Answer(card["unknown_answer"], [], answer.mode, answer.extra)
-    own = own_line_answer(query, answer.citations, card["speaker"], corpus.idf)
+        return Answer(card.unknown_answer, [], answer.mode, answer.extra)
+    own = own_line_answer(query, answer.citations, card.speaker, corpus.idf)
     if own is not None:
         answer.answer, answer.citations = own
         return answer
     names = npc_names(card)
-    others = {s for s in speakers(corpus) if s not in names and s not in card["name"].split()}
+    others = {s for s in speakers(corpus) if s not in names and s not in card.name.split()}
     answer.answer = first_person(answer.answer, names, others)
     return answer
 
 
-def ask_npc(kb: "KnowledgeBase", card: dict, question: str, retrieval: bool = True,
+def ask_npc(kb: "KnowledgeBase", card: Card, question: str, retrieval: bool = True,
             history: list[dict] | None = None, state: dict | None = None, **options) -> Answer:
     """Answer a player's question as the NPC of ``card`` (from find_card), from only the canon it may know.
 
@@ -175,8 +177,8 @@ def ask_npc(kb: "KnowledgeBase", card: dict, question: str, retrieval: bool = Tr
     query = retrieval_query(question, turns, settings, corpus.idf, options.get("model"),
                             options.get("extractive", False))
     system = system_prompt(card, voice_lines(corpus, card, seen)) if retrieval else persona_prompt(card)
-    answer = respond(kb, question, system=system, retrieval=retrieval, not_found=card["unknown_answer"],
+    answer = respond(kb, question, system=system, retrieval=retrieval, not_found=card.unknown_answer,
                      limits=seen.limits, flags=seen.flags, strict=seen.strict, query=query, history=turns, **options)
     answer = in_character(answer, card, question, query, corpus)
-    answer.extra["npc"] = card["name"]
+    answer.extra["npc"] = card.name
     return answer

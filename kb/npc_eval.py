@@ -20,6 +20,7 @@ import re
 import time
 from typing import TYPE_CHECKING
 
+from ingest.cards import Card
 from ingest.text import plain
 from kb.errors import KBError
 from kb.evaluate import read_jsonl
@@ -59,7 +60,7 @@ def _sentences(text: str) -> set[str]:
     return {plain(s) for s in _SENTENCES.split(text) if len(plain(s)) >= MIN_SENTENCE}
 
 
-def hidden_canon(kb: "KnowledgeBase", card: dict, state: dict | None) -> tuple[set[str], set[str]]:
+def hidden_canon(kb: "KnowledgeBase", card: Card, state: dict | None) -> tuple[set[str], set[str]]:
     """The ids of the chunks the card and state hide, and their sentences found in no visible chunk."""
     seen = card_visibility(card, state)
     corpus = kb.corpus
@@ -73,7 +74,7 @@ def hidden_canon(kb: "KnowledgeBase", card: dict, state: dict | None) -> tuple[s
     return hidden_ids, hidden - visible
 
 
-def speaks_in_first_person(answer: str, card: dict) -> bool | None:
+def speaks_in_first_person(answer: str, card: Card) -> bool | None:
     """True when the answer refers to the NPC only as I/my/me, False when it names them in the third
     person, None when it refers to them neither way."""
     names = re.compile("|".join(rf"\b{re.escape(n)}\b" for n in npc_names(card)))
@@ -108,7 +109,7 @@ def run_npc_questions(kb: "KnowledgeBase", items: list[dict], k: int = 5) -> dic
         leaked_ids = [c.hit.id for c in answer.citations if c.hit.id in hidden_ids]
         leaked_text = [s for s in hidden_sentences if s in plain(answer.answer) or s in prompt]
         expected = item["expected"]
-        unknown = answer.answer.strip() == npc.card["unknown_answer"]
+        unknown = answer.answer.strip() == npc.card.unknown_answer
         rows.append({
             "npc": npc.name, "question": item["question"], "state": state, "answer": answer.answer,
             "expected": expected, "unknown": unknown,

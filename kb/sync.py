@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ingest.cards import Card
 from ingest.discover import discover, file_hash, file_key
 from ingest.errors import IngestError, NothingToIndex
 from ingest.load import load_card, load_chunks
@@ -63,7 +64,9 @@ def _store_file(store: Store, found, data: bytes, digest: str, settings: Setting
     record = FileRecord(key=key, path=str(found.path), source=found.source, root=str(found.root),
                         hash=digest, kind=found.kind, chunks=0, ingested_at=time.time())
     if found.kind == "card":
-        record.card = load_card(data, found.source)
+        card = load_card(data, found.source)
+        _refuse_a_second_card_named(card, store, record.path)
+        record.card = card.to_json()
         store.put_file(record, [], [], [], [])
         return 0
     chunks = load_chunks(data, found.source, key, digest, settings.chunk_tokens,
@@ -124,6 +127,15 @@ def stored_limit_warnings(records, paths: set[str] | None = None) -> list[dict]:
     cards = [r.card["knows"] for r in records if r.kind == "card" and r.card]
     return limit_warnings(((r.source, r.non_numbers) for r in records
                            if r.kind == "canon" and (paths is None or r.path in paths)), cards)
+
+
+def _refuse_a_second_card_named(card: Card, store: Store, path: str) -> None:
+    """Raises IngestError when another card still on disk already has this card's name."""
+    for other in store.files().values():
+        if (other.kind == "card" and other.card and other.path != path and not _gone(Path(other.path))
+                and other.card["name"].casefold() == card.name.casefold()):
+            raise IngestError(f"NPC card field 'name': '{card.name}' is already the name of the card "
+                              f"in {other.source}; give each NPC its own name", card.source)
 
 
 def _remove_vanished(store: Store, records: dict[str, FileRecord], paths: list[str],

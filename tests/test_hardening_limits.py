@@ -34,7 +34,7 @@ def world(tmp_path, card: str = PELL):
 def visible_sources(kb: KnowledgeBase, npc: str) -> set[str]:
     """Every file an NPC's retrieval can reach for the question, as far down as the store goes."""
     card = kb.npc(npc).card
-    hits = kb.search(BELL_QUESTION, k=50, limits=card["knows"], strict=card.get("unknown") == "hidden")
+    hits = kb.search(BELL_QUESTION, k=50, limits=card.knows, strict=card.strict)
     return {hit.source for hit in hits}
 
 

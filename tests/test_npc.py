@@ -128,6 +128,12 @@ def test_cards_come_from_the_manifest_not_the_disk(tmp_path, kb_dir):
     ("name: A\npersona: y\n", "role"),
     ("name: A\nrole: x\npersona: y\nknows: [1, 2]\n", "knows"),
     ("name: A\nrole: x\npersona: y\nknows:\n  chapter: {a: 1}\n", "knows.chapter"),
+    ("name: A\nrole: x\npersona: y\nknows:\n  chapter: .nan\n", "knows.chapter"),
+    ("name: A\nrole: x\npersona: y\nknows:\n  chapter: true\n", "knows.chapter"),
+    ("name: A\nrole: x\npersona: y\nknows:\n  chapter: -.inf\n", "knows.chapter"),
+    ("name: A\nrole: x\npersona: y\nknows:\n  Chapter: four\n", "knows.chapter"),
+    ("name: A\nrole: x\npersona: y\nknows:\n  region: [Saltreach, .inf]\n", "knows.region"),
+    ("name: A\nrole: x\npersona: y\nspeaker: [a, b]\n", "speaker"),
 ])
 def test_invalid_card_names_the_field_and_the_rest_ingests(tmp_path, kb_dir, text, field):
     (tmp_path / "w" / "npcs").mkdir(parents=True)
@@ -139,3 +145,19 @@ def test_invalid_card_names_the_field_and_the_rest_ingests(tmp_path, kb_dir, tex
     [failure] = data["failed"]
     assert failure["path"] == "npcs/bad.yaml" and f"'{field}'" in failure["error"]
     assert f"npcs/bad.yaml: NPC card field '{field}'" in result.stderr
+
+
+def test_a_second_card_with_a_name_already_taken_names_both_files(tmp_path, kb_dir):
+    (tmp_path / "w" / "npcs").mkdir(parents=True)
+    (tmp_path / "w" / "npcs" / "a.yaml").write_text("name: Oska\nrole: bell-ringer\npersona: Solemn.\n")
+    (tmp_path / "w" / "npcs" / "b.yaml").write_text("name: oska\nrole: smuggler\npersona: Sly.\n")
+    result, data = invoke_json("ingest", tmp_path / "w", "--kb", kb_dir)
+    assert result.exit_code == 1
+    assert data["added"] == ["npcs/a.yaml"]
+    [failure] = data["failed"]
+    assert failure["path"] == "npcs/b.yaml"
+    assert failure["error"].startswith("NPC card field 'name': 'oska' is already the name of the card in npcs/a.yaml")
+    assert invoke_json("npc", "show", "Oska", "--kb", kb_dir)[1]["persona"] == "Solemn."
+    # the card stays refused on the next run, and the first one is still the one stored
+    result, data = invoke_json("ingest", tmp_path / "w", "--kb", kb_dir)
+    assert [f["path"] for f in data["failed"]] == ["npcs/b.yaml"] and data["unchanged"] == ["npcs/a.yaml"]

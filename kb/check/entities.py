@@ -118,7 +118,7 @@ def build_canon(files: list[SourceFile]) -> Canon:
 
     for file in files:
         if file.card:
-            add(file.card["name"], "card", file.card["speaker"])
+            add(file.card.name, "card", file.card.speaker)
         if file.kind == "table":
             for texts, _where in table_rows(file):
                 en = texts.get("en", "")

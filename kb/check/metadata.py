@@ -34,7 +34,7 @@ def _keys(file: SourceFile) -> dict:
 
 
 def uncomparable(canon: Canon) -> list[Finding]:
-    numeric = numeric_keys(f.card["knows"] for f in canon.files if f.card)
+    numeric = numeric_keys(f.card.knows for f in canon.files if f.card)
     findings = []
     for file in canon.files:
         metas = [_keys(file)] if file.card_data is not None else file.metas

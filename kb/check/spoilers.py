@@ -94,7 +94,7 @@ def spoilers(canon: Canon) -> list[Finding]:
 
 def npc_knowledge(canon: Canon) -> list[Finding]:
     """An NPC's own line names an entity that only canon outside its card's `knows` mentions."""
-    cards = {f.card["speaker"].casefold(): f.card for f in canon.files if f.card and f.card["knows"]}
+    cards = {f.card.speaker.casefold(): f.card for f in canon.files if f.card and f.card.knows}
     if not cards:
         return []
     uses = entity_uses(canon)
@@ -102,16 +102,16 @@ def npc_knowledge(canon: Canon) -> list[Finding]:
     findings = []
     for line in canon.lines():
         card = cards.get((line.speaker or "").casefold())
-        if card is None or not _comparable(card["knows"]):
+        if card is None or not _comparable(card.knows):
             continue
         for name, form in canon.mentioned(line):
-            if name in (card["name"], card["speaker"]):
+            if name in (card.name, card.speaker):
                 continue
             pool = uses[name].pool(line)
-            if (card["name"], name) not in visible:
-                visible[(card["name"], name)] = {id(use.file): use for use in uses[name].every
-                                                 if within_limits(use.meta, card["knows"])}
-            seen = visible[(card["name"], name)]
+            if (card.name, name) not in visible:
+                visible[(card.name, name)] = {id(use.file): use for use in uses[name].every
+                                                 if within_limits(use.meta, card.knows)}
+            seen = visible[(card.name, name)]
             prose_only = pool is uses[name].prose
             known = any(key != id(line.file) and (not prose_only or held.file.kind != "script")
                         for key, held in seen.items())
@@ -119,11 +119,11 @@ def npc_knowledge(canon: Canon) -> list[Finding]:
             if elsewhere is None or known:
                 continue
             limits = ", ".join(f"{k} {'/'.join(map(str, v)) if isinstance(v, list) else v}"
-                               for k, v in card["knows"].items())
+                               for k, v in card.knows.items())
             findings.append(Finding(
                 "npc-knowledge", RULES["npc-knowledge"].severity, line.file.shown,
                 mention_line(line, form),
-                f"{line.speaker} names '{form}', but no canon within {card['name']}'s limits ({limits}) "
+                f"{line.speaker} names '{form}', but no canon within {card.name}'s limits ({limits}) "
                 "mentions it",
                 f"cut '{form}' from {line.speaker}'s line, give the line to someone who may know it, "
                 "or widen the card's `knows`",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ingest.cards import parse_card
+from ingest.cards import Card, parse_card
 from ingest.decode import decode_text
 from ingest.discover import discover
 from ingest.errors import IngestError
@@ -55,7 +55,7 @@ class SourceFile:
     raw: list[str]
     lines: list[Line] = field(default_factory=list)
     metas: list[dict] = field(default_factory=list)
-    card: dict | None = None
+    card: Card | None = None
     card_data: dict | None = None
     error: IngestError | None = None
 

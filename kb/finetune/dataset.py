@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ingest.cards import Card
 from ingest.parsers.dialogue import CHOICE_MARK
 from kb.errors import KBError
 from kb.npc import card_named, persona_prompt
@@ -112,7 +113,7 @@ def scenes(corpus: Corpus) -> list[Scene]:
     return result
 
 
-def system_for(speaker: str, card: dict | None) -> str:
+def system_for(speaker: str, card: Card | None) -> str:
     """The chat system message: the NPC card's persona when the speaker has one."""
     if card:
         return persona_prompt(card)
@@ -145,7 +146,7 @@ def _wanted_speakers(names: tuple[str, ...] | list[str], known_cards: dict, spok
     wanted = set()
     for name in names:
         card = card_named(known_cards, name)
-        target = (card["speaker"] if card else name).casefold()
+        target = (card.speaker if card else name).casefold()
         found = {s for s in spoken if s.casefold() == target}
         if not found:
             listing = ", ".join(sorted(spoken)) or "none"
@@ -179,7 +180,7 @@ def build_lines(kb: "KnowledgeBase", fmt: str = "chat", speakers=(),
         raise KBError(f"unknown format '{fmt}'; use one of: {', '.join(FORMATS)}")
     found = scenes(kb.corpus)
     known = kb.npcs()
-    by_speaker = {c["speaker"].casefold(): c for c in known.values()}
+    by_speaker = {c.speaker.casefold(): c for c in known.values()}
     spoken = {t.speaker for s in found for t in s.turns if t.spoken}
     wanted = _wanted_speakers(speakers, known, spoken)
     lines: list[str] = []

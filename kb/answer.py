@@ -17,7 +17,7 @@ from kb.errors import KBError, LLMError
 from kb.extract import choose, passage_coverage
 from kb.extract import render as render_quotes
 from kb.llm import chat
-from kb.retrieve import search
+from kb.retrieve import Corpus, search
 from kb.store import Store
 
 if TYPE_CHECKING:
@@ -66,11 +66,14 @@ def extract(question: str, cited: list[Citation], idf) -> str:
     return render_quotes(choose(question, [(c.n, c.hit.text, c.hit.metadata.get("title", "")) for c in cited], idf))
 
 
-def holds_answer(store: Store, question: str, cited: list[Citation], idf) -> bool:
-    """The relevance check, fetching the chunks' cosines only when their words alone fall short of it."""
+def holds_answer(store: Store, question: str, cited: list[Citation], idf, searched: bool = False) -> bool:
+    """The relevance check, fetching the chunks' cosines only when their words alone fall short of it.
+
+    ``searched``: ``question`` is what retrieval searched, so the hits' own cosines can be used.
+    """
     if relevance(question, cited, {}, idf) >= MIN_RELEVANCE:
         return True
-    return relevance(question, cited, dense_similarities(store, question, cited), idf) >= MIN_RELEVANCE
+    return relevance(question, cited, dense_similarities(store, question, cited, searched), idf) >= MIN_RELEVANCE
 
 
 def build_messages(system: str, question: str, cited: list[Citation],
@@ -83,12 +86,17 @@ def build_messages(system: str, question: str, cited: list[Citation],
     ]
 
 
-def dense_similarities(store: Store, question: str, cited: list[Citation]) -> dict[str, float]:
-    """Cosine similarity of the question to each cited chunk (for the relevance check)."""
-    if not cited:
-        return {}
-    return dict((cid, 1.0 - d) for cid, d in
-                store.dense_query(question, len(cited), [c.hit.id for c in cited]))
+def dense_similarities(store: Store, question: str, cited: list[Citation], searched: bool = False) -> dict[str, float]:
+    """Cosine similarity of the question to each cited chunk (for the relevance check).
+
+    A hybrid search already knows the cosines of the chunks its dense ranking saw (``searched``);
+    only the others cost a query of the store.
+    """
+    known = {c.hit.id: c.hit.cosine for c in cited if searched and c.hit.cosine is not None}
+    missing = [c.hit.id for c in cited if c.hit.id not in known]
+    if missing:
+        known.update((cid, 1.0 - d) for cid, d in store.dense_query(question, len(missing), missing))
+    return known
 
 
 def answer_without_canon(question: str, settings: Settings, system: str, model: str | None = None,
@@ -110,7 +118,7 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
             not_found: str = NOT_IN_CANON, limits: dict | None = None, retrieval: bool = True,
             on_token: Callable[[str], None] | None = None, flags: frozenset[str] | None = None,
             query: str | None = None, history: list[dict] | None = None, strict: bool = False,
-            on_prompt: Callable[[list[dict]], None] | None = None) -> Answer:
+            on_prompt: Callable[[list[dict]], None] | None = None, corpus: Corpus | None = None) -> Answer:
     """Retrieve, pack and answer one question; the NPC path passes its own system prompt and limits.
 
     With ``retrieval=False`` the model answers alone (no canon, no citations), so a
@@ -120,7 +128,8 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
     ``flags`` hides canon whose `requires:` they do not meet, ``strict`` canon without a
     limited key (kb/gamestate.py).
     ``on_prompt`` receives the messages a chat model is (or, offline, would be) sent,
-    so the NPC evaluation can check them for hidden canon.
+    so the NPC evaluation can check them for hidden canon. ``corpus`` is the one the
+    caller condensed the query with, so both rank on one generation of the store.
     """
     settings = kb.settings
     if not retrieval:
@@ -129,14 +138,14 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
         return answer_without_canon(question, settings, system or NO_CANON_INSTRUCTION, model, on_token)
     system = system or INSTRUCTION
     query = query or question
-    store, corpus = kb.store, kb.corpus  # one generation read: the hits and the IDF come from the same corpus
+    store, corpus = kb.store, corpus or kb.corpus  # one generation: the hits and the IDF from the same corpus
     hits = search(store, corpus, query, k=k, limits=limits, flags=flags, strict=strict,
                   config=settings.retrieval)
     cited = pack(hits, settings.context_tokens)
     use_llm = settings.llm_configured and not extractive
     mode = "llm" if use_llm else "extractive"
     # a follow-up passes on the condensed query, a new subject on its own words
-    if not any(holds_answer(store, q, cited, corpus.idf) for q in dict.fromkeys([question, query])):
+    if not any(holds_answer(store, q, cited, corpus.idf, searched=q == query) for q in dict.fromkeys([question, query])):
         return Answer(not_found, [], mode)
     messages = build_messages(system, question, cited, history)
     if on_prompt is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from ingest.cards import Card
+from ingest.tokens import encoding
 from kb.answer import Answer, respond
 from kb.config import RetrievalConfig, Settings
 from kb.conversation import bounded_history, retrieval_query
@@ -151,6 +152,7 @@ class KnowledgeBase:
         """Open the store, load the corpus and the embedding model before the first question."""
         self.corpus  # noqa: B018 - loading is the point
         self.store.embedder.embed_query(["warm up"])
+        encoding()  # the token counter that packs the context (1.5 s to load)
 
     # -- writes -------------------------------------------------------------
 
@@ -213,11 +215,11 @@ class KnowledgeBase:
             LLMError: the configured chat model cannot be reached or refuses.
         """
         seen = visibility({}, state, gate_flags=False)
-        turns = bounded_history(history or [])
-        query = retrieval_query(question, turns, self.settings, self.corpus.idf, model, extractive)
+        turns, corpus = bounded_history(history or []), self.corpus
+        query = retrieval_query(question, turns, self.settings, corpus.idf, model, extractive)
         return respond(self, question, k=k, extractive=extractive, model=model, retrieval=retrieval,
                        on_token=on_token, limits=seen.limits, flags=seen.flags, query=query,
-                       history=turns)
+                       history=turns, corpus=corpus)
 
     def npcs(self) -> dict[str, Card]:
         """Every NPC card, by name (read from the manifest once per store generation)."""

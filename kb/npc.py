@@ -178,7 +178,8 @@ def ask_npc(kb: "KnowledgeBase", card: Card, question: str, retrieval: bool = Tr
                             options.get("extractive", False))
     system = system_prompt(card, voice_lines(corpus, card, seen)) if retrieval else persona_prompt(card)
     answer = respond(kb, question, system=system, retrieval=retrieval, not_found=card.unknown_answer,
-                     limits=seen.limits, flags=seen.flags, strict=seen.strict, query=query, history=turns, **options)
+                     limits=seen.limits, flags=seen.flags, strict=seen.strict, query=query, history=turns,
+                     corpus=corpus, **options)
     answer = in_character(answer, card, question, query, corpus)
     answer.extra["npc"] = card.name
     return answer

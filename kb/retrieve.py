@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +33,7 @@ class Hit:
     text: str
     score: float
     metadata: dict
+    cosine: float | None = field(default=None, compare=False)  # to the query, when the dense ranking saw it
 
     @property
     def source(self) -> str:
@@ -240,15 +241,17 @@ def search(store: Store, corpus: Corpus, query: str, k: int = 5, mode: str = "hy
         return []
     allowed = allowed_mask(corpus, where, limits, flags, strict)
     depth = max(config.depth, 4 * k)
+    dense: list[tuple[int, float]] = []
     if mode == "bm25":
         ranked = corpus.bm25_ranking(query, allowed, k, config)
     elif mode == "dense":
-        ranked = dense_ranking(store, corpus, query, depth, allowed)
+        ranked = dense = dense_ranking(store, corpus, query, depth, allowed)
     else:
         dense = dense_ranking(store, corpus, query, depth, allowed)
         query_lang = detect_lang(query)
         other = {pos for pos, _ in dense if corpus.metas[pos].get("lang", query_lang) != query_lang}
         ranked = fuse(corpus.bm25_ranking(query, allowed, depth, config), dense,
                       config.dense_weight[query_lang], other, corpus.lengths, config)
-    return [Hit(corpus.ids[pos], corpus.texts[pos], score, corpus.metas[pos])
+    cosines = dict(dense)
+    return [Hit(corpus.ids[pos], corpus.texts[pos], score, corpus.metas[pos], cosines.get(pos))
             for pos, score in ranked[:k]]

@@ -49,6 +49,14 @@ def test_search_ranks_the_file_that_holds_the_rare_word(world_kb):
         assert hits and hits[0].source == "ferry.md", mode
 
 
+def test_hits_carry_the_cosine_the_dense_ranking_saw(world_kb):
+    """The relevance check reuses these instead of querying the store again, so they must be the store's."""
+    hits = world_kb.search("Saltreach ferry", k=3, mode="hybrid")
+    fresh = dict(world_kb.store.dense_query("Saltreach ferry", 3, [h.id for h in hits]))
+    assert all(h.cosine == pytest.approx(1.0 - fresh[h.id], abs=1e-6) for h in hits)
+    assert all(h.cosine is None for h in world_kb.search("Saltreach ferry", k=3, mode="bm25"))
+
+
 def test_where_and_npc_limits_filter_before_ranking(world_kb):
     assert [h.source for h in world_kb.search("ferry storm", where={"chapter": 3})] == ["ferry.md"]
     assert "ferry.md" not in [h.source for h in world_kb.search("ferry storm", limits={"chapter": 2})]

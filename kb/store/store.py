@@ -260,18 +260,11 @@ class Store:
 
     def dense_query(self, query: str, n: int, ids: list[str] | None = None):
         """Nearest chunks to a query by embedding: a list of (id, distance)."""
-        if n <= 0 or self.canon.count() == 0:
+        if n <= 0:  # an empty collection answers with no rows; counting it first cost a round trip per query
             return []
         vector = self.embedder.embed_query([query])
         rows = self.canon.query(query_embeddings=vector, n_results=n, ids=ids, include=["distances"])
         return list(zip(rows["ids"][0], rows["distances"][0]))
-
-    def similarities(self, query: str, texts: list[str]) -> list[float]:
-        """Cosine similarity of a query to each of a few texts (embedded now, not stored)."""
-        if not texts:
-            return []
-        query_vector = self.embedder.embed_query([query])[0]
-        return [float(v @ query_vector) for v in self.embedder(texts)]
 
     def embed_passages(self, texts: list[str]):
         """Embed chunk texts with the store's model (done before any write, so a failure writes nothing)."""

@@ -13,7 +13,7 @@ k=5, as `kb ask --extractive` does, and scored:
 Latency: in process, p50 of `search` (k=5, hybrid) against the whole of
 `respond` (search, the relevance check, sentence choice) on the first
 --timed questions of each set, with the embedder's cache emptied before every
-call (and kb.extract's cache of analysed chunks) so each pays for its own work.
+call (and kb.extract's caches of analysed chunks) so each pays for its own work.
 
 The eval sets are sampled (--sample questions per set, seeded) to keep runs
 short; stores are kept under --cache and reused (ingesting a set takes minutes).
@@ -49,7 +49,7 @@ from bench.common import (  # noqa: E402
     revision,
 )
 from kb.answer_eval import contains_answer  # noqa: E402
-from kb.extract import analysed  # noqa: E402
+from kb.extract import forget_analyses  # noqa: E402
 
 WORLD = "world"
 
@@ -92,7 +92,7 @@ def p50_ms(calls: dict, questions: list[dict]) -> dict[str, float]:
     for item in questions:
         for name, call in calls.items():
             forget_recent_embeddings()
-            analysed.cache_clear()
+            forget_analyses()
             start = time.perf_counter()
             call(item["question"])
             timings[name].append((time.perf_counter() - start) * 1000)

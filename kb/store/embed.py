@@ -54,6 +54,7 @@ class _E5:
 MODELS = {"use-multilingual-v3": _USE, "multilingual-e5-small": _E5}
 DEFAULT_MODEL = "use-multilingual-v3"
 EMBEDDING_CACHE_SIZE = 8192  # vectors (16 MB at 512 floats)
+EMBED_BATCH = 256  # texts per model call
 
 
 def _model_class(name: str):
@@ -89,23 +90,35 @@ class LoreEmbedding(EmbeddingFunction[Documents]):
         return "lore-kb"
 
     def _encode(self, texts, query: bool) -> Embeddings:
+        """Vectors for texts, each distinct text embedded once, in batches of EMBED_BATCH.
+
+        A loc table repeats short strings ("OK", "Back", a name): they are embedded
+        once per call. Batches bound the model's working memory on a 200k-row table
+        and let a server's questions in between; the rate is flat from 256 up
+        (bench/scale.py).
+        """
         model = _load(self.model)
-        keys = [(self.model, query, text) for text in texts]
+        vectors: dict[str, np.ndarray] = {}
         with self._lock:
-            missing = list(dict.fromkeys(text for key, text in zip(keys, texts) if key not in self._cache))
-            if missing:
-                vectors = model.queries(missing) if query else model.passages(missing)
-                vectors = np.asarray(vectors, dtype=np.float32).reshape(len(missing), -1)
-                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-                for text, vector in zip(missing, vectors / np.where(norms == 0, 1, norms)):
-                    self._cache[(self.model, query, text)] = vector
-            found = []
-            for key in keys:
-                self._cache.move_to_end(key)
-                found.append(self._cache[key])
+            for text in texts:
+                vector = self._cache.get((self.model, query, text))
+                if vector is not None:
+                    vectors[text] = vector
+        missing = [text for text in dict.fromkeys(texts) if text not in vectors]
+        for start in range(0, len(missing), EMBED_BATCH):
+            batch = missing[start:start + EMBED_BATCH]
+            with self._lock:
+                raw = model.queries(batch) if query else model.passages(batch)
+            raw = np.asarray(raw, dtype=np.float32).reshape(len(batch), -1)
+            norms = np.linalg.norm(raw, axis=1, keepdims=True)
+            vectors.update(zip(batch, raw / np.where(norms == 0, 1, norms)))
+        with self._lock:
+            for text in dict.fromkeys(texts):
+                self._cache[(self.model, query, text)] = vectors[text]
+                self._cache.move_to_end((self.model, query, text))
             while len(self._cache) > EMBEDDING_CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return found
+        return [vectors[text] for text in texts]
 
     def __call__(self, input: Documents) -> Embeddings:
         return self._encode(input, query=False)

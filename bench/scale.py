@@ -1,20 +1,25 @@
-"""How the store's costs grow with the canon: ingest rate, size on disk, memory and search latency at 1k, 10k and 100k chunks.
+"""How the store's costs grow with the canon: ingest rate, size on disk, memory, open time and search latency at 1k, 10k and 100k chunks.
 
 Chunks are generated (seeded sentences over a fixed invented vocabulary with a
 Zipf-like word frequency; nothing downloads) and written through the real
 kb.store.Store.put_file, manifest and batching included, as files of
 --chunks-per-file chunks. Embedding 100k chunks with the real model would take
 hours on this machine, so the stored vectors are seeded random unit vectors of
-the model's dimension: the ingest rate here is the store's alone. The real
-model's embedding rate is measured separately on ~500 real chunks (the current
-chunker over fairytaleqa when ../shared/eval is there), so that
+the model's dimension: the ingest rate here is the store's alone. Everything
+read goes through the front door (kb.api.KnowledgeBase), per size:
 
-    real ingest time ~= chunks / embedding rate + chunks / store rate.
+- index s: the first open, which builds the BM25 postings (kb/postings.py) from the store;
+- open s and open RSS: a fresh process's KnowledgeBase.open(...).corpus with the postings on disk;
+- searches per mode, each embedding its query with the real model;
+- change visible s: a running KnowledgeBase (as `kb serve` holds one) sees a one-file change
+  written by another writer on its next search (median of 3 changes).
 
-Queries embed with the real model (each call pays for its embedding). Each size
-runs in its own process so peak RSS is that size's. Prints medians.
+Then the real model's ingest rate on a generated localization table (short
+strings, --loc-rows keys in 5 languages) through KnowledgeBase.ingest: parse,
+embed (in batches, each distinct text once) and store.
+Each size runs in its own process so peak RSS is that size's. Prints medians.
 
-    python bench/scale.py [--sizes 1000,10000,100000] [--queries 50]
+    python bench/scale.py [--sizes 1000,10000,100000] [--queries 50] [--loc-rows 400]
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ from rich.table import Table
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import (  # noqa: E402
-    EVAL,
     forget_recent_embeddings,
     machine,
     median,
@@ -45,10 +49,10 @@ from bench.common import (  # noqa: E402
     percentile,
     revision,
 )
-from kb.config import Settings  # noqa: E402
-from kb.retrieve import MODES, Corpus, search  # noqa: E402
+from kb.api import KnowledgeBase  # noqa: E402
+from kb.retrieve import MODES  # noqa: E402
 from kb.store import FileRecord, Store  # noqa: E402
-from kb.store.embed import model_dim  # noqa: E402
+from kb.store.embed import LoreEmbedding, model_dim  # noqa: E402
 
 SYLLABLES = ["ka", "ren", "tho", "mir", "el", "va", "dun", "si", "lor", "ae", "bre", "gal", "shi", "tor",
              "wen", "ny", "ost", "quil", "har", "ume", "fen", "dra", "cael", "mo"]
@@ -99,7 +103,7 @@ def synthetic_file(canon: Canon, vectors: np.random.Generator, index: int, chunk
 
 
 def measure_size(size: int, chunks_per_file: int, words: int, queries: int, seed: int) -> dict:
-    """Build a store of ``size`` generated chunks and time its ingest and searches (run in a fresh process)."""
+    """Build a store of ``size`` generated chunks and time its ingest, opens and searches (run in a fresh process)."""
     canon = Canon(seed)
     vectors = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="kb-bench-scale-") as tmp:
@@ -114,55 +118,77 @@ def measure_size(size: int, chunks_per_file: int, words: int, queries: int, seed
             put_seconds += time.perf_counter() - began
         size_mb = store.size_bytes() / 1e6
 
+        kb = KnowledgeBase.open(Path(tmp) / "kb")
         began = time.perf_counter()
-        corpus = Corpus.load(store)
-        corpus_seconds = time.perf_counter() - began
+        kb.corpus  # noqa: B018 - builds the postings
+        index_seconds = time.perf_counter() - began
+        opened = in_fresh_process(measure_open, Path(tmp) / "kb")
         asked = [canon.phrase(canon.rng.randint(3, 8)) for _ in range(queries + 1)]
         latencies = {mode: [] for mode in MODES}
         for i, question in enumerate(asked):
             for mode in MODES[i % 3:] + MODES[:i % 3]:  # each mode goes first in turn
                 forget_recent_embeddings()
                 began = time.perf_counter()
-                search(store, corpus, question, k=5, mode=mode)
+                kb.search(question, k=5, mode=mode)
                 latencies[mode].append(time.perf_counter() - began)
         chunks = store.count()
+        visible = [change_visible(kb, store, canon, vectors, index, min(chunks_per_file, size), words, dim)
+                   for index in range(3)]
     timed = {mode: values[1:] for mode, values in latencies.items()}  # the first call loads the model
     return {"size": size, "chunks": chunks, "model": store.model, "dim": dim,
             "ingest_rate": size / put_seconds, "ingest_s": put_seconds, "size_mb": size_mb,
-            "corpus_s": corpus_seconds, "rss_mb": peak_rss_mb(),
+            "index_s": index_seconds, **opened, "visible_s": median(visible), "rss_mb": peak_rss_mb(),
             **{f"{mode}_p50": median(v) * 1000 for mode, v in timed.items()},
             **{f"{mode}_p95": percentile(v, 95) * 1000 for mode, v in timed.items()}}
 
 
-def real_chunks(count: int, words: int) -> tuple[list[str], str]:
-    """About ``count`` chunk texts as ingest would embed them: fairytaleqa through the current chunker."""
-    from ingest.load import load_chunks
-    from kb.sync import passage_text
-
-    settings = Settings()
-    docs = sorted((EVAL / "fairytaleqa" / "docs").glob("*.txt"))
-    texts = []
-    for doc in docs:
-        for chunk in load_chunks(doc.read_bytes(), doc.name, doc.stem, "0" * 40, settings.chunk_tokens,
-                                 settings.chunk_overlap):
-            texts.append(passage_text(chunk.text, chunk.meta))
-        if len(texts) >= count:
-            return texts[:count], f"fairytaleqa chunks at chunk_tokens={settings.chunk_tokens}"
-    canon = Canon(11)
-    return [canon.passage(words) for _ in range(count)], f"generated {words}-word chunks (no ../shared/eval)"
+def measure_open(kb_dir: Path) -> dict:
+    """A new process's open: the store, and the corpus from the postings on disk (run in a fresh process)."""
+    began = time.perf_counter()
+    KnowledgeBase.open(kb_dir).corpus  # noqa: B018
+    return {"open_s": time.perf_counter() - began, "open_rss_mb": peak_rss_mb()}
 
 
-def measure_embedding(count: int, words: int) -> dict:
-    """The real model's passage-embedding rate, through Store.embed_passages (run in a fresh process)."""
-    texts, what = real_chunks(count, words)
+def change_visible(kb: KnowledgeBase, store: Store, canon: Canon, vectors, index: int, chunks: int,
+                   words: int, dim: int) -> float:
+    """Seconds from another writer replacing one file to ``kb``'s next search finding its new word."""
+    record, ids, texts, metas, embeddings = synthetic_file(canon, vectors, index, chunks, words, dim)
+    marker = f"zzchange{index}"
+    texts[0] = f"{marker} {texts[0]}"
+    record.hash = metas[0]["file_hash"] = hashlib.sha1(marker.encode()).hexdigest()
+    ids = [f"{record.key}-{record.hash[:12]}-{i}" for i in range(len(ids))]
+    for meta in metas:
+        meta["file_hash"] = record.hash
+    store.put_file(record, ids, texts, metas, embeddings)
+    began = time.perf_counter()
+    hits = kb.search(marker, k=1, mode="bm25")
+    seconds = time.perf_counter() - began
+    assert hits and hits[0].id == ids[0], f"the change to {record.source} was not seen"
+    return seconds
+
+
+def loc_table(rows: int, seed: int) -> str:
+    """A localization CSV: ``rows`` keys, each with a short string (2-7 words) in five languages."""
+    canon = Canon(seed)
+    lines = ["key,en,fr,de,es,it"]
+    for i in range(rows):
+        cells = [canon.phrase(canon.rng.randint(2, 7)).capitalize() for _ in range(5)]
+        lines.append(f"ui.row_{i:06d}," + ",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def measure_loc_ingest(rows: int, seed: int) -> dict:
+    """Rows per second through KnowledgeBase.ingest with the real model (run in a fresh process)."""
     with tempfile.TemporaryDirectory(prefix="kb-bench-scale-") as tmp:
-        store = Store(Path(tmp) / "kb", create=True)
-        store.embed_passages(["warm up the model"])
+        folder = Path(tmp) / "loc"
+        folder.mkdir()
+        (folder / "strings.csv").write_text(loc_table(rows, seed), encoding="utf-8")
+        kb = KnowledgeBase.open(Path(tmp) / "kb")
+        LoreEmbedding()(["load the model before the clock starts"])
         began = time.perf_counter()
-        store.embed_passages(texts)
+        report = kb.ingest([str(folder)])
         seconds = time.perf_counter() - began
-    return {"model": store.model, "chunks": len(texts), "what": what, "seconds": seconds,
-            "rate": len(texts) / seconds}
+    return {"rows": report.chunks, "seconds": seconds, "rate": report.chunks / seconds}
 
 
 def in_fresh_process(function, *args):
@@ -176,7 +202,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50, help="timed searches per mode and size [50]")
     parser.add_argument("--chunks-per-file", type=int, default=100, help="chunks per generated file [100]")
     parser.add_argument("--words", type=int, default=150, help="words per generated chunk (~200 tokens) [150]")
-    parser.add_argument("--embed-sample", type=int, default=500, help="chunks for the real model's rate [500]")
+    parser.add_argument("--loc-rows", type=int, default=400, help="keys in the generated loc table (x5 languages) [400]")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -187,27 +213,31 @@ def main() -> None:
         rows.append(in_fresh_process(measure_size, size, args.chunks_per_file, args.words, args.queries,
                                      args.seed))
         print(f"    ingest {rows[-1]['ingest_s']:.0f} s", file=sys.stderr)
-    print(f"  embedding {args.embed_sample} real chunks ...", file=sys.stderr)
-    embedding = in_fresh_process(measure_embedding, args.embed_sample, args.words)
+    loc = None
+    if args.loc_rows:
+        print(f"  ingesting a {args.loc_rows}-key loc table with the real model ...", file=sys.stderr)
+        loc = in_fresh_process(measure_loc_ingest, args.loc_rows, args.seed)
 
     table = Table(title=f"Store and search at scale: generated chunks in files of {args.chunks_per_file}, "
                         f"random {rows[0]['dim']}-d unit vectors in place of embeddings")
-    columns = ["chunks", "store chunks/s", "ingest s", "disk MB", "peak RSS MB", "Corpus.load s"]
+    columns = ["chunks", "store chunks/s", "disk MB", "peak RSS MB", "index s", "open s", "open RSS MB",
+               "change visible s"]
     columns += [f"{mode} p50/p95 ms" for mode in MODES]
     for column in columns:
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(f"{r['chunks']:,}", f"{r['ingest_rate']:.0f}", f"{r['ingest_s']:.1f}",
-                      f"{r['size_mb']:.0f}", f"{r['rss_mb']:.0f}", f"{r['corpus_s']:.2f}",
-                      *(f"{r[f'{m}_p50']:.1f} / {r[f'{m}_p95']:.1f}" for m in MODES))
-    console = Console(width=140)
+        table.add_row(f"{r['chunks']:,}", f"{r['ingest_rate']:.0f}", f"{r['size_mb']:.0f}", f"{r['rss_mb']:.0f}",
+                      f"{r['index_s']:.1f}", f"{r['open_s']:.2f}", f"{r['open_rss_mb']:.0f}",
+                      f"{r['visible_s']:.2f}", *(f"{r[f'{m}_p50']:.1f} / {r[f'{m}_p95']:.1f}" for m in MODES))
+    console = Console(width=160)
     console.print(table)
     console.print(f"searches: {args.queries} per mode and size after one untimed, -k 5, modes interleaved, "
-                  f"each query embedded by the real model ({rows[0]['model']}); Corpus.load is cold "
-                  "(builds BM25 and writes its cache)")
-    console.print(f"real embedding rate ({embedding['model']}): {embedding['rate']:.1f} chunks/s on "
-                  f"{embedding['chunks']} {embedding['what']} ({embedding['seconds']:.0f} s); e.g. 100,000 such "
-                  f"chunks ~ {100_000 / embedding['rate'] / 3600:.1f} h of embedding on top of the store's time")
+                  f"each query embedded by the real model ({rows[0]['model']}); index s: the first open, which "
+                  "builds the BM25 postings; open s: a new process's open with them on disk; change visible s: "
+                  "a running KnowledgeBase's first search after another writer replaced one file (median of 3)")
+    if loc:
+        console.print(f"loc table ingest with the real model: {loc['rows']} rows in {loc['seconds']:.0f} s = "
+                      f"{loc['rate']:.1f} rows/s (parse, embed, store)")
     console.print(f"machine: {machine()}; code at {revision()}")
 
 

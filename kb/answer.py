@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from kb.config import Settings
-from kb.context import Citation, pack, render
+from kb.context import Citation, data_rule, new_nonce, pack, render
 from kb.errors import KBError, LLMError
 from kb.extract import choose, passage_coverage
 from kb.extract import render as render_quotes
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 NOT_IN_CANON = "The canon does not say."
 INSTRUCTION = (
-    "Answer the question using only the numbered canon excerpts below. "
-    "Cite every fact with the number of its excerpt in square brackets, like [1] or [2][3]. "
+    "Answer the question using only the canon excerpts below. "
+    "Cite every fact with the id of its excerpt in square brackets, like [1] or [2][3]. "
     f"If the excerpts do not contain the answer, reply exactly: {NOT_IN_CANON} "
     "Do not use outside knowledge and do not invent facts."
 )
@@ -78,11 +78,16 @@ def holds_answer(store: Store, question: str, cited: list[Citation], idf, search
 
 def build_messages(system: str, question: str, cited: list[Citation],
                    history: list[dict] | None = None) -> list[dict]:
-    """The chat request: instructions, the conversation so far, then the numbered canon and the question."""
+    """The chat request: instructions, the conversation so far, then the fenced canon and the question.
+
+    The fences' nonce is new for each request, so no chunk can close its own excerpt and pose as
+    another excerpt, the instructions or the question.
+    """
+    nonce = new_nonce()
     return [
-        {"role": "system", "content": system},
+        {"role": "system", "content": f"{system}\n\n{data_rule(nonce)}"},
         *(history or []),
-        {"role": "user", "content": f"Canon:\n\n{render(cited)}\n\nQuestion: {question}"},
+        {"role": "user", "content": f"Canon:\n\n{render(cited, nonce)}\n\nQuestion: {question}"},
     ]
 
 

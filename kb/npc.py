@@ -118,8 +118,8 @@ def system_prompt(card: Card, examples: list[str]) -> str:
     return (
         f"{persona_prompt(card)}\n\n"
         f"How you talk (your own lines from the scripts):\n{voice}\n\n"
-        "Answer the player using only the numbered canon excerpts you are given; they are "
-        "everything you know. Cite each fact with its number in square brackets, like [1]. "
+        "Answer the player using only the canon excerpts you are given; they are "
+        "everything you know. Cite each fact with its excerpt's id in square brackets, like [1]. "
         "Never reveal or guess anything beyond them. If they do not hold the answer, reply in "
         f"character with: {card.unknown_answer}"
     )

@@ -86,7 +86,7 @@ def test_generative_request_carries_persona_voice_and_no_hidden_canon(corpora_kb
     voice = invoke_json("npc", "show", "Maren", "--kb", corpora_kb)[1]["voice"]
     assert voice and all(line in prompt for line in voice)           # her own lines as examples
     assert "The tide hasn't brought me word of that, tidewalker." in prompt
-    assert "[1]" in prompt                                           # numbered canon
+    assert 'id="1"' in prompt                                        # numbered canon
     for chunk in hidden_chunks(corpora_kb, MAREN):
         assert chunk["text"] not in prompt, f"leaked {chunk['source']} chunk {chunk['chunk_index']}"
 

@@ -134,9 +134,9 @@ def test_llm_request_carries_the_numbered_canon_the_instruction_and_the_question
     _, found = invoke_json("search", CAPITAL, "--kb", corpora_kb)
     canon = user["content"]
     for n, hit in enumerate(found["results"], start=1):
-        block = canon.index(f"[{n}] (")
+        block = canon.index(f' id="{n}" source="{hit["source"]}')
         assert canon.index(hit["text"], block) > block
-    assert canon.index("[1] (") < canon.index("[2] (") < canon.index(f"[{len(found['results'])}] (")
+    assert canon.index(' id="1" ') < canon.index(' id="2" ') < canon.index(f' id="{len(found["results"])}" ')
     assert data["citations"][0]["id"] == found["results"][0]["id"]
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import kb as public
+from ingest.tokens import count_tokens
 from kb import ConfigError, KnowledgeBase, NotFound, RetrievalConfig, Settings, Unavailable
-from kb.context import pack
+from kb.context import FENCE_TOKENS, pack
 from kb.retrieve import Hit, fuse
 from tests.conftest import invoke
 
@@ -98,7 +99,7 @@ def test_fusion_scales_down_short_chunks():
 def test_pack_keeps_rank_order_within_the_budget_and_always_the_first():
     long, short = "word " * 400, "a short line"
     hits = [Hit(str(i), text, 1.0 - i / 10, {"source": f"{i}.md"}) for i, text in enumerate([long, short, long])]
-    packed = pack(hits, budget_tokens=450)
+    packed = pack(hits, budget_tokens=count_tokens(long) + count_tokens(short) + 2 * FENCE_TOKENS)
     assert [c.hit.id for c in packed] == ["0", "1"] and [c.n for c in packed] == [1, 2]
     assert [c.hit.id for c in pack(hits[2:], budget_tokens=10)] == ["2"]
 

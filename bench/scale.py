@@ -2,7 +2,7 @@
 
 Chunks are generated (seeded sentences over a fixed invented vocabulary with a
 Zipf-like word frequency; nothing downloads) and written through the real
-kb.store.Store.put_file, manifest and batching included, as files of
+kb.store run (Run.put, then one publish), manifest and batching included, as files of
 --chunks-per-file chunks. Embedding 100k chunks with the real model would take
 hours on this machine, so the stored vectors are seeded random unit vectors of
 the model's dimension: the ingest rate here is the store's alone. Everything
@@ -110,12 +110,16 @@ def measure_size(size: int, chunks_per_file: int, words: int, queries: int, seed
         store = Store(Path(tmp) / "kb", create=True)
         dim = model_dim(store.model)
         put_seconds = 0.0
+        run = store.begin_run()
         for index, start in enumerate(range(0, size, chunks_per_file)):
             record, ids, texts, metas, embeddings = synthetic_file(
                 canon, vectors, index, min(chunks_per_file, size - start), words, dim)
             began = time.perf_counter()
-            store.put_file(record, ids, texts, metas, embeddings)
+            run.put(record, ids, texts, metas, embeddings)
             put_seconds += time.perf_counter() - began
+        began = time.perf_counter()
+        run.publish()
+        put_seconds += time.perf_counter() - began
         size_mb = store.size_bytes() / 1e6
 
         kb = KnowledgeBase.open(Path(tmp) / "kb")

@@ -96,9 +96,10 @@ class Corpus:
 
     @classmethod
     def load(cls, store: Store, postings: Postings | None = None) -> "Corpus":
-        """The store's visible chunks; the postings are brought up to date first (a changed file only)."""
+        """The store's visible chunks; the postings are brought up to date first (a changed file only),
+        and again when a publish lands meanwhile, so the corpus is one whole generation."""
         postings = postings or Postings(index_path(store))
-        return cls(postings.current(store), postings)
+        return cls(store.consistent(lambda: postings.current(store)), postings)
 
     def doc_freq(self, term: str) -> int:
         """How many chunks hold a term."""

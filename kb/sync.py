@@ -1,9 +1,11 @@
 """Bring the store in line with the files on disk: add, replace, keep, remove.
 
 Incremental by content hash: unchanged files are not read past their hash, a
-changed file's chunks are embedded first and swapped in at once, files gone
-from a folder that was ingested before are removed. One bad file is reported
-and skipped; what it had stored before stays. A file with no text to index
+changed file's chunks are embedded first and staged, files gone from a folder
+that was ingested before are removed. The whole ingest is one store run
+(kb/store/store.py): readers see the canon as it was until the run publishes,
+then every change at once. One bad file is reported and skipped; what it had
+stored before stays. A file with no text to index
 (a command-only script) is listed in `skipped` and holds no chunks.
 """
 
@@ -20,7 +22,7 @@ from ingest.errors import IngestError, NothingToIndex
 from ingest.load import load_card, load_chunks
 from kb.config import Settings
 from kb.limits import limit_warnings, non_numbers
-from kb.store import FileRecord, Store, write_lock
+from kb.store import FileRecord, Run, Store, write_lock
 
 
 @dataclass
@@ -58,16 +60,16 @@ def _read(path: Path, limit_mb: int, source: str) -> bytes:
         raise IngestError(f"cannot read file: {exc.strerror}", source) from None
 
 
-def _store_file(store: Store, found, data: bytes, digest: str, settings: Settings) -> int:
-    """Parse, chunk, embed and swap in one file; return its chunk count."""
+def _store_file(store: Store, run: Run, found, data: bytes, digest: str, settings: Settings) -> int:
+    """Parse, chunk, embed and stage one file in the run; return its chunk count."""
     key = file_key(found.path)
     record = FileRecord(key=key, path=str(found.path), source=found.source, root=str(found.root),
                         hash=digest, kind=found.kind, chunks=0, ingested_at=time.time())
     if found.kind == "card":
         card = load_card(data, found.source)
-        _refuse_a_second_card_named(card, store, record.path)
+        _refuse_a_second_card_named(card, run, record.path)
         record.card = card.to_json()
-        store.put_file(record, [], [], [], [])
+        run.put(record, [], [], [], [])
         return 0
     chunks = load_chunks(data, found.source, key, digest, settings.chunk_tokens,
                          settings.chunk_overlap, settings.cjk_chunk_tokens, file_path=found.path)
@@ -76,13 +78,13 @@ def _store_file(store: Store, found, data: bytes, digest: str, settings: Setting
     record.non_numbers = non_numbers(c.meta for c in chunks)
     embeddings = store.embed_passages([passage_text(c.text, c.meta) for c in chunks])
     record.chunks = len(chunks)
-    store.put_file(record, [c.id for c in chunks], [c.text for c in chunks],
-                   [c.meta for c in chunks], embeddings)
+    run.put(record, [c.id for c in chunks], [c.text for c in chunks], [c.meta for c in chunks], embeddings)
     return len(chunks)
 
 
 def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
-    """Ingest files and folders incrementally; ``on_file(source)`` is told as each file is done.
+    """Ingest files and folders incrementally, published as one run; ``on_file(source)`` is told as
+    each file is staged (before any of the run is visible).
 
     Raises:
         KBError: the store cannot be opened or written, or another writer holds it.
@@ -96,6 +98,7 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
         store = Store(settings.kb_dir, settings.chroma_url, settings.embed_model, create=True)
         store.repair()
         records = store.files()
+        run = store.begin_run()
         for item in found:
             try:
                 data = _read(item.path, settings.max_file_mb, item.source)
@@ -104,17 +107,18 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
                 if old and old.hash == digest:
                     report.unchanged.append(item.source)
                 else:
-                    _store_file(store, item, data, digest, settings)
+                    _store_file(store, run, item, data, digest, settings)
                     (report.updated if old else report.added).append(item.source)
             except NothingToIndex as exc:  # a text-free file is a note, not a failure
                 if old:
-                    store.remove_file(old.key)
+                    run.remove(old.key)
                 report.skipped.append({"path": item.source, "reason": exc.reason})
             except IngestError as exc:
                 report.failed.append({"path": item.source, "error": exc.reason})
             if on_file:
                 on_file(item.source)
-        report.removed = _remove_vanished(store, records, paths, {str(f.path) for f in found})
+        report.removed = _remove_vanished(run, records, paths, {str(f.path) for f in found})
+        run.publish()
         report.warnings = stored_limit_warnings(store.files().values(), {str(f.path) for f in found})
         report.chunks = store.count()
     return report
@@ -129,16 +133,16 @@ def stored_limit_warnings(records, paths: set[str] | None = None) -> list[dict]:
                            if r.kind == "canon" and (paths is None or r.path in paths)), cards)
 
 
-def _refuse_a_second_card_named(card: Card, store: Store, path: str) -> None:
-    """Raises IngestError when another card still on disk already has this card's name."""
-    for other in store.files().values():
+def _refuse_a_second_card_named(card: Card, run: Run, path: str) -> None:
+    """Raises IngestError when another card still on disk (or staged in this run) already has this card's name."""
+    for other in run.files().values():
         if (other.kind == "card" and other.card and other.path != path and not _gone(Path(other.path))
                 and other.card["name"].casefold() == card.name.casefold()):
             raise IngestError(f"NPC card field 'name': '{card.name}' is already the name of the card "
                               f"in {other.source}; give each NPC its own name", card.source)
 
 
-def _remove_vanished(store: Store, records: dict[str, FileRecord], paths: list[str],
+def _remove_vanished(run: Run, records: dict[str, FileRecord], paths: list[str],
                      seen: set[str]) -> list[str]:
     """Drop files under one of these folders (however they were ingested) that are no longer there."""
     roots = [Path(p).resolve() for p in paths if Path(p).is_dir()]
@@ -147,7 +151,7 @@ def _remove_vanished(store: Store, records: dict[str, FileRecord], paths: list[s
         path = Path(record.path)
         if (any(path.is_relative_to(root) for root in roots) and record.path not in seen
                 and _gone(path)):
-            store.remove_file(record.key)
+            run.remove(record.key)
             removed.append(record.source)
     return removed
 
@@ -169,9 +173,11 @@ def forget(paths: list[str], settings: Settings) -> list[str]:
     store = Store(settings.kb_dir, settings.chroma_url)  # before the lock, which would create a mistyped --kb
     lock = contextlib.nullcontext() if settings.chroma_url else write_lock(settings.kb_dir)
     with lock:
+        run = store.begin_run()
         removed = []
         for record in store.files().values():
             if any(record.path == t or record.path.startswith(t.rstrip("/") + "/") for t in targets):
-                store.remove_file(record.key)
+                run.remove(record.key)
                 removed.append(record.source)
+        run.publish()
     return removed

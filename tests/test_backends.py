@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kb.store import Store
+from kb.store import FileRecord, Store
 from tests.conftest import invoke, invoke_json
 
 
@@ -157,18 +157,18 @@ def test_search_modes_and_filters(backend, lore):
     assert answer["citations"][0]["source"] == "ferry.md"
 
 
-def test_interrupted_replace_is_repaired_only_when_abandoned(backend, lore):
-    """A journal row on a shared server may be another machine's replace in progress."""
+def test_an_unpublished_run_is_cleaned_up_only_when_abandoned(backend, lore):
+    """A run not yet published on a shared server may be another machine's ingest in progress."""
     invoke_json("ingest", lore, *backend)
     store = _open(backend)
     record = next(r for r in store.files().values() if r.source == "ferry.md")
-    store._journal(record.key)
-    store.canon.upsert(ids=[f"{record.key}-half-0"], documents=["half written"],
-                       metadatas=[{"file_key": record.key, "file_hash": "new", "source": "ferry.md"}],
-                       embeddings=store.embed_passages(["half written"]))
+    run = store.begin_run()
+    run.put(FileRecord(**{**vars(record), "hash": "new"}), [f"{record.key}-half-0"], ["half written"],
+            [{"file_key": record.key, "file_hash": "new", "source": "ferry.md"}],
+            store.embed_passages(["half written"]))
     other = _open(backend)
     if "--chroma-url" in backend:
-        assert other.repair() == 0  # a fresh journal: someone may be writing it right now
+        assert other.repair() == 0  # a fresh run: someone may be writing it right now
         assert other.canon.get(ids=[f"{record.key}-half-0"])["ids"]
         assert other.repair(stale_after=0) == 1
     else:

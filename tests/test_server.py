@@ -19,6 +19,7 @@ import openai
 import pytest
 import uvicorn
 
+import kb.api as kb_api
 from ingest.discover import discover
 from kb.api import KnowledgeBase
 from kb.config import Settings
@@ -345,3 +346,42 @@ def test_queries_keep_working_during_an_ingest_and_then_see_the_new_canon(corpor
     assert len(outcomes) >= 4 and all(outcome == (200, True) for outcome in outcomes), outcomes[:5]
     assert after["results"][0]["source"] == "harbour-bell.md"
     assert "Odo Varn" in answer["answer"] and answer["citations"][0]["source"] == "harbour-bell.md"
+
+
+def test_readers_see_a_whole_ingest_run_or_none_of_it(corpora_kb, tmp_path, monkeypatch):
+    """While POST /ingest stages a drop file by file, every answer comes from the canon before it."""
+    drop = tmp_path / "drops" / "tally"
+
+    def write_drop(season: str, numbers) -> None:
+        for n in numbers:
+            (drop / f"tally-{n:02d}.md").write_text(
+                f"# Tide tally {n}\n\nThe tide tally of log {n} was kept in the {season} ledger.\n")
+
+    drop.mkdir(parents=True)
+    write_drop("spring", range(6))
+    seen: list[set[str]] = []
+
+    def seasons(http) -> set[str]:
+        found = http.post("/search", json={"query": "tide tally ledger", "k": 20, "mode": "bm25"}).json()
+        return {r["text"].split(" the ")[-1].split()[0] for r in found["results"]
+                if r["source"].startswith("tally-")}
+
+    def ingest_watched(paths, settings, on_file=None):
+        with httpx.Client(base_url=url, timeout=60) as reader:
+            return real_ingest(paths, settings, on_file=lambda source: seen.append(seasons(reader)))
+
+    real_ingest = kb_api.ingest
+    app = create_app(settings_for(corpora_kb), token=None, roots=[drop.parent])
+    with running(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+        assert http.post("/ingest", json={"paths": ["tally"]}).json()["added"]
+        before = http.get("/status").json()
+        assert seasons(http) == {"spring"}
+        write_drop("autumn", range(1, 8))  # five changed, two new
+        (drop / "tally-00.md").unlink()     # one gone
+        monkeypatch.setattr(kb_api, "ingest", ingest_watched)
+        report = http.post("/ingest", json={"paths": ["tally"]}).json()
+        after = http.get("/status").json()
+        assert seasons(http) == {"autumn"}
+    assert len(report["updated"]) == 5 and len(report["added"]) == 2 and report["removed"] == ["tally-00.md"]
+    assert len(seen) == 7 and all(s == {"spring"} for s in seen), seen
+    assert after["files"] == before["files"] + 1 and after["generation"] != before["generation"]

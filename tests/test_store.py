@@ -55,7 +55,7 @@ def by_source(rows: dict[str, dict]) -> dict[str, set[str]]:
 
 
 def assert_consistent(kb_dir: Path) -> dict[str, FileRecord]:
-    """Every stored chunk belongs to a manifest file with the same hash; counts match; no journal left."""
+    """Every stored chunk belongs to a manifest file with the same hash; counts match; no run left."""
     SharedSystemClient.clear_system_cache()  # another process wrote: read the directory afresh
     store = Store(kb_dir)
     files = store.files()
@@ -67,7 +67,7 @@ def assert_consistent(kb_dir: Path) -> dict[str, FileRecord]:
     assert store.count() == len(rows["ids"]) == sum(r.chunks for r in files.values())
     for record in files.values():
         assert sum(m["file_key"] == record.key for m in rows["metadatas"]) == record.chunks
-    assert store.manifest.get(where={"kind": "pending"})["ids"] == []
+    assert store.manifest.get(where={"kind": {"$in": ["staged", "run"]}})["ids"] == []
     # the vector index holds exactly the same rows
     assert sorted(cid for cid, _ in store.dense_query("herons", store.count())) == sorted(rows["ids"])
     return files
@@ -241,19 +241,26 @@ def crash_ingest(step: str, after: int, *args) -> subprocess.CompletedProcess:
 
 
 def test_ingest_killed_from_outside_mid_run_is_completed_by_the_next_run(tmp_path, kb_dir):
-    """An unpatched `kb ingest` SIGKILLed wherever it happens to be once writes have begun."""
+    """An unpatched `kb ingest` SIGKILLed wherever it happens to be once a run has staged files."""
     docs = tmp_path / "docs"
-    for n in range(12):
-        write(docs / f"log-{n:02}.md", f"# Log {n}\nOn day {n} the tide rose {n % 7} feet.\n\n"
-              f"## Notes\nThe heron count was {n * 3}.\n")
+
+    def drop(version: str) -> None:
+        for n in range(12):
+            write(docs / f"log-{n:02}.md", f"# Log {n}\nOn day {n} of {version} the tide rose {n % 7} feet.\n\n"
+                  f"## Notes\nThe heron count was {n * 3}.\n")
+
+    drop("spring")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    old = {meta["source"]: text for _, text, meta in zip(*Store(kb_dir).all_chunks()) if "tide" in text}
+    drop("autumn")
     writer = subprocess.Popen([str(Path(sys.executable).with_name("kb")), "ingest", str(docs),
                                "--kb", str(kb_dir), "--json"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wal = kb_dir / "chroma" / "chroma.sqlite3"
+    sqlite_file = kb_dir / "chroma" / "chroma.sqlite3"
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline and writer.poll() is None:
-            if wal.exists() and _logged_writes(wal) >= 12:  # a file or two in
+            if _staged_rows(sqlite_file) >= 2:  # a file or two in
                 break
             time.sleep(0.02)
     finally:
@@ -261,30 +268,29 @@ def test_ingest_killed_from_outside_mid_run_is_completed_by_the_next_run(tmp_pat
         writer.wait()
     assert writer.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
 
-    # before any repair, readers see whole files only: each committed file with all its chunks
+    # before any repair, readers see the previous ingest whole: no file of the killed run
     SharedSystemClient.clear_system_cache()
     store = Store(kb_dir)
-    partial = store.files()
-    assert 0 < len(partial) < 12
-    visible = store.all_chunks()[2]
-    for record in partial.values():
-        assert sum(m["file_key"] == record.key for m in visible) == record.chunks == 2
-    assert len(visible) == 2 * len(partial)
+    assert 0 < _staged_rows(sqlite_file) < 12
+    ids, texts, metas = store.all_chunks()
+    assert len(ids) == 24 and store.status()["chunks"] == 24 < store.count()
+    assert {meta["source"]: text for text, meta in zip(texts, metas) if "tide" in text} == old
     result, report = invoke_json("ingest", docs, "--kb", kb_dir)
     assert result.exit_code == 0, result.output
-    assert len(report["added"]) + len(report["unchanged"]) + len(report["updated"]) == 12
-    assert sorted(report["unchanged"]) == sorted(r.source for r in partial.values())
-    assert report["chunks"] == 24
-    assert len(assert_consistent(kb_dir)) == 12
+    assert len(report["updated"]) == 12 and report["chunks"] == 24
+    files = assert_consistent(kb_dir)
+    assert len(files) == 12
+    assert all("autumn" in text for text in Store(kb_dir).all_chunks()[1] if "tide" in text)
 
 
-def _logged_writes(sqlite_file: Path) -> int:
-    """How many writes chromadb has logged so far (read-only peek; 0 while the file is being made)."""
+def _staged_rows(sqlite_file: Path) -> int:
+    """How many files the running ingest has staged so far (read-only peek; 0 while the file is being made)."""
     import sqlite3
 
     try:
         with contextlib.closing(sqlite3.connect(f"file:{sqlite_file}?mode=ro", uri=True, timeout=0.1)) as db:
-            return db.execute("select count(*) from embeddings_queue").fetchone()[0]
+            return db.execute("select count(*) from embedding_metadata where key = 'kind' "
+                              "and string_value = 'staged'").fetchone()[0]
     except sqlite3.Error:
         return 0
 
@@ -313,22 +319,24 @@ def test_ingest_killed_after_the_commit_but_before_cleanup(tmp_path, kb_dir):
     assert_consistent(kb_dir)
 
 
-def test_a_replace_interrupted_before_its_commit_is_rolled_back(tmp_path, kb_dir):
-    """The state the store's journal exists for: new chunks written, manifest not yet flipped."""
+def test_a_run_interrupted_before_its_commit_is_rolled_back(tmp_path, kb_dir):
+    """The state staging exists for: a run's new chunks written, the run never published."""
     docs = canon(tmp_path / "docs")
     assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
     before = chunk_rows(kb_dir)
     store = Store(kb_dir)
     record = next(r for r in store.files().values() if r.source == "kilns.txt")
     half_hash = "f" * 64
-    store._journal(record.key)
     meta = {**next(m for m in before.values() if m["source"] == "kilns.txt"), "file_hash": half_hash}
-    store.canon.upsert(ids=[f"{record.key}-{half_hash[:12]}-0"], documents=["Half-written kilns text."],
-                       metadatas=[meta], embeddings=store.embed_passages(["Half-written kilns text."]))
-    # the crash: no manifest flip, no cleanup
+    run = store.begin_run()
+    run.put(FileRecord(**{**vars(record), "hash": half_hash}), [f"{record.key}-{half_hash[:12]}-0"],
+            ["Half-written kilns text."], [meta], store.embed_passages(["Half-written kilns text."]))
+    run.remove(next(r for r in store.files().values() if r.source == "herons.md").key)
+    # the crash: no publish
 
     assert store.count() == 5
-    assert chunk_rows(kb_dir) == before  # readers never see the uncommitted chunk
+    assert chunk_rows(kb_dir) == before  # readers never see the unpublished run
+    assert store.files()[record.key].hash == record.hash
     _, found = invoke_json("search", "half-written kilns", "--kb", kb_dir, "-k", "10")
     assert "Half-written kilns text." not in [r["text"] for r in found["results"]]
 
@@ -337,6 +345,28 @@ def test_a_replace_interrupted_before_its_commit_is_rolled_back(tmp_path, kb_dir
     assert sorted(report["unchanged"]) == ["herons.md", "kilns.txt", "sub/lighthouse.md"]
     assert report["chunks"] == 4
     assert chunk_rows(kb_dir) == before
+    assert_consistent(kb_dir)
+
+
+def test_a_run_killed_after_its_commit_is_seen_whole_and_finished_by_the_next_run(tmp_path, kb_dir):
+    """Committed, but the file rows not yet copied from the staged ones: readers already see the new run."""
+    docs = canon(tmp_path / "docs")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    write(docs / "herons.md", "# Herons\nHerons left Mirewood for the Saltreach mudflats.\n")
+    (docs / "kilns.txt").unlink()
+    write(docs / "tides.md", "# Tides\nThe spring tide floods the Saltreach causeway.\n")
+
+    crash_ingest("_finish", 0, docs, "--kb", kb_dir)
+
+    SharedSystemClient.clear_system_cache()
+    assert sorted(m["source"] for m in chunk_rows(kb_dir).values()) == [
+        "herons.md", "sub/lighthouse.md", "tides.md"]
+    _, status = invoke_json("status", "--kb", kb_dir)
+    assert status["files"] == 3 and status["chunks"] == 3
+    result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert result.exit_code == 0
+    assert sorted(report["unchanged"]) == ["herons.md", "sub/lighthouse.md", "tides.md"]
+    assert report["chunks"] == 3
     assert_consistent(kb_dir)
 
 

@@ -6,19 +6,27 @@ code serves a local directory (PersistentClient) and a shared Chroma server
 
 - ``canon``: one row per chunk; the collection's metadata records the
   embedding model and its dimension.
-- ``manifest``: one row per ingested file (``file:<key>``) with its hash and
-  chunk count, one per NPC card, ``pending:<key>`` journal rows for a file
-  being replaced, and ``state`` with a generation counter readers cache by.
+- ``manifest``: one row per published file (``file:<key>``) with its hash and
+  chunk count, one per NPC card, ``run:<id>`` and ``staged:<id>:<key>`` rows
+  of an ingest run not yet cleaned up, and ``state`` with a generation counter
+  readers cache by.
 
-A file's chunk ids embed its content hash. Replacing a file writes the new
-chunks, then flips its manifest row (the commit), then deletes the old ones; a
-journal row makes an interrupted replace repairable, and readers only see
-chunks whose hash matches the manifest.
+An ingest is one run (``Store.begin_run``): it stages each file's new chunks
+under ids that embed the new content hash, with a ``staged`` row saying which
+version of which file it wrote, while readers keep seeing the published files
+only. ``Run.publish`` then commits the whole run with one write (its ``run``
+row marked committed, from which point readers see the published files
+overlaid with the run's staged rows), moves the generation, copies the staged
+rows onto the ``file`` rows, deletes the chunks no published file uses any
+more and moves the generation again (readers re-read what a delete shifted:
+``Store.consistent``). A crash before the commit leaves invisible staged chunks that the next
+writer deletes; a crash after it leaves a committed run the next writer
+finishes. Readers never see half a run.
 
 A local store has one writer at a time (kb/store/lock.py). A Chroma server
 has no such lock, since any number of machines may write at once; there only
-abandoned journal rows are repaired, and writers should not replace the same
-file at the same time (run one ingest job per folder, e.g. from CI).
+abandoned runs are cleaned up, and writers should not replace the same file
+at the same time (run one ingest job per folder, e.g. from CI).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +47,8 @@ from kb.store.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
 CANON = "canon"
 MANIFEST = "manifest"
 _UNIT = [1.0]  # manifest rows need a vector; they are only ever fetched by id
-STALE_JOURNAL_SECONDS = 900  # on a shared server, a replace journalled longer ago was abandoned
+STALE_RUN_SECONDS = 900  # on a shared server, a run started longer ago and never committed was abandoned
+SNAPSHOT_TRIES = 20  # a reader reads again at most this often while publishes land under it
 
 
 @dataclass
@@ -139,9 +149,22 @@ class Store:
     # -- manifest ---------------------------------------------------------
 
     def files(self) -> dict[str, FileRecord]:
-        """Every ingested file and card, by key."""
-        rows = self.manifest.get(where={"kind": {"$in": ["canon", "card"]}}, include=["metadatas"])
-        return {m["key"]: FileRecord.from_meta(m) for m in rows["metadatas"]}
+        """Every published file and card, by key: the file rows, overlaid with the runs committed but
+        not yet copied onto them (read in one get, so a publish is seen whole or not at all)."""
+        rows = self.manifest.get(where={"kind": {"$in": ["canon", "card", "staged", "run"]}},
+                                 include=["metadatas"])
+        metas = rows["metadatas"]
+        view = {m["key"]: FileRecord.from_meta(m) for m in metas if m["kind"] in ("canon", "card")}
+        committed = sorted((m["committed_at"], m["run"]) for m in metas
+                           if m["kind"] == "run" and m["committed_at"])
+        for _, run in committed:
+            for meta in metas:
+                if meta["kind"] == "staged" and meta["run"] == run:
+                    if meta["removed"]:
+                        view.pop(meta["key"], None)
+                    else:
+                        view[meta["key"]] = _staged_record(meta)
+        return view
 
     def generation(self) -> int:
         """A counter that changes whenever the visible canon changes."""
@@ -167,7 +190,7 @@ class Store:
             "kb": self.chroma_url or str(self.kb_dir),
             "files": sum(1 for r in records if r.kind == "canon"),
             "cards": sum(1 for r in records if r.kind == "card"),
-            "chunks": self.count(),
+            "chunks": sum(r.chunks for r in records),  # published ones: a run's staged chunks are not yet canon
             "model": self.model,
             "store_bytes": self.size_bytes(),
             "last_ingest": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(last)) if last else None,
@@ -175,57 +198,66 @@ class Store:
 
     # -- writes -----------------------------------------------------------
 
-    def _journal(self, key: str) -> None:
-        self.manifest.upsert(ids=[f"pending:{key}"], embeddings=[_UNIT],
-                             metadatas=[{"kind": "pending", "key": key, "started_at": time.time()}])
+    def begin_run(self) -> "Run":
+        """A new ingest run: what it stages stays invisible to readers until ``Run.publish``."""
+        return Run(self, uuid.uuid4().hex)
 
     def _drop_stale_chunks(self, key: str, keep_hash: str | None) -> None:
+        """Delete a file's chunks of every version but ``keep_hash`` (all of them when None)."""
         where = {"file_key": key} if keep_hash is None else {
             "$and": [{"file_key": key}, {"file_hash": {"$ne": keep_hash}}]}
         self.canon.delete(where=where)
-        self.manifest.delete(ids=[f"pending:{key}"])
 
-    def put_file(self, record: FileRecord, ids: list[str], texts: list[str], metas: list[dict],
-                 embeddings: list) -> None:
-        """Replace one file's chunks all at once: new rows, then the manifest flip, then cleanup."""
-        self._journal(record.key)
-        batch = self.client.get_max_batch_size()
-        for start in range(0, len(ids), batch):
-            end = start + batch
-            self.canon.upsert(ids=ids[start:end], documents=texts[start:end],
-                              metadatas=metas[start:end], embeddings=embeddings[start:end])
-        self.manifest.upsert(ids=[f"file:{record.key}"], embeddings=[_UNIT],
-                             metadatas=[record.to_meta()])
-        self._bump_generation()  # before the cleanup: a cache of the old generation is stale from here
-        self._drop_stale_chunks(record.key, record.hash)
+    def _finish(self, run: str, staged: list[dict]) -> None:
+        """Copy a committed run's staged rows onto the file rows, then delete what nothing uses any more."""
+        kept = [m for m in staged if not m["removed"]]
+        if kept:
+            self.manifest.upsert(ids=[f"file:{m['key']}" for m in kept], embeddings=[_UNIT] * len(kept),
+                                 metadatas=[_staged_record(m).to_meta() for m in kept])
+        gone = [f"file:{m['key']}" for m in staged if m["removed"]]
+        if gone:
+            self.manifest.delete(ids=gone)
+        for meta in staged:
+            self._drop_stale_chunks(meta["key"], None if meta["removed"] else meta["hash"])
+        self.manifest.delete(ids=[f"run:{run}"] + [f"staged:{run}:{m['key']}" for m in staged])
 
-    def remove_file(self, key: str) -> None:
-        """Forget one file: the manifest row first (readers stop seeing it), then its chunks."""
-        self._journal(key)
-        self.manifest.delete(ids=[f"file:{key}"])
-        self._bump_generation()
-        self._drop_stale_chunks(key, None)
+    def _abandon(self, run: str, staged: list[dict], published: dict[str, FileRecord]) -> None:
+        """Delete the chunks and rows of a run that never committed (a crash, or a failed write)."""
+        for meta in staged:
+            record = published.get(meta["key"])
+            if not meta["removed"] and (record is None or record.hash != meta["hash"]):
+                self.canon.delete(where={"$and": [{"file_key": meta["key"]}, {"file_hash": meta["hash"]}]})
+        self.manifest.delete(ids=[f"run:{run}"] + [f"staged:{run}:{m['key']}" for m in staged])
 
     def repair(self, stale_after: float | None = None) -> int:
-        """Finish replacements an interrupted ingest left half done; return how many.
+        """Finish runs that committed and clean up runs that never did; return how many.
 
-        A local store's write lock guarantees no other writer is mid-replace. A Chroma server has
-        no such lock, so there a journal row is only taken as abandoned once it is
-        ``stale_after`` seconds old (default STALE_JOURNAL_SECONDS): repairing another machine's
-        replace in progress would delete its new chunks just before its manifest flip.
+        A local store's write lock guarantees no other writer is mid-run. A Chroma server has
+        no such lock, so there an uncommitted run is only taken as abandoned once it is
+        ``stale_after`` seconds old (default STALE_RUN_SECONDS): cleaning up another machine's
+        run in progress would delete the chunks it is about to publish.
         """
         if stale_after is None:
-            stale_after = STALE_JOURNAL_SECONDS if self.chroma_url else 0.0
-        pending = self.manifest.get(where={"kind": "pending"}, include=["metadatas"])
-        files = self.files()
+            stale_after = STALE_RUN_SECONDS if self.chroma_url else 0.0
+        rows = self.manifest.get(where={"kind": {"$in": ["staged", "run"]}}, include=["metadatas"])
+        runs = {m["run"]: m for m in rows["metadatas"] if m["kind"] == "run"}
+        staged: dict[str, list[dict]] = {}
+        for meta in rows["metadatas"]:
+            if meta["kind"] == "staged":
+                staged.setdefault(meta["run"], []).append(meta)
+                runs.setdefault(meta["run"], {"run": meta["run"], "committed_at": 0.0,
+                                              "started_at": meta["staged_at"]})
+        published = self.files()
         repaired = 0
-        for meta in pending["metadatas"]:
-            if time.time() - meta.get("started_at", 0.0) < stale_after:
+        for run, meta in sorted(runs.items(), key=lambda item: item[1]["committed_at"]):
+            if meta["committed_at"]:
+                self._finish(run, staged.get(run, []))
+            elif time.time() - meta["started_at"] >= stale_after:
+                self._abandon(run, staged.get(run, []), published)
+            else:
                 continue
-            record = files.get(meta["key"])
-            self._drop_stale_chunks(meta["key"], record.hash if record else None)
             repaired += 1
-        if repaired:  # a crash between a manifest flip and its generation bump left caches stale
+        if repaired:  # a crash may have come before the generation moved; a reader mid-scan rereads
             self._bump_generation()
         return repaired
 
@@ -235,15 +267,29 @@ class Store:
         return self.canon.count()
 
     def all_chunks(self, batch: int = 5000):
-        """Every visible chunk as (ids, texts, metadatas); stale rows of a half-done write are left out."""
-        live = {key: rec.hash for key, rec in self.files().items()}
-        ids, texts, metas = [], [], []
-        for cid, text, meta in self.scan_chunks(batch):
-            if live.get(meta.get("file_key")) == meta.get("file_hash"):
-                ids.append(cid)
-                texts.append(text)
-                metas.append(meta)
-        return ids, texts, metas
+        """Every visible chunk as (ids, texts, metadatas): the published files' chunks, one whole generation."""
+
+        def read():
+            live = {key: rec.hash for key, rec in self.files().items()}
+            rows = [(cid, text, meta) for cid, text, meta in self.scan_chunks(batch)
+                    if live.get(meta.get("file_key")) == meta.get("file_hash")]
+            return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+        return self.consistent(read)
+
+    def consistent(self, read):
+        """What ``read()`` returns, read again while publishes land during it, as a seqlock's reader does.
+
+        A publish moves the generation after its commit and again after deleting the chunks
+        it replaced, so a read that saw the generation unchanged saw one published state whole.
+        """
+        for _ in range(SNAPSHOT_TRIES):
+            generation = self.generation()
+            result = read()
+            if self.generation() == generation:
+                return result
+            time.sleep(0.05)
+        return result
 
     def scan_chunks(self, batch: int = 5000):
         """Every chunk row, visible or not, as (id, text, metadata), a page at a time."""
@@ -274,3 +320,61 @@ class Store:
         if self.chroma_url:
             return None
         return sum(p.stat().st_size for p in self.kb_dir.rglob("*") if p.is_file())
+
+
+def _staged_record(meta: dict) -> FileRecord:
+    return FileRecord.from_meta({**meta, "kind": meta["file_kind"]})
+
+
+class Run:
+    """One ingest's writes, staged where readers cannot see them until ``publish``."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.store, self.id = store, run_id
+        self.started_at = time.time()
+        self.staged: dict[str, dict] = {}
+
+    def _stage(self, meta: dict) -> None:
+        if not self.staged:  # the run row goes first, so a crash leaves a run the next writer can find
+            self.store.manifest.upsert(ids=[f"run:{self.id}"], embeddings=[_UNIT], metadatas=[
+                {"kind": "run", "run": self.id, "started_at": self.started_at, "committed_at": 0.0}])
+        meta = {**meta, "kind": "staged", "run": self.id, "staged_at": time.time()}
+        self.store.manifest.upsert(ids=[f"staged:{self.id}:{meta['key']}"], embeddings=[_UNIT],
+                                   metadatas=[meta])
+        self.staged[meta["key"]] = meta
+
+    def put(self, record: FileRecord, ids: list[str], texts: list[str], metas: list[dict],
+            embeddings: list) -> None:
+        """Stage one file's new version: its staged row, then all its chunks (invisible until published)."""
+        self._stage({**record.to_meta(), "file_kind": record.kind, "removed": False})
+        store = self.store
+        batch = store.client.get_max_batch_size()
+        for start in range(0, len(ids), batch):
+            end = start + batch
+            store.canon.upsert(ids=ids[start:end], documents=texts[start:end],
+                               metadatas=metas[start:end], embeddings=embeddings[start:end])
+
+    def files(self) -> dict[str, FileRecord]:
+        """The files as they will be once this run is published: the published ones and what it staged."""
+        view = self.store.files()
+        for key, meta in self.staged.items():
+            if meta["removed"]:
+                view.pop(key, None)
+            else:
+                view[key] = _staged_record(meta)
+        return view
+
+    def remove(self, key: str) -> None:
+        """Stage forgetting one file: it stays visible until the run is published."""
+        self._stage({"key": key, "removed": True})
+
+    def publish(self) -> None:
+        """Make everything staged visible at once: commit, move the generation, then tidy up."""
+        if not self.staged:
+            return
+        store = self.store
+        store.manifest.upsert(ids=[f"run:{self.id}"], embeddings=[_UNIT], metadatas=[
+            {"kind": "run", "run": self.id, "started_at": self.started_at, "committed_at": time.time()}])
+        store._bump_generation()  # after the commit: a reader caching the old generation reloads
+        store._finish(self.id, list(self.staged.values()))
+        store._bump_generation()  # after the cleanup: a reader whose pages it shifted reads again

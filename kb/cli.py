@@ -452,7 +452,9 @@ def npc_chat(name, k, model, base_url, extractive, no_retrieval, state_pairs, kb
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; beyond loopback needs $KB_API_TOKEN.")
+              help="Address to listen on; beyond loopback needs $KB_API_TOKEN or $KB_NPC_TOKEN (16+ characters).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A Host name to answer to besides localhost, 127.0.0.1, [::1] and --host (repeatable).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--root", "roots", multiple=True, type=click.Path(path_type=Path, file_okay=False),
               help="A folder POST /ingest may read (repeatable); none: /ingest is off.")
@@ -460,12 +462,12 @@ def npc_chat(name, k, model, base_url, extractive, no_retrieval, state_pairs, kb
 @click.option("--model", default=None, help="Chat model [$KB_MODEL, default gpt-4o-mini].")
 @click.option("--extractive", is_flag=True, help="Quote the canon; never call a model.")
 @common
-def serve(host, port, roots, base_url, model, extractive, kb_dir, as_json):
+def serve(host, allowed_hosts, port, roots, base_url, model, extractive, kb_dir, as_json):
     """Serve the knowledge base over HTTP: an OpenAI-compatible chat API and a JSON API."""
     from kb.server import serve as run_server
 
     run_server(settings_from(kb_dir, base_url=base_url, model=model), host=host, port=port,
-               roots=list(roots), extractive=extractive)
+               roots=list(roots), extractive=extractive, allowed_host_names=list(allowed_hosts))
 
 
 @cli.command("mcp")

@@ -21,7 +21,7 @@ CORPORA_PATHS = [str(CORPORA)]  # corpora/.kbignore keeps its README and questio
 def clean_env(monkeypatch):
     """No key, no base URL, no KB_DIR from the machine leaks into a test."""
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "KB_DIR", "KB_CHROMA_URL", "KB_EMBED_MODEL",
-                 "KB_MODEL", "KB_API_TOKEN"):
+                 "KB_MODEL", "KB_API_TOKEN", "KB_NPC_TOKEN"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -25,7 +25,7 @@ from kb.api import KnowledgeBase
 from kb.config import Settings
 from kb.retrieve import within_limits
 from kb.server import create_app
-from kb.store import Store
+from kb.store import Store, write_lock
 from tests.conftest import CORPORA_PATHS, invoke
 
 LATE_QUESTION = "Who commissioned the theft of the Kessel Glass?"
@@ -282,6 +282,102 @@ def test_serve_refuses_to_listen_beyond_loopback_without_a_token(corpora_kb):
     assert len(result.stderr.strip().splitlines()) == 1
     result = invoke("serve", "--kb", corpora_kb.parent / "missing")
     assert result.exit_code == 1 and "no knowledge base" in result.stderr
+
+
+FULL_TOKEN = "full-token-for-tools-0123456789"
+NPC_TOKEN = "npc-token-a-game-ships-0123456789"
+
+
+@pytest.fixture
+def captured_uvicorn(monkeypatch) -> list[dict]:
+    """`kb serve` runs up to uvicorn.run, which records what it was given instead of listening."""
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append({"app": app, **options}))
+    return calls
+
+
+def test_dns_rebinding_is_refused_by_the_host_allowlist(store_copy, captured_uvicorn):
+    assert invoke("serve", "--kb", store_copy, "--allowed-host", "kb.studio.lan").exit_code == 0
+    [served] = captured_uvicorn
+    with running(served["app"]) as url, httpx.Client(base_url=url) as http:
+        port = url.rsplit(":", 1)[1]
+        for host in (f"rebind.attacker.example:{port}", "attacker.example", f"localhost.attacker.example:{port}",
+                     f"127.0.0.1.nip.io:{port}", ""):
+            refused = http.post("/search", json={"query": "ferrywoman"}, headers={"Host": host})
+            assert refused.status_code == 421, host
+            assert refused.json()["error"]["code"] == "host_not_allowed" and "Maren" not in refused.text
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "kb.studio.lan",
+                     f"KB.Studio.lan:{port}"):
+            assert http.post("/search", json={"query": "ferrywoman"}, headers={"Host": host}).status_code == 200
+        assert http.get("/healthz", headers={"Host": "10.0.0.7:8000"}).status_code == 200  # a probe by address
+
+
+def test_the_npc_token_opens_only_the_npc_routes(store_copy, monkeypatch):
+    monkeypatch.setenv("KB_API_TOKEN", FULL_TOKEN)
+    monkeypatch.setenv("KB_NPC_TOKEN", NPC_TOKEN)
+    with running(create_app(settings_for(store_copy))) as url:
+        game = openai.OpenAI(base_url=f"{url}/v1", api_key=NPC_TOKEN, max_retries=0)
+        assert [m.id for m in game.models.list()] == ["npc:Maren", "npc:Sefa Orrin", "npc:Ysolde Penhallow"]
+        reply = game.chat.completions.create(model="npc:Maren", messages=[{"role": "user", "content": "Who rows the ferry?"}])
+        assert reply.choices[0].message.content
+        with pytest.raises(openai.PermissionDeniedError):
+            game.chat.completions.create(model="kb", messages=[{"role": "user", "content": "Who rows the ferry?"}])
+        tool = openai.OpenAI(base_url=f"{url}/v1", api_key=FULL_TOKEN, max_retries=0)
+        assert [m.id for m in tool.models.list()][0] == "kb"
+        assert tool.chat.completions.create(model="kb", messages=[{"role": "user", "content": "hi"}]).choices
+        with httpx.Client(base_url=url) as http:
+            as_game = {"Authorization": f"Bearer {NPC_TOKEN}"}
+            as_tool = {"Authorization": f"Bearer {FULL_TOKEN}"}
+            assert http.post("/npc/Maren/ask", json={"question": "Who rows the ferry?"}, headers=as_game).status_code == 200
+            for method, path, body in [("POST", "/search", {"query": "tide"}), ("POST", "/ask", {"question": "tide"}),
+                                       ("POST", "/ingest", {"paths": ["x"]}), ("GET", "/status", None)]:
+                refused = http.request(method, path, json=body, headers=as_game)
+                assert refused.status_code == 403, path
+                assert refused.json()["error"]["code"] == "insufficient_scope"
+            assert http.post("/search", json={"query": "tide"}, headers=as_tool).status_code == 200
+            assert http.post("/npc/Maren/ask", json={"question": "hi"}, headers=as_tool).status_code == 200
+            assert http.post("/npc/Maren/ask", json={"question": "hi"}).status_code == 401
+
+
+@pytest.mark.parametrize("variable, value", [("KB_API_TOKEN", "x"), ("KB_API_TOKEN", ""),
+                                             ("KB_API_TOKEN", " " * 20), ("KB_NPC_TOKEN", "short-npc-token")])
+def test_a_blank_or_short_token_is_refused_beyond_loopback(corpora_kb, monkeypatch, captured_uvicorn,
+                                                            variable, value):
+    other = "KB_NPC_TOKEN" if variable == "KB_API_TOKEN" else "KB_API_TOKEN"
+    monkeypatch.setenv(other, NPC_TOKEN)
+    monkeypatch.setenv(variable, value)
+    result = invoke("serve", "--host", "0.0.0.0", "--kb", corpora_kb)
+    assert result.exit_code == 2 and captured_uvicorn == []
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {variable} is ") and "at least 16" in line
+    assert invoke("serve", "--kb", corpora_kb).exit_code == 0  # on loopback a short token is the user's call
+
+
+def test_bad_ingest_paths_are_400_and_no_reply_shows_a_server_path(corpora_kb, tmp_path):
+    root = tmp_path / "drops"
+    (root / "canon").mkdir(parents=True)
+    (root / "canon" / "bell.md").write_text("# Bell\n\nThe bell of Greyhithe rings at dawn.\n")
+    (root / "canon" / "broken.json").write_text("{not json")
+    private = str(tmp_path)
+    with running(create_app(settings_for(corpora_kb), token=None, roots=[root])) as url, \
+            httpx.Client(base_url=url, timeout=60) as http:
+        for path in ["canon/\x00bell.md", "x" * 5000, "y" * 300]:
+            response = http.post("/ingest", json={"paths": [path]})
+            assert response.status_code == 400, path[:20]
+            assert response.json()["error"]["code"] == "invalid_path"
+        report = http.post("/ingest", json={"paths": ["canon", "canon/gone.md"]})
+        assert report.status_code == 200 and private not in report.text
+        assert report.json()["added"] == ["bell.md"]
+        assert {f["path"] for f in report.json()["failed"]} == {"broken.json", "canon/gone.md"}
+        status = http.get("/status")
+        assert status.json()["kb"] == corpora_kb.name and private not in status.text
+        with write_lock(corpora_kb):
+            locked = http.post("/ingest", json={"paths": ["canon"]})
+        assert locked.status_code == 409 and private not in locked.text
+        assert f"writing to {corpora_kb.name};" in locked.json()["error"]["message"]
+    with running(create_app(settings_for(tmp_path / "nothing"), token=None)) as url:
+        missing = httpx.post(f"{url}/search", json={"query": "bell"})
+        assert missing.status_code == 503 and private not in missing.text
 
 
 # -- ingest over HTTP ----------------------------------------------------------------------

@@ -29,18 +29,29 @@ from kb.config import Settings
 from kb.errors import KBError
 from kb.server import routes
 from kb.server.errors import install_error_handlers
-from kb.server.security import MAX_BODY_BYTES, TOKEN_ENV, BodyLimit, check_exposure
+from kb.server.security import (
+    MAX_BODY_BYTES,
+    NPC_TOKEN_ENV,
+    TOKEN_ENV,
+    BodyLimit,
+    HostAllowlist,
+    allowed_hosts,
+    check_exposure,
+)
 
 log = logging.getLogger("kb.server")
 
 
-def create_app(settings: Settings, *, token: str | None = None, roots: list[Path] | None = None,
-               extractive: bool = False, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(settings: Settings, *, token: str | None = None, npc_token: str | None = None,
+               roots: list[Path] | None = None, extractive: bool = False,
+               max_body_bytes: int = MAX_BODY_BYTES, hosts: list[str] | None = None) -> FastAPI:
     """The HTTP app over one knowledge base.
 
-    ``token`` defaults to $KB_API_TOKEN; when set, every route but /healthz and
-    the docs needs ``Authorization: Bearer <token>``. ``roots`` are the folders
-    /ingest may read (none: /ingest is off). ``extractive`` never calls a chat
+    ``token`` defaults to $KB_API_TOKEN and ``npc_token`` to $KB_NPC_TOKEN; when
+    either is set, every route but /healthz and the docs needs ``Authorization:
+    Bearer <token>``, and the NPC token opens only the NPC routes. ``roots`` are
+    the folders /ingest may read (none: /ingest is off). ``hosts`` are the Host
+    names answered besides the loopback ones. ``extractive`` never calls a chat
     model even when one is configured.
     """
     kb = KnowledgeBase(settings)
@@ -60,25 +71,37 @@ def create_app(settings: Settings, *, token: str | None = None, roots: list[Path
                   description="Your studio's canon as an OpenAI-compatible chat API and a JSON API.")
     app.state.kb = kb
     app.state.token = token or os.environ.get(TOKEN_ENV) or None
+    app.state.npc_token = npc_token or os.environ.get(NPC_TOKEN_ENV) or None
     app.state.roots = [Path(r).resolve() for r in roots or []]
+    app.state.private = [*app.state.roots, *_kb_paths(settings)]  # never shown in a reply
     app.state.extractive = extractive
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(HostAllowlist, hosts=allowed_hosts(hosts))
     install_error_handlers(app)
-    for router in (routes.service, routes.json_api, routes.openai_api):
+    for router in (routes.service, routes.json_api, routes.npc_api, routes.openai_api):
         app.include_router(router)
     return app
 
 
+def _kb_paths(settings: Settings) -> list[Path]:
+    """The knowledge base folder as given and as resolved (error messages may carry either)."""
+    return [] if settings.chroma_url else [Path(settings.kb_dir).absolute(), Path(settings.kb_dir).resolve()]
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
-          roots: list[Path] | None = None, token: str | None = None, extractive: bool = False) -> None:
-    """Run the API with uvicorn until interrupted.
+          roots: list[Path] | None = None, token: str | None = None, npc_token: str | None = None,
+          extractive: bool = False, allowed_host_names: list[str] | None = None) -> None:
+    """Run the API with uvicorn until interrupted; it answers to the loopback names, ``host`` and
+    ``allowed_host_names``.
 
     Raises:
         KBError: exposed without a token, a root that is not a folder, or no knowledge base
             to serve (and no root to ingest into it).
+        ConfigError: exposed with a blank or short token.
     """
-    token = token or os.environ.get(TOKEN_ENV) or None
-    check_exposure(host, token)
+    token = token if token is not None else os.environ.get(TOKEN_ENV)
+    npc_token = npc_token if npc_token is not None else os.environ.get(NPC_TOKEN_ENV)
+    check_exposure(host, token, npc_token)
     for root in roots or []:
         if not Path(root).is_dir():
             raise KBError(f"--root {root} is not a folder")
@@ -86,5 +109,6 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         KnowledgeBase(settings).store  # noqa: B018 - fail now, in one line, rather than per request
     import uvicorn
 
-    app = create_app(settings, token=token, roots=roots, extractive=extractive)
+    app = create_app(settings, token=token, npc_token=npc_token, roots=roots, extractive=extractive,
+                     hosts=[host, *(allowed_host_names or [])])
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)

@@ -1,9 +1,11 @@
-"""Every error leaves the server in OpenAI's shape, mapped in one place from the error tree's HTTP status."""
+"""Every error leaves the server in OpenAI's shape, mapped in one place from the error tree's HTTP status,
+and without the server's own paths."""
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,12 +26,21 @@ def error_response(status: int, message: str, code: str | None = None, headers: 
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
+def redact(text: str, private: list[Path]) -> str:
+    """``text`` without the server's own absolute paths: a file under an ingest root by its path
+    relative to that root, the knowledge base folder by its name."""
+    for path in sorted({str(p) for p in private}, key=len, reverse=True):
+        text = text.replace(path + "/", "").replace(path, Path(path).name or ".")
+    return text
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """KBErrors by their own status and code; validation as 422; anything else a 500 that hides its details."""
 
     @app.exception_handler(KBError)
     async def kb_error(request: Request, exc: KBError):
-        return error_response(exc.http_status, str(exc), exc.code, exc.headers)
+        message = redact(str(exc), getattr(request.app.state, "private", []))
+        return error_response(exc.http_status, message, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -6,6 +6,7 @@ the KnowledgeBase, its ingest roots and its options on ``app.state``.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -14,8 +15,9 @@ from fastapi.responses import StreamingResponse
 
 from kb.api import NPC, KnowledgeBase
 from kb.conversation import split_messages
-from kb.errors import InvalidRequest, NotFound
+from kb.errors import Forbidden, InvalidRequest, NotFound
 from kb.server import streaming
+from kb.server.errors import redact
 from kb.server.schemas import (
     MAX_QUESTION_CHARS,
     AnswerResponse,
@@ -28,13 +30,14 @@ from kb.server.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from kb.server.security import authorize, confine
+from kb.server.security import authorize, confine, require_full
 
 KB_MODEL = "kb"
 NPC_PREFIX = "npc:"
 
 service = APIRouter(tags=["service"])
-json_api = APIRouter(tags=["json"], dependencies=[Depends(authorize)])
+json_api = APIRouter(tags=["json"], dependencies=[Depends(require_full)])
+npc_api = APIRouter(tags=["json"], dependencies=[Depends(authorize)])  # what the NPC-only token opens
 openai_api = APIRouter(tags=["openai"], dependencies=[Depends(authorize)])
 
 
@@ -60,11 +63,14 @@ def healthz():
     return {"status": "ok"}
 
 
-@service.get("/status", dependencies=[Depends(authorize)])
+@service.get("/status", dependencies=[Depends(require_full)])
 def status(request: Request):
-    """Files, cards, chunks, embedding model and last ingest, as `kb status --json`."""
+    """Files, cards, chunks, embedding model and last ingest, as `kb status --json` (the store by its
+    folder's name only)."""
     kb = knowledge_base(request)
-    return {**kb.status(), "llm": kb.settings.llm_configured and not request.app.state.extractive}
+    found = kb.status()
+    found["kb"] = redact(found["kb"], request.app.state.private)
+    return {**found, "llm": kb.settings.llm_configured and not request.app.state.extractive}
 
 
 @json_api.post("/search", response_model=SearchResponse)
@@ -97,7 +103,7 @@ def conversation(body: NpcAskRequest) -> tuple[str, list[dict]]:
     return body.question, [t.model_dump() for t in body.history or []]
 
 
-@json_api.post("/npc/{name}/ask", response_model=AnswerResponse, response_model_exclude_none=True)
+@npc_api.post("/npc/{name}/ask", response_model=AnswerResponse, response_model_exclude_none=True)
 def npc_ask(name: str, body: NpcAskRequest, request: Request):
     """An NPC's in-character answer from only the canon its card (and the game state) allows,
     as `kb npc ask --json`; ``history`` or ``messages`` carry the conversation."""
@@ -109,28 +115,32 @@ def npc_ask(name: str, body: NpcAskRequest, request: Request):
 
 @json_api.post("/ingest", response_model=IngestResponse)
 def ingest(body: IngestRequest, request: Request):
-    """Ingest files or folders on the server (under its --root folders), as `kb ingest --json`."""
+    """Ingest files or folders on the server (under its --root folders), as `kb ingest --json`
+    with every path relative to its root."""
     paths = [confine(p, request.app.state.roots) for p in body.paths]
-    return knowledge_base(request).ingest(paths).to_json()
+    report = knowledge_base(request).ingest(paths).to_json()
+    return json.loads(redact(json.dumps(report), request.app.state.private))
 
 
 def _model_card(model_id: str) -> dict:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "lore-kb"}
 
 
-def _model_ids(kb: KnowledgeBase) -> list[str]:
-    return [KB_MODEL] + [f"{NPC_PREFIX}{name}" for name in sorted(kb.npcs())]
+def _model_ids(kb: KnowledgeBase, scope: str) -> list[str]:
+    """The models a token may use: the NPC-only token does not see `kb`."""
+    npcs = [f"{NPC_PREFIX}{name}" for name in sorted(kb.npcs())]
+    return npcs if scope == "npc" else [KB_MODEL, *npcs]
 
 
 @openai_api.get("/v1/models")
-def list_models(request: Request):
+def list_models(request: Request, scope: str = Depends(authorize)):
     """`kb` (lore answers) and `npc:<Name>` for every NPC card."""
-    return {"object": "list", "data": [_model_card(m) for m in _model_ids(knowledge_base(request))]}
+    return {"object": "list", "data": [_model_card(m) for m in _model_ids(knowledge_base(request), scope)]}
 
 
 @openai_api.get("/v1/models/{model_id:path}")
-def get_model(model_id: str, request: Request):
-    if model_id not in _model_ids(knowledge_base(request)):
+def get_model(model_id: str, request: Request, scope: str = Depends(authorize)):
+    if model_id not in _model_ids(knowledge_base(request), scope):
         raise NotFound(f"unknown model '{model_id}'", "model_not_found")
     return _model_card(model_id)
 
@@ -148,12 +158,14 @@ def chat_turns(messages: list[ChatMessage]) -> tuple[str, list[dict]]:
 
 
 @openai_api.post("/v1/chat/completions")
-def chat_completions(body: ChatRequest, request: Request):
+def chat_completions(body: ChatRequest, request: Request, scope: str = Depends(authorize)):
     """Answer the last user message, in the light of the turns before it, as `kb` or in character as
     `npc:<Name>`; ``state`` (extension) is the player's game state; `stream: true` for SSE."""
     question, history = chat_turns(body.messages)
     kb = knowledge_base(request)
     if body.model == KB_MODEL:
+        if scope != "full":
+            raise Forbidden("this token opens only the npc:<Name> models, not `kb`", "insufficient_scope")
         answerer = kb
     elif body.model.startswith(NPC_PREFIX):
         answerer = find_npc(kb, body.model[len(NPC_PREFIX):], "model_not_found")

@@ -163,7 +163,9 @@ def change_visible(kb: KnowledgeBase, store: Store, canon: Canon, vectors, index
     ids = [f"{record.key}-{record.hash[:12]}-{i}" for i in range(len(ids))]
     for meta in metas:
         meta["file_hash"] = record.hash
-    store.put_file(record, ids, texts, metas, embeddings)
+    run = store.begin_run()
+    run.put(record, ids, texts, metas, embeddings)
+    run.publish()
     began = time.perf_counter()
     hits = kb.search(marker, k=1, mode="bm25")
     seconds = time.perf_counter() - began

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from ingest.text import CJK_CHARS, fold
@@ -30,6 +30,7 @@ HEADING = 0.5  # ... found only in the chunk's heading
 LEANED_ON = 0.6  # ... found only in the sentence a pronoun-led sentence leans on
 TYPE_BONUS = 0.3  # the sentence holds what the question asks for (a name, a date, a number, a place)
 RANK_BONUS = 0.1  # for the first-ranked chunk, falling as 1/rank
+SAID = 0.3  # a question term the quotes already hold weighs this share for the next pick
 LOCAL_FLOOR = 0.1  # the least a question term held by most of the context's sentences still weighs
 FRAGMENT_WORDS = 4  # fewer words than this (a CJK character counts half) is a fragment
 
@@ -337,7 +338,12 @@ class _Candidate:
     sentence: _Sentence
     text: str
     terms: set[str]
+    context: list[tuple[set[str], float]] = field(default_factory=list)
+    typed: bool = False  # holds the kind of thing the question asks for
     score: float = 0.0
+
+    def rescore(self, asked: dict[str, float]) -> None:
+        self.score = coverage(asked, self.terms, self.context) + RANK_BONUS / self.rank + TYPE_BONUS * self.typed
 
 
 def _local_rarity(asked: dict[str, float], sentences: list[_Candidate]) -> dict[str, float]:
@@ -355,8 +361,10 @@ def _local_rarity(asked: dict[str, float], sentences: list[_Candidate]) -> dict[
     return weights
 
 
-def candidates(question: str, chunks: list[tuple[int, str, str]], idf: Callable[[str], float]) -> list[_Candidate]:
-    """Every sentence of the chunks ((n, text, heading), in rank order), scored, best first."""
+def candidates(question: str, chunks: list[tuple[int, str, str]],
+               idf: Callable[[str], float]) -> tuple[list[_Candidate], dict[str, float]]:
+    """Every sentence of the chunks ((n, text, heading), in rank order), scored, best first, and
+    the question's terms with the weights they were scored by."""
     by_chunk = []
     for rank, (n, text, title) in enumerate(chunks, start=1):
         sentences = [_Candidate(n, rank, order, s, text[s.start:s.end], set(terms))
@@ -371,13 +379,12 @@ def candidates(question: str, chunks: list[tuple[int, str, str]], idf: Callable[
             heading = candidate.sentence.heading
             if heading not in heading_terms:
                 heading_terms[heading] = set(tokens(f"{title}\n{heading}"))
-            context = [(heading_terms[heading], HEADING)]
+            candidate.context = [(heading_terms[heading], HEADING)]
             if candidate.order and leans_on_previous(candidate.text):
-                context.append((sentences[candidate.order - 1].terms, LEANED_ON))
-            candidate.score = coverage(asked, candidate.terms, context) + RANK_BONUS / candidate.rank
-            if kind and has_evidence(candidate.text, kind, question):
-                candidate.score += TYPE_BONUS
-    return sorted(everything, key=lambda c: (-c.score, c.rank, c.order))
+                candidate.context.append((sentences[candidate.order - 1].terms, LEANED_ON))
+            candidate.typed = bool(kind) and has_evidence(candidate.text, kind, question)
+            candidate.rescore(asked)
+    return sorted(everything, key=lambda c: (-c.score, c.rank, c.order)), asked
 
 
 def _with_antecedents(candidate: _Candidate, sentences: list[_Candidate]) -> list[_Candidate]:
@@ -411,7 +418,7 @@ def choose(question: str, chunks: list[tuple[int, str, str]], idf: Callable[[str
         chunks: (citation number, text, heading) of each chunk in the context, in rank order.
         idf: how rare a term is in the canon (kb.retrieve.Corpus.idf).
     """
-    ranked = candidates(question, chunks, idf)
+    ranked, asked = candidates(question, chunks, idf)
     texts = {n: text for n, text, _ in chunks}
     sentences_of: dict[int, list[_Candidate]] = {}
     for candidate in sorted(ranked, key=lambda c: (c.n, c.order)):
@@ -419,9 +426,8 @@ def choose(question: str, chunks: list[tuple[int, str, str]], idf: Callable[[str
     said: list[_Candidate] = []
     quotes: list[Quote] = []
     picked = 0
-    for candidate in ranked:
-        if picked == max_sentences:
-            break
+    while ranked and picked < max_sentences:
+        candidate = ranked.pop(0)
         unit = [c for c in _with_antecedents(candidate, sentences_of[candidate.n])
                 if not any(c is old or _same(c.text, old.text) for old in said)]
         if not unit or unit[-1] is not candidate:
@@ -429,6 +435,11 @@ def choose(question: str, chunks: list[tuple[int, str, str]], idf: Callable[[str
         said.extend(unit)
         quotes.extend(_runs(unit, texts[candidate.n]))
         picked += 1
+        # what is said already counts less: the next pick is the one that adds most of the rest
+        asked = {term: weight * (SAID if any(term in c.terms for c in unit) else 1.0) for term, weight in asked.items()}
+        for other in ranked:
+            other.rescore(asked)
+        ranked.sort(key=lambda c: (-c.score, c.rank, c.order))
     return quotes
 
 

@@ -117,6 +117,18 @@ def test_best_sentence_first_and_at_most_three():
     assert render(quotes[:1]) == "The capital of the Corrandine Shallows is Greyhithe, on Saltreach. [1]"
 
 
+def test_the_next_quote_adds_what_the_first_did_not_say():
+    """After a sentence that names the (rare) subject, the one that holds the rest of the question
+    beats another sentence about the subject alone."""
+    text = ("The Brine Wardens patrol the salt flats. The Brine Wardens meet at the lighthouse. "
+            "The oath of silence binds every member for life.")
+    rare_subject = {"brine": 10.0, "warden": 10.0}.get
+    quotes = choose("What oath of silence do the Brine Wardens take?", [(1, text, "")],
+                    lambda term: rare_subject(term, 1.0), 2)
+    assert [q.text for q in quotes] == ["The Brine Wardens patrol the salt flats.",
+                                        "The oath of silence binds every member for life."]
+
+
 def test_the_kind_asked_for_picks_the_sentence_that_holds_it():
     text = ("The Great Drowning is remembered in every harbour song of the Shallows. "
             "The Great Drowning came in 203 TC and took the old capital.")

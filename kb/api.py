@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from ingest.cards import Card
+from ingest.meta import meta_key
 from ingest.tokens import encoding
 from kb.answer import Answer, respond
 from kb.config import RetrievalConfig, Settings
@@ -195,9 +196,12 @@ class KnowledgeBase:
         (``strict``: canon without a limited key is hidden too) and quest ``flags`` (None: canon
         that `requires:` flags is not hidden).
 
+        Keys are case-folded, as ingest stores them (`Chapter` is `chapter`).
+
         Raises:
             Unavailable: there is no knowledge base there.
         """
+        where = {meta_key(key): value for key, value in where.items()} if where else where
         return search(self.store, self.corpus, query, k=k, mode=mode, where=where, limits=limits,
                       config=self.settings.retrieval, flags=flags, strict=strict)
 

@@ -99,7 +99,7 @@ def build_server(kb: KnowledgeBase, roots: list[Path] | None = None, extractive:
         def ingest(paths: list[str]) -> JSON:
             """Add, update and remove canon files incrementally (only under this server's ingest roots).
 
-            Relative paths are taken under the roots. Returns added, updated, unchanged, removed, failed, chunks.
+            Relative paths are taken under the roots. Returns added, updated, unchanged, removed, failed, skipped, warnings, chunks.
             """
             return kb.ingest([confine(path, allowed) for path in paths]).to_json()
 

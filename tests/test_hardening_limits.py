@@ -74,6 +74,9 @@ def test_a_chapter_numeric_limits_cannot_compare_is_a_warning_naming_the_file(tm
     assert {"added", "updated", "unchanged", "removed", "failed", "chunks"} <= set(report)
     text = invoke("status", "--kb", kb_dir)
     assert "warning: world/betrayal-word.md: chapter is 'four'" in text.stderr
+    _, found = invoke_json("search", BELL_QUESTION, "--where", "Chapter=4", "-k", "20", "--kb", kb_dir)
+    assert {h["source"] for h in found["results"]} == {"world/betrayal.md", "world/betrayal-key.md",
+                                                       "scripts/betrayal.ink"}
 
 
 def test_a_strict_card_hides_canon_without_the_limited_key(tmp_path):

@@ -102,7 +102,7 @@ def npc_knowledge(canon: Canon) -> list[Finding]:
     findings = []
     for line in canon.lines():
         card = cards.get((line.speaker or "").casefold())
-        if card is None or not _comparable(card.knows):
+        if card is None:
             continue
         for name, form in canon.mentioned(line):
             if name in (card.name, card.speaker):
@@ -110,7 +110,7 @@ def npc_knowledge(canon: Canon) -> list[Finding]:
             pool = uses[name].pool(line)
             if (card.name, name) not in visible:
                 visible[(card.name, name)] = {id(use.file): use for use in uses[name].every
-                                                 if within_limits(use.meta, card.knows)}
+                                                 if within_limits(use.meta, card.knows, card.strict)}
             seen = visible[(card.name, name)]
             prose_only = pool is uses[name].prose
             known = any(key != id(line.file) and (not prose_only or held.file.kind != "script")
@@ -129,8 +129,3 @@ def npc_knowledge(canon: Canon) -> list[Finding]:
                 "or widen the card's `knows`",
                 [Location(elsewhere.file.shown, mention_line(elsewhere, name))]))
     return findings
-
-
-def _comparable(limits: dict) -> bool:
-    """A card whose numeric limits are numbers (the metadata rule reports the others)."""
-    return isinstance(limits.get("chapter", 0), (int, float))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import yaml
@@ -14,12 +15,18 @@ _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", r
 
 
 def coerce(value):
-    """Turn '2' into 2 so `chapter <= 2` compares numbers, and keep anything else."""
+    """Turn '2' into 2 so `chapter <= 2` compares numbers, and keep anything else.
+
+    A NaN or an infinity becomes text ('nan'): chromadb drops a NaN value, which
+    would turn `chapter: .nan` into canon without a chapter, common knowledge.
+    """
     if isinstance(value, str):
         stripped = value.strip()
         if _INTEGER.fullmatch(stripped):
             return int(stripped)
         return stripped
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return value
 
 

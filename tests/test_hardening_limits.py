@@ -9,11 +9,13 @@ from kb.limits import within_limits
 from tests.conftest import invoke, invoke_json
 from tests.small_canon import BELL_QUESTION, BETRAYAL, HIDDEN_WORDS, PELL, write_canon
 
-# the chapter-4 secret three more ways: a capitalised key, a word, a code; and a script tag
+# the chapter-4 secret more ways: a capitalised key, a word, a code, NaN, a bool; and a script tag
 SPELLINGS = {
     "world/betrayal-key.md": BETRAYAL.replace("chapter: 4", "Chapter: 4"),
     "world/betrayal-word.md": BETRAYAL.replace("chapter: 4", "chapter: four"),
     "world/betrayal-code.md": BETRAYAL.replace("chapter: 4", "chapter: ch4"),
+    "world/betrayal-nan.md": BETRAYAL.replace("chapter: 4", "chapter: .nan"),  # chromadb drops a NaN
+    "world/betrayal-bool.md": BETRAYAL.replace("chapter: 4", "chapter: true"),
     "scripts/betrayal.ink": "# Chapter: 4\nThe harbourmaster sold the brass bell Old Gull to the Grey Fleet "
                             "smugglers for forty crowns.\n",
 }
@@ -66,7 +68,8 @@ def test_a_chapter_numeric_limits_cannot_compare_is_a_warning_naming_the_file(tm
     kb_dir = tmp_path / "kb"
     result, report = invoke_json("ingest", world(tmp_path), "--kb", kb_dir)
     assert result.exit_code == 0, result.output
-    expected = {"world/betrayal-word.md": "chapter is 'four'", "world/betrayal-code.md": "chapter is 'ch4'"}
+    expected = {"world/betrayal-word.md": "chapter is 'four'", "world/betrayal-code.md": "chapter is 'ch4'",
+                "world/betrayal-nan.md": "chapter is 'nan'", "world/betrayal-bool.md": "chapter is 'True'"}
     for data in (report, invoke_json("status", "--kb", kb_dir)[1]):
         assert {w["path"] for w in data["warnings"]} == set(expected), data["warnings"]
         for warning in data["warnings"]:

@@ -61,7 +61,8 @@ def _read(path: Path, limit_mb: int, source: str) -> bytes:
 
 
 def _store_file(store: Store, run: Run, found, data: bytes, digest: str, settings: Settings) -> int:
-    """Parse, chunk, embed and stage one file in the run; return its chunk count."""
+    """Parse, chunk, embed and stage one file in the run (or restage the version an interrupted run
+    staged whole); return its chunk count."""
     key = file_key(found.path)
     record = FileRecord(key=key, path=str(found.path), source=found.source, root=str(found.root),
                         hash=digest, kind=found.kind, chunks=0, ingested_at=time.time())
@@ -71,6 +72,9 @@ def _store_file(store: Store, run: Run, found, data: bytes, digest: str, setting
         record.card = card.to_json()
         run.put(record, [], [], [], [])
         return 0
+    reused = run.reuse(key, digest)
+    if reused is not None:
+        return reused.chunks
     chunks = load_chunks(data, found.source, key, digest, settings.chunk_tokens,
                          settings.chunk_overlap, settings.cjk_chunk_tokens, file_path=found.path)
     for chunk in chunks:
@@ -96,7 +100,7 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
     lock = contextlib.nullcontext() if settings.chroma_url else write_lock(settings.kb_dir)
     with lock:
         store = Store(settings.kb_dir, settings.chroma_url, settings.embed_model, create=True)
-        store.repair()
+        store.repair(abandon=False)  # what an interrupted run staged is reused, then cleaned up
         records = store.files()
         run = store.begin_run()
         for item in found:
@@ -120,6 +124,7 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
         report.removed = _remove_vanished(run, records, paths, {str(f.path) for f in found})
         run.publish()
         report.warnings = stored_limit_warnings(store.files().values(), {str(f.path) for f in found})
+        store.repair()
         report.chunks = store.count()
     return report
 

@@ -241,6 +241,7 @@ def crash_ingest(step: str, after: int, *args) -> subprocess.CompletedProcess:
 
 
 def test_ingest_killed_from_outside_mid_run_is_completed_by_the_next_run(tmp_path, kb_dir):
+    embed_calls: list[int] = []
     """An unpatched `kb ingest` SIGKILLed wherever it happens to be once a run has staged files."""
     docs = tmp_path / "docs"
 
@@ -271,13 +272,19 @@ def test_ingest_killed_from_outside_mid_run_is_completed_by_the_next_run(tmp_pat
     # before any repair, readers see the previous ingest whole: no file of the killed run
     SharedSystemClient.clear_system_cache()
     store = Store(kb_dir)
-    assert 0 < _staged_rows(sqlite_file) < 12
+    staged = _staged_rows(sqlite_file)
+    assert 0 < staged < 12
     ids, texts, metas = store.all_chunks()
     assert len(ids) == 24 and store.status()["chunks"] == 24 < store.count()
     assert {meta["source"]: text for text, meta in zip(texts, metas) if "tide" in text} == old
-    result, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        original = Store.embed_passages
+        patch.setattr(Store, "embed_passages", lambda self, texts: embed_calls.append(len(texts)) or original(self, texts))
+        result, report = invoke_json("ingest", docs, "--kb", kb_dir)
     assert result.exit_code == 0, result.output
     assert len(report["updated"]) == 12 and report["chunks"] == 24
+    # the rerun picks up where the killed one stopped: a file it staged whole is not embedded again
+    assert 2 * (12 - staged) <= sum(embed_calls) <= 2 * (12 - staged + 1)
     files = assert_consistent(kb_dir)
     assert len(files) == 12
     assert all("autumn" in text for text in Store(kb_dir).all_chunks()[1] if "tide" in text)

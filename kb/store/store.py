@@ -229,13 +229,15 @@ class Store:
                 self.canon.delete(where={"$and": [{"file_key": meta["key"]}, {"file_hash": meta["hash"]}]})
         self.manifest.delete(ids=[f"run:{run}"] + [f"staged:{run}:{m['key']}" for m in staged])
 
-    def repair(self, stale_after: float | None = None) -> int:
-        """Finish runs that committed and clean up runs that never did; return how many.
+    def repair(self, stale_after: float | None = None, abandon: bool = True) -> int:
+        """Finish runs that committed and (with ``abandon``) clean up runs that never did; return how many.
 
-        A local store's write lock guarantees no other writer is mid-run. A Chroma server has
-        no such lock, so there an uncommitted run is only taken as abandoned once it is
-        ``stale_after`` seconds old (default STALE_RUN_SECONDS): cleaning up another machine's
-        run in progress would delete the chunks it is about to publish.
+        An ingest finishes first and cleans up only once it has published, so what an
+        interrupted run staged can be reused in between (``Run.reuse``). A local store's write
+        lock guarantees no other writer is mid-run. A Chroma server has no such lock, so there
+        an uncommitted run is only taken as abandoned once it is ``stale_after`` seconds old
+        (default STALE_RUN_SECONDS): cleaning up another machine's run in progress would delete
+        the chunks it is about to publish.
         """
         if stale_after is None:
             stale_after = STALE_RUN_SECONDS if self.chroma_url else 0.0
@@ -252,7 +254,7 @@ class Store:
         for run, meta in sorted(runs.items(), key=lambda item: item[1]["committed_at"]):
             if meta["committed_at"]:
                 self._finish(run, staged.get(run, []))
-            elif time.time() - meta["started_at"] >= stale_after:
+            elif abandon and time.time() - meta["started_at"] >= stale_after:
                 self._abandon(run, staged.get(run, []), published)
             else:
                 continue
@@ -363,6 +365,19 @@ class Run:
             else:
                 view[key] = _staged_record(meta)
         return view
+
+    def reuse(self, key: str, digest: str) -> FileRecord | None:
+        """Stage a file version that an interrupted run staged whole, without parsing or embedding it
+        again (a rerun after a crash picks up where it stopped); None when there is none."""
+        store = self.store
+        rows = store.manifest.get(where={"$and": [{"kind": "staged"}, {"key": key}, {"hash": digest}]},
+                                  include=["metadatas"])
+        for meta in rows["metadatas"]:
+            stored = store.canon.get(where={"$and": [{"file_key": key}, {"file_hash": digest}]}, include=[])
+            if meta["run"] != self.id and len(stored["ids"]) == meta["chunks"]:
+                self._stage({k: v for k, v in meta.items() if k not in ("kind", "run", "staged_at")})
+                return _staged_record(meta)
+        return None
 
     def remove(self, key: str) -> None:
         """Stage forgetting one file: it stays visible until the run is published."""

@@ -299,6 +299,14 @@ def coverage(question_terms: dict[str, float], terms: set[str],
     return sum(weight * term_credit(term, terms, context) for term, weight in question_terms.items()) / total
 
 
+def names_the_doer(sentence: str, question: str) -> bool:
+    """Whether a sentence names the doer of the question's act: "the poisoner" for who poisoned,
+    "their founder" for who founded (an -er/-or noun on the stem of a word of the question)."""
+    stems = set(tokens(question))
+    return any(word[:-2] in stems for word in _LATIN_WORD.findall(fold(sentence))
+               if len(word) > 5 and word.endswith(("er", "or")))
+
+
 def has_evidence(sentence: str, kind: str, question: str) -> bool:
     """Whether a sentence holds the kind of thing asked for, beyond what the question already says."""
     asked = fold(question)
@@ -339,7 +347,7 @@ class _Candidate:
     text: str
     terms: set[str]
     context: list[tuple[set[str], float]] = field(default_factory=list)
-    typed: bool = False  # holds the kind of thing the question asks for
+    typed: int = 0  # holds the kind of thing the question asks for (2: and names the doer of the act asked about)
     score: float = 0.0
 
     def rescore(self, asked: dict[str, float]) -> None:
@@ -382,7 +390,9 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
             candidate.context = [(heading_terms[heading], HEADING)]
             if candidate.order and leans_on_previous(candidate.text):
                 candidate.context.append((sentences[candidate.order - 1].terms, LEANED_ON))
-            candidate.typed = bool(kind) and has_evidence(candidate.text, kind, question)
+            candidate.typed = int(bool(kind) and has_evidence(candidate.text, kind, question))
+            if candidate.typed and kind == "person" and names_the_doer(candidate.text, question):
+                candidate.typed += 1
             candidate.rescore(asked)
     return sorted(everything, key=lambda c: (-c.score, c.rank, c.order)), asked
 

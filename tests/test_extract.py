@@ -6,7 +6,17 @@ import re
 
 import pytest
 
-from kb.extract import RELATED_FORM, choose, is_fragment, leans_on_previous, passage_coverage, question_type, render, split_sentences
+from kb.extract import (
+    RELATED_FORM,
+    choose,
+    is_fragment,
+    leans_on_previous,
+    names_the_doer,
+    passage_coverage,
+    question_type,
+    render,
+    split_sentences,
+)
 from tests.conftest import invoke, invoke_json
 
 
@@ -127,6 +137,15 @@ def test_the_next_quote_adds_what_the_first_did_not_say():
                     lambda term: rare_subject(term, 1.0), 2)
     assert [q.text for q in quotes] == ["The Brine Wardens patrol the salt flats.",
                                         "The oath of silence binds every member for life."]
+
+
+def test_an_agent_noun_names_the_doer_of_the_act_asked_about():
+    assert names_the_doer("The poisoner is Nessa Vell.", "Who poisoned Idris Callow?")
+    assert names_the_doer("Their founder, Osric Vane, lost both hands.", "Who founded the Brine Wardens?")
+    assert not names_the_doer("Wren finds that Idris was poisoned.", "Who poisoned Idris Callow?")
+    assert not names_the_doer("The order came by river.", "Who poisoned Idris Callow?")
+    text = "Wren saw that the cup was poisoned. The poisoner tipped reed into the cup: Nessa Vell."
+    assert choose("Who poisoned the cup?", [(1, text, "")], flat, 1)[0].text.startswith("The poisoner")
 
 
 def test_the_kind_asked_for_picks_the_sentence_that_holds_it():

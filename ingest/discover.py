@@ -112,7 +112,7 @@ def discover(paths: list[str]) -> tuple[list[Found], list[tuple[str, str]], list
                 folder = Path(exc.filename).relative_to(root).as_posix()
                 if not is_ignored(folder, ignored):
                     missing.append((_printable(name if folder == "." else folder),
-                                    f"cannot read folder: {exc.strerror}; what it held stays in the knowledge base"))
+                                    f"cannot read folder: {exc.strerror}"))
             candidates = sorted(p for p in files
                                 if p.is_file() and not is_ignored(p.relative_to(root).as_posix(), ignored))
             base = root

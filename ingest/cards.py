@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 import yaml
 
 from ingest.errors import IngestError, ParseError
-from ingest.meta import NUMERIC_KEYS, coerce, meta_key
+from ingest.meta import NUMERIC_KEYS, AliasBomb, coerce, load_yaml, meta_key
 
 DEFAULT_UNKNOWN = "I don't know anything about that."
 _REQUIRED = ("name", "role", "persona")
@@ -76,7 +76,9 @@ def parse_card(text: str, path: str) -> Card:
         IngestError: invalid YAML, a missing or mistyped field.
     """
     try:
-        card = yaml.safe_load(text)
+        card = load_yaml(text)
+    except AliasBomb as exc:
+        raise ParseError(f"NPC card refused: {exc}", path) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ParseError("invalid YAML in NPC card", path, mark.line + 1 if mark else None) from None

@@ -10,6 +10,7 @@ import yaml
 from ingest.errors import ParseError
 
 NUMERIC_KEYS = frozenset({"chapter"})  # compared as numbers, whatever the cards say
+MAX_YAML_VALUES = 10_000  # values in one YAML document once its aliases are expanded
 _INTEGER = re.compile(r"-?\d+")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
@@ -81,13 +82,66 @@ def clean_meta(meta: dict) -> dict:
     return out
 
 
+class AliasBomb(yaml.YAMLError):
+    """A YAML document whose aliases expand past MAX_YAML_VALUES values (nine aliases of nine of nine...)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a document whose aliases expand past MAX_YAML_VALUES values.
+
+    PyYAML builds an alias as a shared object, so loading is cheap, but anything
+    that walks or prints the values (metadata as text, a card's fields) pays
+    for the expansion: 500 bytes of front matter became gigabytes.
+    """
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values a node stands for with every alias expanded (each shared node counted once per use)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise AliasBomb("an alias refers to the collection it is in")
+    open_nodes.add(id(node))
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    for child in children:
+        size += _expanded_size(child, sizes, open_nodes)
+        if size > MAX_YAML_VALUES:
+            raise AliasBomb(f"its aliases expand to over {MAX_YAML_VALUES:,} values")
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` bounded against alias bombs: the one way ingest reads YAML.
+
+    Raises:
+        AliasBomb: aliases expand past MAX_YAML_VALUES values, or refer to their own collection.
+        yaml.YAMLError: the text is not YAML.
+    """
+    return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def split_front_matter(text: str, path: str) -> tuple[dict, str]:
     """Read a leading YAML block (--- ... ---) into metadata; return it and the body."""
     match = _FRONT_MATTER.match(text)
     if not match:
         return {}, text
     try:
-        data = yaml.safe_load(match.group(1)) or {}
+        data = load_yaml(match.group(1)) or {}
+    except AliasBomb as exc:
+        raise ParseError(f"YAML front matter refused: {exc}", path, 1) from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         raise ParseError(f"invalid YAML front matter: {exc.__class__.__name__}", path,

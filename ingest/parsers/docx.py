@@ -7,12 +7,14 @@ import io
 from ingest.errors import IngestError
 from ingest.parsers.elements import offline_unstructured, sections_from_elements
 from ingest.types import Section
+from ingest.zipcheck import check_zip
 
 BINARY = True
 
 
 def parse(data: bytes, path: str) -> list[Section]:
-    """Partition a .docx file into titled sections."""
+    """Partition a .docx file into titled sections (after its zip sizes pass ingest.zipcheck)."""
+    check_zip(data, path, "DOCX")
     offline_unstructured()
     from unstructured.partition.docx import partition_docx
 

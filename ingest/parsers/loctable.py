@@ -54,6 +54,7 @@ from ingest.errors import IngestError, ParseError
 from ingest.parsers.dialogue import dialogue_section
 from ingest.parsers.markup import strip_markup
 from ingest.types import Section
+from ingest.zipcheck import check_zip
 
 log = logging.getLogger("ingest")
 
@@ -104,7 +105,8 @@ def _delimited_rows(data: bytes, path: str) -> list[tuple[int, list[str]]]:
 
 
 def _xlsx_tables(data: bytes, path: str) -> list[tuple[dict, list[tuple[int, list[str]]]]]:
-    """Each worksheet's metadata and rows, every row as wide as its header."""
+    """Each worksheet's metadata and rows, every row as wide as its header (zip sizes checked first)."""
+    check_zip(data, path, "XLSX")
     try:
         workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as exc:

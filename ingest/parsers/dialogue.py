@@ -46,8 +46,8 @@ LABEL_WORDS = {
     "update", "tags", "tag", "here", "this", "that", "there", "it", "but", "and", "so", "then",
 }
 _LINE_COMMENT = re.compile(r"(?<!:)//.*$")  # `(?<!:)` keeps the // of a URL
-_COMMENTS = re.compile(r"(?<!:)//[^\n]*|/\*.*?\*/", re.DOTALL)
-_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
+_COMMENT_OPENER = re.compile(r"(?<!:)//|/\*")
+_BLOCK_OPENER = re.compile(r"/\*")
 _LETTER = re.compile(r"[^\W\d_]")
 CHOICE_MARK = "(choice)"
 
@@ -158,10 +158,18 @@ def blank_block_comments(text: str, path: str, first_line: int = 1, line_comment
     Raises:
         ParseError: a `/*` is never closed; the line is where it opens.
     """
-    pattern = _COMMENTS if line_comments else _BLOCK_COMMENT
-    text = pattern.sub(lambda match: "\n" * match.group().count("\n"), text)
-    start = text.find("/*")
-    if start >= 0:
-        raise ParseError("comment opened with /* is never closed with */", path,
-                         first_line + text.count("\n", 0, start))
-    return text
+    opener = _COMMENT_OPENER if line_comments else _BLOCK_OPENER
+    kept = []
+    position = 0
+    while match := opener.search(text, position):  # one pass: a regex would rescan from every unclosed /*
+        if match.group() == "//":
+            end = text.find("\n", match.end())
+            end = len(text) if end < 0 else end
+        else:
+            end = text.find("*/", match.end()) + 2
+            if end < 2:
+                raise ParseError("comment opened with /* is never closed with */", path,
+                                 first_line + text.count("\n", 0, match.start()))
+        kept.append(text[position:match.start()] + "\n" * text.count("\n", match.start(), end))
+        position = end
+    return "".join(kept) + text[position:]

@@ -34,7 +34,6 @@ from ingest.types import Section
 
 _HEADER = re.compile(r"^(?P<key>[A-Za-z_][\w.\-]*)\s*:\s*(?P<value>.*)$")
 _FILE_TAG = re.compile(r"^#\s*(?P<tag>.+)$")
-_COMMAND = re.compile(r"<<.*?>>")
 _HASHTAGS = re.compile(r"(?:^|(?<=\s))(?<!\\)#\S.*$")
 _OPTION = re.compile(r"^->\s*(?P<text>.*)$")
 _YARN1_OPTION = re.compile(r"^\[\[(?P<inner>[^\]]*)\]\]$")
@@ -104,9 +103,19 @@ def _line_id(line: str) -> str | None:
     return ids[0] if ids else None
 
 
+def _without_commands(line: str) -> str:
+    """The line without its `<<commands>>`, in one pass (a regex would rescan the line from every unclosed `<<`)."""
+    kept = []
+    position = 0
+    while (start := line.find("<<", position)) >= 0 and (end := line.find(">>", start + 2)) >= 0:
+        kept.append(line[position:start])
+        position = end + 2
+    return "".join(kept) + line[position:]
+
+
 def _turn(line: str) -> tuple[str | None, str]:
     """One body line without its commands and hashtags, as a turn."""
-    line = _HASHTAGS.sub("", _COMMAND.sub("", line)).strip()
+    line = _HASHTAGS.sub("", _without_commands(line)).strip()
     line = _FORMAT_FUNCTION.sub(lambda match: " / ".join(_FORMAT_CASE.findall(match["args"])), line)
     line = _EXPRESSION.sub(lambda match: match["expression"].replace("$", "").strip(), line)
     option = _OPTION.match(line) or _YARN1_OPTION.match(line)

@@ -14,11 +14,13 @@ import re
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from ingest.text import detect_lang
-from ingest.tokens import ENCODING, encoding
+from ingest.tokens import ENCODING, count_tokens, encoding
 from ingest.types import Chunk, Section
 
 PROSE_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", "，", ", ", " ", ""]
 DIALOGUE_SEPARATORS = ["\n"]
+LONG_LINE_CHARS = 100_000  # a prose line longer than this is cut in windows, not measured word by word
+WINDOW_CUTS = [sep for sep in PROSE_SEPARATORS if sep.strip()] + [" "]  # where a window prefers to end
 
 
 @functools.cache
@@ -34,14 +36,56 @@ def _splitter(size: int, overlap: int, dialogue: bool) -> RecursiveCharacterText
     )
 
 
-def _pieces(text: str, size: int, overlap: int, dialogue: bool) -> list[str]:
-    """The text cut to ``size`` tokens; a text of at most ``size`` UTF-8 bytes (so tokens) is one piece as it is.
+def _pieces(text: str, size: int, overlap: int, dialogue: bool) -> list[list[str]]:
+    """The text cut to ``size`` tokens, in groups: one group per splitter piece, or a long line's windows.
 
-    The shortcut keeps a million-row localization table from paying a tokenizer pass per string.
+    A text of at most ``size`` UTF-8 bytes (so tokens) is one piece as it is, which keeps a
+    million-row localization table from paying a tokenizer pass per string.
     """
     if len(text) <= size and len(text.encode()) <= size:
-        return [text]
-    return _splitter(size, overlap, dialogue).split_text(text)
+        return [[text]]
+    if dialogue:
+        return [_windows(piece, size) if "\n" not in piece.strip() and _over(piece, size) else [piece]
+                for piece in _splitter(size, overlap, dialogue).split_text(text)]
+    groups: list[list[str]] = []
+    ordinary: list[str] = []
+    for line in text.split("\n"):
+        if len(line) <= LONG_LINE_CHARS:
+            ordinary.append(line)
+            continue
+        groups.extend([piece] for piece in _splitter(size, overlap, dialogue).split_text("\n".join(ordinary)))
+        ordinary = []
+        groups.extend([window] for window in _windows(line, size))
+    groups.extend([piece] for piece in _splitter(size, overlap, dialogue).split_text("\n".join(ordinary)))
+    return groups
+
+
+def _over(text: str, size: int) -> bool:
+    """Whether a text holds more than ``size`` tokens (a token is at least one UTF-8 byte, so short texts are not counted)."""
+    return len(text.encode()) > size and count_tokens(text) > size
+
+
+def _windows(line: str, size: int) -> list[str]:
+    """A line cut into windows of at most ``size`` tokens, in time linear in its length.
+
+    A window starts at four characters a token and narrows while it holds too many
+    (Chinese, symbols); it ends after the strongest sentence mark or space in its
+    second half, else where it ends.
+    """
+    windows = []
+    width = size * 4
+    start = 0
+    while start < len(line):
+        end = min(len(line), start + width)
+        if end < len(line):
+            end = next((cut + len(sep) for sep in WINDOW_CUTS
+                        if (cut := line.rfind(sep, start + width // 2, end)) > start), end)
+        if end - start > 1 and _over(line[start:end], size):
+            width = max(1, (end - start) // 2)
+            continue
+        windows.append(line[start:end])
+        start = end
+    return windows
 
 
 def _speakers_in(text: str, speakers: list[str]) -> list[str]:
@@ -63,29 +107,36 @@ def chunk_sections(sections: list[Section], file_key: str, file_hash: str, sourc
     chunks: list[Chunk] = []
     for section in sections:
         section_size = cjk_size if cjk_size and detect_lang(section.text) == "zh" else size
-        next_line = 0  # dialogue pieces are runs of whole lines, in order, without overlap
-        for piece in _pieces(section.text, section_size, overlap, section.dialogue):
-            piece = piece.strip()
-            if not piece:
+        next_line = 0  # dialogue groups are runs of whole lines (or one line's windows), in order, without overlap
+        for group in _pieces(section.text, section_size, overlap, section.dialogue):
+            group = [piece.strip() for piece in group if piece.strip()]
+            if not group:
                 continue
-            meta = {**section.meta}
-            if section.dialogue and "speaker" in meta:
-                meta["speaker"] = _speakers_in(piece, meta["speaker"])
-                if not meta["speaker"]:
-                    del meta["speaker"]
-            if section.line_ids:
-                line_count = piece.count("\n") + 1
-                ids = [i for i in section.line_ids[next_line:next_line + line_count] if i]
-                next_line += line_count
-                if ids:
-                    meta["line_ids"] = ids
-            meta.setdefault("lang", detect_lang(piece))
-            meta.update(
-                source=source,
-                chunk_index=len(chunks),
-                hash=hashlib.sha1(piece.encode()).hexdigest()[:16],
-                file_key=file_key,
-                file_hash=file_hash,
-            )
-            chunks.append(Chunk(f"{file_key}-{file_hash[:12]}-{len(chunks)}", piece, meta))
+            line_count = group[0].count("\n") + 1 if len(group) == 1 else 1
+            ids = [i for i in section.line_ids[next_line:next_line + line_count] if i]
+            next_line += line_count
+            speakers = _speakers_in(group[0], section.meta.get("speaker", [])) if section.dialogue else None
+            for piece in group:
+                chunks.append(_chunk(piece, section, speakers, ids, len(chunks), file_key, file_hash, source))
     return chunks
+
+
+def _chunk(piece: str, section: Section, speakers: list[str] | None, line_ids: list[str], index: int,
+           file_key: str, file_hash: str, source: str) -> Chunk:
+    """One piece of a section as the file's ``index``-th chunk, with its metadata."""
+    meta = {**section.meta}
+    if section.dialogue and "speaker" in meta:
+        meta["speaker"] = speakers
+        if not meta["speaker"]:
+            del meta["speaker"]
+    if line_ids:
+        meta["line_ids"] = line_ids
+    meta.setdefault("lang", detect_lang(piece))
+    meta.update(
+        source=source,
+        chunk_index=index,
+        hash=hashlib.sha1(piece.encode()).hexdigest()[:16],
+        file_key=file_key,
+        file_hash=file_hash,
+    )
+    return Chunk(f"{file_key}-{file_hash[:12]}-{index}", piece, meta)

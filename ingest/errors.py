@@ -12,6 +12,9 @@ class IngestError(Exception):
         self.line = line
         super().__init__(str(self))
 
+    def __reduce__(self):  # rebuilt from its parts when it crosses from the parse worker
+        return self.__class__, (self.reason, self.path, self.line)
+
     def __str__(self) -> str:
         where = self.path or "<input>"
         if self.line is not None:

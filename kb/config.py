@@ -59,7 +59,8 @@ class Settings:
     """Where the knowledge base lives and how it chunks, retrieves and answers.
 
     Environment: KB_DIR, KB_CHROMA_URL, KB_EMBED_MODEL, KB_CHUNK_TOKENS,
-    KB_CJK_CHUNK_TOKENS, KB_CHUNK_OVERLAP, KB_CONTEXT_TOKENS, KB_MAX_FILE_MB, OPENAI_API_KEY,
+    KB_CJK_CHUNK_TOKENS, KB_CHUNK_OVERLAP, KB_CONTEXT_TOKENS, KB_MAX_FILE_MB, KB_MAX_FILE_CHUNKS,
+    KB_PARSE_TIMEOUT_S and KB_PARSE_MEMORY_MB (what parsing one file may take), OPENAI_API_KEY,
     OPENAI_BASE_URL, KB_MODEL, KB_CONDENSE (how a follow-up becomes a search: `terms`, offline,
     or `model`, rewritten by the chat model when one is configured).
 
@@ -75,6 +76,9 @@ class Settings:
     chunk_overlap: int = field(default_factory=lambda: env_int("KB_CHUNK_OVERLAP", 40, minimum=0))
     context_tokens: int = field(default_factory=lambda: env_int("KB_CONTEXT_TOKENS", 3000, minimum=64))
     max_file_mb: int = field(default_factory=lambda: env_int("KB_MAX_FILE_MB", 20))
+    max_file_chunks: int = field(default_factory=lambda: env_int("KB_MAX_FILE_CHUNKS", 100_000))
+    parse_timeout_s: int = field(default_factory=lambda: env_int("KB_PARSE_TIMEOUT_S", 120))
+    parse_memory_mb: int = field(default_factory=lambda: env_int("KB_PARSE_MEMORY_MB", 2048, minimum=256))
     api_key: str | None = field(default_factory=lambda: os.environ.get("OPENAI_API_KEY") or None)
     base_url: str | None = field(default_factory=lambda: os.environ.get("OPENAI_BASE_URL") or None)
     model: str = field(default_factory=lambda: os.environ.get("KB_MODEL") or "gpt-4o-mini")

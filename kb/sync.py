@@ -22,6 +22,7 @@ from ingest.errors import IngestError, NothingToIndex
 from ingest.load import load_card, load_chunks
 from kb.config import Settings
 from kb.limits import limit_warnings, non_numbers
+from kb.parse_worker import run_bounded, start_worker
 from kb.store import FileRecord, Run, Store, write_lock
 
 
@@ -61,13 +62,14 @@ def _read(path: Path, limit_mb: int, source: str) -> bytes:
 
 
 def _store_file(store: Store, run: Run, found, data: bytes, digest: str, settings: Settings) -> int:
-    """Parse, chunk, embed and stage one file in the run (or restage the version an interrupted run
-    staged whole); return its chunk count."""
+    """Parse and chunk one file in the bounded worker (kb/parse_worker.py), embed it and stage it in the run
+    (or restage the version an interrupted run staged whole); return its chunk count."""
     key = file_key(found.path)
     record = FileRecord(key=key, path=str(found.path), source=found.source, root=str(found.root),
                         hash=digest, kind=found.kind, chunks=0, ingested_at=time.time())
     if found.kind == "card":
-        card = load_card(data, found.source)
+        card = run_bounded(load_card, (data, found.source), found.source,
+                           settings.parse_timeout_s, settings.parse_memory_mb)
         _refuse_a_second_card_named(card, run, record.path)
         record.card = card.to_json()
         run.put(record, [], [], [], [])
@@ -75,8 +77,10 @@ def _store_file(store: Store, run: Run, found, data: bytes, digest: str, setting
     reused = run.reuse(key, digest)
     if reused is not None:
         return reused.chunks
-    chunks = load_chunks(data, found.source, key, digest, settings.chunk_tokens,
-                         settings.chunk_overlap, settings.cjk_chunk_tokens, file_path=found.path)
+    chunks = run_bounded(load_chunks, (data, found.source, key, digest, settings.chunk_tokens,
+                                       settings.chunk_overlap, settings.cjk_chunk_tokens, found.path,
+                                       settings.max_file_chunks),
+                         found.source, settings.parse_timeout_s, settings.parse_memory_mb)
     for chunk in chunks:
         chunk.meta["ingested_at"] = record.ingested_at
     record.non_numbers = non_numbers(c.meta for c in chunks)
@@ -97,6 +101,8 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
     found, skipped, missing = discover(paths)
     report.skipped = [{"path": p, "reason": why} for p, why in skipped]
     report.failed = [{"path": p, "error": why} for p, why in missing]
+    if found:
+        start_worker()
     lock = contextlib.nullcontext() if settings.chroma_url else write_lock(settings.kb_dir)
     with lock:
         store = Store(settings.kb_dir, settings.chroma_url, settings.embed_model, create=True)

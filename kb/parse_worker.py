@@ -1,0 +1,198 @@
+"""Parse each file in a worker process held to a memory limit and a timeout, so one hostile file fails alone.
+
+The cheap checks inside the parsers (YAML alias limits, zip size caps, split
+lines) stop the bombs we know of; this is the backstop for the ones we do
+not. One long-lived worker per process parses file after file. It is a fresh
+Python (`python -m kb.parse_worker`), not a fork: forking a process that runs
+chromadb's, the embedding model's or a server's threads is unsafe, and
+multiprocessing's spawn and forkserver would re-run the caller's main script
+in the worker. It starts when an ingest starts, so its imports overlap the
+store's opening. Before each file the worker lowers its address-space limit
+(RLIMIT_AS) to KB_PARSE_MEMORY_MB; a file that needs more fails with
+MemoryError, one that runs past KB_PARSE_TIMEOUT_S gets the worker killed.
+Either way that file is one failed entry naming the bound, and the next file
+gets a fresh worker. Log records the parsers emit travel back to this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from ingest.errors import IngestError
+from kb.errors import KBError
+
+STARTUP_TIMEOUT_S = 120  # a new worker's imports; not counted against KB_PARSE_TIMEOUT_S
+_SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)  # where the worker finds kb/ and ingest/
+_lock = threading.Lock()  # one file at a time goes to the worker
+_worker: _Worker | None = None
+
+
+class _Worker:
+    """A worker process and the two pipes to it."""
+
+    def __init__(self):
+        job_read, job_write = os.pipe()
+        result_read, result_write = os.pipe()
+        path = os.pathsep.join(p for p in (_SOURCE_ROOT, os.environ.get("PYTHONPATH")) if p)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kb.parse_worker", str(job_read), str(result_write)],
+            pass_fds=(job_read, result_write), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path})
+        os.close(job_read)
+        os.close(result_write)
+        self.jobs = Connection(job_write, readable=False)
+        self.results = Connection(result_read, writable=False)
+        self.ready = False
+
+    def wait_until_ready(self) -> None:
+        """Block until the worker has imported what it parses with.
+
+        Raises:
+            KBError: it exited or hung while starting (a broken install, not a bad file).
+        """
+        if self.ready:
+            return
+        try:
+            if self.results.poll(STARTUP_TIMEOUT_S):
+                self.ready = self.results.recv() == "ready"
+        except EOFError:
+            pass
+        if not self.ready:
+            self.stop()
+            raise KBError(f"the parse worker did not start (exit status {self.process.returncode}); "
+                          "run `python -m kb.parse_worker` to see why")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.jobs.close()
+        self.results.close()
+
+
+def start_worker() -> None:
+    """Start the worker now if none runs, so its start overlaps other work (an ingest opening its store)."""
+    global _worker
+    with _lock:
+        if _worker is None:
+            _worker = _Worker()
+
+
+def run_bounded(function: Callable, args: tuple, source: str, timeout_s: int, memory_mb: int):
+    """``function(*args)`` run in the worker within ``memory_mb`` of address space and ``timeout_s`` seconds.
+
+    ``function`` must be importable by name (a module-level function of ingest/).
+
+    Raises:
+        IngestError: what ``function`` raised, or a bound it broke (named with its variable).
+    """
+    global _worker
+    with _lock:
+        if _worker is None:
+            _worker = _Worker()
+        worker = _worker
+        try:
+            worker.wait_until_ready()
+        except KBError:
+            _worker = None
+            raise
+        outcome = None
+        try:
+            worker.jobs.send((function, args, source, memory_mb * 2**20))
+            if worker.results.poll(timeout_s):
+                outcome = worker.results.recv()
+        except (EOFError, BrokenPipeError):  # the worker died
+            pass
+        except BaseException:  # interrupted mid-file: its answer would reach the next caller
+            _worker = None
+            worker.stop()
+            raise
+        if outcome is None or outcome[0] == "memory":
+            _worker = None  # the next file starts a fresh worker with a clean heap
+            timed_out = worker.process.poll() is None and outcome is None
+            worker.stop()
+            raise IngestError(_broken_bound(timed_out, outcome, worker.process.returncode, timeout_s, memory_mb),
+                              source)
+    status, value, records = outcome
+    for record in records:
+        logging.getLogger(record.name).handle(record)
+    if status == "error":
+        raise value
+    return value
+
+
+def _broken_bound(timed_out: bool, outcome, exitcode: int | None, timeout_s: int, memory_mb: int) -> str:
+    """Which bound a file broke, in words naming the variable that sets it."""
+    if timed_out:
+        return f"parse took over {timeout_s} s (KB_PARSE_TIMEOUT_S)"
+    if outcome is not None or exitcode == -signal.SIGKILL:  # MemoryError, or the kernel's OOM killer
+        return f"parse needed over {memory_mb} MB of memory (KB_PARSE_MEMORY_MB)"
+    cause = f"signal {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"exit status {exitcode}"
+    return f"parse process died ({cause})"
+
+
+class _Records(logging.Handler):
+    """Keeps the log records of one job, flattened so they pickle."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg, record.args, record.exc_info = record.getMessage(), None, None
+        self.records.append(record)
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """Whether a MemoryError is behind an exception (parsers wrap their crashes in IngestError)."""
+    while exc is not None:
+        if isinstance(exc, MemoryError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _serve(jobs: Connection, results: Connection) -> None:
+    """The worker's loop: a job in, ``(status, value, log records)`` out, until the pipe closes."""
+    from ingest.load import load_chunks  # noqa: F401  imported now, while the caller opens its store
+    from ingest.parse import unexpected
+    from ingest.tokens import encoding
+
+    encoding()
+    results.send("ready")
+
+    handler = _Records()
+    logging.getLogger().addHandler(handler)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    while True:
+        try:
+            function, args, source, memory = jobs.recv()
+        except EOFError:
+            return
+        handler.records = []
+        resource.setrlimit(resource.RLIMIT_AS, (memory if hard == resource.RLIM_INFINITY else min(memory, hard),
+                                                hard))
+        try:
+            outcome = ("ok", function(*args), handler.records)
+        except Exception as exc:  # a parser's own crash names the file, as in the parent
+            if _out_of_memory(exc):
+                outcome = ("memory", None, [])
+            else:
+                error = exc if isinstance(exc, IngestError) else unexpected(exc, source)
+                outcome = ("error", error, handler.records)
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+        results.send(outcome)
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))

@@ -101,10 +101,10 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
     found, skipped, missing = discover(paths)
     report.skipped = [{"path": p, "reason": why} for p, why in skipped]
     report.failed = [{"path": p, "error": why} for p, why in missing]
-    if found:
-        start_worker()
     lock = contextlib.nullcontext() if settings.chroma_url else write_lock(settings.kb_dir)
     with lock:
+        if found:
+            start_worker()  # its imports overlap the store's opening
         store = Store(settings.kb_dir, settings.chroma_url, settings.embed_model, create=True)
         store.repair(abandon=False)  # what an interrupted run staged is reused, then cleaned up
         records = store.files()

@@ -23,6 +23,7 @@ import kb.api as kb_api
 from ingest.discover import discover
 from kb.api import KnowledgeBase
 from kb.config import Settings
+from kb.errors import Unavailable
 from kb.retrieve import within_limits
 from kb.server import create_app
 from kb.store import Store, write_lock
@@ -378,6 +379,19 @@ def test_bad_ingest_paths_are_400_and_no_reply_shows_a_server_path(corpora_kb, t
     with running(create_app(settings_for(tmp_path / "nothing"), token=None)) as url:
         missing = httpx.post(f"{url}/search", json={"query": "bell"})
         assert missing.status_code == 503 and private not in missing.text
+
+
+def test_an_error_mid_stream_does_not_show_a_server_path(store_copy, monkeypatch):
+    def fail_after_a_token(self, question, on_token=None, **options):
+        on_token("The")
+        raise Unavailable(f"no knowledge base at {store_copy}; run `kb ingest PATH` first")
+
+    monkeypatch.setattr(KnowledgeBase, "ask", fail_after_a_token)
+    with running(create_app(settings_for(store_copy), token=None)) as url:
+        body = httpx.post(f"{url}/v1/chat/completions", json={"model": "kb", "stream": True,
+                                                              "messages": [{"role": "user", "content": "hi"}]}).text
+    assert '"content": "The"' in body and "no knowledge base at kb;" in body
+    assert str(store_copy.parent) not in body
 
 
 # -- ingest over HTTP ----------------------------------------------------------------------

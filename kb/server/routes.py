@@ -183,6 +183,7 @@ def chat_completions(body: ChatRequest, request: Request, scope: str = Depends(a
         return streaming.completion(base, question, run())
     first, events = streaming.start(run)
     include_usage = bool((body.stream_options or {}).get("include_usage"))
-    return StreamingResponse(streaming.sse_events(base, first, events, question, include_usage),
+    return StreamingResponse(streaming.sse_events(base, first, events, question, include_usage,
+                                                  request.app.state.private),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

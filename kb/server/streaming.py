@@ -7,11 +7,13 @@ import logging
 import queue
 import re
 import threading
+from pathlib import Path
 from typing import Callable
 
 from ingest.tokens import count_tokens
 from kb.answer import Answer
 from kb.errors import KBError
+from kb.server.errors import redact
 
 log = logging.getLogger("kb.server")
 _PIECE = re.compile(r"\S+\s*|\s+")
@@ -54,8 +56,10 @@ def start(run: Callable[[Callable[[str], None]], Answer]) -> tuple[tuple, queue.
     return first, events
 
 
-def sse_events(base: dict, first: tuple, events: queue.Queue, question: str, include_usage: bool):
-    """SSE in the OpenAI chunk shape: role, content deltas, a last chunk with citations, [DONE]."""
+def sse_events(base: dict, first: tuple, events: queue.Queue, question: str, include_usage: bool,
+               private: list[Path]):
+    """SSE in the OpenAI chunk shape: role, content deltas, a last chunk with citations, [DONE];
+    an error after the first token is the last event, its message without the ``private`` paths."""
     yield _chunk(base, {"role": "assistant", "content": ""})
     streamed = False
     item = first
@@ -66,7 +70,7 @@ def sse_events(base: dict, first: tuple, events: queue.Queue, question: str, inc
             yield _chunk(base, {"content": value})
         elif kind == "error":
             log.error("chat stream failed: %s", value)
-            message = str(value) if isinstance(value, KBError) else "internal error"
+            message = redact(str(value), private) if isinstance(value, KBError) else "internal error"
             yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
             return
         else:

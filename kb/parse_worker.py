@@ -31,6 +31,8 @@ from ingest.errors import IngestError
 from kb.errors import KBError
 
 STARTUP_TIMEOUT_S = 120  # a new worker's imports; not counted against KB_PARSE_TIMEOUT_S
+# Thread pools and malloc arenas reserve address space per core, which RLIMIT_AS counts: parsing needs neither.
+_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
 _SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)  # where the worker finds kb/ and ingest/
 _lock = threading.Lock()  # one file at a time goes to the worker
 _worker: _Worker | None = None
@@ -46,7 +48,7 @@ class _Worker:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kb.parse_worker", str(job_read), str(result_write)],
             pass_fds=(job_read, result_write), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": path})
+            env={**os.environ, **_ONE_THREAD, "PYTHONPATH": path})
         os.close(job_read)
         os.close(result_write)
         self.jobs = Connection(job_write, readable=False)

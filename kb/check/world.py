@@ -12,12 +12,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ingest.cards import Card, parse_card
 from ingest.decode import decode_text
 from ingest.discover import discover
 from ingest.errors import IngestError
+from ingest.meta import load_yaml
 from ingest.parse import parse_sections
 from ingest.parsers.dialogue import CHOICE_MARK
 from ingest.types import Section
@@ -155,7 +154,7 @@ def _number_lines(file: SourceFile, sections: list[Section]) -> None:
 
 def _card_mapping(raw: list[str]) -> dict:
     """The card's YAML as written (keys of `knows` included), for the metadata checks."""
-    data = yaml.safe_load("\n".join(raw))
+    data = load_yaml("\n".join(raw))  # parse_card has already refused an alias bomb
     return data if isinstance(data, dict) else {}
 
 

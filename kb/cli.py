@@ -6,6 +6,7 @@ Exit status: 0 all good; 1 something failed (the message says what and why);
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -21,6 +22,7 @@ from rich.table import Table
 from ingest.meta import coerce
 from kb.config import Settings
 from kb.errors import KBError
+from kb.handoff import announced, answering, post, running_server
 
 err = Console(stderr=True)
 
@@ -178,17 +180,22 @@ def watch_ingest(kb, paths: list[str], debounce_ms: int) -> None:
 @common
 def search(query, k, mode, where, kb_dir, as_json):
     """Show the canon chunks that best match QUERY."""
-    hits = open_kb(kb_dir).search(query, k=k, mode=mode, where=parse_where(where))
+    settings, where = settings_from(kb_dir), parse_where(where)
+    server = running_server(settings)
+    reply = server and post(server, "/search", {"query": query, "k": k, "mode": mode, "where": where})
+    if reply is None:
+        hits = open_kb(kb_dir).search(query, k=k, mode=mode, where=where)
+        reply = {"query": query, "results": [h.to_json() for h in hits]}
     if as_json:
-        emit_json({"query": query, "results": [h.to_json() for h in hits]})
+        emit_json(reply)
         return
     out = Console()
-    if not hits:
+    if not reply["results"]:
         out.print("No matching canon.")
-    for rank, hit in enumerate(hits, start=1):
-        out.print(f"[bold]{rank}. {hit.source}[/bold] · {hit.metadata.get('title', '')} "
-                  f"[dim](score {hit.score:.4f})[/dim]", highlight=False)
-        out.print(hit.text, markup=False, highlight=False)
+    for rank, hit in enumerate(reply["results"], start=1):
+        out.print(f"[bold]{rank}. {hit['source']}[/bold] · {hit['metadata'].get('title', '')} "
+                  f"[dim](score {hit['score']:.4f})[/dim]", highlight=False)
+        out.print(hit["text"], markup=False, highlight=False)
         out.print()
 
 
@@ -233,6 +240,14 @@ def print_answer(answer, streamed: bool) -> None:
             click.echo(f"    {c.label()}")
 
 
+def served_answer(settings: Settings, question: str, k: int, extractive: bool) -> dict | None:
+    """`kb ask --json` from a running `kb serve` that answers as this process would, else None."""
+    server = running_server(settings)
+    if server is None or not (extractive or server.get("answers") == answering(settings, extractive)):
+        return None
+    return post(server, "/ask", {"question": question, "k": k, "extractive": extractive})
+
+
 @cli.command()
 @click.argument("question")
 @llm_options
@@ -243,6 +258,11 @@ def ask(question, k, model, base_url, extractive, no_retrieval, state_pairs, kb_
     from kb.gamestate import state_from_pairs
 
     state = state_from_pairs(state_pairs) if state_pairs else None
+    if as_json and not (model or no_retrieval or state):
+        reply = served_answer(settings_from(kb_dir, base_url=base_url), question, k, extractive)
+        if reply is not None:
+            emit_json(reply)
+            return
     kb = open_kb(kb_dir, base_url=base_url)
     stream = None if as_json else EchoTokens()
     answer = kb.ask(question, k=k, extractive=extractive, model=model, retrieval=not no_retrieval,
@@ -466,8 +486,10 @@ def serve(host, allowed_hosts, port, roots, base_url, model, extractive, kb_dir,
     """Serve the knowledge base over HTTP: an OpenAI-compatible chat API and a JSON API."""
     from kb.server import serve as run_server
 
-    run_server(settings_from(kb_dir, base_url=base_url, model=model), host=host, port=port,
-               roots=list(roots), extractive=extractive, allowed_host_names=list(allowed_hosts))
+    settings = settings_from(kb_dir, base_url=base_url, model=model)
+    with announced(settings, host, port, extractive) if port else contextlib.nullcontext():
+        run_server(settings, host=host, port=port, roots=list(roots), extractive=extractive,
+                   allowed_host_names=list(allowed_hosts))
 
 
 @cli.command("mcp")

@@ -14,19 +14,33 @@ woman" or "fish doctor" then counts for more than its two words apart
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import threading
+from pathlib import Path
 
 import Stemmer
-from spacy.lang.en.stop_words import STOP_WORDS
-from spacy.lang.zh.stop_words import STOP_WORDS as ZH_STOP_WORDS
 
 from ingest.text import CJK_CHARS, fold
 
+
+def spacy_stop_words(lang: str) -> frozenset[str]:
+    """spaCy's stopword list for a language, read from its data module without importing spaCy.
+
+    `import spacy` costs about as much as chromadb (0.5-1 s), and every `kb search`
+    process paid it for two word lists.
+    """
+    package = Path(importlib.util.find_spec("spacy").submodule_search_locations[0])
+    spec = importlib.util.spec_from_file_location(f"kb_stop_words_{lang}", package / "lang" / lang / "stop_words.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return frozenset(module.STOP_WORDS)
+
+
 _CJK_RUN = re.compile(f"[{CJK_CHARS}]+")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-_STOP = frozenset(STOP_WORDS)
-_ZH_STOP = frozenset(w for w in ZH_STOP_WORDS if _CJK_RUN.fullmatch(w))
+_STOP = spacy_stop_words("en")
+_ZH_STOP = frozenset(w for w in spacy_stop_words("zh") if _CJK_RUN.fullmatch(w))
 _ZH_STOP_LONGEST = max(map(len, _ZH_STOP))
 
 

@@ -140,3 +140,13 @@ def test_scores_are_those_bm25s_gave():
                 assert np.array_equal(mine.scores([ids[t] for t in query]), reference.get_scores(query))
                 compared += 1
     assert compared == 5
+
+
+def test_stopwords_are_spacys_without_importing_spacy():
+    from spacy.lang.en.stop_words import STOP_WORDS
+    from spacy.lang.zh.stop_words import STOP_WORDS as ZH_STOP_WORDS
+
+    from kb.lexical import spacy_stop_words
+
+    assert spacy_stop_words("en") == frozenset(STOP_WORDS)
+    assert spacy_stop_words("zh") == frozenset(ZH_STOP_WORDS)

@@ -30,6 +30,7 @@ from kb.lexical import tokens_and_pairs
 from kb.store import FileRecord, Store
 
 FORMAT = 5  # PRAGMA user_version: bump when the schema or the tokenizer changes
+DAMAGE = (sqlite3.Error, ValueError, TypeError, KeyError, IndexError)  # what a damaged index raises when read
 APPLICATION_ID = 0x4C4B4235  # "LKB5": a SQLite file that is not ours is rebuilt, never read
 FULL_SCAN_FILES = 50  # more changed files than this: one paged scan of the store instead of a read per file
 WRITE_BATCH_CHUNKS = 20_000  # chunks tokenized and written per transaction on a cold build
@@ -68,8 +69,9 @@ class FileChunks:
 
 @dataclass
 class Loaded:
-    """Every indexed chunk in file order, with postings as (chunk, term id, count) rows per field."""
+    """Indexed files' chunks in file order, with postings as (chunk, term id, count) rows per field."""
 
+    files: list[tuple[str, str, int]]  # (key, version, chunks)
     ids: list[str]
     texts: list[str]
     metas: list[dict]
@@ -140,19 +142,13 @@ class Postings:
         db.commit()
         return db
 
-    def current(self, store: Store) -> "Loaded":
-        """The store's chunks and postings, brought up to date first; a damaged index is rebuilt once."""
-        try:
-            self.update(store)
-            return self.load()
-        except (sqlite3.Error, ValueError, TypeError, KeyError, IndexError):
-            with self._lock:
-                self.db.close()
-                if self.path is not None:
-                    self._remove()
-                self.db = self._open()
-            self.update(store)
-            return self.load()
+    def reset(self) -> None:
+        """Start again from an empty index (it was found damaged)."""
+        with self._lock:
+            self.db.close()
+            if self.path is not None:
+                self._remove()
+            self.db = self._open()
 
     # -- keeping current ----------------------------------------------------
 
@@ -254,26 +250,44 @@ class Postings:
 
     # -- reading ------------------------------------------------------------
 
-    def load(self) -> Loaded:
-        """Every file's chunks and postings, in the order the files were indexed."""
-        ids, texts, metas = [], [], []
-        lengths, pair_lengths, terms, pairs = [], [], [], []
+    def listing(self) -> list[tuple[str, str]]:
+        """Every indexed file's (key, version), in the order the files were indexed."""
         with self._lock:
-            rows = self.db.execute("SELECT ids, texts, metas, lengths, pair_lengths, terms, pairs "
-                                   "FROM files ORDER BY seq").fetchall()
-        for file_ids, file_texts, file_metas, file_lengths, file_pair_lengths, file_terms, file_pairs in rows:
+            return self.db.execute("SELECT key, version FROM files ORDER BY seq").fetchall()
+
+    def load(self, keys: set[str] | None = None) -> Loaded:
+        """These files' (default: every file's) chunks and postings, in the order the files were indexed."""
+        files, ids, texts, metas = [], [], [], []
+        lengths, pair_lengths, terms, pairs = [], [], [], []
+        columns = "seq, key, version, ids, texts, metas, lengths, pair_lengths, terms, pairs"
+        with self._lock:
+            if keys is None:
+                rows = self.db.execute(f"SELECT {columns} FROM files ORDER BY seq").fetchall()
+            else:
+                wanted, rows = list(keys), []
+                for start in range(0, len(wanted), 500):
+                    part = wanted[start:start + 500]
+                    rows += self.db.execute(f"SELECT {columns} FROM files WHERE key IN ({','.join('?' * len(part))})",
+                                            part).fetchall()
+                rows.sort()
+        for _, key, version, file_ids, file_texts, file_metas, file_lengths, file_pair_lengths, file_terms, \
+                file_pairs in rows:
             offset = len(ids)
             ids.extend(json.loads(file_ids))
             texts.extend(json.loads(file_texts))
             metas.extend(json.loads(file_metas))
+            files.append((key, version, len(ids) - offset))
             lengths.append(_array(file_lengths))
             pair_lengths.append(_array(file_pair_lengths))
             for field, blob in ((terms, file_terms), (pairs, file_pairs)):
                 rows3 = _array(blob).reshape(-1, 3).copy()
                 rows3[:, 0] += offset
                 field.append(rows3)
+            if not (len(lengths[-1]) == len(pair_lengths[-1]) == len(ids) - offset == len(texts) - offset
+                    == len(metas) - offset):
+                raise ValueError(f"the indexed file {key} is damaged")
         empty = np.zeros((0, 3), dtype=np.int32)
-        return Loaded(ids, texts, metas,
+        return Loaded(files, ids, texts, metas,
                       np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32),
                       np.concatenate(pair_lengths) if pair_lengths else np.zeros(0, dtype=np.int32),
                       np.concatenate(terms) if terms else empty, np.concatenate(pairs) if pairs else empty)

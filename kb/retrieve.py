@@ -17,12 +17,13 @@ from ingest.text import detect_lang
 from kb.config import RetrievalConfig
 from kb.lexical import query_tokens, tokens, word_pairs
 from kb.limits import requirements_met, within_limits
-from kb.postings import Loaded, Postings, index_path
+from kb.postings import DAMAGE, Loaded, Postings, index_path
 from kb.store import Store
 
 MODES = ("hybrid", "dense", "bm25")
 DEFAULT_CONFIG = RetrievalConfig()
 MASKS_PER_CORPUS = 256  # distinct (where, limits, flags) masks kept per loaded corpus
+INCREMENTAL_FILES = 50  # a reload that changes more files than this (or a tenth of them) reads everything
 
 
 @dataclass
@@ -55,15 +56,34 @@ class Field:
 
     K1, B = 1.5, 0.75
 
-    def __init__(self, postings: np.ndarray, lengths: np.ndarray):
-        order = np.argsort(postings[:, 1], kind="stable")
-        self.docs = postings[order, 0]
-        self.counts = postings[order, 2].astype(np.float32)
-        counts = np.bincount(postings[:, 1]) if len(postings) else np.zeros(0, dtype=np.int64)
-        self.start = np.concatenate([[0], np.cumsum(counts)])
+    def __init__(self, docs: np.ndarray, counts: np.ndarray, start: np.ndarray, lengths: np.ndarray):
+        self.docs, self.counts, self.start = docs, counts, start  # term t's postings: [start[t], start[t + 1])
         self.lengths = lengths.astype(np.float64)
         self.size = len(lengths)
         self.average = self.lengths.mean() if self.size else 0.0
+
+    @classmethod
+    def build(cls, postings: np.ndarray, lengths: np.ndarray) -> "Field":
+        """From (chunk, term id, count) rows: grouped by term."""
+        order = _order_by(postings[:, 1])
+        return cls(postings[order, 0], postings[order, 2].astype(np.float32), _starts(postings[:, 1], 0),
+                   lengths)
+
+    def updated(self, keep: np.ndarray, position: np.ndarray, added: np.ndarray,
+                added_lengths: np.ndarray) -> "Field":
+        """This field less the chunks ``keep`` drops (the rest renumbered by ``position``), plus ``added``
+        rows (numbered after them): linear in the postings, without regrouping them."""
+        kept = keep[self.docs]
+        docs, counts = position[self.docs[kept]], self.counts[kept]
+        start = np.concatenate([[0], np.cumsum(kept)])[self.start]
+        vocabulary = max(len(start) - 1, int(added[:, 1].max()) + 1 if len(added) else 0)
+        start = np.concatenate([start, np.full(vocabulary - (len(start) - 1), start[-1])])
+        added = added[_order_by(added[:, 1])]
+        at = start[added[:, 1] + 1]  # after each term's own postings
+        docs = np.insert(docs, at, added[:, 0])
+        counts = np.insert(counts, at, added[:, 2].astype(np.float32))
+        start = start + _starts(added[:, 1], vocabulary)
+        return Field(docs, counts, start, np.concatenate([self.lengths[keep], added_lengths]))
 
     def doc_freq(self, term_id: int | None) -> int:
         if term_id is None or term_id + 1 >= len(self.start):
@@ -86,20 +106,67 @@ class Field:
 class Corpus:
     """The visible chunks and their BM25 indexes (terms, word pairs), read from the postings on disk."""
 
-    def __init__(self, loaded: Loaded, postings: Postings):
-        self.ids, self.texts, self.metas = loaded.ids, loaded.texts, loaded.metas
-        self.position = {cid: i for i, cid in enumerate(self.ids)}
-        self.lengths = loaded.lengths.tolist()
-        self.terms = Field(loaded.terms, loaded.lengths)
-        self.pairs = Field(loaded.pairs, loaded.pair_lengths)
+    def __init__(self, files: list[tuple[str, str, int]], ids: list[str], texts: list[str], metas: list[dict],
+                 terms: Field, pairs: Field, postings: Postings):
+        self.files = files  # (key, version, chunks) in chunk order
+        self.ids, self.texts, self.metas = ids, texts, metas
+        self.position = {cid: i for i, cid in enumerate(ids)}
+        self.lengths = terms.lengths.astype(int).tolist()
+        self.terms, self.pairs = terms, pairs
         self._postings = postings
 
     @classmethod
-    def load(cls, store: Store, postings: Postings | None = None) -> "Corpus":
+    def read(cls, loaded: Loaded, postings: Postings) -> "Corpus":
+        """A corpus of freshly read files, their postings grouped by term."""
+        return cls(loaded.files, loaded.ids, loaded.texts, loaded.metas, Field.build(loaded.terms, loaded.lengths),
+                   Field.build(loaded.pairs, loaded.pair_lengths), postings)
+
+    @classmethod
+    def load(cls, store: Store, postings: Postings | None = None, previous: "Corpus | None" = None) -> "Corpus":
         """The store's visible chunks; the postings are brought up to date first (a changed file only),
-        and again when a publish lands meanwhile, so the corpus is one whole generation."""
+        and again when a publish lands meanwhile, so the corpus is one whole generation.
+
+        Given the ``previous`` corpus of this store, only the files that changed since are read.
+        """
         postings = postings or Postings(index_path(store))
-        return cls(store.consistent(lambda: postings.current(store)), postings)
+
+        def read(since: "Corpus | None") -> "Corpus":
+            postings.update(store)
+            return cls._read(postings, since)
+
+        try:
+            return store.consistent(lambda: read(previous))
+        except DAMAGE:
+            postings.reset()
+            return store.consistent(lambda: read(None))
+
+    @classmethod
+    def _read(cls, postings: Postings, previous: "Corpus | None") -> "Corpus":
+        if previous is None or previous._postings is not postings:
+            return cls.read(postings.load(), postings)
+        now = dict(postings.listing())
+        kept = {key for key, version, _ in previous.files if now.get(key) == version}
+        if len(now) - len(kept) + len(previous.files) - len(kept) > max(INCREMENTAL_FILES, len(now) // 10):
+            return cls.read(postings.load(), postings)
+        return previous._updated(kept, postings.load(set(now) - kept))
+
+    def _updated(self, kept: set[str], added: Loaded) -> "Corpus":
+        """This corpus less the files not ``kept``, plus the ``added`` ones after them."""
+        keep = np.zeros(len(self.ids), dtype=bool)
+        files, start = [], 0
+        for key, version, count in self.files:
+            if key in kept:
+                keep[start:start + count] = True
+                files.append((key, version, count))
+            start += count
+        position = np.cumsum(keep) - 1
+        chosen = np.flatnonzero(keep).tolist()
+        for rows in (added.terms, added.pairs):
+            rows[:, 0] += len(chosen)
+        return Corpus(files + added.files, [self.ids[i] for i in chosen] + added.ids,
+                      [self.texts[i] for i in chosen] + added.texts, [self.metas[i] for i in chosen] + added.metas,
+                      self.terms.updated(keep, position, added.terms, added.lengths),
+                      self.pairs.updated(keep, position, added.pairs, added.pair_lengths), self._postings)
 
     def doc_freq(self, term: str) -> int:
         """How many chunks hold a term."""
@@ -136,6 +203,18 @@ class Corpus:
             top = np.arange(len(scores))
         top = top[np.lexsort((top, -scores[top]))]  # best first, ties by position as before
         return [(int(i), float(scores[i])) for i in top if scores[i] > 0]
+
+
+def _order_by(keys: np.ndarray) -> np.ndarray:
+    """A stable argsort of non-negative int32 keys, as two 16-bit passes (NumPy radix-sorts those: ~2x faster)."""
+    low = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    return low[np.argsort((keys[low] >> 16).astype(np.uint16), kind="stable")]
+
+
+def _starts(terms: np.ndarray, vocabulary: int) -> np.ndarray:
+    """Where each term's postings begin once grouped by term (one more entry: the end)."""
+    counts = np.bincount(terms, minlength=vocabulary) if len(terms) else np.zeros(vocabulary, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(counts)])
 
 
 def _matches(value, wanted) -> bool:

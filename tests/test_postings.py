@@ -114,7 +114,7 @@ def test_a_pickle_planted_in_the_cache_is_never_loaded(world, tmp_path):
 
 
 def test_scores_are_those_bm25s_gave():
-    """The old indexes were bm25s; its scores (and so every rank) are kept to the last bit."""
+    """The old indexes were bm25s; its scores (and so every rank) are kept to the last bit, built or updated."""
     import bm25s
     import numpy as np
 
@@ -122,24 +122,34 @@ def test_scores_are_those_bm25s_gave():
     from kb.retrieve import Field
 
     texts = ["The old woman fed the herons.", "Herons, herons and more herons by the old mill.",
-             "旧港的灯塔在风暴中熄灭了", "", "The mill woman sold flour to the old woman of the fens."]
+             "旧港的灯塔在风暴中熄灭了", "", "The mill woman sold flour to the old woman of the fens.",
+             "An old woman and an old mill: herons everywhere.", "港的灯塔"]
     counted = [tokens_and_pairs(text) for text in texts]
     postings = Postings(None)
     with postings.db:
         ids = postings._term_ids({t for terms, pairs in counted for t in terms + pairs})
+
+    def rows(docs, first=0):
+        return np.array([(first + n, ids[t], doc.count(t)) for n, doc in enumerate(docs) for t in dict.fromkeys(doc)],
+                        dtype=np.int32).reshape(-1, 3)
+
     compared = 0
     for field in (0, 1):
         docs = [tokens[field] for tokens in counted]
-        rows = [(doc, ids[t], docs[doc].count(t)) for doc in range(len(docs)) for t in dict.fromkeys(docs[doc])]
-        mine = Field(np.array(rows, dtype=np.int32).reshape(-1, 3), np.array([len(d) for d in docs]))
-        reference = bm25s.BM25()
-        reference.index(docs, show_progress=False)
-        for query in (["heron"], ["old", "woman", "old"], ["港的", "heron"], ["old_woman"], ["mill_woman"]):
-            query = [t for t in query if t in reference.vocab_dict]
-            if query:
-                assert np.array_equal(mine.scores([ids[t] for t in query]), reference.get_scores(query))
-                compared += 1
-    assert compared == 5
+        built = Field.build(rows(docs), np.array([len(d) for d in docs]))
+        keep = np.array([True, False, True, True, True])  # the first five, less the second, plus the last two
+        first = Field.build(rows(docs[:5]), np.array([len(d) for d in docs[:5]]))
+        updated = first.updated(keep, np.cumsum(keep) - 1, rows(docs[5:], first=4),
+                                np.array([len(d) for d in docs[5:]]))
+        for mine, theirs in ((built, docs), (updated, [docs[0], *docs[2:]])):
+            reference = bm25s.BM25()
+            reference.index(theirs, show_progress=False)
+            for query in (["heron"], ["old", "woman", "old"], ["港的", "heron"], ["old_woman"], ["mill_woman"]):
+                query = [t for t in query if t in reference.vocab_dict]
+                if query:
+                    assert np.array_equal(mine.scores([ids[t] for t in query]), reference.get_scores(query))
+                    compared += 1
+    assert compared == 10
 
 
 def test_stopwords_are_spacys_without_importing_spacy():
@@ -150,3 +160,29 @@ def test_stopwords_are_spacys_without_importing_spacy():
 
     assert spacy_stop_words("en") == frozenset(STOP_WORDS)
     assert spacy_stop_words("zh") == frozenset(ZH_STOP_WORDS)
+
+
+def test_a_server_reloads_only_the_changed_files_and_ranks_as_a_fresh_process(world, monkeypatch):
+    from kb.retrieve import Corpus
+
+    kb, root = world
+    kb.search("herons")  # the server has its corpus
+    (root / "kilns.md").write_text("# Kilns\n\nThe old kiln woman fires Glimmerware for the heron keeper.\n",
+                                   encoding="utf-8")
+    (root / "herons.md").unlink()
+    (root / "mill.md").write_text("# Mill\n\nThe old woman of the mill grinds flour for the ferry.\n",
+                                  encoding="utf-8")
+    reopened(kb).ingest([str(root)])
+
+    def no_full_read(*args):
+        raise AssertionError("read every file again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Corpus, "read", no_full_read)
+        served = kb.corpus
+    fresh = reopened(kb).corpus
+    assert served.ids == fresh.ids and served.texts == fresh.texts and served.files == fresh.files
+    for query in ("old woman", "heron kiln Glimmerware", "ferry flour mill", "Saltreach"):
+        assert ([(h.id, h.score) for h in kb.search(query, k=5, mode="bm25")]
+                == [(h.id, h.score) for h in reopened(kb).search(query, k=5, mode="bm25")])
+    assert served.idf("woman") == fresh.idf("woman")

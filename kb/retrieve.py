@@ -61,6 +61,10 @@ class Field:
         self.lengths = lengths.astype(np.float64)
         self.size = len(lengths)
         self.average = self.lengths.mean() if self.size else 0.0
+        # Each posting's term-frequency part, once per corpus: a query then only scales and adds
+        # (bm25 p50 at 100k chunks was 9.6 ms computing it per query against 1.1 ms with bm25s).
+        self.tfc = counts / (self.K1 * ((1 - self.B) + self.B * self.lengths[docs] / (self.average or 1.0))
+                             + counts)
 
     @classmethod
     def build(cls, postings: np.ndarray, lengths: np.ndarray) -> "Field":
@@ -95,11 +99,9 @@ class Field:
         scores = np.zeros(self.size, dtype=np.float32)
         for term_id in term_ids:
             span = slice(self.start[term_id], self.start[term_id + 1])
-            docs, tf = self.docs[span], self.counts[span]
-            df = len(docs)
+            df = span.stop - span.start
             idf = np.float32(math.log(1 + (self.size - df + 0.5) / (df + 0.5)))
-            tfc = tf / (self.K1 * ((1 - self.B) + self.B * self.lengths[docs] / self.average) + tf)
-            scores[docs] += (idf * tfc).astype(np.float32)
+            scores[self.docs[span]] += (idf * self.tfc[span]).astype(np.float32)
         return scores
 
 

@@ -50,8 +50,10 @@ def build(kb_dir: Path, chunks: int, seed: int = 7) -> int:
     print(f"building {chunks} chunks in {kb_dir} ...", file=sys.stderr)
     canon, vectors = Canon(seed), np.random.default_rng(seed)
     store = Store(kb_dir, create=True)
+    run = store.begin_run()
     for index, start in enumerate(range(0, chunks, 100)):
-        store.put_file(*synthetic_file(canon, vectors, index, min(100, chunks - start), 150, model_dim(store.model)))
+        run.put(*synthetic_file(canon, vectors, index, min(100, chunks - start), 150, model_dim(store.model)))
+    run.publish()
     KnowledgeBase.open(kb_dir).corpus  # noqa: B018 - builds the postings
     return store.count()
 

@@ -79,9 +79,11 @@ def main() -> None:
             print(f"writing {args.chunks} chunks to {chroma_url} ...", file=sys.stderr)
             store = Store(tmp / "writer", chroma_url=chroma_url, create=True)
             canon, vectors = Canon(7), np.random.default_rng(7)
+            run = store.begin_run()
             for index, start in enumerate(range(0, args.chunks, 100)):
-                store.put_file(*synthetic_file(canon, vectors, index, min(100, args.chunks - start), 150,
-                                               model_dim(store.model)))
+                run.put(*synthetic_file(canon, vectors, index, min(100, args.chunks - start), 150,
+                                        model_dim(store.model)))
+            run.publish()
             canon_dir = tmp / "canon"
             canon_dir.mkdir()
             replicas = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from filelock import FileLock
 
 from kb.cli import cli
 from tests.fake_openai import FakeOpenAI
@@ -43,10 +44,17 @@ def invoke_json(*args):
 
 
 @pytest.fixture(scope="session")
-def _corpora_kb(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpora") / "kb"
-    result = invoke("ingest", *CORPORA_PATHS, "--kb", path)
-    assert result.exit_code == 0, result.output
+def _corpora_kb(tmp_path_factory, worker_id) -> Path:
+    """The sample world ingested once per run: xdist's workers share it (a lock lets one build it)."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # the run's folder, above each worker's own
+    path, done = root / "corpora" / "kb", root / "corpora" / "done"
+    with FileLock(root / "corpora.lock"):
+        if not done.exists():
+            result = invoke("ingest", *CORPORA_PATHS, "--kb", path)
+            assert result.exit_code == 0, result.output
+            done.touch()
     return path
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from kb.answer import MIN_RELEVANCE, dense_similarities, relevance  # noqa: E402
+from kb.answer import MIN_RELEVANCE, coverages, dense_similarities, relevance  # noqa: E402
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.context import pack  # noqa: E402
 
@@ -44,7 +44,7 @@ def main():
         scores = []
         for question in items:
             cited = pack(kb.search(question, k=5), kb.settings.context_tokens)
-            scores.append(relevance(question, cited, dense_similarities(store, question, cited), corpus.idf))
+            scores.append(relevance(coverages(question, cited, corpus.idf), dense_similarities(store, question, cited)))
         passed = sum(s >= MIN_RELEVANCE for s in scores)
         print(f"{label:13} n={len(scores):3}  answered={passed:3}  "
               f"scores min/median/max = {min(scores):.2f} / {sorted(scores)[len(scores) // 2]:.2f} / {max(scores):.2f}")

@@ -55,10 +55,14 @@ class Answer:
                 "mode": self.mode, **shown, **self.extra}
 
 
-def relevance(question: str, cited: list[Citation], similarity: dict[str, float], idf) -> float:
+def coverages(question: str, cited: list[Citation], idf) -> dict[str, float]:
+    """Each cited chunk's share of the question's rare terms (kb.extract.passage_coverage), by chunk id."""
+    return {c.hit.id: passage_coverage(question, c.hit.text, c.hit.metadata.get("title", ""), idf) for c in cited}
+
+
+def relevance(covered: dict[str, float], similarity: dict[str, float]) -> float:
     """How well the best chunk answers the question: rare-term coverage plus twice the cosine."""
-    return max((passage_coverage(question, c.hit.text, c.hit.metadata.get("title", ""), idf)
-                + 2 * similarity.get(c.hit.id, 0.0) for c in cited), default=0.0)
+    return max((value + 2 * similarity.get(cid, 0.0) for cid, value in covered.items()), default=0.0)
 
 
 def extract(question: str, cited: list[Citation], idf) -> str:
@@ -71,9 +75,10 @@ def holds_answer(store: Store, question: str, cited: list[Citation], idf, search
 
     ``searched``: ``question`` is what retrieval searched, so the hits' own cosines can be used.
     """
-    if relevance(question, cited, {}, idf) >= MIN_RELEVANCE:
+    covered = coverages(question, cited, idf)
+    if relevance(covered, {}) >= MIN_RELEVANCE:
         return True
-    return relevance(question, cited, dense_similarities(store, question, cited, searched), idf) >= MIN_RELEVANCE
+    return relevance(covered, dense_similarities(store, question, cited, searched)) >= MIN_RELEVANCE
 
 
 def build_messages(system: str, question: str, cited: list[Citation],

@@ -171,35 +171,25 @@ def test_unclosed_comment_and_command_openers_parse_in_linear_time(tmp_path):
 # --- the backstop: a worker process under a memory limit and a timeout ------------------
 
 
-def test_a_file_over_KB_PARSE_TIMEOUT_S_fails_alone_and_the_next_file_gets_a_fresh_worker(tmp_path, open_kb):
+@pytest.mark.parametrize("name, make_text, bound, error", [
+    pytest.param("a-table.csv", lambda: "key,en\n" + "".join(f"k{i},w{i}\n" for i in range(300_000)),
+                 {"KB_PARSE_TIMEOUT_S": 1}, "parse took over 1 s (KB_PARSE_TIMEOUT_S)", id="timeout"),
+    pytest.param("a-objects.json", lambda: "[" + ",".join(["{}"] * 4_000_000) + "]",  # 11 MB of text, 280 MB as objects
+                 {"KB_PARSE_MEMORY_MB": 256}, "parse needed over 256 MB of memory (KB_PARSE_MEMORY_MB)", id="memory"),
+    pytest.param("a-table.csv", lambda: "key,en\n" + "".join(f"k{i},w{i}\n" for i in range(100)),
+                 {"KB_MAX_FILE_CHUNKS": 50}, "file makes over 50 chunks (KB_MAX_FILE_CHUNKS)", id="chunks"),
+])
+def test_a_file_over_a_bound_fails_alone_naming_it_and_the_next_file_goes_in(tmp_path, open_kb, name, make_text,
+                                                                               bound, error):
+    """The next file after a killed worker gets a fresh one; a file over the chunk cap is never embedded."""
     docs = tmp_path / "docs"
-    write(docs / "a-table.csv", "key,en\n" + "".join(f"k{i},w{i}\n" for i in range(300_000)))
+    write(docs / name, make_text())
     write(docs / "b-herons.md", HERONS)
 
-    report = open_kb(KB_PARSE_TIMEOUT_S=1).ingest([str(docs)])
+    report = open_kb(**bound).ingest([str(docs)])
 
-    assert failures(report) == {"a-table.csv": "parse took over 1 s (KB_PARSE_TIMEOUT_S)"}
+    assert failures(report) == {name: error}
     assert report.added == ["b-herons.md"]
-
-
-def test_a_file_over_KB_PARSE_MEMORY_MB_fails_alone_and_names_the_variable(tmp_path, open_kb):
-    docs = tmp_path / "docs"
-    write(docs / "a-objects.json", "[" + ",".join(["{}"] * 4_000_000) + "]")  # 11 MB of text, 280 MB as objects
-    write(docs / "b-herons.md", HERONS)
-
-    report = open_kb(KB_PARSE_MEMORY_MB=256).ingest([str(docs)])
-
-    assert failures(report) == {"a-objects.json": "parse needed over 256 MB of memory (KB_PARSE_MEMORY_MB)"}
-    assert report.added == ["b-herons.md"]
-
-
-def test_a_file_over_KB_MAX_FILE_CHUNKS_fails_before_it_is_embedded(tmp_path, open_kb):
-    docs = tmp_path / "docs"
-    write(docs / "table.csv", "key,en\n" + "".join(f"k{i},w{i}\n" for i in range(100)))
-    write(docs / "herons.md", HERONS)
-    report = open_kb(KB_MAX_FILE_CHUNKS=50).ingest([str(docs)])
-    assert failures(report) == {"table.csv": "file makes over 50 chunks (KB_MAX_FILE_CHUNKS)"}
-    assert report.added == ["herons.md"]
 
 
 def test_bombs_among_good_files_keep_what_was_stored_and_let_the_rest_in(tmp_path, open_kb):

@@ -23,6 +23,8 @@ from kb.store import Store
 MODES = ("hybrid", "dense", "bm25")
 DEFAULT_CONFIG = RetrievalConfig()
 MASKS_PER_CORPUS = 256  # distinct (where, limits, flags) masks kept per loaded corpus
+TERM_IDS_KEPT = 100_000  # vocabulary ids remembered per corpus before the memo starts over
+_UNKNOWN = object()
 INCREMENTAL_FILES = 50  # a reload that changes more files than this (or a tenth of them) reads everything
 
 
@@ -116,6 +118,7 @@ class Corpus:
         self.lengths = terms.lengths.astype(int).tolist()
         self.terms, self.pairs = terms, pairs
         self._postings = postings
+        self._term_ids: dict[str, int | None] = {}  # vocabulary lookups, kept for this corpus's life
 
     @classmethod
     def read(cls, loaded: Loaded, postings: Postings) -> "Corpus":
@@ -170,9 +173,23 @@ class Corpus:
                       self.terms.updated(keep, position, added.terms, added.lengths),
                       self.pairs.updated(keep, position, added.pairs, added.pair_lengths), self._postings)
 
+    def term_ids(self, terms: list[str]) -> dict[str, int | None]:
+        """Vocabulary ids of terms (None: not in it), asked of the postings once per corpus: an extractive
+        answer reads the idf of the question's terms once per cited chunk (43 SQLite queries an answer)."""
+        known = self._term_ids
+        found = {term: known.get(term, _UNKNOWN) for term in terms}
+        missing = [term for term, term_id in found.items() if term_id is _UNKNOWN]
+        if missing:
+            looked_up = self._postings.lookup(missing)
+            if len(known) + len(missing) > TERM_IDS_KEPT:
+                known.clear()
+            for term in missing:
+                found[term] = known[term] = looked_up.get(term)
+        return found
+
     def doc_freq(self, term: str) -> int:
         """How many chunks hold a term."""
-        return self.terms.doc_freq(self._postings.lookup([term]).get(term))
+        return self.terms.doc_freq(self.term_ids([term])[term])
 
     def idf(self, term: str) -> float:
         """How rare a term is in the canon; a term the canon never uses is rarest of all."""
@@ -189,7 +206,7 @@ class Corpus:
         """
         wanted = query_tokens(query) if config.drop_question_words else tokens(query)
         pairs = word_pairs(query)
-        ids = self._postings.lookup(wanted + pairs) if self.ids else {}
+        ids = self.term_ids(wanted + pairs) if self.ids else {}
         terms = [ids[t] for t in wanted if self.terms.doc_freq(ids.get(t))]
         if not terms:
             return []

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from kb.errors import ConfigError
 
+TOKEN_ENV = "KB_API_TOKEN"        # kb serve's full token: every route (tools, CI, the CLI's hand-off)
+NPC_TOKEN_ENV = "KB_NPC_TOKEN"    # the token a game client ships with: only the NPC routes
+
 
 def env_int(name: str, default: int, minimum: int = 1) -> int:
     """An integer setting from the environment, or ``default`` when unset or blank.

@@ -19,10 +19,9 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from kb.config import Settings
+from kb.config import TOKEN_ENV, Settings
 
 SERVE_FILE = "serve.json"
-TOKEN_ENV = "KB_API_TOKEN"  # as kb/server/security.py reads it
 TIMEOUT_S = 30.0  # a server that accepted the request but takes longer than this is not waited for
 
 

@@ -11,11 +11,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ingest.discover import discover
+from kb.config import NPC_TOKEN_ENV, TOKEN_ENV
 from kb.errors import ConfigError, Forbidden, KBError, Unauthorized
 from kb.server.errors import error_response
 
-TOKEN_ENV = "KB_API_TOKEN"        # the full token: every route (tools, CI)
-NPC_TOKEN_ENV = "KB_NPC_TOKEN"    # the token a game client ships with: only the NPC routes
 MIN_TOKEN_CHARS = 16              # beyond loopback, a token shorter than this is refused at startup
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 MAX_BODY_BYTES = 1 << 20      # a chat history or a list of paths; canon arrives through /ingest paths

@@ -372,9 +372,12 @@ class Run:
         store = self.store
         rows = store.manifest.get(where={"$and": [{"kind": "staged"}, {"key": key}, {"hash": digest}]},
                                   include=["metadatas"])
-        for meta in rows["metadatas"]:
-            stored = store.canon.get(where={"$and": [{"file_key": key}, {"file_hash": digest}]}, include=[])
-            if meta["run"] != self.id and len(stored["ids"]) == meta["chunks"]:
+        earlier = [meta for meta in rows["metadatas"] if meta["run"] != self.id]
+        if not earlier:
+            return None
+        stored = len(store.canon.get(where={"$and": [{"file_key": key}, {"file_hash": digest}]}, include=[])["ids"])
+        for meta in earlier:
+            if stored == meta["chunks"]:
                 self._stage({k: v for k, v in meta.items() if k not in ("kind", "run", "staged_at")})
                 return _staged_record(meta)
         return None

@@ -1,7 +1,10 @@
 """How often the first-person rule (kb/in_character.py) gets a sentence wrong, on hand-labelled sentences.
 
 Every sentence of the sample world's English canon that names one of the
-three NPCs is run through the rule as that NPC would speak it. A human
+three NPCs, and every sentence opening with a pronoun in a chunk that names
+one (in its text or heading), is run through the rule as that NPC would speak
+it, with its chunk as the context the rule reads (as an answer quoting that
+chunk gives it). A human
 labelled each result in bench/first_person_labels.jsonl: "ok" when the
 rendering is right (rendered correctly, or correctly left in the third
 person), "wrong" when it is wrong (bad grammar, the wrong person made "I",
@@ -23,15 +26,17 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from kb.api import KnowledgeBase  # noqa: E402
+from kb.extract import analysed  # noqa: E402
 from kb.in_character import first_person, npc_names  # noqa: E402
 from kb.npc import speakers  # noqa: E402
 
 LABELS = Path(__file__).with_name("first_person_labels.jsonl")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_PRONOUN_LED = re.compile(r"^(?:She|He|Her|His)\b")
 
 
 def renderings(kb: KnowledgeBase) -> list[dict]:
-    """Each (NPC, canon sentence naming them) with the rule's rendering; sentences, not lines of dialogue."""
+    """Each (NPC, canon sentence naming them or leaning on a chunk that does) with the rule's rendering;
+    sentences, not lines of dialogue."""
     corpus = kb.corpus
     rows = []
     for card in kb.npcs().values():
@@ -40,13 +45,14 @@ def renderings(kb: KnowledgeBase) -> list[dict]:
         named = re.compile("|".join(rf"\b{re.escape(n)}\b" for n in names))
         seen = set()
         for text, meta in zip(corpus.texts, corpus.metas):
-            if meta.get("lang") != "en" or "speaker" in meta:
+            title = meta.get("title", "")
+            if meta.get("lang") != "en" or "speaker" in meta or not named.search(f"{title}\n{text}"):
                 continue
-            for sentence in _SENTENCE.split(text):
-                sentence = sentence.strip()
-                if named.search(sentence) and sentence not in seen and not sentence.startswith("#"):
+            for found, _ in analysed(text):
+                sentence = " ".join(text[found.start:found.end].split())
+                if (named.search(sentence) or _PRONOUN_LED.match(sentence)) and sentence not in seen:
                     seen.add(sentence)
-                    rendered = first_person(f"{sentence} [1]", names, others)[:-4]
+                    rendered = first_person(f"{sentence} [1]", names, others, {1: (text, title)})[:-4]
                     rows.append({"npc": card.name, "sentence": sentence, "rendered": rendered,
                                  "changed": rendered != sentence})
     return rows

@@ -5,7 +5,10 @@ new text, so they apply to whatever sentence selection kb/answer.py makes.
 
 First person is a rule, not a model, and applies only where it is safe: a
 sentence whose subject is the NPC's name ("Sefa has received...", "Since the
-spring of 412 TC Sefa has...") or, right after such a sentence, "She ...".
+spring of 412 TC Sefa has...") or a "She ..." whose "she" can only be the NPC.
+That is read from the cited chunk, not from the answer's order (which mixes
+chunks): the sentence before it in the chunk had the NPC as its subject, or
+the chunk's heading names the NPC and no sentence since has named a character.
 The name becomes "I" (and "Sefa's" "my"), the verb is conjugated, and
 she/her/herself become I/my/me/myself only when no other known character
 (any speaker in the canon) is named in the sentence; otherwise the sentence
@@ -20,12 +23,13 @@ from typing import Callable
 
 from ingest.cards import Card
 from kb.context import Citation
-from kb.extract import passage_coverage
+from kb.extract import analysed, passage_coverage
 
 OWN_LINE_MIN = 0.5  # a line must hold half the question's rare-term weight to answer it
 _PARENTHETICAL = re.compile(r"^\([^)]*\)\s*")  # an acting direction before a line: (whispering)
 _ANSWER_SENTENCE = re.compile(r".+?(?:\s\[\d+\])+(?=\s|$)|.+$")
-_LEAD = (r"(?:(?:Since|In|On|At|After|Before|When|By|From|During|For|Until|Every|Each|Twice|Once)"
+_LEAD = (r"(?:\*\*[^*\n]+\*\*\s*[—–-]\s*)?"  # a timeline entry's date: **404 TC** — Sefa ...
+         r"(?:(?:Since|In|On|At|After|Before|When|By|From|During|For|Until|Every|Each|Twice|Once)"
          r"(?:\s+(?:[a-z]+|\d[\d,]*|TC|of))*\s*,?\s+)?")
 _AUXILIARY = {"is": "am", "was": "was", "has": "have", "does": "do", "had": "had", "did": "did",
               "will": "will", "would": "would", "can": "can", "could": "could", "must": "must",
@@ -33,9 +37,14 @@ _AUXILIARY = {"is": "am", "was": "was", "has": "have", "does": "do", "had": "had
               "still": "still", "once": "once", "alone": "alone"}
 _OBJECT_FOLLOWERS = {"a", "an", "the", "to", "and", "at", "in", "on", "with", "for", "from", "that",
                      "of", "as", "by", "into", "about", "before", "after", "when", "if", "or", "but"}
+# after "Sefa's" these mean "Sefa is/has" ("Sefa's not here"), not a thing of hers
+_NOT_POSSESSED = "a|an|the|not|been|here|there|gone|never|always|still|just|got|going"
 _PRONOUN = re.compile(r"\b([Ss]he|[Hh]erself|[Hh]er)\b(\s+\w+)?")
-# a second verb of the same subject: "I am exact and keeps my logbook" -> "and keep my logbook"
-_COORDINATED = re.compile(r"\b(and|but|or)\s+([a-z]+s)(?=\s+(?:my|her|the|a|an|his|their|its|every|it|them|me|no)\b)")
+# a second verb of the same subject: "I am exact and keeps my logbook" -> "and keep my logbook", "and is said"
+# -> "and am said", ", but crosses to" -> ", but cross to" (a list ends with "and", rarely with "but")
+_COORDINATED = re.compile(
+    r"(\b(?:and|but|or))\s+((?:is|has|does)\b|[a-z]+s(?=\s+(?:my|her|the|a|an|his|their|its|every|it|them|me|no)\b))"
+    r"|(,\s*but)\s+([a-z]+s)\b")
 
 
 def own_line_answer(question: str, cited: list[Citation], speaker: str,
@@ -131,6 +140,8 @@ def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
     if not subject or (subject.group("she") and not after_own):
         return None
     word = subject.group("word")
+    if subject.group("poss") and re.fullmatch(_NOT_POSSESSED, word.lower()):
+        return None  # "Sefa's not here": Sefa is
     if not subject.group("poss") and not _is_verb(word.rstrip(",;")):
         return None
     rest = sentence[subject.end():]
@@ -143,7 +154,7 @@ def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
         start = start.capitalize()
     head = f"{lead}{start} {word if subject.group('poss') else _conjugate(word)}"
     if not subject.group("poss"):
-        rest = _COORDINATED.sub(lambda m: f"{m.group(1)} {_conjugate(m.group(2))}", rest)
+        rest = _COORDINATED.sub(lambda m: f"{m.group(1) or m.group(3)} {_conjugate(m.group(2) or m.group(4))}", rest)
     rest = re.sub(rf"\b(?:{named})'s\b", "my", rest)
     rest = re.sub(rf"\b(?:{named})\b", "me", rest)
     if not mentions_other:
@@ -151,15 +162,88 @@ def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
     return head + rest
 
 
-def first_person(text: str, names: list[str], others: set[str]) -> str:
-    """An extractive answer ("sentence [n] sentence [n]") with the NPC's sentences in the first person."""
+def mentions_in_first_person(sentence: str, names: list[str]) -> str:
+    """A sentence about someone else, with the NPC's possessive as "my" ("Warmed in Sefa's palm" ->
+    "Warmed in my palm") and the NPC beside another subject as "I" ("Wren and Sefa find" -> "Wren and I
+    find"); pronouns are left alone, since "her" there could be either."""
+    named = _names_pattern(names)
+    verb = rf"(?= (?!(?:{'|'.join(_OBJECT_FOLLOWERS)})\b)[a-z]+\b)"  # a verb follows, not an object's word
+    sentence = re.sub(rf"(?P<lead>^{_LEAD}|, )(?P<other>[A-Z][\w'’-]*(?: [A-Z][\w'’-]*)?) and (?:{named}){verb}",
+                      r"\g<lead>\g<other> and I", sentence)
+    return re.sub(rf"\b(?:{named})'s (?!(?:{_NOT_POSSESSED})\b)", "my ", sentence)
+
+
+def _rendered(sentence: str, names: list[str], others: set[str], after_own: bool) -> tuple[str, bool]:
+    """The sentence as the NPC says it, and whether its subject is the NPC (so a "She" after it is too)."""
+    own = sentence_in_first_person(sentence, names, others, after_own)
+    if own is not None:
+        return own, True
+    return mentions_in_first_person(sentence, names), False
+
+
+def _names_npc(heading: str, names: list[str]) -> bool:
+    """A heading that is the NPC's name ("Characters of the Shallows > Sefa Orrin" ends with it)."""
+    last = heading.rsplit(">", 1)[-1].strip().casefold()
+    return bool(last) and last in (n.casefold() for n in names)
+
+
+def chunk_in_first_person(text: str, title: str, names: list[str],
+                          others: set[str]) -> dict[str, tuple[str, bool]]:
+    """Each sentence of a chunk (whitespace made single, as answers quote it) as the NPC says it, and
+    whether its subject is the NPC; read in order so that a "She ..." knows whom it follows.
+
+    "She" is the NPC after a sentence whose subject is the NPC, or under a heading
+    that names the NPC (a character entry) while no sentence since has named anyone.
+    """
+    named = re.compile("|".join(rf"\b{re.escape(n)}\b" for n in (*names, *others)))
+    rendered: dict[str, tuple[str, bool]] = {}
+    heading, npc_is_she = None, False
+    for sentence, _ in analysed(text):
+        if (sentence.heading or title) != heading:
+            heading = sentence.heading or title
+            npc_is_she = _names_npc(heading, names)
+        quoted = " ".join(text[sentence.start:sentence.end].split())
+        rendered[quoted] = _rendered(quoted, names, others, npc_is_she)
+        npc_is_she = rendered[quoted][1] or (npc_is_she and not named.search(quoted))
+    return rendered
+
+
+def _as_chunk_sentences(quote: str, known: dict) -> list[str] | None:
+    """A quote split into the chunk's sentences it runs over, or None when it is not made of them."""
+    parts, position = [], 0
+    while position < len(quote):
+        found = max((s for s in known if quote.startswith(s, position)), key=len, default=None)
+        if not found:
+            return None
+        parts.append(found)
+        position += len(found)
+        while position < len(quote) and quote[position] == " ":
+            position += 1
+    return parts
+
+
+def first_person(text: str, names: list[str], others: set[str],
+                 chunks: dict[int, tuple[str, str]] | None = None) -> str:
+    """An extractive answer ("sentence [n] sentence [n]") with the NPC's sentences in the first person.
+
+    ``chunks``: each citation number's chunk (text, heading path), read for whom a leading
+    "She" follows; a quote of a chunk not given follows the answer's previous quote instead.
+    """
     out, previous_own = [], False
     for sentence in (s.strip() for s in _ANSWER_SENTENCE.findall(text)):
         if not sentence:
             continue
-        rendered = sentence_in_first_person(sentence, names, others, previous_own)
-        previous_own = rendered is not None
-        out.append(rendered or sentence)
+        quote, markers = re.match(r"(.*?)((?:\s\[\d+\])*)$", sentence).groups()
+        numbers = re.findall(r"\d+", markers)
+        chunk = (chunks or {}).get(int(numbers[0])) if numbers else None
+        known = chunk_in_first_person(*chunk, names, others) if chunk else {}
+        parts = _as_chunk_sentences(quote, known) if known else None
+        if parts is None:
+            rendered, previous_own = _rendered(sentence, names, others, previous_own)
+            out.append(rendered)
+            continue
+        out.append(" ".join(known[p][0] for p in parts) + markers)
+        previous_own = known[parts[-1]][1]
     return " ".join(out)
 
 

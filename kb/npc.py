@@ -154,7 +154,8 @@ def in_character(answer: Answer, card: Card, question: str, query: str, corpus: 
         return answer
     names = npc_names(card)
     others = {s for s in speakers(corpus) if s not in names and s not in card.name.split()}
-    answer.answer = first_person(answer.answer, names, others)
+    cited = {c.n: (c.hit.text, c.hit.metadata.get("title", "")) for c in answer.citations}
+    answer.answer = first_person(answer.answer, names, others, cited)
     return answer
 
 

@@ -50,6 +50,8 @@ WORLD = {
                     f"# The bell tower key\n{SECRET}\n",
     "world/varn.md": "# Varn\nVarn is a grey harbour town on the Narrows. The surveyor Wren Tally came to "
                      "Varn to measure the salt pans of the Kelp Flats.\n",
+    "world/people.md": "# People of Varn\n## Oska Brine\nThe bell-ringer of Varn harbour, past seventy.\n"
+                       "She eats only smoked eel and counts every gull on the breakwater twice before supper.\n",
     "world/anchors.md": "---\nline_ids: [bell_cast_01]\n---\n# Anchors\n"
                         "Oska: The bell was cast from seven melted anchors, and it remembers the sea.\n",
     "scripts/dusk.yarn": "title: Dusk\ntags: chapter:1 region:Harbour\n---\n"
@@ -169,6 +171,35 @@ def test_first_person_rule():
     assert first_person(unsure, names, others) == unsure          # "her" could be Wren's
     assert first_person("Wren finds Sefa waiting. [1] She smiles. [1]", names, others) == \
         "Wren finds Sefa waiting. [1] She smiles. [1]"             # neither sentence's subject is Sefa
+
+
+def test_a_she_under_the_npcs_own_heading_is_the_npc(world_kb):
+    _, data = invoke_json("npc", "ask", "Oska", "What does the bell-ringer of Varn eat?", "--kb", world_kb)
+    assert "I eat only smoked eel and count every gull on the breakwater twice" in data["answer"]
+    assert "She eats" not in data["answer"]
+
+
+def test_first_person_reads_whom_a_she_follows_in_the_cited_chunk():
+    names, others = ["Sefa Orrin", "Sefa"], {"Wren", "Aurel"}
+    logbook = "Since spring Sefa has received orders to dim the Light. She obeyed them on nine nights."
+    betrayal = "Aurel Thane is the betrayer. He hired the Ebb Hands."
+    chunks = {1: (logbook, "Chapter 3 > The logbook"), 2: (betrayal, "Chapter 3 > The betrayal")}
+    # the answer quotes another chunk between the two: "She" still follows Sefa in her own chunk
+    assert first_person("Since spring Sefa has received orders to dim the Light. [1] Aurel Thane is the betrayer. "
+                        "[2] She obeyed them on nine nights. [1]", names, others, chunks) == \
+        ("Since spring I have received orders to dim the Light. [1] Aurel Thane is the betrayer. [2] "
+         "I obeyed them on nine nights. [1]")
+    entry = "The keeper of the Light. She keeps her logbook in a tiny hand. Wren visits her. She smiles."
+    assert first_person("The keeper of the Light. She keeps her logbook in a tiny hand. [1] She smiles. [1]",
+                        names, others, {1: (entry, "Characters > Sefa Orrin")}) == \
+        "The keeper of the Light. I keep my logbook in a tiny hand. [1] She smiles. [1]"  # after Wren: unsure
+    other = "The bell-ringer of Varn. She counts gulls."
+    assert first_person("She counts gulls. [1]", names, others, {1: (other, "Characters > Oska")}) == \
+        "She counts gulls. [1]"                                    # someone else's entry
+    assert first_person("Warmed in Sefa's palm, the glass sings. [1] Wren and Sefa find the glass. [1]",
+                        names, others) == "Warmed in my palm, the glass sings. [1] Wren and I find the glass. [1]"
+    assert first_person("**404 TC** — Sefa Orrin becomes keeper. [1] Sefa's not here. [2]", names, others) == \
+        "**404 TC** — I become keeper. [1] Sefa's not here. [2]"
 
 
 def test_citations_carry_line_ids_and_only_the_quoted_line(world_kb):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ingest.cards import Card
 from kb.answer import Answer, respond
+from kb.asked import says_what_was_asked
 from kb.conversation import bounded_history, retrieval_query
 from kb.errors import NotFound
 from kb.gamestate import Visibility, card_visibility
@@ -146,7 +147,8 @@ def in_character(answer: Answer, card: Card, question: str, query: str, corpus: 
     first person; the card's unknown_answer when the canon cited misses what the question is about."""
     if answer.mode != "extractive" or not answer.citations:
         return answer
-    if not holds_rarest_term(question, answer, corpus):
+    if not holds_rarest_term(question, answer, corpus) or not says_what_was_asked(question, answer.citations,
+                                                                                    corpus.idf):
         return Answer(card.unknown_answer, [], answer.mode, answer.extra)
     own = own_line_answer(query, answer.citations, card.speaker, corpus.idf)
     if own is not None:

@@ -50,6 +50,10 @@ WORLD = {
                     f"# The bell tower key\n{SECRET}\n",
     "world/varn.md": "# Varn\nVarn is a grey harbour town on the Narrows. The surveyor Wren Tally came to "
                      "Varn to measure the salt pans of the Kelp Flats.\n",
+    "world/census.md": "---\nregion: Harbour\nchapter: 1\n---\n# Census of Varn\nAbout 900 people live in Varn, "
+                       "most of them on the quays. Traders from the Fens sell reed mats on the quays every market day.\n",
+    "world/fen-census.md": "---\nregion: Fens\nchapter: 1\n---\n# Census of the Fens\n"
+                           "About forty people live in the Fens, in stilt houses.\n",
     "world/people.md": "# People of Varn\n## Oska Brine\nThe bell-ringer of Varn harbour, past seventy.\n"
                        "She eats only smoked eel and counts every gull on the breakwater twice before supper.\n",
     "world/anchors.md": "---\nline_ids: [bell_cast_01]\n---\n# Anchors\n"
@@ -177,6 +181,15 @@ def test_a_she_under_the_npcs_own_heading_is_the_npc(world_kb):
     _, data = invoke_json("npc", "ask", "Oska", "What does the bell-ringer of Varn eat?", "--kb", world_kb)
     assert "I eat only smoked eel and count every gull on the breakwater twice" in data["answer"]
     assert "She eats" not in data["answer"]
+
+
+def test_canon_about_another_subject_is_not_an_answer(world_kb):
+    # Oska may not know the Fens: the census of Varn gives people who live somewhere else, and the
+    # Fens are named only beside reed mats, so no sentence says how many people live in the Fens
+    _, fens = invoke_json("npc", "ask", "Oska", "How many people live in the Fens?", "--kb", world_kb)
+    assert fens["answer"] == "That is not in my bell log." and fens["citations"] == []
+    _, varn = invoke_json("npc", "ask", "Oska", "How many people live in Varn?", "--kb", world_kb)
+    assert "About 900 people live in Varn" in varn["answer"]
 
 
 def test_first_person_reads_whom_a_she_follows_in_the_cited_chunk():

@@ -1,4 +1,7 @@
-"""Does the cited canon say what was asked, about what was asked, in one sentence?
+"""Does the cited canon answer the question? If not, an NPC says its unknown_answer.
+
+First, the cited canon must hold the question's rarest term (``holds_rarest_term``).
+Then it must say what was asked, about what was asked, in one sentence.
 
 An NPC limited to some of the canon often still sees canon about the same kind
 of thing for another subject: asked "How many people live in Mirewood?", an
@@ -6,9 +9,9 @@ NPC who may not know Mirewood sees "About 61,000 people live in the Shallows"
 and, elsewhere, "the sung herb-craft of Mirewood". Every word of the question
 is in the cited canon, but no sentence gives Mirewood's people. So the check
 is per sentence: one cited sentence (with its heading and the sentence it
-leans on, as kb/extract.py scores it) must hold the question's rarest name,
-the kind of thing the question asks for (a person, a date, a number, a place),
-and for "how many X" a number of X.
+leans on, as kb/extract.py scores it) must hold the question's rarest name
+and, for "how many X", a number of X. (Not the kind of thing asked in general:
+"under the brass bell" answers a where-question that no place pattern sees.)
 """
 
 from __future__ import annotations
@@ -17,12 +20,31 @@ import re
 from typing import Callable
 
 from kb.context import Citation
-from kb.extract import candidates, has_evidence, question_type, term_credit
-from kb.lexical import tokens
+from kb.extract import candidates, has_evidence, term_credit
+from kb.lexical import query_tokens, tokens
+from kb.retrieve import Corpus
 
 _HOW_MANY = re.compile(r"\bhow many\s+([^\W\d_]+)", re.IGNORECASE)
 _WORD = re.compile(r"[\w'’,.-]+")
 _NOT_NAMES = frozenset("i who whom whose what when where which why how".split())
+
+
+def holds_rarest_term(question: str, cited: list[Citation], corpus: Corpus) -> bool:
+    """The cited canon holds one of the question's rarest terms that the canon uses anywhere (all of
+    them when several are as rare: picking one of a tie made the answer change from run to run).
+
+    An NPC quoting canon that shares only the common words of a question ("the
+    Kessel Glass" for "Who commissioned the theft of the Kessel Glass?") answers
+    what was not asked. On corpora/eval/npc.jsonl this check took unknown-answer
+    accuracy from 0.29 to 0.79 and fact accuracy from 0.76 to 0.72; with the two
+    rarest terms, 0.43 and 0.76.
+    """
+    known = {t for t in query_tokens(question) if corpus.doc_freq(t)}
+    if not known:
+        return True
+    rarest_idf = max(corpus.idf(t) for t in known)
+    rarest = {t for t in known if corpus.idf(t) == rarest_idf}
+    return any(rarest & set(tokens(f"{c.hit.metadata.get('title', '')}\n{c.hit.text}")) for c in cited)
 
 
 def question_names(question: str) -> list[str]:
@@ -39,15 +61,13 @@ def gives_a_count(sentence: str, noun: str, question: str) -> bool:
 
 
 def says_what_was_asked(question: str, cited: list[Citation], idf: Callable[[str], float]) -> bool:
-    """One cited sentence holds the question's rarest name, the kind of thing it asks for, and for
-    "how many X" a number of X (each in the sentence itself, its heading or the sentence it leans on)."""
+    """One cited sentence holds the question's rarest name and, for "how many X", a number of X (the
+    name in the sentence itself, its heading or the sentence it leans on)."""
     names = question_names(question)
     rarest = max(names, key=idf) if names else None
     how_many = _HOW_MANY.search(question)
     noun = (tokens(how_many.group(1)) or [None])[0] if how_many else None
-    kind = question_type(question)
     ranked, _ = candidates(question, [(c.n, c.hit.text, c.hit.metadata.get("title", "")) for c in cited], idf)
     return any((rarest is None or term_credit(rarest, s.terms, s.context) > 0)
-               and (s.typed or kind is None)
                and (noun is None or gives_a_count(s.text, noun, question))
                for s in ranked)

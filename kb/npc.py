@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING
 
 from ingest.cards import Card
 from kb.answer import Answer, respond
-from kb.asked import says_what_was_asked
+from kb.asked import holds_rarest_term, says_what_was_asked
 from kb.conversation import bounded_history, retrieval_query
 from kb.errors import NotFound
 from kb.gamestate import Visibility, card_visibility
 from kb.in_character import first_person, npc_names, own_line_answer
-from kb.lexical import query_tokens, tokens
 from kb.retrieve import Corpus
 from kb.store import Store
 
@@ -126,29 +125,13 @@ def system_prompt(card: Card, examples: list[str]) -> str:
     )
 
 
-def holds_rarest_term(question: str, answer: Answer, corpus: Corpus, among: int = 1) -> bool:
-    """The cited canon holds one of the question's ``among`` rarest terms that the canon uses anywhere.
-
-    An NPC quoting canon that shares only the common words of a question ("the
-    Kessel Glass" for "Who commissioned the theft of the Kessel Glass?") answers
-    what was not asked. On corpora/eval/npc.jsonl this check took unknown-answer
-    accuracy from 0.29 to 0.79 and fact accuracy from 0.76 to 0.72; with the two
-    rarest terms, 0.43 and 0.76.
-    """
-    known = [t for t in query_tokens(question) if corpus.doc_freq(t)]
-    if not known:
-        return True
-    rarest = set(sorted(set(known), key=corpus.idf, reverse=True)[:among])
-    return any(rarest & set(tokens(f"{c.hit.metadata.get('title', '')}\n{c.hit.text}")) for c in answer.citations)
-
-
 def in_character(answer: Answer, card: Card, question: str, query: str, corpus: Corpus) -> Answer:
     """An extractive answer in the NPC's voice: their own line when one answers, else canon in the
     first person; the card's unknown_answer when the canon cited misses what the question is about."""
     if answer.mode != "extractive" or not answer.citations:
         return answer
-    if not holds_rarest_term(question, answer, corpus) or not says_what_was_asked(question, answer.citations,
-                                                                                    corpus.idf):
+    if not (holds_rarest_term(question, answer.citations, corpus)
+            and says_what_was_asked(question, answer.citations, corpus.idf)):
         return Answer(card.unknown_answer, [], answer.mode, answer.extra)
     own = own_line_answer(query, answer.citations, card.speaker, corpus.idf)
     if own is not None:

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from kb.api import KnowledgeBase
+from kb.asked import holds_rarest_term
 from kb.context import Citation
 from kb.conversation import bounded_history, carried_terms, split_messages
 from kb.gamestate import InvalidState, StateBeyondCard, state_from_pairs, visibility
@@ -190,6 +191,15 @@ def test_canon_about_another_subject_is_not_an_answer(world_kb):
     assert fens["answer"] == "That is not in my bell log." and fens["citations"] == []
     _, varn = invoke_json("npc", "ask", "Oska", "How many people live in Varn?", "--kb", world_kb)
     assert "About 900 people live in Varn" in varn["answer"]
+
+
+def test_the_rarest_term_check_takes_every_term_of_a_tie(world_kb):
+    corpus = KnowledgeBase.open(world_kb).corpus
+    question = "Does the bell-ringer feed poppies to the eel?"
+    assert corpus.doc_freq("eel") == corpus.doc_freq("poppi") == 1   # as rare as each other
+    cited = [Citation(1, Hit("a", "He eats smoked eel.", 1.0, {})), Citation(2, Hit("b", "Red poppies.", 1.0, {}))]
+    assert holds_rarest_term(question, cited[:1], corpus) and holds_rarest_term(question, cited[1:], corpus)
+    assert not holds_rarest_term(question, [Citation(1, Hit("c", "The bell rings.", 1.0, {}))], corpus)
 
 
 def test_first_person_reads_whom_a_she_follows_in_the_cited_chunk():

@@ -266,6 +266,19 @@ class NPC:
         """A few of the NPC's own lines, from canon they may know (in this game state)."""
         return voice_lines(self.kb.corpus, self.card, card_visibility(self.card, state))
 
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", where: dict | None = None,
+               state: dict | None = None) -> list[Hit]:
+        """The k best chunks this NPC may see in ``state``: the card's limits narrowed by the state,
+        and canon whose `requires:` flags the state does not set hidden, as in ``ask``.
+
+        Raises:
+            InvalidState: the state is malformed.
+            StateBeyondCard: the state asks for more than the card allows.
+        """
+        seen = card_visibility(self.card, state)
+        return self.kb.search(query, k=k, mode=mode, where=where, limits=seen.limits, flags=seen.flags,
+                              strict=seen.strict)
+
     def ask(self, question: str, *, k: int = 5, extractive: bool = False, model: str | None = None,
             retrieval: bool = True, on_token: Callable[[str], None] | None = None,
             history: list[dict] | None = None, state: dict | None = None,

@@ -13,16 +13,23 @@ from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnableP
 from pydantic import ValidationError
 
 from kb import KnowledgeBase, NotFound
+from kb.gamestate import StateBeyondCard
 from kb.langchain_retriever import LoreRetriever
 from tests.small_canon import BELL_QUESTION, HIDDEN_WORDS, chunk_ids_by_source, write_canon
+
+KEY = ("---\nchapter: 1\nregion: Saltreach\nrequires: {flag: met_pell}\n---\n# The Ferry Key\n"
+       "The ferry key hangs behind the tide chart in the harbourmaster's cottage.\n")
+KEY_QUESTION = "Where does the ferry key hang?"
 
 
 @pytest.fixture(scope="module")
 def lore(tmp_path_factory) -> KnowledgeBase:
-    """A knowledge base holding tests/small_canon.py's canon (ingested once for this module)."""
+    """tests/small_canon.py's canon plus a chapter 1 secret that `requires:` a flag (ingested once here)."""
     root = tmp_path_factory.mktemp("lc")
     kb = KnowledgeBase.open(root / "kb")
-    report = kb.ingest([str(write_canon(root / "canon"))])
+    canon = write_canon(root / "canon")
+    (canon / "world" / "key.md").write_text(KEY, encoding="utf-8")
+    report = kb.ingest([str(canon)])
     assert not report.failed, report.failed
     return kb
 
@@ -79,6 +86,27 @@ def test_a_limited_npc_never_gets_hidden_canon_through_a_chain(lore):
 def test_npc_limits_combine_with_where(lore):
     docs = LoreRetriever(kb=lore, npc="pell", where={"chapter": 4}).invoke(BELL_QUESTION)
     assert docs == []
+
+
+def sources(docs: list[Document]) -> set[str]:
+    return {d.metadata["source"] for d in docs}
+
+
+def test_an_npc_retriever_sees_what_the_npc_sees_in_the_game_state(lore):
+    unlocked = {"flags": {"met_pell": True}}
+    assert "world/key.md" in sources(LoreRetriever(kb=lore, k=10).invoke(KEY_QUESTION))  # a writer sees it
+    locked_docs = LoreRetriever(kb=lore, k=10, npc="Pell").invoke(KEY_QUESTION)
+    assert locked_docs and "world/key.md" not in sources(locked_docs)   # Pell has not met the flag yet
+    assert "world/key.md" in sources(LoreRetriever(kb=lore, k=10, npc="Pell", state=unlocked).invoke(KEY_QUESTION))
+    # the same mask as `kb npc ask --state`: the NPC answers from the key only once the flag is set
+    assert "tide chart" not in lore.npc("Pell").ask(KEY_QUESTION).answer
+    assert "tide chart" in lore.npc("Pell").ask(KEY_QUESTION, state=unlocked).answer
+    # a state narrows the card (chapter 0 of a chapter 1 card: nothing here) and may not widen it
+    assert LoreRetriever(kb=lore, k=10, npc="Pell", state={"chapter": 0, **unlocked}).invoke(KEY_QUESTION) == []
+    with pytest.raises(StateBeyondCard, match="beyond Pell's card"):
+        LoreRetriever(kb=lore, npc="Pell", state={"chapter": 4}).invoke(KEY_QUESTION)
+    with pytest.raises(ValidationError, match="give npc as well"):
+        LoreRetriever(kb=lore, state=unlocked)
 
 
 def test_async_invoke_returns_the_same_documents(lore):

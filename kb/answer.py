@@ -154,8 +154,9 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
     cited = pack(hits, settings.context_tokens)
     use_llm = settings.llm_configured and not extractive
     mode = "llm" if use_llm else "extractive"
-    # a follow-up passes on the condensed query, a new subject on its own words
-    if not any(holds_answer(store, q, cited, corpus.idf, searched=q == query) for q in dict.fromkeys([question, query])):
+    # a follow-up passes on the condensed query, a new subject on its own words; the query first,
+    # since its cosines came with the search (the question alone costs another dense query)
+    if not any(holds_answer(store, q, cited, corpus.idf, searched=q == query) for q in dict.fromkeys([query, question])):
         return Answer(not_found, [], mode)
     messages = build_messages(system, question, cited, history)
     if on_prompt is not None:

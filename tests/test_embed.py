@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 
 from kb.store import embed
@@ -18,6 +21,8 @@ class Counting(HashedWords):
         Counting.calls.append(len(texts))
         return super().passages(texts)
 
+    queries = passages
+
 
 def test_repeated_texts_are_embedded_once_in_bounded_batches(monkeypatch):
     monkeypatch.setitem(embed.MODELS, "counting", Counting)
@@ -33,3 +38,61 @@ def test_repeated_texts_are_embedded_once_in_bounded_batches(monkeypatch):
     assert len(vectors) == len(texts)
     assert np.array_equal(vectors[len(distinct)], vectors[len(distinct) + 2])  # "OK" twice, one vector
     assert np.allclose(np.linalg.norm(np.array(vectors), axis=1), 1.0)
+
+
+def wait_for_queue(key: tuple[str, bool], callers: int) -> None:
+    """Until ``callers`` threads wait in the batcher of ``key`` (model, query)."""
+    while key not in LoreEmbedding._batchers or len(LoreEmbedding._batchers[key]._queue) < callers:
+        time.sleep(0.001)
+
+
+def test_questions_waiting_for_the_model_are_embedded_in_one_call(monkeypatch):
+    monkeypatch.setitem(embed.MODELS, "counting", Counting)
+    monkeypatch.setattr(LoreEmbedding, "_cache", LoreEmbedding._cache.__class__())
+    Counting.calls = []
+    questions = [f"Who keeps the {place} light?" for place in ("north", "south", "east", "west")]
+    alone = {q: LoreEmbedding("counting").embed_query([q])[0] for q in questions}
+    LoreEmbedding._cache.clear()
+    Counting.calls = []
+    got: dict[str, np.ndarray] = {}
+
+    def ask(question):
+        got[question] = LoreEmbedding("counting").embed_query([question])[0]
+
+    with LoreEmbedding._model_lock:  # the model is busy while four request threads ask
+        threads = [threading.Thread(target=ask, args=(q,)) for q in questions]
+        for thread in threads:
+            thread.start()
+        wait_for_queue(("counting", True), len(questions))
+    for thread in threads:
+        thread.join()
+
+    assert Counting.calls == [len(questions)]
+    assert all(np.array_equal(got[q], alone[q]) for q in questions)
+
+
+def test_a_model_error_reaches_every_waiting_caller(monkeypatch):
+    class Broken(HashedWords):
+        def passages(self, texts):
+            raise RuntimeError("model weights unreadable")
+
+        queries = passages
+
+    monkeypatch.setitem(embed.MODELS, "broken", Broken)
+    errors: list[str] = []
+
+    def ask(question):
+        try:
+            LoreEmbedding("broken").embed_query([question])
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    with LoreEmbedding._model_lock:
+        threads = [threading.Thread(target=ask, args=(f"question {i}",)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        wait_for_queue(("broken", True), 3)
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert errors == ["model weights unreadable"] * 3

@@ -16,6 +16,7 @@ from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
 from kb.errors import KBError
+from kb.store.batching import Batcher
 
 
 class _USE:
@@ -68,6 +69,18 @@ def _load(name: str):
     return _model_class(name)()
 
 
+def _embed(name: str, query: bool, texts: list[str]) -> dict[str, np.ndarray]:
+    """Unit vectors for distinct texts, from one model call per EMBED_BATCH of them."""
+    model, vectors = _load(name), {}
+    for start in range(0, len(texts), EMBED_BATCH):
+        batch = texts[start:start + EMBED_BATCH]
+        raw = np.asarray(model.queries(batch) if query else model.passages(batch), dtype=np.float32)
+        raw = raw.reshape(len(batch), -1)
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        vectors.update(zip(batch, raw / np.where(norms == 0, 1, norms)))
+    return vectors
+
+
 def model_dim(name: str) -> int:
     """The vector size a model produces, recorded in the store."""
     return _model_class(name).dim
@@ -77,10 +90,12 @@ def model_dim(name: str) -> int:
 class LoreEmbedding(EmbeddingFunction[Documents]):
     """chromadb embedding function over the model named in its config."""
 
-    _lock = threading.Lock()  # the native models are not re-entrant
+    _model_lock = threading.Lock()  # the native models are not re-entrant
+    _lock = threading.Lock()  # guards the cache and the batchers
     # A server embeds the same question several times per answer (retrieval, relevance, sentence
     # choice) and the same canon sentences for every player who asks alike: recent vectors are kept.
     _cache: OrderedDict = OrderedDict()
+    _batchers: dict[tuple[str, bool], Batcher] = {}
 
     def __init__(self, model: str = DEFAULT_MODEL):
         self.model = model
@@ -90,28 +105,23 @@ class LoreEmbedding(EmbeddingFunction[Documents]):
         return "lore-kb"
 
     def _encode(self, texts, query: bool) -> Embeddings:
-        """Vectors for texts, each distinct text embedded once, in batches of EMBED_BATCH.
+        """Vectors for texts, each distinct text embedded once, in batches of at most EMBED_BATCH.
 
         A loc table repeats short strings ("OK", "Back", a name): they are embedded
         once per call. Batches bound the model's working memory on a 200k-row table
         and let a server's questions in between; the rate is flat from 256 up
-        (bench/scale.py).
+        (bench/scale.py). Concurrent callers' texts share model calls (kb/store/batching.py).
         """
-        model = _load(self.model)
-        vectors: dict[str, np.ndarray] = {}
         with self._lock:
-            for text in texts:
-                vector = self._cache.get((self.model, query, text))
-                if vector is not None:
-                    vectors[text] = vector
+            vectors = {text: self._cache[(self.model, query, text)] for text in texts
+                       if (self.model, query, text) in self._cache}
+            batcher = self._batchers.get((self.model, query))
+            if batcher is None:
+                batcher = self._batchers[(self.model, query)] = Batcher(
+                    functools.partial(_embed, self.model, query), self._model_lock)
         missing = [text for text in dict.fromkeys(texts) if text not in vectors]
         for start in range(0, len(missing), EMBED_BATCH):
-            batch = missing[start:start + EMBED_BATCH]
-            with self._lock:
-                raw = model.queries(batch) if query else model.passages(batch)
-            raw = np.asarray(raw, dtype=np.float32).reshape(len(batch), -1)
-            norms = np.linalg.norm(raw, axis=1, keepdims=True)
-            vectors.update(zip(batch, raw / np.where(norms == 0, 1, norms)))
+            vectors.update(batcher(missing[start:start + EMBED_BATCH]))
         with self._lock:
             for text in dict.fromkeys(texts):
                 self._cache[(self.model, query, text)] = vectors[text]

@@ -56,6 +56,24 @@ def start(run: Callable[[Callable[[str], None]], Answer]) -> tuple[tuple, queue.
     return first, events
 
 
+def last_events(base: dict, answer: Answer, streamed: bool, question: str, include_usage: bool):
+    """The events after the model's last token: an answer not streamed (extractive, or nothing
+    relevant) a word at a time, then the citations, the usage if asked, and [DONE].
+
+    The caller sends them in two writes, not one per word: each item a response iterates
+    costs a hop to a worker thread.
+    """
+    if not streamed:
+        for piece in _PIECE.findall(answer.answer):
+            yield _chunk(base, {"content": piece})
+    citations = [c.to_json() for c in answer.citations]
+    yield _chunk(base, {}, "stop", citations=citations, mode=answer.mode)
+    if include_usage:
+        final = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage(question, answer.answer)}
+        yield f"data: {json.dumps(final)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
 def sse_events(base: dict, first: tuple, events: queue.Queue, question: str, include_usage: bool,
                private: list[Path]):
     """SSE in the OpenAI chunk shape: role, content deltas, a last chunk with citations, [DONE];
@@ -74,16 +92,8 @@ def sse_events(base: dict, first: tuple, events: queue.Queue, question: str, inc
             yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
             return
         else:
-            answer: Answer = value
-            if not streamed:  # extractive, or nothing relevant: the whole answer, a word at a time
-                for piece in _PIECE.findall(answer.answer):
-                    yield _chunk(base, {"content": piece})
-            citations = [c.to_json() for c in answer.citations]
-            yield _chunk(base, {}, "stop", citations=citations, mode=answer.mode)
-            if include_usage:
-                final = {**base, "object": "chat.completion.chunk", "choices": [],
-                         "usage": usage(question, answer.answer)}
-                yield f"data: {json.dumps(final)}\n\n"
-            yield "data: [DONE]\n\n"
+            last = last_events(base, value, streamed, question, include_usage)
+            yield next(last)  # the first word on its own, so the player sees it at once
+            yield "".join(last)
             return
         item = events.get()

@@ -14,7 +14,7 @@ at 8 clients, each request carrying a game state and a two-turn history, plain
 and streamed; the streamed rows add the time to the first content token.
 Budget: reply p50 <= 50 ms extractive, first streamed token <= 100 ms.
 
-    python bench/serve.py [--kb DIR] [--npc Maren] [--requests 24] [--budget]
+    python bench/serve.py [--kb DIR] [--npc Maren] [--requests 24] [--workers 1] [--budget]
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def build_store(kb_dir: Path) -> None:
                    env=clean_env(), stdout=subprocess.DEVNULL)
 
 
-def start_server(kb_dir: Path, port: int) -> subprocess.Popen:
+def start_server(kb_dir: Path, port: int, workers: int = 1) -> subprocess.Popen:
     proc = subprocess.Popen([*kb_command(), "serve", "--kb", str(kb_dir), "--host", "127.0.0.1",
-                             "--port", str(port), "--extractive"], env=clean_env(),
+                             "--port", str(port), "--extractive", "--workers", str(workers)], env=clean_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -169,7 +169,7 @@ BUDGET_HISTORY = [{"role": "user", "content": "Is this the ferry to Greyhithe?"}
 
 def budget_rows(url: str, model: str, requests: int, fresh, repeat: list[str]) -> list[dict]:
     """The game-runtime budget cells: 8 clients, state and history on every request, plain and streamed."""
-    measure(url, model, 1, repeat, "warm-up", BUDGET_STATE, BUDGET_HISTORY)
+    measure(url, model, 8, repeat * 2, "warm-up", BUDGET_STATE, BUDGET_HISTORY)  # reaches every worker
     rows = []
     count = max(requests, 16)
     for stream in (False, True):
@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--npc", default="Maren")
     parser.add_argument("--requests", type=int, default=24,
                         help="requests per cell, at least 2 per client; 'new' needs 2x(24+24+64) of ~270 [24]")
+    parser.add_argument("--workers", type=int, default=1, help="kb serve --workers: server processes [1]")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--budget", action="store_true",
                         help="only the NPC game-runtime budget: 8 clients with state and history, plain and streamed")
@@ -200,7 +201,7 @@ def main() -> None:
             print("building the sample world's store ...", file=sys.stderr)
             build_store(kb_dir)
         port = free_port()
-        server = start_server(kb_dir, port)
+        server = start_server(kb_dir, port, args.workers)
         url = f"http://127.0.0.1:{port}"
         try:
             fresh = iter(new_questions())
@@ -222,9 +223,10 @@ def main() -> None:
             server.wait(timeout=30)
 
     if args.json:
-        print(json.dumps({"machine": machine(), "revision": revision(), "rows": rows}, indent=2))
+        print(json.dumps({"machine": machine(), "revision": revision(), "workers": args.workers, "rows": rows},
+                         indent=2))
         return
-    print(f"kb serve --extractive on the sample world; {machine()}; code at {revision()}")
+    print(f"kb serve --extractive --workers {args.workers} on the sample world; {machine()}; code at {revision()}")
     print(f"{'model':<14}{'questions':<18}{'clients':>8}{'requests':>9}{'req/s':>8}{'p50 ms':>8}"
           f"{'p95 ms':>8}{'errors':>7}{'1st token p50':>14}{'p95':>6}")
     for r in rows:

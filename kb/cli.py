@@ -481,15 +481,17 @@ def npc_chat(name, k, model, base_url, extractive, no_retrieval, state_pairs, kb
 @click.option("--base-url", default=None, help="OpenAI-compatible server to generate with [$OPENAI_BASE_URL].")
 @click.option("--model", default=None, help="Chat model [$KB_MODEL, default gpt-4o-mini].")
 @click.option("--extractive", is_flag=True, help="Quote the canon; never call a model.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes answering on the port, each with its own model and index: one per core for games.")
 @common
-def serve(host, allowed_hosts, port, roots, base_url, model, extractive, kb_dir, as_json):
+def serve(host, allowed_hosts, port, roots, base_url, model, extractive, workers, kb_dir, as_json):
     """Serve the knowledge base over HTTP: an OpenAI-compatible chat API and a JSON API."""
     from kb.server import serve as run_server
 
     settings = settings_from(kb_dir, base_url=base_url, model=model)
     with announced(settings, host, port, extractive) if port else contextlib.nullcontext():
         run_server(settings, host=host, port=port, roots=list(roots), extractive=extractive,
-                   allowed_host_names=list(allowed_hosts))
+                   allowed_host_names=list(allowed_hosts), workers=workers)
 
 
 @cli.command("mcp")

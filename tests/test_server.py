@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -495,3 +497,56 @@ def test_readers_see_a_whole_ingest_run_or_none_of_it(corpora_kb, tmp_path, monk
     assert len(report["updated"]) == 5 and len(report["added"]) == 2 and report["removed"] == ["tally-00.md"]
     assert len(seen) == 7 and all(s == {"spring"} for s in seen), seen
     assert after["files"] == before["files"] + 1 and after["generation"] != before["generation"]
+
+
+def worker_processes(parent: int) -> list[int]:
+    """The pids of uvicorn's worker processes under ``parent`` (spawned; the resource tracker aside)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+            if int(fields[1]) == parent and b"spawn_main" in cmdline:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_workers_answer_on_one_port_and_each_sees_an_ingest(corpora_kb, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", "from kb.cli import main; main()", "serve", "--kb",
+                               str(corpora_kb), "--port", str(port), "--extractive", "--workers", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+    def ask(_):
+        reply = client.chat.completions.create(
+            model="kb", messages=[{"role": "user", "content": "Who cast the harbour bell of Greyhithe?"}])
+        return "Odo Varn" in reply.choices[0].message.content
+
+    try:
+        deadline = time.monotonic() + 120
+        while len(worker_processes(server.pid)) < 2 or not _answers(url):
+            assert server.poll() is None and time.monotonic() < deadline, "kb serve --workers 2 did not start"
+            time.sleep(0.2)
+        (tmp_path / "harbour-bell.md").write_text(f"# The harbour bell\n\n{NEW_CANON}\n")
+        assert invoke("ingest", tmp_path / "harbour-bell.md", "--kb", corpora_kb).exit_code == 0
+        # a worker loads the new canon on its first request after the ingest, answering the requests
+        # that come meanwhile from the canon before it; then every reply from either worker has it
+        rounds = []
+        with ThreadPoolExecutor(8) as pool:
+            while time.monotonic() < deadline + 60 and not (rounds and all(rounds[-1])):
+                rounds.append(list(pool.map(ask, range(8))))
+        assert len(worker_processes(server.pid)) == 2
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert all(rounds[-1]), [sum(r) for r in rounds]
+
+
+def _answers(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    return False

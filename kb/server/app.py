@@ -16,6 +16,8 @@ generation moves, so queries keep answering while an ingest runs.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -25,7 +27,7 @@ import anyio
 from fastapi import FastAPI
 
 from kb.api import KnowledgeBase
-from kb.config import Settings
+from kb.config import RetrievalConfig, Settings
 from kb.errors import KBError
 from kb.server import routes
 from kb.server.errors import install_error_handlers
@@ -88,11 +90,17 @@ def _kb_paths(settings: Settings) -> list[Path]:
     return [] if settings.chroma_url else [Path(settings.kb_dir).absolute(), Path(settings.kb_dir).resolve()]
 
 
+WORKER_OPTIONS_ENV = "KB_SERVE_WORKER_OPTIONS"
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
           roots: list[Path] | None = None, token: str | None = None, npc_token: str | None = None,
-          extractive: bool = False, allowed_host_names: list[str] | None = None) -> None:
+          extractive: bool = False, allowed_host_names: list[str] | None = None, workers: int = 1) -> None:
     """Run the API with uvicorn until interrupted; it answers to the loopback names, ``host`` and
     ``allowed_host_names``.
+
+    ``workers`` processes share the port, each with its own model and corpus: one process
+    answers on about one core (Python's GIL), so a game server uses one per core.
 
     Raises:
         KBError: exposed without a token, a root that is not a folder, or no knowledge base
@@ -109,6 +117,33 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         KnowledgeBase(settings).store  # noqa: B018 - fail now, in one line, rather than per request
     import uvicorn
 
-    app = create_app(settings, token=token, npc_token=npc_token, roots=roots, extractive=extractive,
-                     hosts=[host, *(allowed_host_names or [])])
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+    options = {"roots": roots, "extractive": extractive, "hosts": [host, *(allowed_host_names or [])]}
+    if workers == 1:
+        app = create_app(settings, token=token, npc_token=npc_token, **options)
+        uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+        return
+    # uvicorn starts each worker afresh (spawn): it builds the app from what this process leaves in
+    # its environment, the tokens under their usual names rather than in the options
+    for name, value in ((TOKEN_ENV, token), (NPC_TOKEN_ENV, npc_token)):
+        if value:
+            os.environ[name] = value
+    os.environ[WORKER_OPTIONS_ENV] = json.dumps({**options, "settings": _settings_fields(settings)}, default=str)
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
+                log_level="info", server_header=False)
+
+
+def _settings_fields(settings: Settings) -> dict:
+    """The settings as JSON values, less the API key (a worker reads it from the environment, as this
+    process did)."""
+    fields = dataclasses.asdict(settings)
+    fields.pop("api_key")
+    return fields
+
+
+def worker_app() -> FastAPI:
+    """The app of one `kb serve --workers N` process, as the parent would have built it."""
+    options = json.loads(os.environ[WORKER_OPTIONS_ENV])
+    fields = options.pop("settings")
+    settings = Settings(**{**fields, "kb_dir": Path(fields["kb_dir"]),
+                           "retrieval": RetrievalConfig(**fields["retrieval"])})
+    return create_app(settings, **{**options, "roots": [Path(r) for r in options["roots"] or []]})

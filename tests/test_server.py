@@ -550,3 +550,37 @@ def _answers(url: str) -> bool:
     with contextlib.suppress(httpx.HTTPError):
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     return False
+
+
+def test_a_repeated_quoted_request_is_answered_from_memory_until_the_canon_changes(corpora_kb, tmp_path,
+                                                                                    monkeypatch):
+    computed: list[str] = []
+    for cls in (kb_api.KnowledgeBase, kb_api.NPC):
+        def counted(self, question, *args, _ask=cls.ask, **kwargs):
+            computed.append(question)
+            return _ask(self, question, *args, **kwargs)
+        monkeypatch.setattr(cls, "ask", counted)
+    (tmp_path / "drop").mkdir()
+    (tmp_path / "drop" / "harbour-bell.md").write_text(f"# The harbour bell\n\n{NEW_CANON}\n")
+    bell = [{"role": "user", "content": "Who cast the harbour bell of Greyhithe?"}]
+    ferry = [{"role": "user", "content": "Is this the ferry to Greyhithe?"},
+             {"role": "assistant", "content": "Only ferry there is."},
+             {"role": "user", "content": "Who keeps the Orrin Light?"}]
+    with running(create_app(settings_for(corpora_kb), token=None, roots=[tmp_path])) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+        def chat(model, messages, state=None):
+            reply = client.chat.completions.create(model=model, messages=messages, extra_body={"state": state})
+            return reply.choices[0].message.content, reply.model_extra["citations"]
+
+        maren = [chat("npc:Maren", ferry, {"chapter": 1}) for _ in range(3)]
+        assert len(computed) == 1 and maren[0] == maren[1] == maren[2]
+        chat("npc:Maren", ferry, {"chapter": 1, "flags": {"paid_fare": True}})  # another state
+        chat("npc:Maren", ferry[2:], {"chapter": 1})  # the question without the turns before it
+        same = httpx.post(f"{url}/npc/Maren/ask", json={"messages": ferry, "state": {"chapter": 1}}).json()
+        assert len(computed) == 3 and (same["answer"], same["citations"]) == maren[0]
+        before = [chat("kb", bell) for _ in range(2)]
+        assert len(computed) == 4 and "Odo Varn" not in before[0][0]
+        assert httpx.post(f"{url}/ingest", json={"paths": ["drop"]}).json()["added"] == ["harbour-bell.md"]
+        after = chat("kb", bell)
+    assert len(computed) == 5 and "Odo Varn" in after[0]

@@ -31,6 +31,7 @@ from kb.config import RetrievalConfig, Settings
 from kb.errors import KBError
 from kb.server import routes
 from kb.server.errors import install_error_handlers
+from kb.server.replies import Replies
 from kb.server.security import (
     MAX_BODY_BYTES,
     NPC_TOKEN_ENV,
@@ -77,6 +78,7 @@ def create_app(settings: Settings, *, token: str | None = None, npc_token: str |
     app.state.roots = [Path(r).resolve() for r in roots or []]
     app.state.private = [*app.state.roots, *_kb_paths(settings)]  # never shown in a reply
     app.state.extractive = extractive
+    app.state.replies = Replies()
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(HostAllowlist, hosts=allowed_hosts(hosts))
     install_error_handlers(app)

@@ -13,6 +13,7 @@ import uuid
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from kb.answer import Answer
 from kb.api import NPC, KnowledgeBase
 from kb.conversation import split_messages
 from kb.errors import Forbidden, InvalidRequest, NotFound
@@ -50,6 +51,21 @@ def extractive(request: Request, asked: bool = False) -> bool:
     return request.app.state.extractive or asked
 
 
+def answer_for(request: Request, who: str, answerer: KnowledgeBase | NPC, question: str, *, k: int,
+               quote: bool, history: list[dict] | None = None, state: dict | None = None,
+               on_token=None) -> Answer:
+    """``answerer``'s answer (``who``: `kb` or `npc:<Name>`); a quoted one comes from the server's
+    replies when the same request came before on the same canon (kb/server/replies.py)."""
+    def compute() -> Answer:
+        return answerer.ask(question, k=k, extractive=quote, on_token=on_token, history=history, state=state)
+
+    kb = knowledge_base(request)
+    if kb.settings.llm_configured and not quote:
+        return compute()
+    asked = {"who": who, "question": question, "history": history or [], "state": state, "k": k}
+    return request.app.state.replies.answer(kb.corpus, asked, compute)
+
+
 def find_npc(kb: KnowledgeBase, name: str, code: str = "npc_not_found") -> NPC:
     try:
         return kb.npc(name)
@@ -83,9 +99,9 @@ def search(body: SearchRequest, request: Request):
 @json_api.post("/ask", response_model=AnswerResponse, response_model_exclude_none=True)
 def ask(body: AskRequest, request: Request):
     """An answer from the canon with [n] citations, as `kb ask --json`."""
-    answer = knowledge_base(request).ask(body.question, k=body.k,
-                                         extractive=extractive(request, body.extractive))
-    return answer.to_json()
+    kb = knowledge_base(request)
+    return answer_for(request, KB_MODEL, kb, body.question, k=body.k,
+                      quote=extractive(request, body.extractive)).to_json()
 
 
 def conversation(body: NpcAskRequest) -> tuple[str, list[dict]]:
@@ -109,8 +125,8 @@ def npc_ask(name: str, body: NpcAskRequest, request: Request):
     as `kb npc ask --json`; ``history`` or ``messages`` carry the conversation."""
     character = find_npc(knowledge_base(request), name)
     question, history = conversation(body)
-    return character.ask(question, k=body.k, extractive=extractive(request, body.extractive),
-                         history=history, state=body.state).to_json()
+    return answer_for(request, f"{NPC_PREFIX}{character.name}", character, question, k=body.k,
+                      quote=extractive(request, body.extractive), history=history, state=body.state).to_json()
 
 
 @json_api.post("/ingest", response_model=IngestResponse)
@@ -174,9 +190,11 @@ def chat_completions(body: ChatRequest, request: Request, scope: str = Depends(a
                        "each NPC card", "model_not_found")
     quote = extractive(request)
 
+    who = KB_MODEL if answerer is kb else f"{NPC_PREFIX}{answerer.name}"
+
     def run(on_token=None):
-        return answerer.ask(question, k=body.k, extractive=quote, on_token=on_token, history=history,
-                            state=body.state)
+        return answer_for(request, who, answerer, question, k=body.k, quote=quote, history=history,
+                          state=body.state, on_token=on_token)
 
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if not body.stream:

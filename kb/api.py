@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,6 +38,8 @@ from kb.postings import Postings, index_path
 from kb.retrieve import Corpus, Hit, search
 from kb.store import Store
 from kb.sync import IngestReport, forget, ingest, stored_limit_warnings
+
+GENERATION_POLL_S = 0.1  # how long a read of the store's generation is trusted (one query of the store)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class _Shared:
         self.store: Store | None = None
         self.loaded: _Loaded | None = None
         self.cards: _Cards | None = None
+        self.generation_read: tuple[int, float] | None = None  # (generation, time.monotonic() read)
         self.postings: Postings | None = None
         self.open_lock = threading.Lock()
         self.reload_lock = threading.Lock()
@@ -120,7 +124,7 @@ class KnowledgeBase:
         """The corpus of the store's current generation, or the previous one while another thread reloads."""
         shared, store = self._shared, self.store
         loaded = shared.loaded
-        if loaded is not None and loaded.generation == store.generation():
+        if loaded is not None and loaded.generation == self._generation(store):
             return loaded.corpus
         if loaded is None:
             with shared.reload_lock:
@@ -142,9 +146,18 @@ class KnowledgeBase:
             if loaded is None or loaded.generation != store.generation():
                 self._reload(store)
 
+    def _generation(self, store: Store) -> int:
+        """The store's generation, read afresh at most every GENERATION_POLL_S: a server's requests
+        would otherwise each query the store for it, some twice (the corpus, the NPC cards)."""
+        read = self._shared.generation_read
+        if read is None or time.monotonic() - read[1] >= GENERATION_POLL_S:
+            read = self._shared.generation_read = (store.generation(), time.monotonic())
+        return read[0]
+
     def _reload(self, store: Store) -> None:
         # the generation is read first: if a write lands during the load, the next call reloads
         generation = store.generation()
+        self._shared.generation_read = (generation, time.monotonic())
         if self._shared.postings is None:
             self._shared.postings = Postings(index_path(store))
         previous = self._shared.loaded.corpus if self._shared.loaded else None
@@ -229,7 +242,7 @@ class KnowledgeBase:
     def npcs(self) -> dict[str, Card]:
         """Every NPC card, by name (read from the manifest once per store generation)."""
         store = self.store
-        generation = store.generation()
+        generation = self._generation(store)
         loaded = self._shared.cards
         if loaded is None or loaded.generation != generation:
             loaded = self._shared.cards = _Cards(generation, cards(store))

@@ -95,8 +95,22 @@ class Postings:
 
     def __init__(self, path: Path | None):
         self.path = path
-        self._lock = threading.Lock()  # one connection, shared by a server's threads
+        self._lock = threading.Lock()  # the writing connection, shared by a server's threads
+        self._read_lock = threading.Lock()
         self.db = self._open()
+        self.reader = self._open_reader()
+
+    def _open_reader(self) -> sqlite3.Connection | None:
+        """A second, read-only connection for term lookups: in WAL mode it reads the last commit while a
+        reload writes, so a search never waits for a reload (it waited 0.2-0.5 s at 100k chunks).
+        None for an index in memory, which only its own connection can see."""
+        if self.path is None:
+            return None
+        try:
+            return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60,
+                                   check_same_thread=False)
+        except sqlite3.Error:
+            return None
 
     def _open(self) -> sqlite3.Connection:
         if self.path is None:
@@ -144,11 +158,14 @@ class Postings:
 
     def reset(self) -> None:
         """Start again from an empty index (it was found damaged)."""
-        with self._lock:
+        with self._lock, self._read_lock:
             self.db.close()
+            if self.reader is not None:
+                self.reader.close()
             if self.path is not None:
                 self._remove()
             self.db = self._open()
+            self.reader = self._open_reader()
 
     # -- keeping current ----------------------------------------------------
 
@@ -231,17 +248,23 @@ class Postings:
         return self.lookup(terms, locked=True)
 
     def lookup(self, terms, locked: bool = False) -> dict[str, int]:
-        """The ids of those of ``terms`` the vocabulary holds."""
+        """The ids of those of ``terms`` the vocabulary holds (``locked``: inside a write, on its connection)."""
+        if locked:
+            return self._lookup(self.db, terms)
+        if self.reader is None:
+            with self._lock:
+                return self._lookup(self.db, terms)
+        with self._read_lock:
+            return self._lookup(self.reader, terms)
+
+    @staticmethod
+    def _lookup(db: sqlite3.Connection, terms) -> dict[str, int]:
         terms = list(dict.fromkeys(terms))
         found = {}
         for start in range(0, len(terms), 500):
             part = terms[start:start + 500]
-            query = f"SELECT term, id FROM vocabulary WHERE term IN ({','.join('?' * len(part))})"
-            if locked:
-                found.update(self.db.execute(query, part))
-            else:
-                with self._lock:
-                    found.update(self.db.execute(query, part))
+            found.update(db.execute(f"SELECT term, id FROM vocabulary WHERE term IN ({','.join('?' * len(part))})",
+                                    part))
         return found
 
     def vocabulary_size(self) -> int:

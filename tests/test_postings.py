@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,19 @@ def test_a_server_reloads_only_the_changed_files_and_ranks_as_a_fresh_process(wo
         assert ([(h.id, h.score) for h in kb.search(query, k=5, mode="bm25")]
                 == [(h.id, h.score) for h in reopened(kb).search(query, k=5, mode="bm25")])
     assert served.idf("woman") == fresh.idf("woman")
+
+
+def test_a_term_lookup_does_not_wait_for_a_reload_writing(world):
+    kb, _ = world
+    postings = Postings(index_path(kb.store))
+    known = postings.lookup(["ferri", "saltreach"])
+    found = []
+    with postings._lock, postings.db:  # a reload mid-write: its lock held, its transaction open
+        postings.db.execute("INSERT INTO vocabulary (term) VALUES ('zzunpublished')")
+        lookup = threading.Thread(target=lambda: found.append(postings.lookup(["ferri", "zzunpublished"])))
+        lookup.start()
+        lookup.join(timeout=30)
+        answered_while_writing = not lookup.is_alive()
+    lookup.join()
+    assert answered_while_writing
+    assert found == [{"ferri": known["ferri"]}]  # the last commit: the write in progress is not seen

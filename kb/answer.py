@@ -148,7 +148,8 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
         return answer_without_canon(question, settings, system or NO_CANON_INSTRUCTION, model, on_token)
     system = system or INSTRUCTION
     query = query or question
-    store, corpus = kb.store, corpus or kb.corpus  # one generation: the hits and the IDF from the same corpus
+    corpus = corpus or kb.corpus  # one generation: the hits and the IDF from the same corpus
+    store = kb.store  # after the corpus, which opens the store afresh for a new generation
     hits = search(store, corpus, query, k=k, limits=limits, flags=flags, strict=strict,
                   config=settings.retrieval)
     cited = pack(hits, settings.context_tokens)

@@ -155,6 +155,9 @@ class KnowledgeBase:
         return read[0]
 
     def _reload(self, store: Store) -> None:
+        if self._shared.loaded is not None and not store.chroma_url:
+            # a new generation may hold another process's vectors: read the store afresh
+            store = self._shared.store = Store(self.settings.kb_dir, None, fresh=True)
         # the generation is read first: if a write lands during the load, the next call reloads
         generation = store.generation()
         self._shared.generation_read = (generation, time.monotonic())

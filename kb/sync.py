@@ -105,7 +105,8 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
     with lock:
         if found:
             start_worker()  # its imports overlap the store's opening
-        store = Store(settings.kb_dir, settings.chroma_url, settings.embed_model, create=True)
+        # fresh: the vector index this run writes back must hold every earlier writer's vectors
+        store = Store(settings.kb_dir, settings.chroma_url, settings.embed_model, create=True, fresh=True)
         store.repair(abandon=False)  # what an interrupted run staged is reused, then cleaned up
         records = store.files()
         run = store.begin_run()
@@ -181,9 +182,10 @@ def _gone(path: Path) -> bool:
 def forget(paths: list[str], settings: Settings) -> list[str]:
     """Remove files (or everything under folders) from the store on request."""
     targets = [str(Path(p).resolve()) for p in paths]
-    store = Store(settings.kb_dir, settings.chroma_url)  # before the lock, which would create a mistyped --kb
+    Store(settings.kb_dir, settings.chroma_url)  # before the lock, which would create a mistyped --kb
     lock = contextlib.nullcontext() if settings.chroma_url else write_lock(settings.kb_dir)
     with lock:
+        store = Store(settings.kb_dir, settings.chroma_url, fresh=True)
         run = store.begin_run()
         removed = []
         for record in store.files().values():

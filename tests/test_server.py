@@ -584,3 +584,16 @@ def test_a_repeated_quoted_request_is_answered_from_memory_until_the_canon_chang
         assert httpx.post(f"{url}/ingest", json={"paths": ["drop"]}).json()["added"] == ["harbour-bell.md"]
         after = chat("kb", bell)
     assert len(computed) == 5 and "Odo Varn" in after[0]
+
+
+def test_a_running_server_finds_by_meaning_what_another_process_ingested(corpora_kb, tmp_path):
+    (tmp_path / "harbour-bell.md").write_text(f"# The harbour bell\n\n{NEW_CANON}\n")
+    query = {"query": "Who made the bell from old ship anchors?", "mode": "dense", "k": 3}
+    with running(create_app(settings_for(corpora_kb), token=None)) as url, httpx.Client(base_url=url) as http:
+        assert all(r["source"] != "harbour-bell.md" for r in http.post("/search", json=query).json()["results"])
+        subprocess.run([sys.executable, "-c", "from kb.cli import main; main()", "ingest", str(tmp_path),
+                        "--kb", str(corpora_kb)], check=True, capture_output=True)
+        time.sleep(0.2)  # past the server's trust in its last read of the store's generation
+        http.post("/search", json=query)  # the first request after the change may load it meanwhile
+        found = http.post("/search", json=query).json()["results"]
+    assert found[0]["source"] == "harbour-bell.md", found

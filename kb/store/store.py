@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import chromadb
+from chromadb.api.shared_system_client import SharedSystemClient
 from chromadb.config import Settings as ChromaSettings
 
 from kb.errors import KBError, ModelMismatch, Unavailable
@@ -82,7 +83,7 @@ class FileRecord:
         return cls(**fields, card=card, non_numbers=json.loads(meta.get("non_numbers") or "{}"))
 
 
-def _client(kb_dir: Path, chroma_url: str | None):
+def _client(kb_dir: Path, chroma_url: str | None, fresh: bool = False):
     settings = ChromaSettings(anonymized_telemetry=False)
     if chroma_url:
         from urllib.parse import urlparse
@@ -93,6 +94,11 @@ def _client(kb_dir: Path, chroma_url: str | None):
                                        ssl=url.scheme == "https", settings=settings)
         except Exception as exc:
             raise Unavailable(f"cannot reach the Chroma server at {chroma_url}: {exc}") from None
+    if fresh:
+        # chromadb keeps one system per directory and process, whose vector index never sees another
+        # process's writes; a new one loads the index from disk and replays the log written after it.
+        # Clients already open keep their own system (they hold its API, not the cache's entry).
+        SharedSystemClient.clear_system_cache()
     try:
         kb_dir.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(kb_dir / "chroma"), settings=settings)
@@ -104,8 +110,9 @@ class Store:
     """A knowledge base: chunks with embeddings, plus the manifest that makes ingest incremental."""
 
     def __init__(self, kb_dir: Path, chroma_url: str | None = None, model: str | None = None,
-                 create: bool = False, ef_search: int = 100):
-        """Open (or, with ``create``, make) the store.
+                 create: bool = False, ef_search: int = 100, fresh: bool = False):
+        """Open (or, with ``create``, make) the store; ``fresh``: a local store as it is on disk now,
+        not through this process's open copy of it, which another process's vectors never reach.
 
         Raises:
             Unavailable: no store there and ``create`` is false, or it cannot be reached.
@@ -117,7 +124,7 @@ class Store:
         if not create and not chroma_url and not (self.kb_dir / "chroma" / "chroma.sqlite3").exists():
             # checked before chromadb runs, which would leave an empty store at a mistyped --kb
             raise Unavailable(f"no knowledge base at {self.kb_dir}; run `kb ingest PATH` first")
-        self.client = _client(self.kb_dir, chroma_url)
+        self.client = _client(self.kb_dir, chroma_url, fresh)
         existing = {c.name if hasattr(c, "name") else c for c in self.client.list_collections()}
         if CANON not in existing and not create:
             where = chroma_url or str(self.kb_dir)

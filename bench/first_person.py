@@ -1,15 +1,16 @@
 """How often the first-person rule (kb/in_character.py) gets a sentence wrong, on hand-labelled sentences.
 
-Every sentence of the sample world's English canon that names one of the
-three NPCs, and every sentence opening with a pronoun in a chunk that names
-one (in its text or heading), is run through the rule as that NPC would speak
-it, with its chunk as the context the rule reads (as an answer quoting that
-chunk gives it). A human
-labelled each result in bench/first_person_labels.jsonl: "ok" when the
-rendering is right (rendered correctly, or correctly left in the third
-person), "wrong" when it is wrong (bad grammar, the wrong person made "I",
-or a sentence the NPC should have said as "I" left alone counts as
-"missed"). A rendering that no longer matches its label is reported as
+Every sentence of the sample world's canon (English and Chinese) that names
+one of the three NPCs, and every sentence opening with a pronoun in a chunk
+that names one (in its text or heading), is run through the rule as that NPC
+would speak it, with its chunk as the context the rule reads (as an answer
+quoting that chunk gives it). Each result is labelled by hand in
+bench/first_person_labels.jsonl: "ok" when the rendering is right (rendered
+correctly, or correctly left in the third person), "wrong" when it is wrong
+(bad grammar, the wrong person made "I"), and "missed" for a sentence the NPC
+should have said as "I" left alone. The file also keeps the labels of the
+earlier rule's renderings, so that rule can be scored on the same sentences.
+A rendering that no longer matches its label is reported as
 unlabelled, so a change to the rule shows up here.
 
     python bench/first_person.py [--kb DIR] [--dump]   # --dump: print renderings to label
@@ -46,7 +47,7 @@ def renderings(kb: KnowledgeBase) -> list[dict]:
         seen = set()
         for text, meta in zip(corpus.texts, corpus.metas):
             title = meta.get("title", "")
-            if meta.get("lang") != "en" or "speaker" in meta or not named.search(f"{title}\n{text}"):
+            if "speaker" in meta or not named.search(f"{title}\n{text}"):
                 continue
             for found, _ in analysed(text):
                 sentence = " ".join(text[found.start:found.end].split())

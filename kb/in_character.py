@@ -5,7 +5,8 @@ new text, so they apply to whatever sentence selection kb/answer.py makes.
 
 First person is a rule, not a model, and applies only where it is safe: a
 sentence whose subject is the NPC's name ("Sefa has received...", "Since the
-spring of 412 TC Sefa has...") or a "She ..." whose "she" can only be the NPC.
+spring of 412 TC Sefa has...", in Chinese "摆渡人玛伦（Maren）年轻时...") or a
+"She ..." whose "she" can only be the NPC.
 That is read from the cited chunk, not from the answer's order (which mixes
 chunks): the sentence before it in the chunk had the NPC as its subject, or
 the chunk's heading names the NPC and no sentence since has named a character.
@@ -22,6 +23,7 @@ import re
 from typing import Callable
 
 from ingest.cards import Card
+from ingest.text import CJK_CHARS
 from kb.context import Citation
 from kb.extract import analysed, passage_coverage
 
@@ -135,6 +137,10 @@ def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
     own_line = re.match(rf"^(?:{named}):\s*(?:\([^)]*\)\s*)?", sentence, re.IGNORECASE)
     if own_line:  # the NPC's own recorded line, quoted with its speaker: just the words
         return sentence[own_line.end():]
+    # Chinese canon names the NPC in its own script, then in Latin: 摆渡人玛伦（Maren）年轻时... -> 我年轻时...
+    chinese = re.match(rf"^[{CJK_CHARS}·]{{1,12}}（(?:{named})）(?P<poss>的)?", sentence)
+    if chinese:
+        return ("我的" if chinese.group("poss") else "我") + sentence[chinese.end():]
     subject = re.match(rf"^(?P<lead>{_LEAD})(?:(?P<name>{named})(?P<poss>'s)?|(?P<she>She))\s+(?P<word>\S+)",
                        sentence)
     if not subject or (subject.group("she") and not after_own):

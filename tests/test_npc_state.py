@@ -57,6 +57,7 @@ WORLD = {
                            "About forty people live in the Fens, in stilt houses.\n",
     "world/people.md": "# People of Varn\n## Oska Brine\nThe bell-ringer of Varn harbour, past seventy.\n"
                        "She eats only smoked eel and counts every gull on the breakwater twice before supper.\n",
+    "world/zh-bell.md": "# 港钟\n敲钟人奥斯卡（Oska Brine）每天黄昏敲响瓦恩港的铜钟，已经敲了三十年。\n",
     "world/anchors.md": "---\nline_ids: [bell_cast_01]\n---\n# Anchors\n"
                         "Oska: The bell was cast from seven melted anchors, and it remembers the sea.\n",
     "scripts/dusk.yarn": "title: Dusk\ntags: chapter:1 region:Harbour\n---\n"
@@ -200,6 +201,15 @@ def test_the_rarest_term_check_takes_every_term_of_a_tie(world_kb):
     cited = [Citation(1, Hit("a", "He eats smoked eel.", 1.0, {})), Citation(2, Hit("b", "Red poppies.", 1.0, {}))]
     assert holds_rarest_term(question, cited[:1], corpus) and holds_rarest_term(question, cited[1:], corpus)
     assert not holds_rarest_term(question, [Citation(1, Hit("c", "The bell rings.", 1.0, {}))], corpus)
+
+
+def test_chinese_canon_that_names_the_npc_is_said_as_wo(world_kb):
+    _, data = invoke_json("npc", "ask", "Oska", "瓦恩港的铜钟敲了多少年？", "--kb", world_kb)
+    assert "我每天黄昏敲响瓦恩港的铜钟，已经敲了三十年。" in data["answer"] and "奥斯卡" not in data["answer"]
+    names, others = ["Maren"], {"Wren"}
+    assert first_person("玛伦（Maren）的船叫耐心号。 [1]", names, others) == "我的船叫耐心号。 [1]"
+    unsure = "冠军雷恩（Wren）打败了玛伦（Maren）。 [1]"           # Maren is not the subject
+    assert first_person(unsure, names, others) == unsure
 
 
 def test_first_person_reads_whom_a_she_follows_in_the_cited_chunk():

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 from kb.config import Settings
 from kb.context import Citation, data_rule, new_nonce, pack, render
 from kb.errors import KBError, LLMError
-from kb.extract import choose, passage_coverage
+from kb.extract import choose, chunk_coverage, question_terms
 from kb.extract import render as render_quotes
 from kb.llm import chat
 from kb.retrieve import Corpus, search
@@ -57,7 +57,8 @@ class Answer:
 
 def coverages(question: str, cited: list[Citation], idf) -> dict[str, float]:
     """Each cited chunk's share of the question's rare terms (kb.extract.passage_coverage), by chunk id."""
-    return {c.hit.id: passage_coverage(question, c.hit.text, c.hit.metadata.get("title", ""), idf) for c in cited}
+    asked = question_terms(question, idf)
+    return {c.hit.id: chunk_coverage(asked, c.hit.text, c.hit.metadata.get("title", "")) for c in cited}
 
 
 def relevance(covered: dict[str, float], similarity: dict[str, float]) -> float:
@@ -78,6 +79,8 @@ def holds_answer(store: Store, question: str, cited: list[Citation], idf, search
     covered = coverages(question, cited, idf)
     if relevance(covered, {}) >= MIN_RELEVANCE:
         return True
+    if searched and relevance(covered, searched_cosines(cited)) >= MIN_RELEVANCE:
+        return True  # a chunk the dense ranking saw is enough: no query of the store for the others
     return relevance(covered, dense_similarities(store, question, cited, searched)) >= MIN_RELEVANCE
 
 
@@ -102,11 +105,16 @@ def dense_similarities(store: Store, question: str, cited: list[Citation], searc
     A hybrid search already knows the cosines of the chunks its dense ranking saw (``searched``);
     only the others cost a query of the store.
     """
-    known = {c.hit.id: c.hit.cosine for c in cited if searched and c.hit.cosine is not None}
+    known = searched_cosines(cited) if searched else {}
     missing = [c.hit.id for c in cited if c.hit.id not in known]
     if missing:
         known.update((cid, 1.0 - d) for cid, d in store.dense_query(question, len(missing), missing))
     return known
+
+
+def searched_cosines(cited: list[Citation]) -> dict[str, float]:
+    """The cosines a hybrid search already knows: those of the cited chunks its dense ranking saw."""
+    return {c.hit.id: c.hit.cosine for c in cited if c.hit.cosine is not None}
 
 
 def answer_without_canon(question: str, settings: Settings, system: str, model: str | None = None,
@@ -159,7 +167,7 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
     # since its cosines came with the search (the question alone costs another dense query)
     if not any(holds_answer(store, q, cited, corpus.idf, searched=q == query) for q in dict.fromkeys([query, question])):
         return Answer(not_found, [], mode)
-    messages = build_messages(system, question, cited, history)
+    messages = build_messages(system, question, cited, history) if use_llm or on_prompt is not None else []
     if on_prompt is not None:
         on_prompt(messages)
     if not use_llm:

@@ -20,7 +20,7 @@ import re
 from typing import Callable
 
 from kb.context import Citation
-from kb.extract import candidates, has_evidence, term_credit
+from kb.extract import candidates, has_evidence
 from kb.lexical import query_tokens, tokens
 from kb.retrieve import Corpus
 
@@ -68,6 +68,6 @@ def says_what_was_asked(question: str, cited: list[Citation], idf: Callable[[str
     how_many = _HOW_MANY.search(question)
     noun = (tokens(how_many.group(1)) or [None])[0] if how_many else None
     ranked, _ = candidates(question, [(c.n, c.hit.text, c.hit.metadata.get("title", "")) for c in cited], idf)
-    return any((rarest is None or term_credit(rarest, s.terms, s.context) > 0)
+    return any((rarest is None or s.credit(rarest) > 0)
                and (noun is None or gives_a_count(s.text, noun, question))
                for s in ranked)

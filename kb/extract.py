@@ -36,6 +36,7 @@ FRAGMENT_WORDS = 4  # fewer words than this (a CJK character counts half) is a f
 
 _CJK = re.compile(f"[{CJK_CHARS}]")
 _LATIN_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+_DIGITS = re.compile(r"\d+")
 _HEADING_LINE = re.compile(r"#{1,6}\s")
 _LIST_MARKER = re.compile(r"(?:[-*+•]|\(?\d{1,3}[.)]|[a-z][.)])\s+")
 # A sentence ends at . ! ? … (with closing quotes or brackets) before a space, or at 。！？ (with closers).
@@ -43,6 +44,7 @@ _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|[。！？!?]+[」�
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr st mt ft jr sr prof gen capt col lt sgt cpl rev hon fr sen gov pres vs etc "
     "e.g eg i.e ie cf al no nos vol vols pp p ch fig figs approx ca inc ltd co corp dept est".split())
+_NEXT_CHARACTER = re.compile(r"\s*(\S)")
 _PRONOUN_OPENERS = frozenset(
     "he she it they him her his its their them this these that those such there's".split())
 _ZH_PRONOUN_OPENERS = tuple("他她它其该該此这這")
@@ -114,22 +116,30 @@ def _without_question_words(question: str) -> str:
 
 def _breaks_here(line: str, match: re.Match) -> bool:
     """Whether a sentence-ending mark really ends a sentence (not "Mr.", "J.", "e.g." or '"Go!" he said')."""
-    rest = line[match.end():].lstrip()
-    if not rest:
+    following = _NEXT_CHARACTER.match(line, match.end())
+    if not following:
         return True
-    if rest[0].islower():
+    if following.group(1).islower():
         return False
     if line[match.start()] == ".":
-        word = re.search(r"([\w.]+)\.?$", line[:match.start() + 1].rstrip("."))
-        if word:
-            token = word.group(1).lower().rstrip(".")
-            if token in _ABBREVIATIONS or (len(token) == 1 and token.isalpha()):
-                return False
+        token = _word_before(line, match.start() + 1).lower()
+        if token in _ABBREVIATIONS or (len(token) == 1 and token.isalpha()):
+            return False
     return True
 
 
-def _word_count(text: str) -> float:
-    return len(_LATIN_WORD.findall(text)) + len(re.findall(r"\d+", text)) + len(_CJK.findall(text)) / 2
+def _word_before(line: str, end: int) -> str:
+    """The run of letters, digits and dots that ends at ``end``, less its final dots ("e.g" of "e.g.").
+
+    Read backwards from the mark: a search anchored at the line's end rescanned the
+    whole line before every mark, which made splitting a long paragraph quadratic.
+    """
+    while end and line[end - 1] == ".":
+        end -= 1
+    start = end
+    while start and (line[start - 1].isalnum() or line[start - 1] in "_."):
+        start -= 1
+    return line[start:end]
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
@@ -196,6 +206,13 @@ def _sentences(text: str) -> list[_Sentence]:
     return found
 
 
+class Terms(NamedTuple):
+    """A chunk's terms, and those of four or more characters by their first four: every related form shares them."""
+
+    held: frozenset[str]
+    by_first_four: dict[str, tuple[str, ...]]
+
+
 @functools.lru_cache(maxsize=256)
 def analysed(text: str) -> tuple[tuple[_Sentence, frozenset[str]], ...]:
     """A chunk's sentences with their terms, kept for a while: the relevance check and the
@@ -203,10 +220,28 @@ def analysed(text: str) -> tuple[tuple[_Sentence, frozenset[str]], ...]:
     return tuple((s, frozenset(tokens(text[s.start:s.end]))) for s in _sentences(text))
 
 
+@functools.lru_cache(maxsize=256)
+def passage_terms(text: str, title: str) -> Terms:
+    """A whole chunk's terms, its title and headings counted as its words."""
+    sentences = analysed(text)
+    terms = set(tokens("\n".join({title, *(s.heading for s, _ in sentences)})))
+    terms.update(*(sentence_terms for _, sentence_terms in sentences))
+    return indexed(terms)
+
+
+def indexed(terms) -> Terms:
+    """Terms with those of four or more characters indexed by their first four."""
+    index: dict[str, list[str]] = {}
+    for term in terms:
+        if len(term) >= 4:
+            index.setdefault(term[:4], []).append(term)
+    return Terms(frozenset(terms), {prefix: tuple(found) for prefix, found in index.items()})
+
+
 def forget_analyses() -> None:
     """Empty the caches of analysed chunks, so a benchmark's timed call pays for its own analysis."""
     analysed.cache_clear()
-    _by_first_four.cache_clear()
+    passage_terms.cache_clear()
 
 
 def passage_coverage(question: str, text: str, title: str, idf: Callable[[str], float]) -> float:
@@ -214,10 +249,13 @@ def passage_coverage(question: str, text: str, title: str, idf: Callable[[str], 
 
     The relevance check ("does the canon hold this at all?") reads this.
     """
-    sentences = analysed(text)
-    terms = set(tokens("\n".join({title, *(s.heading for s, _ in sentences)})))
-    terms.update(*(sentence_terms for _, sentence_terms in sentences))
-    return coverage(question_terms(question, idf), terms)
+    return chunk_coverage(question_terms(question, idf), text, title)
+
+
+def chunk_coverage(asked: dict[str, float], text: str, title: str) -> float:
+    """passage_coverage for question terms already weighed, so several chunks share that work."""
+    terms = passage_terms(text, title)
+    return coverage(asked, {term: term_credit(term, terms.held, related_forms(term, terms)) for term in asked})
 
 
 def _join_fragments(line: str, pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -239,8 +277,15 @@ def _join_fragments(line: str, pieces: list[tuple[int, int]]) -> list[tuple[int,
 
 
 def is_fragment(sentence: str) -> bool:
-    """Too short to say anything alone (a heading, a label, "Wardens wear grey")."""
-    return _word_count(sentence) < FRAGMENT_WORDS
+    """Too short to say anything alone (a heading, a label, "Wardens wear grey"): fewer than FRAGMENT_WORDS
+    words and numbers, a CJK character counting half; counted only as far as that, since most sentences pass."""
+    count = 0.0
+    for pattern, weight in ((_LATIN_WORD, 1.0), (_DIGITS, 1.0), (_CJK, 0.5)):
+        for _ in pattern.finditer(sentence):
+            count += weight
+            if count >= FRAGMENT_WORDS:
+                return False
+    return True
 
 
 def leans_on_previous(sentence: str) -> bool:
@@ -252,51 +297,39 @@ def leans_on_previous(sentence: str) -> bool:
     return bool(first) and first.group(0).lower() in _PRONOUN_OPENERS
 
 
-@functools.lru_cache(maxsize=4096)
-def _by_first_four(terms: frozenset[str]) -> dict[str, tuple[str, ...]]:
-    """Terms of four or more characters by their first four: every related form shares them."""
-    index: dict[str, list[str]] = {}
-    for term in terms:
-        if len(term) >= 4:
-            index.setdefault(term[:4], []).append(term)
-    return {prefix: tuple(found) for prefix, found in index.items()}
+def _one_word(stem: str, other: str) -> bool:
+    """Two forms of the same word: one stem a prefix of the other (found/founder), or nearly so."""
+    shorter = min(len(stem), len(other))
+    common = 0
+    while common < shorter and stem[common] == other[common]:
+        common += 1
+    return common == shorter or (common >= 5 and common >= shorter - 1)
 
 
-def _related(stem: str, others: set[str]) -> bool:
-    """A different form of the same word: one stem a prefix of the other (found/founder), or nearly so."""
+def related_forms(stem: str, others: Terms) -> tuple[str, ...]:
+    """The other forms of a (non-CJK) stem's word among a chunk's terms, found by their first four letters
+    (a scan of all the terms cost fairytaleqa 20% of ask)."""
     if len(stem) < 4 or _CJK.search(stem):
-        return False
-    for other in _by_first_four(frozenset(others)).get(stem[:4], ()):  # a scan of all cost fairytaleqa 20% of ask
-        if other == stem:
-            continue
-        shorter = min(len(stem), len(other))
-        common = 0
-        while common < shorter and stem[common] == other[common]:
-            common += 1
-        if common == shorter or (common >= 5 and common >= shorter - 1):
-            return True
-    return False
+        return ()
+    return tuple(other for other in others.by_first_four.get(stem[:4], ()) if other != stem and _one_word(stem, other))
 
 
-def term_credit(term: str, terms: set[str], context: list[tuple[set[str], float]]) -> float:
-    """How much of one question term a sentence holds: itself 1, a related form RELATED_FORM,
-    or only in its context (heading, the sentence it leans on) that context's weight."""
+def term_credit(term: str, terms: frozenset[str], forms: tuple[str, ...]) -> float:
+    """How much of one question term a text holds: itself 1, one of its related ``forms`` RELATED_FORM, else 0."""
     if term in terms:
         return 1.0
-    credit = RELATED_FORM if _related(term, terms) else 0.0
-    for context_terms, weight in context:
-        if term in context_terms:
-            credit = max(credit, weight)
-    return credit
+    return RELATED_FORM if any(form in terms for form in forms) else 0.0
 
 
-def coverage(question_terms: dict[str, float], terms: set[str],
-             context: list[tuple[set[str], float]] = ()) -> float:
-    """Share of the question's terms, weighted by rarity, that a sentence (with its context) holds."""
+def coverage(question_terms: dict[str, float], credits: dict[str, float]) -> float:
+    """Share of the question's terms, weighted by rarity, that a sentence (with its context) holds.
+
+    ``credits``: how much of each question term it holds (term_credit, or more from its context).
+    """
     total = sum(question_terms.values())
     if not total:
         return 0.0
-    return sum(weight * term_credit(term, terms, context) for term, weight in question_terms.items()) / total
+    return sum(weight * credits[term] for term, weight in question_terms.items()) / total
 
 
 def names_the_doer(sentence: str, question: str) -> bool:
@@ -345,13 +378,22 @@ class _Candidate:
     order: int  # the sentence's place in its chunk
     sentence: _Sentence
     text: str
-    terms: set[str]
-    context: list[tuple[set[str], float]] = field(default_factory=list)
+    terms: frozenset[str]
+    own: dict[str, float]  # how much of each question term the sentence itself holds (term_credit)
+    context: list[tuple[set[str], float]] = field(default_factory=list)  # (heading, the sentence leaned on) terms
+    credits: dict[str, float] = field(default_factory=dict)  # own, or more from the context
     typed: int = 0  # holds the kind of thing the question asks for (2: and names the doer of the act asked about)
     score: float = 0.0
 
+    def credit(self, term: str) -> float:
+        """How much of any term the sentence holds, its context counted (the question's are worked out ahead)."""
+        if term in self.credits:
+            return self.credits[term]
+        own = term_credit(term, self.terms, related_forms(term, indexed(self.terms)))
+        return max([own, *(weight for held, weight in self.context if term in held)])
+
     def rescore(self, asked: dict[str, float]) -> None:
-        self.score = coverage(asked, self.terms, self.context) + RANK_BONUS / self.rank + TYPE_BONUS * self.typed
+        self.score = coverage(asked, self.credits) + RANK_BONUS / self.rank + TYPE_BONUS * self.typed
 
 
 def _local_rarity(asked: dict[str, float], sentences: list[_Candidate]) -> dict[str, float]:
@@ -363,7 +405,7 @@ def _local_rarity(asked: dict[str, float], sentences: list[_Candidate]) -> dict[
     count = len(sentences)
     weights = {}
     for term, weight in asked.items():
-        holding = sum(term in s.terms or _related(term, s.terms) for s in sentences)
+        holding = sum(s.own[term] > 0 for s in sentences)
         if holding:
             weights[term] = weight * max(LOCAL_FLOOR, math.log((count - holding + 0.5) / (holding + 0.5)))
     return weights
@@ -373,13 +415,17 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
                idf: Callable[[str], float]) -> tuple[list[_Candidate], dict[str, float]]:
     """Every sentence of the chunks ((n, text, heading), in rank order), scored, best first, and
     the question's terms with the weights they were scored by."""
+    everyone = question_terms(question, idf)
+    forms = {term: [form for _, text, title in chunks for form in related_forms(term, passage_terms(text, title))]
+             for term in everyone}
     by_chunk = []
     for rank, (n, text, title) in enumerate(chunks, start=1):
-        sentences = [_Candidate(n, rank, order, s, text[s.start:s.end], set(terms))
+        sentences = [_Candidate(n, rank, order, s, text[s.start:s.end], terms,
+                                {term: term_credit(term, terms, forms[term]) for term in everyone})
                      for order, (s, terms) in enumerate(analysed(text))]
         by_chunk.append((title, sentences))
     everything = [c for _, sentences in by_chunk for c in sentences]
-    asked = _local_rarity(question_terms(question, idf), everything)
+    asked = _local_rarity(everyone, everything)
     kind = question_type(question)
     for title, sentences in by_chunk:
         heading_terms: dict[str, set[str]] = {}
@@ -390,6 +436,8 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
             candidate.context = [(heading_terms[heading], HEADING)]
             if candidate.order and leans_on_previous(candidate.text):
                 candidate.context.append((sentences[candidate.order - 1].terms, LEANED_ON))
+            candidate.credits = {term: max([credit, *(weight for held, weight in candidate.context if term in held)])
+                                 for term, credit in candidate.own.items()}
             candidate.typed = int(bool(kind) and has_evidence(candidate.text, kind, question))
             if candidate.typed and kind == "person" and names_the_doer(candidate.text, question):
                 candidate.typed += 1

@@ -284,8 +284,8 @@ class Postings:
         lengths, pair_lengths, terms, pairs = [], [], [], []
         columns = "seq, key, version, ids, texts, metas, lengths, pair_lengths, terms, pairs"
         with self._lock:
-            if keys is None:
-                rows = self.db.execute(f"SELECT {columns} FROM files ORDER BY seq").fetchall()
+            if keys is None:  # read row by row: all rows at once were ~5 KB a chunk more at the peak
+                rows = self.db.execute(f"SELECT {columns} FROM files ORDER BY seq")
             else:
                 wanted, rows = list(keys), []
                 for start in range(0, len(wanted), 500):
@@ -293,22 +293,22 @@ class Postings:
                     rows += self.db.execute(f"SELECT {columns} FROM files WHERE key IN ({','.join('?' * len(part))})",
                                             part).fetchall()
                 rows.sort()
-        for _, key, version, file_ids, file_texts, file_metas, file_lengths, file_pair_lengths, file_terms, \
-                file_pairs in rows:
-            offset = len(ids)
-            ids.extend(json.loads(file_ids))
-            texts.extend(json.loads(file_texts))
-            metas.extend(json.loads(file_metas))
-            files.append((key, version, len(ids) - offset))
-            lengths.append(_array(file_lengths))
-            pair_lengths.append(_array(file_pair_lengths))
-            for field, blob in ((terms, file_terms), (pairs, file_pairs)):
-                rows3 = _array(blob).reshape(-1, 3).copy()
-                rows3[:, 0] += offset
-                field.append(rows3)
-            if not (len(lengths[-1]) == len(pair_lengths[-1]) == len(ids) - offset == len(texts) - offset
-                    == len(metas) - offset):
-                raise ValueError(f"the indexed file {key} is damaged")
+            for _, key, version, file_ids, file_texts, file_metas, file_lengths, file_pair_lengths, file_terms, \
+                    file_pairs in rows:
+                offset = len(ids)
+                ids.extend(json.loads(file_ids))
+                texts.extend(json.loads(file_texts))
+                metas.extend(json.loads(file_metas))
+                files.append((key, version, len(ids) - offset))
+                lengths.append(_array(file_lengths))
+                pair_lengths.append(_array(file_pair_lengths))
+                for field, blob in ((terms, file_terms), (pairs, file_pairs)):
+                    rows3 = _array(blob).reshape(-1, 3).copy()
+                    rows3[:, 0] += offset
+                    field.append(rows3)
+                if not (len(lengths[-1]) == len(pair_lengths[-1]) == len(ids) - offset == len(texts) - offset
+                        == len(metas) - offset):
+                    raise ValueError(f"the indexed file {key} is damaged")
         empty = np.zeros((0, 3), dtype=np.int32)
         return Loaded(files, ids, texts, metas,
                       np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32),

@@ -7,6 +7,7 @@ into the top k.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -65,8 +66,16 @@ class Field:
         self.average = self.lengths.mean() if self.size else 0.0
         # Each posting's term-frequency part, once per corpus: a query then only scales and adds
         # (bm25 p50 at 100k chunks was 9.6 ms computing it per query against 1.1 ms with bm25s).
-        self.tfc = counts / (self.K1 * ((1 - self.B) + self.B * self.lengths[docs] / (self.average or 1.0))
-                             + counts)
+        # counts / (K1 * ((1 - B) + B * length / average) + counts), step by step in one float64 array:
+        # the same roundings as the expression, without its three temporaries of 8 bytes a posting.
+        tfc = self.lengths[docs]
+        np.multiply(self.B, tfc, out=tfc)
+        np.divide(tfc, self.average or 1.0, out=tfc)
+        np.add(1 - self.B, tfc, out=tfc)
+        np.multiply(self.K1, tfc, out=tfc)
+        np.add(tfc, counts, out=tfc)
+        np.divide(counts, tfc, out=tfc)
+        self.tfc = tfc
 
     @classmethod
     def build(cls, postings: np.ndarray, lengths: np.ndarray) -> "Field":
@@ -123,8 +132,11 @@ class Corpus:
     @classmethod
     def read(cls, loaded: Loaded, postings: Postings) -> "Corpus":
         """A corpus of freshly read files, their postings grouped by term."""
-        return cls(loaded.files, loaded.ids, loaded.texts, loaded.metas, Field.build(loaded.terms, loaded.lengths),
-                   Field.build(loaded.pairs, loaded.pair_lengths), postings)
+        terms = Field.build(loaded.terms, loaded.lengths)
+        loaded.terms = None  # each field's rows go once grouped: the peak holds one field's rows, not both
+        pairs = Field.build(loaded.pairs, loaded.pair_lengths)
+        loaded.pairs = None
+        return cls(loaded.files, loaded.ids, loaded.texts, loaded.metas, terms, pairs, postings)
 
     @classmethod
     def load(cls, store: Store, postings: Postings | None = None, previous: "Corpus | None" = None) -> "Corpus":
@@ -140,10 +152,12 @@ class Corpus:
             return cls._read(postings, since)
 
         try:
-            return store.consistent(lambda: read(previous))
+            corpus = store.consistent(lambda: read(previous))
         except DAMAGE:
             postings.reset()
-            return store.consistent(lambda: read(None))
+            corpus = store.consistent(lambda: read(None))
+        _return_freed_memory()
+        return corpus
 
     @classmethod
     def _read(cls, postings: Postings, previous: "Corpus | None") -> "Corpus":
@@ -222,6 +236,23 @@ class Corpus:
             top = np.arange(len(scores))
         top = top[np.lexsort((top, -scores[top]))]  # best first, ties by position as before
         return [(int(i), float(scores[i])) for i in top if scores[i] > 0]
+
+
+def _libc_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: its allocator returns memory its own way
+        return None
+
+
+_malloc_trim = _libc_malloc_trim()
+
+
+def _return_freed_memory() -> None:
+    """Give the OS back the heap a load freed: glibc keeps it for reuse, so a process held the peak of
+    reading the postings for good (a fresh open at 20k chunks kept 406 MB RSS, 277 MB after this)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _order_by(keys: np.ndarray) -> np.ndarray:

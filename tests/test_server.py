@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from threadpoolctl import threadpool_info
 
 import kb.api as kb_api
 from ingest.discover import discover
@@ -297,6 +298,11 @@ def captured_uvicorn(monkeypatch) -> list[dict]:
     calls: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append({"app": app, **options}))
     return calls
+
+
+def test_a_server_process_runs_numpy_on_one_blas_thread(store_copy, captured_uvicorn):
+    assert invoke("serve", "--kb", store_copy).exit_code == 0 and captured_uvicorn
+    assert [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"] == [1]
 
 
 def test_dns_rebinding_is_refused_by_the_host_allowlist(store_copy, captured_uvicorn):

@@ -119,6 +119,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         KnowledgeBase(settings).store  # noqa: B018 - fail now, in one line, rather than per request
     import uvicorn
 
+    one_blas_thread()
     options = {"roots": roots, "extractive": extractive, "hosts": [host, *(allowed_host_names or [])]}
     if workers == 1:
         app = create_app(settings, token=token, npc_token=npc_token, **options)
@@ -134,6 +135,16 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
                 log_level="info", server_header=False)
 
 
+def one_blas_thread() -> None:
+    """Numpy's small products run on one BLAS thread in a server process: requests are the parallelism,
+    and a second BLAS thread mostly spin-waits on the core another request needs (bench/serve.py,
+    8 clients, new NPC questions: server CPU 31-34 -> 10-11 ms per request). USE's batches of
+    passages still take two (kb/store/embed.py), for an ingest through the server."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def _settings_fields(settings: Settings) -> dict:
     """The settings as JSON values, less the API key (a worker reads it from the environment, as this
     process did)."""
@@ -144,6 +155,7 @@ def _settings_fields(settings: Settings) -> dict:
 
 def worker_app() -> FastAPI:
     """The app of one `kb serve --workers N` process, as the parent would have built it."""
+    one_blas_thread()
     options = json.loads(os.environ[WORKER_OPTIONS_ENV])
     fields = options.pop("settings")
     settings = Settings(**{**fields, "kb_dir": Path(fields["kb_dir"]),

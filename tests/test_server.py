@@ -395,7 +395,8 @@ def test_an_error_mid_stream_does_not_show_a_server_path(store_copy, monkeypatch
         raise Unavailable(f"no knowledge base at {store_copy}; run `kb ingest PATH` first")
 
     monkeypatch.setattr(KnowledgeBase, "ask", fail_after_a_token)
-    with running(create_app(settings_for(store_copy), token=None)) as url:
+    streaming_model = settings_for(store_copy, base_url="http://127.0.0.1:9/v1")  # only a model streams tokens
+    with running(create_app(streaming_model, token=None)) as url:
         body = httpx.post(f"{url}/v1/chat/completions", json={"model": "kb", "stream": True,
                                                               "messages": [{"role": "user", "content": "hi"}]}).text
     assert '"content": "The"' in body and "no knowledge base at kb;" in body

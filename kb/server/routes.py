@@ -51,6 +51,11 @@ def extractive(request: Request, asked: bool = False) -> bool:
     return request.app.state.extractive or asked
 
 
+def quoted(kb: KnowledgeBase, quote: bool) -> bool:
+    """The answer will quote the canon: asked to, or no chat model is configured."""
+    return quote or not kb.settings.llm_configured
+
+
 def answer_for(request: Request, who: str, answerer: KnowledgeBase | NPC, question: str, *, k: int,
                quote: bool, history: list[dict] | None = None, state: dict | None = None,
                on_token=None) -> Answer:
@@ -60,7 +65,7 @@ def answer_for(request: Request, who: str, answerer: KnowledgeBase | NPC, questi
         return answerer.ask(question, k=k, extractive=quote, on_token=on_token, history=history, state=state)
 
     kb = knowledge_base(request)
-    if kb.settings.llm_configured and not quote:
+    if not quoted(kb, quote):
         return compute()
     asked = {"who": who, "question": question, "history": history or [], "state": state, "k": k}
     return request.app.state.replies.answer(kb.corpus, asked, compute)
@@ -199,7 +204,8 @@ def chat_completions(body: ChatRequest, request: Request, scope: str = Depends(a
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if not body.stream:
         return streaming.completion(base, question, run())
-    first, events = streaming.start(run)
+    # a quoted answer streams no tokens: it is made here, not in a thread of its own
+    first, events = streaming.start(run) if not quoted(kb, quote) else (("done", run()), None)
     include_usage = bool((body.stream_options or {}).get("include_usage"))
     return StreamingResponse(streaming.sse_events(base, first, events, question, include_usage,
                                                   request.app.state.private),

@@ -74,26 +74,27 @@ def last_events(base: dict, answer: Answer, streamed: bool, question: str, inclu
     yield "data: [DONE]\n\n"
 
 
-def sse_events(base: dict, first: tuple, events: queue.Queue, question: str, include_usage: bool,
+def sse_events(base: dict, first: tuple, events: queue.Queue | None, question: str, include_usage: bool,
                private: list[Path]):
     """SSE in the OpenAI chunk shape: role, content deltas, a last chunk with citations, [DONE];
     an error after the first token is the last event, its message without the ``private`` paths."""
-    yield _chunk(base, {"role": "assistant", "content": ""})
+    head = _chunk(base, {"role": "assistant", "content": ""})  # sent with what comes first, in one write
     streamed = False
     item = first
     while True:
         kind, value = item
         if kind == "token":
             streamed = True
-            yield _chunk(base, {"content": value})
+            yield head + _chunk(base, {"content": value})
         elif kind == "error":
             log.error("chat stream failed: %s", value)
             message = redact(str(value), private) if isinstance(value, KBError) else "internal error"
-            yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
+            yield head + f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
             return
         else:
             last = last_events(base, value, streamed, question, include_usage)
-            yield next(last)  # the first word on its own, so the player sees it at once
+            yield head + next(last)  # the first word on its own, so the player sees it at once
             yield "".join(last)
             return
+        head = ""
         item = events.get()

@@ -80,6 +80,16 @@ _EVIDENCE = {
                         rf"|(?:在|位于|位於|于|於|来自|來自|到)[{CJK_CHARS}]{{1,8}}?"
                         rf"(?:省|市|县|縣|区|區|州|国|國|岛|島|山|河|江|湖|海|城|镇|鎮|村|洲|港|湾|灣|郡|道|府)"),
 }
+# Chinese words for one thing that share no character bigram (卒 for 去世, 著有 for 著作): where the question
+# uses one and the canon another, the canon holds a related form of it. Simplified and traditional both.
+_ZH_SAME_THING = (
+    "去世 逝世 病逝 过世 過世 辞世 辭世 身故 卒 殁 歿 死于 死於",
+    "出生 生于 生於 诞生 誕生",
+    "著作 著有 作品 代表作 撰有 编著 編著 著述",
+    "创立 創立 创办 創辦 创建 創建 成立 始创 始創 创设 創設",
+)
+_ZH_FORMS = {word: tuple(other for other in group.split() if other != word)
+             for group in _ZH_SAME_THING for word in group.split()}
 _CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z'’-]+(?:\s+(?:[A-Z][a-z'’-]+|of|de|van|von))*")
 
 
@@ -255,7 +265,8 @@ def passage_coverage(question: str, text: str, title: str, idf: Callable[[str], 
 def chunk_coverage(asked: dict[str, float], text: str, title: str) -> float:
     """passage_coverage for question terms already weighed, so several chunks share that work."""
     terms = passage_terms(text, title)
-    return coverage(asked, {term: term_credit(term, terms.held, related_forms(term, terms)) for term in asked})
+    return coverage(asked, {term: term_credit(term, terms.held, related_forms(term, terms), f"{title}\n{text}")
+                            for term in asked})
 
 
 def _join_fragments(line: str, pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -314,9 +325,10 @@ def related_forms(stem: str, others: Terms) -> tuple[str, ...]:
     return tuple(other for other in others.by_first_four.get(stem[:4], ()) if other != stem and _one_word(stem, other))
 
 
-def term_credit(term: str, terms: frozenset[str], forms: tuple[str, ...]) -> float:
-    """How much of one question term a text holds: itself 1, one of its related ``forms`` RELATED_FORM, else 0."""
-    if term in terms:
+def term_credit(term: str, terms: frozenset[str], forms: tuple[str, ...], text: str = "") -> float:
+    """How much of one question term a text holds: itself 1, one of its related ``forms`` (or, in Chinese,
+    another word for the same thing in ``text``) RELATED_FORM, else 0."""
+    if term in terms or any(word in text for word in _ZH_FORMS.get(term, ())):
         return 1.0
     return RELATED_FORM if any(form in terms for form in forms) else 0.0
 
@@ -389,7 +401,7 @@ class _Candidate:
         """How much of any term the sentence holds, its context counted (the question's are worked out ahead)."""
         if term in self.credits:
             return self.credits[term]
-        own = term_credit(term, self.terms, related_forms(term, indexed(self.terms)))
+        own = term_credit(term, self.terms, related_forms(term, indexed(self.terms)), self.text)
         return max([own, *(weight for held, weight in self.context if term in held)])
 
     def rescore(self, asked: dict[str, float]) -> None:
@@ -421,7 +433,7 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
     by_chunk = []
     for rank, (n, text, title) in enumerate(chunks, start=1):
         sentences = [_Candidate(n, rank, order, s, text[s.start:s.end], terms,
-                                {term: term_credit(term, terms, forms[term]) for term in everyone})
+                                {term: term_credit(term, terms, forms[term], text[s.start:s.end]) for term in everyone})
                      for order, (s, terms) in enumerate(analysed(text))]
         by_chunk.append((title, sentences))
     everything = [c for _, sentences in by_chunk for c in sentences]

@@ -156,6 +156,11 @@ def test_the_kind_asked_for_picks_the_sentence_that_holds_it():
     assert "奥斯克·布兰德" in choose("谁创立了玻璃匠公会？", [(1, zh, "")], flat, 1)[0].text
 
 
+def test_chinese_words_for_the_same_thing_count_as_the_question_word():
+    text = "潮港史官林远，字子文，生于潮港东城。林远一生著述甚多，晚年隐居山中。卒于潮汐历二百零三年。"
+    assert choose("林远是在什么时候去世的？", [(1, text, "")], flat, 1)[0].text == "卒于潮汐历二百零三年。"
+
+
 def test_passage_coverage_counts_related_forms_and_the_heading():
     assert passage_coverage("Who founded the Brine Wardens?", "Their founder lost both hands.", "Brine Wardens",
                             flat) == pytest.approx((RELATED_FORM + 2) / 3)

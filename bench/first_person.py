@@ -28,7 +28,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.extract import analysed  # noqa: E402
-from kb.in_character import first_person, npc_names  # noqa: E402
+from kb.in_character import first_person, npc_names, npc_pronouns  # noqa: E402
 from kb.npc import speakers  # noqa: E402
 
 LABELS = Path(__file__).with_name("first_person_labels.jsonl")
@@ -53,7 +53,8 @@ def renderings(kb: KnowledgeBase) -> list[dict]:
                 sentence = " ".join(text[found.start:found.end].split())
                 if (named.search(sentence) or _PRONOUN_LED.match(sentence)) and sentence not in seen:
                     seen.add(sentence)
-                    rendered = first_person(f"{sentence} [1]", names, others, {1: (text, title)})[:-4]
+                    rendered = first_person(f"{sentence} [1]", names, others, {1: (text, title)},
+                                            npc_pronouns(card))[:-4]
                     rows.append({"npc": card.name, "sentence": sentence, "rendered": rendered,
                                  "changed": rendered != sentence})
     return rows

@@ -6,12 +6,13 @@ new text, so they apply to whatever sentence selection kb/answer.py makes.
 First person is a rule, not a model, and applies only where it is safe: a
 sentence whose subject is the NPC's name ("Sefa has received...", "Since the
 spring of 412 TC Sefa has...", in Chinese "摆渡人玛伦（Maren）年轻时...") or a
-"She ..." whose "she" can only be the NPC.
+"She ..." whose "she" can only be the NPC ("He ..." for an NPC whose card
+says he: ``npc_pronouns``).
 That is read from the cited chunk, not from the answer's order (which mixes
 chunks): the sentence before it in the chunk had the NPC as its subject, or
 the chunk's heading names the NPC and no sentence since has named a character.
 The name becomes "I" (and "Sefa's" "my"), the verb is conjugated, and
-she/her/herself become I/my/me/myself only when no other known character
+she/her/herself (he/him/his/himself) become I/my/me/myself only when no other known character
 (any speaker in the canon) is named in the sentence; otherwise the sentence
 is left as the canon wrote it. bench/first_person.py measures the rule on
 hand-labelled sentences.
@@ -20,7 +21,7 @@ hand-labelled sentences.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ingest.cards import Card
 from ingest.text import CJK_CHARS
@@ -41,7 +42,24 @@ _OBJECT_FOLLOWERS = {"a", "an", "the", "to", "and", "at", "in", "on", "with", "f
                      "of", "as", "by", "into", "about", "before", "after", "when", "if", "or", "but"}
 # after "Sefa's" these mean "Sefa is/has" ("Sefa's not here"), not a thing of hers
 _NOT_POSSESSED = "a|an|the|not|been|here|there|gone|never|always|still|just|got|going"
-_PRONOUN = re.compile(r"\b([Ss]he|[Hh]erself|[Hh]er)\b(\s+\w+)?")
+
+
+class Pronouns(NamedTuple):
+    """How the canon refers to the NPC without their name."""
+
+    subject: str
+    reflexive: str
+    object: str
+    possessive: str
+
+    def pattern(self) -> re.Pattern:
+        """Any of them as a word, with the word after it (which tells "her" as me from "her" as my)."""
+        words = "|".join(dict.fromkeys((self.reflexive, self.subject, self.object, self.possessive)))
+        return re.compile(rf"\b((?i:{words}))\b(\s+\w+)?")
+
+
+SHE = Pronouns("she", "herself", "her", "her")
+HE = Pronouns("he", "himself", "him", "his")
 # a second verb of the same subject: "I am exact and keeps my logbook" -> "and keep my logbook", "and is said"
 # -> "and am said", ", but crosses to" -> ", but cross to" (a list ends with "and", rarely with "but")
 _COORDINATED = re.compile(
@@ -103,22 +121,23 @@ def _is_verb(word: str) -> bool:
                                or (lower.endswith("s") and not lower.endswith(("ss", "us", "is"))))
 
 
-def _pronouns_to_first_person(text: str) -> str:
+def _pronouns_to_first_person(text: str, pronouns: Pronouns) -> str:
     def swap(match: re.Match) -> str:
         pronoun, following = match.group(1), match.group(2) or ""
         capital = pronoun[0].isupper()
-        nxt = following.strip().lower()
-        if pronoun.lower() == "herself":
+        lower, nxt = pronoun.lower(), following.strip().lower()
+        no_noun = not nxt or nxt in _OBJECT_FOLLOWERS  # "telling her to", "the choice is his"
+        if lower == pronouns.reflexive:
             word = "myself"
-        elif pronoun.lower() == "she":
+        elif lower == pronouns.subject:
             word, following = "I", (f" {_conjugate(following.strip())}" if nxt else following)
-        elif not nxt or nxt in _OBJECT_FOLLOWERS:
+        elif lower == pronouns.object and (no_noun or lower != pronouns.possessive):
             word = "me"
         else:
-            word = "my"
+            word = "mine" if no_noun else "my"
         return (word.capitalize() if capital and word != "I" else word) + following
 
-    return _PRONOUN.sub(swap, text)
+    return pronouns.pattern().sub(swap, text)
 
 
 def _names_pattern(names: list[str]) -> str:
@@ -126,12 +145,12 @@ def _names_pattern(names: list[str]) -> str:
 
 
 def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
-                             after_own: bool = False) -> str | None:
+                             after_own: bool = False, pronouns: Pronouns = SHE) -> str | None:
     """The sentence spoken by the NPC, or None when its subject is not the NPC or the rule is unsure.
 
     ``names``: what the canon calls the NPC (full name first); ``others``: other
     characters' names; ``after_own``: the sentence before was the NPC's, so a
-    leading "She" is the NPC too.
+    leading "She" (``pronouns.subject``) is the NPC too.
     """
     named = _names_pattern(names)
     own_line = re.match(rf"^(?:{named}):\s*(?:\([^)]*\)\s*)?", sentence, re.IGNORECASE)
@@ -141,9 +160,9 @@ def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
     chinese = re.match(rf"^[{CJK_CHARS}·]{{1,12}}（(?:{named})）(?P<poss>的)?", sentence)
     if chinese:
         return ("我的" if chinese.group("poss") else "我") + sentence[chinese.end():]
-    subject = re.match(rf"^(?P<lead>{_LEAD})(?:(?P<name>{named})(?P<poss>'s)?|(?P<she>She))\s+(?P<word>\S+)",
-                       sentence)
-    if not subject or (subject.group("she") and not after_own):
+    subject = re.match(rf"^(?P<lead>{_LEAD})(?:(?P<name>{named})(?P<poss>'s)?|(?P<pronoun>"
+                       rf"{pronouns.subject.capitalize()}))\s+(?P<word>\S+)", sentence)
+    if not subject or (subject.group("pronoun") and not after_own):
         return None
     word = subject.group("word")
     if subject.group("poss") and re.fullmatch(_NOT_POSSESSED, word.lower()):
@@ -152,7 +171,7 @@ def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
         return None
     rest = sentence[subject.end():]
     mentions_other = any(re.search(rf"\b{re.escape(o)}\b", sentence) for o in others)
-    if mentions_other and _PRONOUN.search(rest):
+    if mentions_other and pronouns.pattern().search(rest):
         return None  # "her" might be another character's
     lead = subject.group("lead")
     start = "my" if subject.group("poss") else "I"
@@ -164,7 +183,7 @@ def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
     rest = re.sub(rf"\b(?:{named})'s\b", "my", rest)
     rest = re.sub(rf"\b(?:{named})\b", "me", rest)
     if not mentions_other:
-        rest = _pronouns_to_first_person(rest)
+        rest = _pronouns_to_first_person(rest, pronouns)
     return head + rest
 
 
@@ -179,9 +198,10 @@ def mentions_in_first_person(sentence: str, names: list[str]) -> str:
     return re.sub(rf"\b(?:{named})'s (?!(?:{_NOT_POSSESSED})\b)", "my ", sentence)
 
 
-def _rendered(sentence: str, names: list[str], others: set[str], after_own: bool) -> tuple[str, bool]:
+def _rendered(sentence: str, names: list[str], others: set[str], after_own: bool,
+              pronouns: Pronouns) -> tuple[str, bool]:
     """The sentence as the NPC says it, and whether its subject is the NPC (so a "She" after it is too)."""
-    own = sentence_in_first_person(sentence, names, others, after_own)
+    own = sentence_in_first_person(sentence, names, others, after_own, pronouns)
     if own is not None:
         return own, True
     return mentions_in_first_person(sentence, names), False
@@ -193,8 +213,8 @@ def _names_npc(heading: str, names: list[str]) -> bool:
     return bool(last) and last in (n.casefold() for n in names)
 
 
-def chunk_in_first_person(text: str, title: str, names: list[str],
-                          others: set[str]) -> dict[str, tuple[str, bool]]:
+def chunk_in_first_person(text: str, title: str, names: list[str], others: set[str],
+                          pronouns: Pronouns = SHE) -> dict[str, tuple[str, bool]]:
     """Each sentence of a chunk (whitespace made single, as answers quote it) as the NPC says it, and
     whether its subject is the NPC; read in order so that a "She ..." knows whom it follows.
 
@@ -209,7 +229,7 @@ def chunk_in_first_person(text: str, title: str, names: list[str],
             heading = sentence.heading or title
             npc_is_she = _names_npc(heading, names)
         quoted = " ".join(text[sentence.start:sentence.end].split())
-        rendered[quoted] = _rendered(quoted, names, others, npc_is_she)
+        rendered[quoted] = _rendered(quoted, names, others, npc_is_she, pronouns)
         npc_is_she = rendered[quoted][1] or (npc_is_she and not named.search(quoted))
     return rendered
 
@@ -229,11 +249,12 @@ def _as_chunk_sentences(quote: str, known: dict) -> list[str] | None:
 
 
 def first_person(text: str, names: list[str], others: set[str],
-                 chunks: dict[int, tuple[str, str]] | None = None) -> str:
+                 chunks: dict[int, tuple[str, str]] | None = None, pronouns: Pronouns = SHE) -> str:
     """An extractive answer ("sentence [n] sentence [n]") with the NPC's sentences in the first person.
 
     ``chunks``: each citation number's chunk (text, heading path), read for whom a leading
     "She" follows; a quote of a chunk not given follows the answer's previous quote instead.
+    ``pronouns``: how the canon refers to the NPC (``npc_pronouns``).
     """
     out, previous_own = [], False
     for sentence in (s.strip() for s in _ANSWER_SENTENCE.findall(text)):
@@ -242,10 +263,10 @@ def first_person(text: str, names: list[str], others: set[str],
         quote, markers = re.match(r"(.*?)((?:\s\[\d+\])*)$", sentence).groups()
         numbers = re.findall(r"\d+", markers)
         chunk = (chunks or {}).get(int(numbers[0])) if numbers else None
-        known = chunk_in_first_person(*chunk, names, others) if chunk else {}
+        known = chunk_in_first_person(*chunk, names, others, pronouns) if chunk else {}
         parts = _as_chunk_sentences(quote, known) if known else None
         if parts is None:
-            rendered, previous_own = _rendered(sentence, names, others, previous_own)
+            rendered, previous_own = _rendered(sentence, names, others, previous_own, pronouns)
             out.append(rendered)
             continue
         out.append(" ".join(known[p][0] for p in parts) + markers)
@@ -261,3 +282,10 @@ def npc_names(card: Card) -> list[str]:
     title = card.role.split()[0]
     titled = [f"{form} {name}" for name in names for form in (title, f"The {title.lower()}", f"the {title.lower()}")]
     return [*names, *titled]
+
+
+def npc_pronouns(card: Card) -> Pronouns:
+    """HE when the card's persona and role say he/him/his more often than she/her, else SHE."""
+    words = re.findall(r"[a-z]+", f"{card.persona} {card.role}".lower())
+    he = sum(words.count(w) for w in ("he", "him", "his", "himself"))
+    return HE if he > sum(words.count(w) for w in ("she", "her", "herself")) else SHE

@@ -21,7 +21,7 @@ from kb.asked import holds_rarest_term, says_what_was_asked
 from kb.conversation import bounded_history, retrieval_query
 from kb.errors import NotFound
 from kb.gamestate import Visibility, card_visibility
-from kb.in_character import first_person, npc_names, own_line_answer
+from kb.in_character import first_person, npc_names, npc_pronouns, own_line_answer
 from kb.retrieve import Corpus
 from kb.store import Store
 
@@ -140,7 +140,7 @@ def in_character(answer: Answer, card: Card, question: str, query: str, corpus: 
     names = npc_names(card)
     others = {s for s in speakers(corpus) if s not in names and s not in card.name.split()}
     cited = {c.n: (c.hit.text, c.hit.metadata.get("title", "")) for c in answer.citations}
-    answer.answer = first_person(answer.answer, names, others, cited)
+    answer.answer = first_person(answer.answer, names, others, cited, npc_pronouns(card))
     return answer
 
 

@@ -20,7 +20,7 @@ from kb.asked import holds_rarest_term
 from kb.context import Citation
 from kb.conversation import bounded_history, carried_terms, split_messages
 from kb.gamestate import InvalidState, StateBeyondCard, state_from_pairs, visibility
-from kb.in_character import first_person, quoted_line_ids
+from kb.in_character import HE, first_person, quoted_line_ids
 from kb.retrieve import Hit
 from kb.server import create_app
 from kb.store import Store
@@ -57,6 +57,11 @@ WORLD = {
                            "About forty people live in the Fens, in stilt houses.\n",
     "world/people.md": "# People of Varn\n## Oska Brine\nThe bell-ringer of Varn harbour, past seventy.\n"
                        "She eats only smoked eel and counts every gull on the breakwater twice before supper.\n",
+    "npcs/tam.yaml": "name: Tam Reed\nrole: Night-boat rower of Varn\nspeaker: Tam\n"
+                     "persona: Quiet; he keeps his own counsel and his own tally.\nknows:\n  chapter: 1\n"
+                     "unknown_answer: \"Not on my tally.\"\n",
+    "world/tam.md": "---\nchapter: 1\n---\n# Tam Reed\nTam Reed rows the night boat of Varn.\n"
+                    "He counts the lanterns on the breakwater and keeps the tally in his coat.\n",
     "world/zh-bell.md": "# 港钟\n敲钟人奥斯卡（Oska Brine）每天黄昏敲响瓦恩港的铜钟，已经敲了三十年。\n",
     "world/anchors.md": "---\nline_ids: [bell_cast_01]\n---\n# Anchors\n"
                         "Oska: The bell was cast from seven melted anchors, and it remembers the sea.\n",
@@ -210,6 +215,14 @@ def test_chinese_canon_that_names_the_npc_is_said_as_wo(world_kb):
     assert first_person("玛伦（Maren）的船叫耐心号。 [1]", names, others) == "我的船叫耐心号。 [1]"
     unsure = "冠军雷恩（Wren）打败了玛伦（Maren）。 [1]"           # Maren is not the subject
     assert first_person(unsure, names, others) == unsure
+
+
+def test_a_male_npc_says_he_as_i_and_leaves_her_alone(world_kb):
+    _, data = invoke_json("npc", "ask", "Tam", "Where does Tam keep the tally of the lanterns?", "--kb", world_kb)
+    assert "I count the lanterns on the breakwater and keep the tally in my coat." in data["answer"]
+    names, others = ["Tam Reed", "Tam"], set()
+    assert first_person("Tam keeps the tally and tells her nothing of his plan. [1]", names, others,
+                        pronouns=HE) == "I keep the tally and tell her nothing of my plan. [1]"   # "her" is not Tam
 
 
 def test_first_person_reads_whom_a_she_follows_in_the_cited_chunk():

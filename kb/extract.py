@@ -58,7 +58,7 @@ _QUESTION_TYPES = (
                         r"|哪个朝代|哪個朝代|哪一世纪|哪個世紀|哪一世紀|什么年代|什麼年代")),
     ("number", re.compile(r"\bhow (?:many|much|long|old|far|wide|tall|high|deep|big|large|heavy|often)\b"
                           r"|多少|多久|多长|多長|多大|多高|多远|多遠|多深|多重|多宽|多寬|几|幾")),
-    ("person", re.compile(r"\b(?:who|whom|whose)\b|谁|誰|哪位|何人")),
+    ("person", re.compile(r"\b(?:who|whom|whose)\b|谁|誰|哪位|哪一位|何人|哪一人|哪个人|哪個人")),
     ("place", re.compile(r"\bwhere\b|哪里|哪裡|哪裏|哪儿|哪兒|何处|何處|什么地方|什麼地方|哪个国家|哪個國家"
                          r"|哪座城市|哪个城市|哪個城市|哪个地区|哪個地區")),
     (None, re.compile(r"\b(?:what|which|why|how)\b|什么|什麼|哪些|哪个|哪個|哪种|哪種|如何|怎么|怎麼|怎样|怎樣"

@@ -42,6 +42,7 @@ WARDENS = ("The Brine Wardens keep the northern lights burning through the winte
     ("What did the man who built the tower want?", None),
     ("Why did the Council vote?", None),
     ("谁在潮历118年创立了玻璃匠公会？", "person"),
+    ("华氏温标是哪一人所制定的？", "person"),
     ("沉没档案馆是哪一年建立的？", "date"),
     ("长退潮节是什么时候？", "date"),
     ("灰港大约有多少人口？", "number"),

@@ -139,12 +139,13 @@ class KnowledgeBase:
         return shared.loaded.corpus
 
     def refresh(self) -> None:
-        """Load the current generation now (after an ingest, so its canon is visible at once)."""
+        """Load the current generation now, after this process's ingest or forget, so its canon is
+        visible at once."""
         store = self.store
         with self._shared.reload_lock:
             loaded = self._shared.loaded
             if loaded is None or loaded.generation != store.generation():
-                self._reload(store)
+                self._reload(store, fresh=False)
 
     def _generation(self, store: Store) -> int:
         """The store's generation, read afresh at most every GENERATION_POLL_S: a server's requests
@@ -154,10 +155,11 @@ class KnowledgeBase:
             read = self._shared.generation_read = (store.generation(), time.monotonic())
         return read[0]
 
-    def _reload(self, store: Store) -> None:
+    def _reload(self, store: Store, fresh: bool = True) -> None:
         if self._shared.loaded is not None and not store.chroma_url:
-            # a new generation may hold another process's vectors: read the store afresh
-            store = self._shared.store = Store(self.settings.kb_dir, None, fresh=True)
+            # a new generation may hold another process's vectors: read the store afresh; after this
+            # process's own write (``fresh=False``), through the copy that write opened afresh
+            store = self._shared.store = Store(self.settings.kb_dir, None, fresh=fresh)
         # the generation is read first: if a write lands during the load, the next call reloads
         generation = store.generation()
         self._shared.generation_read = (generation, time.monotonic())

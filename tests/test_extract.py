@@ -162,6 +162,12 @@ def test_chinese_words_for_the_same_thing_count_as_the_question_word():
     assert choose("林远是在什么时候去世的？", [(1, text, "")], flat, 1)[0].text == "卒于潮汐历二百零三年。"
 
 
+def test_a_chinese_question_word_that_holds_a_traditional_particle_still_counts():
+    # 著 is also the traditional form of the particle 着, but in 著作 it is the question's content
+    text = "林远，字子文，潮港人。林远晚年隐居山中。著有《潮汐志》、《盐港杂记》等。"
+    assert choose("林远的著作是什么？", [(1, text, "")], flat, 1)[0].text.startswith("著有")
+
+
 def test_passage_coverage_counts_related_forms_and_the_heading():
     assert passage_coverage("Who founded the Brine Wardens?", "Their founder lost both hands.", "Brine Wardens",
                             flat) == pytest.approx((RELATED_FORM + 2) / 3)

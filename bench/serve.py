@@ -22,6 +22,7 @@ extractive, first streamed token <= 100 ms.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import random
@@ -34,8 +35,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import psutil
 
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -105,20 +108,38 @@ def new_questions() -> list[str]:
     return asked
 
 
-def streamed_reply(http: httpx.Client, body: dict, start: float) -> tuple[float | None, bool]:
-    """Read one SSE reply; the seconds to its first content token (None if none came) and whether it was ok."""
-    first = None
-    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
-        if response.status_code != 200:
-            return None, False
-        for line in response.iter_lines():
-            if first is None and line.startswith("data: {") and '"content": "' in line \
-                    and '"content": ""' not in line:
-                first = time.perf_counter() - start
-    return first, first is not None
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by the server and its worker processes."""
+    server = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in (server, *server.children(recursive=True)))
 
 
-def measure(url: str, model: str, clients: int, asked: list[str], workload: str = "",
+CONTENT_TOKEN = re.compile(rb'^data: \{.*"content": "[^"]', re.MULTILINE)
+
+
+def reply(conn: http.client.HTTPConnection, body: dict, stream: bool, start: float) -> tuple[float | None, bool]:
+    """Send one chat request on a kept-alive connection and read the whole reply; the seconds to its first
+    content token (streamed only, None if none came) and whether it was ok.
+
+    The stdlib's client, not httpx: on these 2 shared cores the clients' CPU competes with the server's,
+    and httpx cost 3-4 ms of it per request, a third of what the server spends on a new NPC question.
+    """
+    conn.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": stream}),
+                 {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if not stream:
+        data = response.read()
+        return None, response.status == 200 and bool(json.loads(data)["choices"][0]["message"]["content"])
+    first, text = None, b""
+    while piece := response.read1(65536):
+        text += piece
+        if first is None and CONTENT_TOKEN.search(text):
+            first = time.perf_counter() - start
+    response.read()  # a reply with a length ends without closing itself: the connection is reused
+    return first, response.status == 200 and first is not None
+
+
+def measure(url: str, server_pid: int, model: str, clients: int, asked: list[str], workload: str = "",
             extra: dict | None = None, history: list[dict] | None = None, stream: bool = False,
             pace: float | None = None) -> dict:
     """Send one chat request per question from ``clients`` threads; latency per request, throughput overall.
@@ -137,18 +158,14 @@ def measure(url: str, model: str, clients: int, asked: list[str], workload: str 
 
     def one(i: int) -> None:
         nonlocal errors
-        if not hasattr(local, "http"):
-            local.http = httpx.Client(base_url=url, timeout=300)
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection(address.hostname, address.port, timeout=300)
         body = {"model": model, "messages": [*(history or []), {"role": "user", "content": asked[i]}],
                 **(extra or {})}
         if pace:
             time.sleep(max(0.0, started + (i // clients + i % clients / clients) * pace - time.perf_counter()))
         start = time.perf_counter()
-        if stream:
-            first, ok = streamed_reply(local.http, body, start)
-        else:
-            response = local.http.post("/v1/chat/completions", json=body)
-            first, ok = None, response.status_code == 200 and response.json()["choices"][0]["message"]["content"]
+        first, ok = reply(local.conn, body, stream, start)
         elapsed = time.perf_counter() - start
         with lock:
             latencies.append(elapsed)
@@ -156,12 +173,16 @@ def measure(url: str, model: str, clients: int, asked: list[str], workload: str 
                 first_tokens.append(first)
             errors += not ok
 
+    address = urlsplit(url)
+    cpu_before, client_cpu_before = server_cpu_s(server_pid), time.process_time()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(one, range(total)))
     wall = time.perf_counter() - started
     row = {"model": model, "workload": workload, "clients": clients, "requests": total, "errors": errors,
            "rps": round(total / wall, 2),
+           "server_cpu_ms": round((server_cpu_s(server_pid) - cpu_before) * 1000 / total, 1),
+           "client_cpu_ms": round((time.process_time() - client_cpu_before) * 1000 / total, 1),
            "p50_ms": round(median(latencies) * 1000),
            "p95_ms": round(percentile(latencies, 95) * 1000)}
     if stream and first_tokens:
@@ -177,10 +198,10 @@ BUDGET_HISTORY = [{"role": "user", "content": "Is this the ferry to Greyhithe?"}
 PACE_S = 0.5  # a player asking an NPC twice a second: far faster than anyone reads a reply
 
 
-def budget_rows(url: str, model: str, requests: int, fresh, repeat: list[str]) -> list[dict]:
+def budget_rows(url: str, server_pid: int, model: str, requests: int, fresh, repeat: list[str]) -> list[dict]:
     """The game-runtime budget cells: 8 clients, state and history on every request, plain and streamed,
     back to back and paced."""
-    measure(url, model, 8, repeat * 2, "warm-up", BUDGET_STATE, BUDGET_HISTORY)  # reaches every worker
+    measure(url, server_pid, model, 8, repeat * 2, "warm-up", BUDGET_STATE, BUDGET_HISTORY)  # reaches every worker
     rows = []
     count = max(requests, 16)
     for pace in (None, PACE_S):
@@ -189,7 +210,8 @@ def budget_rows(url: str, model: str, requests: int, fresh, repeat: list[str]) -
                 asked = ([next(fresh) for _ in range(count)] if workload == "new" else
                          [repeat[i % len(repeat)] for i in range(count)])
                 name = f"{workload}+state{'+sse' if stream else ''}{f' every {pace} s' if pace else ''}"
-                rows.append(measure(url, model, 8, asked, name, BUDGET_STATE, BUDGET_HISTORY, stream, pace))
+                rows.append(measure(url, server_pid, model, 8, asked, name, BUDGET_STATE, BUDGET_HISTORY,
+                                    stream, pace))
                 print(f"  {model} {name} x8: p50 {rows[-1]['p50_ms']} ms", file=sys.stderr)
     return rows
 
@@ -220,15 +242,15 @@ def main() -> None:
             repeat = repeated_questions()
             rows = []
             if args.budget:
-                rows = budget_rows(url, f"npc:{args.npc}", args.requests, fresh, repeat)
+                rows = budget_rows(url, server.pid, f"npc:{args.npc}", args.requests, fresh, repeat)
             for model in () if args.budget else ("kb", f"npc:{args.npc}"):
-                measure(url, model, 1, repeat, "warm-up")  # the repeat set, once, unmeasured
+                measure(url, server.pid, model, 1, repeat, "warm-up")  # the repeat set, once, unmeasured
                 for workload in ("new", "repeat"):
                     for clients in CLIENTS:
                         count = max(args.requests, 2 * clients)
                         asked = ([next(fresh) for _ in range(count)] if workload == "new" else
                                  [repeat[i % len(repeat)] for i in range(count)])
-                        rows.append(measure(url, model, clients, asked, workload))
+                        rows.append(measure(url, server.pid, model, clients, asked, workload))
                         print(f"  {model} {workload} x{clients}: {rows[-1]['rps']} req/s", file=sys.stderr)
         finally:
             server.terminate()
@@ -240,11 +262,11 @@ def main() -> None:
         return
     print(f"kb serve --extractive --workers {args.workers} on the sample world; {machine()}; code at {revision()}")
     print(f"{'model':<14}{'questions':<18}{'clients':>8}{'requests':>9}{'req/s':>8}{'p50 ms':>8}"
-          f"{'p95 ms':>8}{'errors':>7}{'1st token p50':>14}{'p95':>6}")
+          f"{'p95 ms':>8}{'errors':>7}{'1st token p50':>14}{'p95':>6}{'CPU ms/req server':>18}{'client':>7}")
     for r in rows:
         print(f"{r['model']:<14}{r['workload']:<18}{r['clients']:>8}{r['requests']:>9}{r['rps']:>8}"
               f"{r['p50_ms']:>8}{r['p95_ms']:>8}{r['errors']:>7}{r.get('ttft_p50_ms', '-'):>14}"
-              f"{r.get('ttft_p95_ms', '-'):>6}")
+              f"{r.get('ttft_p95_ms', '-'):>6}{r['server_cpu_ms']:>18}{r['client_cpu_ms']:>7}")
 
 
 if __name__ == "__main__":

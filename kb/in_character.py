@@ -20,6 +20,7 @@ hand-labelled sentences.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable, NamedTuple
 
@@ -54,8 +55,13 @@ class Pronouns(NamedTuple):
 
     def pattern(self) -> re.Pattern:
         """Any of them as a word, with the word after it (which tells "her" as me from "her" as my)."""
-        words = "|".join(dict.fromkeys((self.reflexive, self.subject, self.object, self.possessive)))
-        return re.compile(rf"\b((?i:{words}))\b(\s+\w+)?")
+        return _pronoun_pattern(self)
+
+
+@functools.cache
+def _pronoun_pattern(pronouns: Pronouns) -> re.Pattern:
+    words = "|".join(dict.fromkeys((pronouns.reflexive, pronouns.subject, pronouns.object, pronouns.possessive)))
+    return re.compile(rf"\b((?i:{words}))\b(\s+\w+)?")
 
 
 SHE = Pronouns("she", "herself", "her", "her")
@@ -141,7 +147,20 @@ def _pronouns_to_first_person(text: str, pronouns: Pronouns) -> str:
 
 
 def _names_pattern(names: list[str]) -> str:
+    return _alternation(tuple(names))
+
+
+@functools.lru_cache(maxsize=256)
+def _alternation(names: tuple[str, ...]) -> str:
+    """The names as one regex alternation, longest first; cached, since every sentence of every answer
+    needs the same NPC's."""
     return "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _any_of(names: tuple[str, ...]) -> re.Pattern:
+    """Any of the names as a whole word."""
+    return re.compile(rf"\b(?:{_alternation(names)})\b")
 
 
 def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
@@ -170,7 +189,7 @@ def sentence_in_first_person(sentence: str, names: list[str], others: set[str],
     if not subject.group("poss") and not _is_verb(word.rstrip(",;")):
         return None
     rest = sentence[subject.end():]
-    mentions_other = any(re.search(rf"\b{re.escape(o)}\b", sentence) for o in others)
+    mentions_other = bool(others) and _any_of(tuple(sorted(others))).search(sentence) is not None
     if mentions_other and pronouns.pattern().search(rest):
         return None  # "her" might be another character's
     lead = subject.group("lead")
@@ -221,7 +240,7 @@ def chunk_in_first_person(text: str, title: str, names: list[str], others: set[s
     "She" is the NPC after a sentence whose subject is the NPC, or under a heading
     that names the NPC (a character entry) while no sentence since has named anyone.
     """
-    named = re.compile("|".join(rf"\b{re.escape(n)}\b" for n in (*names, *others)))
+    named = _any_of((*names, *sorted(others)))
     rendered: dict[str, tuple[str, bool]] = {}
     heading, npc_is_she = None, False
     for sentence, _ in analysed(text):
@@ -256,14 +275,16 @@ def first_person(text: str, names: list[str], others: set[str],
     "She" follows; a quote of a chunk not given follows the answer's previous quote instead.
     ``pronouns``: how the canon refers to the NPC (``npc_pronouns``).
     """
-    out, previous_own = [], False
+    out, previous_own, rendered_chunks = [], False, {}
     for sentence in (s.strip() for s in _ANSWER_SENTENCE.findall(text)):
         if not sentence:
             continue
         quote, markers = re.match(r"(.*?)((?:\s\[\d+\])*)$", sentence).groups()
         numbers = re.findall(r"\d+", markers)
         chunk = (chunks or {}).get(int(numbers[0])) if numbers else None
-        known = chunk_in_first_person(*chunk, names, others, pronouns) if chunk else {}
+        if chunk and chunk not in rendered_chunks:  # an answer quotes a chunk up to three times
+            rendered_chunks[chunk] = chunk_in_first_person(*chunk, names, others, pronouns)
+        known = rendered_chunks[chunk] if chunk else {}
         parts = _as_chunk_sentences(quote, known) if known else None
         if parts is None:
             rendered, previous_own = _rendered(sentence, names, others, previous_own, pronouns)

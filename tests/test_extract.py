@@ -49,6 +49,8 @@ WARDENS = ("The Brine Wardens keep the northern lights burning through the winte
     ("长退潮节一共持续几天？", "number"),
     ("科兰丁浅海的首都是哪里？", "place"),
     ("盐缚者会逐渐失去哪种感觉？", None),
+    ("What colour is the tideglass lantern?", "colour"),
+    ("潮狐的尾巴是什么颜色？", "colour"),
 ])
 def test_question_type_says_what_is_asked_for(question, kind):
     assert question_type(question) == kind
@@ -155,6 +157,16 @@ def test_the_kind_asked_for_picks_the_sentence_that_holds_it():
     assert choose("When did the Great Drowning happen?", [(1, text, "")], flat, 1)[0].text.endswith("203 TC and took the old capital.")
     zh = "玻璃匠公会历史悠久，以烧制潮汐玻璃闻名。玻璃匠公会由奥斯克·布兰德创立，总部设在灰港。"
     assert "奥斯克·布兰德" in choose("谁创立了玻璃匠公会？", [(1, zh, "")], flat, 1)[0].text
+
+
+def test_a_colour_question_picks_the_sentence_that_names_a_colour():
+    zh = "潮狐是盐沼中的一种小兽。潮狐的尾巴很长，能卷住芦苇。潮狐的尾巴尖呈银灰色。"
+    assert choose("潮狐的尾巴是什么颜色？", [(1, zh, "")], flat, 1)[0].text == "潮狐的尾巴尖呈银灰色。"
+    text = "The tideglass lantern hangs at the bow of every boat. The tideglass lantern burns a pale green."
+    assert choose("What colour is the tideglass lantern?", [(1, text, "")], flat, 1)[0].text.endswith("pale green.")
+    # the colour word is still the question's content: canon that never names a colour does not cover it
+    assert passage_coverage("What colour is the tideglass lantern?", "The tideglass lantern hangs at the bow.", "",
+                            flat) == pytest.approx(2 / 3)
 
 
 def test_chinese_words_for_the_same_thing_count_as_the_question_word():

@@ -1,6 +1,7 @@
 """`kb mcp`: the knowledge base as tools for MCP clients (Claude Desktop, IDE agents), over stdio.
 
-Tools: ``search``, ``ask``, ``npc_ask`` and ``status``, each returning the same
+Tools: ``search``, ``ask``, ``npc_ask`` (with a game ``state`` and the conversation's
+``history``, as `/npc/{name}/ask` takes them) and ``status``, each returning the same
 JSON as the matching `kb ... --json` command. The server is read-only unless
 started with ``--allow-ingest``, which adds an ``ingest`` tool confined to the
 ``--root`` folders, checked the way `kb serve --root` checks them (symlinks and
@@ -24,6 +25,7 @@ from pydantic import Field
 
 from kb.api import KnowledgeBase
 from kb.errors import KBError
+from kb.server.schemas import MAX_MESSAGES, Turn
 from kb.server.security import confine
 
 INSTRUCTIONS = (
@@ -36,6 +38,11 @@ READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 Where = dict[str, str | int | float | bool]
 JSON = dict[str, Any]  # a bare `dict` return would not reach clients as structured content
 Chunks = Annotated[int, Field(ge=1, le=50, description="how many canon chunks to retrieve")]
+State = Annotated[dict[str, Any] | None, Field(
+    description='the player\'s game state, e.g. {"chapter": 2, "region": "Saltreach", "flags": {"met_sefa": true}}; '
+                "it can only narrow what the NPC's card allows")]
+History = Annotated[list[Turn] | None, Field(max_length=MAX_MESSAGES,
+                                             description="the conversation before the question, oldest first")]
 
 
 def reported(tool):
@@ -77,12 +84,14 @@ def build_server(kb: KnowledgeBase, roots: list[Path] | None = None, extractive:
 
     @server.tool(annotations=READ_ONLY)
     @reported
-    def npc_ask(name: str, question: str, k: Chunks = 5) -> JSON:
+    def npc_ask(name: str, question: str, k: Chunks = 5, state: State = None, history: History = None) -> JSON:
         """Ask an NPC (by card or speaker name) a player's question; they answer in character.
 
-        They use only the canon their card lets them know, and give their own "unknown" line beyond it.
+        They use only the canon their card lets them know, narrowed by the game state, and give their own
+        "unknown" line beyond it. A follow-up keeps its subject from the history.
         """
-        return kb.npc(name).ask(question, k=k, extractive=extractive).to_json()
+        turns = [turn.model_dump() for turn in history or []]
+        return kb.npc(name).ask(question, k=k, extractive=extractive, history=turns, state=state).to_json()
 
     @server.tool(annotations=READ_ONLY)
     @reported

@@ -25,6 +25,7 @@ from kb.retrieve import Hit
 from kb.server import create_app
 from kb.store import Store
 from tests.conftest import invoke, invoke_json
+from tests.test_mcp_server import session
 from tests.test_server import running, settings_for
 
 CARD = """\
@@ -334,6 +335,26 @@ def test_json_npc_route_takes_history_messages_and_state(served):
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "state_beyond_card"
         both = http.post("/npc/oska/ask", json={"question": "hi", "messages": history + history[:1]})
         assert both.status_code == 422
+
+
+def test_mcp_npc_ask_takes_state_and_history(world_kb, tmp_path):
+    flag = {"flags": {"met_oska": True}}
+    history = [{"role": "user", "content": KEY_QUESTION}, {"role": "assistant", "content": "Ask me later."}]
+
+    async def calls(client):
+        def ask(question, **more):
+            return client.call_tool("npc_ask", {"name": "Oska", "question": question, **more})
+        return (await ask(KEY_QUESTION), await ask(KEY_QUESTION, state=flag),
+                await ask("And where is it kept?", state=flag), await ask("And where is it kept?", state=flag,
+                                                                            history=history),
+                await ask(KEY_QUESTION, state={"chapter": 4}))
+
+    before, after, alone, followed, widened = session(tmp_path, "--kb", world_kb, calls=calls)
+    assert "tide chart" not in before.structured_content["answer"]
+    assert "tide chart" in after.structured_content["answer"]
+    assert "tide chart" not in alone.structured_content["answer"]  # no subject without the conversation
+    assert "tide chart" in followed.structured_content["answer"]
+    assert widened.is_error and "beyond Oska Brine's card" in widened.content[0].text
 
 
 def test_no_hidden_byte_reaches_the_model(world_kb, fake_openai):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 from kb.config import Settings
 from kb.context import Citation, data_rule, new_nonce, pack, render
 from kb.errors import KBError, LLMError
-from kb.extract import choose, chunk_coverage, question_terms
+from kb.extract import choose, chunk_coverage, question_terms, remember
 from kb.extract import render as render_quotes
 from kb.llm import chat
 from kb.retrieve import Corpus, search
@@ -160,7 +160,11 @@ def respond(kb: "KnowledgeBase", question: str, *, k: int = 5,
     store = kb.store  # after the corpus, which opens the store afresh for a new generation
     hits = search(store, corpus, query, k=k, limits=limits, flags=flags, strict=strict,
                   config=settings.retrieval)
-    cited = pack(hits, settings.context_tokens)
+    known = corpus.worked_out([hit.id for hit in hits])  # at indexing: token counts, sentence analyses
+    cited = pack(hits, settings.context_tokens, {cid: tokens for cid, (tokens, _) in known.items()})
+    for citation in cited:
+        if citation.hit.id in known:
+            remember(citation.hit.text, known[citation.hit.id][1])
     use_llm = settings.llm_configured and not extractive
     mode = "llm" if use_llm else "extractive"
     # a follow-up passes on the condensed query, a new subject on its own words; the query first,

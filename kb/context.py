@@ -46,12 +46,17 @@ class Citation:
 FENCE_TOKENS = 24  # an excerpt's opening tag with its id and source, and its closing tag
 
 
-def pack(hits: list[Hit], budget_tokens: int) -> list[Citation]:
-    """Keep hits in rank order while they fit the budget; the first always goes in."""
+def pack(hits: list[Hit], budget_tokens: int, counted: dict[str, int] | None = None) -> list[Citation]:
+    """Keep hits in rank order while they fit the budget; the first always goes in.
+
+    ``counted``: chunks' token counts known already, by id (the index keeps them); the others are counted.
+    """
+    counted = counted or {}
     packed: list[Citation] = []
     used = 0
     for hit in hits:
-        cost = count_tokens(hit.text) + FENCE_TOKENS
+        tokens = counted.get(hit.id)
+        cost = (count_tokens(hit.text) if tokens is None else tokens) + FENCE_TOKENS
         if packed and used + cost > budget_tokens:
             continue
         packed.append(Citation(len(packed) + 1, hit))

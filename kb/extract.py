@@ -16,8 +16,10 @@ once. Everything here takes and returns plain values.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -33,6 +35,10 @@ RANK_BONUS = 0.1  # for the first-ranked chunk, falling as 1/rank
 SAID = 0.3  # a question term the quotes already hold weighs this share for the next pick
 LOCAL_FLOOR = 0.1  # the least a question term held by most of the context's sentences still weighs
 FRAGMENT_WORDS = 4  # fewer words than this (a CJK character counts half) is a fragment
+# Bump when the sentence split or the terms of a sentence change: the index then works its stored analyses
+# out again (kb/postings.py); tests/test_extract.py pins the analysis of a tricky text to catch a change.
+ANALYSIS_VERSION = 1
+KEPT_ANALYSES = 256  # chunks whose analysis is kept in memory
 
 _CJK = re.compile(f"[{CJK_CHARS}]")
 _LATIN_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
@@ -229,14 +235,53 @@ class Terms(NamedTuple):
     by_first_four: dict[str, tuple[str, ...]]
 
 
-@functools.lru_cache(maxsize=256)
-def analysed(text: str) -> tuple[tuple[_Sentence, frozenset[str]], ...]:
-    """A chunk's sentences with their terms, kept for a while: the relevance check and the
-    sentence choice both read them, and a server sees the same chunks again and again."""
+Analysis = tuple[tuple[_Sentence, frozenset[str]], ...]
+_remembered: dict[str, Analysis] = {}  # chunk text -> its analysis read back from the index, the oldest first
+_remembered_lock = threading.Lock()
+
+
+def analysed(text: str) -> Analysis:
+    """A chunk's sentences with their terms: as stored when the chunk was indexed (``remember``), else
+    worked out and kept for a while (the relevance check and the sentence choice both read them)."""
+    found = _remembered.get(text)
+    return found if found is not None else _worked_out(text)
+
+
+def _analyse(text: str) -> Analysis:
     return tuple((s, frozenset(tokens(text[s.start:s.end]))) for s in _sentences(text))
 
 
-@functools.lru_cache(maxsize=256)
+_worked_out = functools.lru_cache(maxsize=KEPT_ANALYSES)(_analyse)
+
+
+def stored_analysis(text: str) -> str:
+    """A chunk's analysis as JSON text, worked out once when the chunk is indexed: splitting and tokenizing
+    the cited chunks' sentences was a third of what an extractive answer added to a search."""
+    sentences = _analyse(text)
+    headings = list(dict.fromkeys(s.heading for s, _ in sentences))
+    return json.dumps([ANALYSIS_VERSION, len(text), headings,
+                       [[s.start, s.end, s.line, headings.index(s.heading), " ".join(sorted(terms))]
+                        for s, terms in sentences]], ensure_ascii=False)
+
+
+def remember(text: str, stored: str) -> None:
+    """Take a chunk's analysis from what ``stored_analysis`` gave when it was indexed (one of another
+    version of this module, of another text or damaged is ignored: ``analysed`` works it out instead)."""
+    try:
+        version, length, headings, rows = json.loads(stored)
+        if version != ANALYSIS_VERSION or length != len(text):
+            return
+        analysis = tuple((_Sentence(start, end, line, headings[heading]), frozenset(terms.split()))
+                         for start, end, line, heading, terms in rows)
+    except (ValueError, TypeError, IndexError, AttributeError):
+        return  # damaged: worked out again
+    with _remembered_lock:
+        if len(_remembered) >= KEPT_ANALYSES:
+            del _remembered[next(iter(_remembered))]
+        _remembered[text] = analysis
+
+
+@functools.lru_cache(maxsize=KEPT_ANALYSES)
 def passage_terms(text: str, title: str) -> Terms:
     """A whole chunk's terms, its title and headings counted as its words."""
     sentences = analysed(text)
@@ -256,7 +301,9 @@ def indexed(terms) -> Terms:
 
 def forget_analyses() -> None:
     """Empty the caches of analysed chunks, so a benchmark's timed call pays for its own analysis."""
-    analysed.cache_clear()
+    with _remembered_lock:
+        _remembered.clear()
+    _worked_out.cache_clear()
     passage_terms.cache_clear()
 
 

@@ -3,7 +3,8 @@
 One row per ingested file version (its key, hash and ingest time) holds that
 file's visible chunks (ids, texts, metadata as JSON) and their term counts as
 packed integer arrays; a vocabulary table gives each term and word pair a
-stable id. Opening diffs the store's file records against the rows: only a
+stable id; a chunks table keeps what an answer would otherwise work out for
+each chunk it cites (its token count and its sentences with their terms). Opening diffs the store's file records against the rows: only a
 new, changed or removed file is read from the store and tokenized, so a script
 drop touches its own postings and a reopened store builds nothing. Several
 `kb serve` replicas on one Chroma server each keep such a file current from
@@ -26,10 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.tokens import count_tokens
+from kb.extract import ANALYSIS_VERSION, stored_analysis
 from kb.lexical import tokens_and_pairs
 from kb.store import FileRecord, Store
 
-FORMAT = 5  # PRAGMA user_version: bump when the schema or the tokenizer changes
+FORMAT = 6  # bump when the schema or the tokenizer changes
+VERSION = FORMAT * 100 + ANALYSIS_VERSION  # PRAGMA user_version: a new sentence analysis rebuilds the index too
 DAMAGE = (sqlite3.Error, ValueError, TypeError, KeyError, IndexError)  # what a damaged index raises when read
 APPLICATION_ID = 0x4C4B4235  # "LKB5": a SQLite file that is not ours is rebuilt, never read
 FULL_SCAN_FILES = 50  # more changed files than this: one paged scan of the store instead of a read per file
@@ -42,6 +46,8 @@ CREATE TABLE files (key TEXT PRIMARY KEY, version TEXT NOT NULL, seq INTEGER NOT
                     lengths BLOB NOT NULL, pair_lengths BLOB NOT NULL,
                     terms BLOB NOT NULL, pairs BLOB NOT NULL);
 CREATE TABLE vocabulary (id INTEGER PRIMARY KEY, term TEXT NOT NULL UNIQUE);
+CREATE TABLE chunks (id TEXT PRIMARY KEY, key TEXT NOT NULL, tokens INTEGER NOT NULL, sentences TEXT NOT NULL);
+CREATE INDEX chunks_of_file ON chunks (key);
 """
 
 
@@ -145,7 +151,7 @@ class Postings:
             if app == 0 and version == 0 and not db.execute("SELECT 1 FROM sqlite_master").fetchone():
                 Postings._create(db)
                 return True
-            return app == APPLICATION_ID and version == FORMAT
+            return app == APPLICATION_ID and version == VERSION
         except sqlite3.Error:
             return False
 
@@ -154,7 +160,7 @@ class Postings:
         db.execute("PRAGMA journal_mode = WAL")  # readers (other replicas, the CLI) never wait for a writer
         db.executescript(_SCHEMA)
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        db.execute(f"PRAGMA user_version = {FORMAT}")
+        db.execute(f"PRAGMA user_version = {VERSION}")
         db.commit()
         return db
 
@@ -185,6 +191,7 @@ class Postings:
         if gone:
             with self._lock, self.db:
                 self.db.executemany("DELETE FROM files WHERE key = ?", [(key,) for key in gone])
+                self.db.executemany("DELETE FROM chunks WHERE key = ?", [(key,) for key in gone])
         if changed:
             self._add(self._read(store, {key: records[key] for key in changed}))
         return len(gone) + len(changed)
@@ -224,18 +231,21 @@ class Postings:
     def _write(self, batch: list[FileChunks]) -> None:
         tokenized = []
         for chunks in batch:
-            term_counts, pair_counts = [], []
-            for text, meta in zip(chunks.texts, chunks.metas):
+            term_counts, pair_counts, extras = [], [], []
+            for cid, text, meta in zip(chunks.ids, chunks.texts, chunks.metas):
                 terms, pairs = tokens_and_pairs(f"{meta.get('title', '')}\n{text}")
                 term_counts.append(Counter(terms))
                 pair_counts.append(Counter(pairs))
-            tokenized.append((chunks, term_counts, pair_counts))
+                extras.append((cid, chunks.key, count_tokens(text), stored_analysis(text)))
+            tokenized.append((chunks, term_counts, pair_counts, extras))
         with self._lock, self.db:
-            vocabulary = {t for _, terms, pairs in tokenized for c in terms + pairs for t in c}
+            vocabulary = {t for _, terms, pairs, _ in tokenized for c in terms + pairs for t in c}
             ids = self._term_ids(vocabulary)
             seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM files").fetchone()[0]
-            for chunks, term_counts, pair_counts in tokenized:
+            for chunks, term_counts, pair_counts, extras in tokenized:
                 seq += 1
+                self.db.execute("DELETE FROM chunks WHERE key = ?", (chunks.key,))
+                self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)", extras)
                 self.db.execute(
                     "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (chunks.key, chunks.version, seq, json.dumps(chunks.ids),
@@ -268,6 +278,24 @@ class Postings:
             found.update(db.execute(f"SELECT term, id FROM vocabulary WHERE term IN ({','.join('?' * len(part))})",
                                     part))
         return found
+
+    def worked_out(self, ids: list[str]) -> dict[str, tuple[int, str]]:
+        """What was worked out for these chunks when they were indexed, by id: their token count and their
+        sentence analysis (kb.extract.stored_analysis); a chunk the index does not hold is left out."""
+        rows = []
+        try:
+            for start in range(0, len(ids), 500):
+                part = ids[start:start + 500]
+                query = f"SELECT id, tokens, sentences FROM chunks WHERE id IN ({','.join('?' * len(part))})"
+                if self.reader is None:
+                    with self._lock:
+                        rows += self.db.execute(query, part).fetchall()
+                else:
+                    with self._read_lock:
+                        rows += self.reader.execute(query, part).fetchall()
+        except sqlite3.Error:
+            return {}  # a damaged index: the answer works them out again, and the next load rebuilds it
+        return {cid: (tokens, sentences) for cid, tokens, sentences in rows}
 
     def vocabulary_size(self) -> int:
         with self._lock:

@@ -201,6 +201,10 @@ class Corpus:
                 found[term] = known[term] = looked_up.get(term)
         return found
 
+    def worked_out(self, ids: list[str]) -> dict[str, tuple[int, str]]:
+        """The token counts and sentence analyses of these chunks, as worked out when they were indexed."""
+        return self._postings.worked_out(ids)
+
     def doc_freq(self, term: str) -> int:
         """How many chunks hold a term."""
         return self.terms.doc_freq(self.term_ids([term])[term])

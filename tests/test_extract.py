@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import sqlite3
 
 import pytest
 
+from ingest.tokens import count_tokens
+from kb import KnowledgeBase
 from kb.extract import (
+    ANALYSIS_VERSION,
     RELATED_FORM,
+    analysed,
     choose,
+    forget_analyses,
     is_fragment,
     leans_on_previous,
     names_the_doer,
     passage_coverage,
     question_type,
+    remember,
     render,
     split_sentences,
+    stored_analysis,
 )
+from kb.postings import index_path
 from tests.conftest import invoke, invoke_json
 
 
@@ -186,6 +197,43 @@ def test_passage_coverage_counts_related_forms_and_the_heading():
     assert passage_coverage("Who founded the Brine Wardens?", "The harbour is quiet.", "", flat) == 0.0
 
 
+# --- analyses kept by the index ---------------------------------------------
+
+TRICKY = ("# The Brine Wardens\n\nThe Wardens keep the sea wall. Mr. Osric Vane, their founder, lost both hands.\n"
+          "Customs\n- Grey cloaks\n- They wear grey cloaks in winter, e.g. at the solstice.\n\n"
+          '"Go!" he said. It was 412 AD and the sea wall held through a winter that went on\n'
+          "and on until spring.\n黑潮守望者成立于412年。他们的创立者是奥斯里克。\n")
+
+
+def test_a_stored_analysis_reads_back_as_the_one_worked_out():
+    forget_analyses()
+    fresh = analysed(TRICKY)
+    assert len(fresh) >= 6 and {s.heading for s, _ in fresh} >= {"The Brine Wardens", "Grey cloaks"}
+    forget_analyses()
+    remember(TRICKY, stored_analysis(TRICKY))
+    assert analysed(TRICKY) == fresh
+
+
+def test_a_stored_analysis_is_what_analysed_returns_unless_it_is_of_another_version_or_text():
+    version, length, headings, rows = json.loads(stored_analysis(TRICKY))
+    rows[0][4] = "planted"
+    for stored, taken in ((json.dumps([version, length, headings, rows]), True),
+                          (json.dumps([version + 1, length, headings, rows]), False),
+                          (json.dumps([version, length + 1, headings, rows]), False),
+                          ('[1, "not an analysis"', False)):
+        forget_analyses()
+        remember(TRICKY, stored)
+        assert (analysed(TRICKY)[0][1] == {"planted"}) is taken, stored
+    forget_analyses()
+
+
+def test_the_analysis_is_pinned_so_a_change_to_it_bumps_its_version():
+    """Indexes keep analyses until ANALYSIS_VERSION changes. If this fails, the sentence split or a sentence's
+    terms changed: bump kb.extract.ANALYSIS_VERSION (indexes then work them out again) and pin the new digest."""
+    digest = hashlib.sha1(stored_analysis(TRICKY).encode()).hexdigest()
+    assert (ANALYSIS_VERSION, digest) == (1, "5e9adc096e2a6066896e3bc9ffe00f50c3765779")
+
+
 # --- end to end -------------------------------------------------------------------
 
 
@@ -238,3 +286,31 @@ def test_an_llm_answer_that_cites_nothing_lists_its_canon_as_retrieved(wardens_k
     _, data = invoke_json("ask", "Who founded the Brine Wardens?", "--kb", wardens_kb,
                           "--base-url", fake_openai.base_url)
     assert [c["n"] for c in data["citations"]] == [1] and "retrieved" not in data
+
+
+def test_an_index_without_the_analyses_it_keeps_gives_the_same_answers(wardens_kb):
+    """The index keeps each chunk's token count and sentence analysis, so an answer need not work them out;
+    without them (an index written before they were kept) every answer is the same, worked out again."""
+    kb = KnowledgeBase.open(wardens_kb)
+    corpus = kb.corpus
+    kept = corpus.worked_out(corpus.ids)
+    assert kept == {cid: (count_tokens(text), stored_analysis(text)) for cid, text in zip(corpus.ids, corpus.texts)}
+    questions = ["Who founded the Brine Wardens?", "What does every warden carry?",
+                 "How many piers does the harbour of Greyhithe have?", "Who keeps the northern lights?"]
+    forget_analyses()
+    with_kept = [kb.ask(question, extractive=True).to_json() for question in questions]
+    with sqlite3.connect(index_path(kb.store)) as db:
+        db.execute("DELETE FROM chunks")
+    forget_analyses()
+    reopened = KnowledgeBase.open(wardens_kb)
+    assert reopened.corpus.worked_out(corpus.ids) == {}
+    assert [reopened.ask(question, extractive=True).to_json() for question in questions] == with_kept
+
+
+def test_the_context_is_packed_by_the_token_counts_the_index_kept(wardens_kb):
+    kb = KnowledgeBase.open(wardens_kb)
+    question = "Who founded the Brine Wardens?"
+    assert len(kb.ask(question, extractive=True).citations) > 1
+    with sqlite3.connect(index_path(kb.store)) as db:
+        db.execute("UPDATE chunks SET tokens = ?", (kb.settings.context_tokens,))
+    assert len(KnowledgeBase.open(wardens_kb).ask(question, extractive=True).citations) == 1

@@ -423,13 +423,17 @@ def question_terms(question: str, idf: Callable[[str], float]) -> dict[str, floa
     return {term: idf(term) for term in dict.fromkeys(terms) if not _ZH_FUNCTION.search(term)}
 
 
-def _same(a: str, b: str) -> bool:
-    """Near-identical texts (the same line copied into several loc-table rows or chunks)."""
-    a, b = (re.sub(r"\W+", "", fold(t)) for t in (a, b))
-    if a == b:
+def _shape(text: str) -> tuple[str, frozenset[str]]:
+    """A text as near-copies are compared: its folded letters and digits, and their character trigrams."""
+    bare = re.sub(r"\W+", "", fold(text))
+    return bare, frozenset(bare[i:i + 3] for i in range(len(bare) - 2))
+
+
+def _same(a: tuple[str, frozenset[str]], b: tuple[str, frozenset[str]]) -> bool:
+    """Near-identical texts, by their ``_shape`` (the same line copied into several loc-table rows or chunks)."""
+    (bare_a, grams_a), (bare_b, grams_b) = a, b
+    if bare_a == bare_b:
         return True
-    grams_a = {a[i:i + 3] for i in range(len(a) - 2)}
-    grams_b = {b[i:i + 3] for i in range(len(b) - 2)}
     union = grams_a | grams_b
     return bool(union) and len(grams_a & grams_b) / len(union) >= 0.8
 
@@ -490,10 +494,12 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
     by_chunk = []
     for rank, (n, text, title) in enumerate(chunks, start=1):
         possible = _terms_it_may_hold(everyone, forms, passage_terms(text, title).held, text)
-        sentences = [_Candidate(n, rank, order, s, text[s.start:s.end], terms,
-                                {term: term_credit(term, terms, forms[term], text[s.start:s.end])
-                                 if term in possible else 0.0 for term in everyone})
-                     for order, (s, terms) in enumerate(analysed(text))]
+        sentences = []
+        for order, (s, terms) in enumerate(analysed(text)):
+            own = dict.fromkeys(everyone, 0.0)
+            for term in possible:
+                own[term] = term_credit(term, terms, forms[term], text[s.start:s.end])
+            sentences.append(_Candidate(n, rank, order, s, text[s.start:s.end], terms, own))
         by_chunk.append((title, sentences))
     everything = [c for _, sentences in by_chunk for c in sentences]
     asked = _local_rarity(everyone, everything)
@@ -508,8 +514,11 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
             candidate.context = [(heading_terms[heading], HEADING)]
             if candidate.order and leans_on_previous(candidate.text):
                 candidate.context.append((sentences[candidate.order - 1].terms, LEANED_ON))
-            candidate.credits = {term: max([credit, *(weight for held, weight in candidate.context if term in held)])
-                                 for term, credit in candidate.own.items()}
+            candidate.credits = credits = dict(candidate.own)  # each term: the most the sentence or its context gives
+            for held, weight in candidate.context:
+                for term in credits:
+                    if term in held and weight > credits[term]:
+                        credits[term] = weight
             candidate.typed = int(bool(kind) and has_evidence(candidate.text, kind, question))
             if candidate.typed and kind == "person" and names_the_doer(candidate.text, question):
                 candidate.typed += 1
@@ -519,12 +528,12 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
 
 
 def _terms_it_may_hold(everyone: dict[str, float], forms: dict[str, list[str]], held: frozenset[str],
-                       text: str) -> set[str]:
+                       text: str) -> list[str]:
     """The question terms some sentence of a chunk may get credit for: those the whole chunk holds (itself,
     a related form or, in Chinese, another word for it); the others score 0 in every sentence unlooked at."""
-    return {term for term in everyone
+    return [term for term in everyone
             if term in held or any(form in held for form in forms[term])
-            or any(word in text for word in _ZH_FORMS.get(term, ()))}
+            or any(word in text for word in _ZH_FORMS.get(term, ()))]
 
 
 def _with_antecedents(candidate: _Candidate, sentences: list[_Candidate]) -> list[_Candidate]:
@@ -566,10 +575,11 @@ def choose(question: str, chunks: list[tuple[int, str, str]], idf: Callable[[str
     said: list[_Candidate] = []
     quotes: list[Quote] = []
     picked = 0
+    shape = functools.cache(_shape)  # a sentence is compared with each one said: shaped once
     while ranked and picked < max_sentences:
         candidate = ranked.pop(0)
         unit = [c for c in _with_antecedents(candidate, sentences_of[candidate.n])
-                if not any(c is old or _same(c.text, old.text) for old in said)]
+                if not any(c is old or _same(shape(c.text), shape(old.text)) for old in said)]
         if not unit or unit[-1] is not candidate:
             continue
         said.extend(unit)

@@ -228,11 +228,23 @@ def _sentences(text: str) -> list[_Sentence]:
     return found
 
 
-class Terms(NamedTuple):
-    """A chunk's terms, and those of four or more characters by their first four: every related form shares them."""
+class Terms:
+    """A chunk's terms, and those of four or more characters by their first four: every related form shares them.
 
-    held: frozenset[str]
-    by_first_four: dict[str, tuple[str, ...]]
+    The index is built on first use: only a question with a Latin word of four or more letters looks a form
+    up, so a Chinese question never pays for it (9% of what an answer added to a cmrc2018 search).
+    """
+
+    def __init__(self, held) -> None:
+        self.held = frozenset(held)
+
+    @functools.cached_property
+    def by_first_four(self) -> dict[str, tuple[str, ...]]:
+        index: dict[str, list[str]] = {}
+        for term in self.held:
+            if len(term) >= 4:
+                index.setdefault(term[:4], []).append(term)
+        return {prefix: tuple(found) for prefix, found in index.items()}
 
 
 Analysis = tuple[tuple[_Sentence, frozenset[str]], ...]
@@ -287,16 +299,7 @@ def passage_terms(text: str, title: str) -> Terms:
     sentences = analysed(text)
     terms = set(tokens("\n".join({title, *(s.heading for s, _ in sentences)})))
     terms.update(*(sentence_terms for _, sentence_terms in sentences))
-    return indexed(terms)
-
-
-def indexed(terms) -> Terms:
-    """Terms with those of four or more characters indexed by their first four."""
-    index: dict[str, list[str]] = {}
-    for term in terms:
-        if len(term) >= 4:
-            index.setdefault(term[:4], []).append(term)
-    return Terms(frozenset(terms), {prefix: tuple(found) for prefix, found in index.items()})
+    return Terms(terms)
 
 
 def forget_analyses() -> None:
@@ -459,7 +462,7 @@ class _Candidate:
         """How much of any term the sentence holds, its context counted (the question's are worked out ahead)."""
         if term in self.credits:
             return self.credits[term]
-        own = term_credit(term, self.terms, related_forms(term, indexed(self.terms)), self.text)
+        own = term_credit(term, self.terms, related_forms(term, Terms(self.terms)), self.text)
         return max([own, *(weight for held, weight in self.context if term in held)])
 
     def rescore(self, asked: dict[str, float], total: float) -> None:

@@ -6,11 +6,13 @@ a related form is (founder for founded), and in part when only the chunk's
 heading or, for a sentence that opens with a pronoun, the sentence before
 holds it. On top come a bonus when the sentence holds the kind of thing the
 question asks for (who: a name; when: a date; how many: a number; where: a
-place; what colour: a colour) that the question does not already name, and a small one for the
-chunk's rank. Sentences are split with care for abbreviations, quotes and
-list items; a fragment is never quoted alone, a sentence opening with a
-pronoun brings the one it leans on, and near-identical sentences are quoted
-once. Everything here takes and returns plain values.
+place; what colour: a colour) that the question does not already name, and
+a small one for the chunk's rank. Sentences are split with care for
+abbreviations, quotes and list items; a fragment is never quoted alone, a
+sentence opening with a pronoun brings the one it leans on, one that tells
+the event a question asks the outcome of ("What happened when …?") brings
+the sentence after it, and near-identical sentences are quoted once.
+Everything here takes and returns plain values.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ _ZH_SAME_THING = (
 )
 _ZH_FORMS = {word: tuple(other for other in group.split() if other != word)
              for group in _ZH_SAME_THING for word in group.split()}
+_WHAT_FOLLOWED = re.compile(r"\bwhat happened\b|\b(?:what|how)\b.*\b(?:when|after|once|as soon as|because)\b", re.I)
 _CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z'’-]+(?:\s+(?:[A-Z][a-z'’-]+|of|de|van|von))*")
 
 
@@ -547,6 +550,12 @@ def _with_antecedents(candidate: _Candidate, sentences: list[_Candidate]) -> lis
     return unit
 
 
+def asks_what_followed(question: str) -> bool:
+    """Whether a question asks what came of an event ("What happened when …?", "What did she do after …?"):
+    the sentence that best matches it tells the event, and narrative tells what followed in the next one."""
+    return bool(_WHAT_FOLLOWED.search(question))
+
+
 def _runs(unit: list[_Candidate], text: str) -> list[Quote]:
     """Consecutive sentences of one line as one quote (whitespace made single spaces)."""
     quotes: list[Quote] = []
@@ -564,7 +573,8 @@ def _runs(unit: list[_Candidate], text: str) -> list[Quote]:
 def choose(question: str, chunks: list[tuple[int, str, str]], idf: Callable[[str], float],
            max_sentences: int = MAX_QUOTES) -> list[Quote]:
     """The quotes that answer the question best, best first: at most max_sentences sentences chosen,
-    each after the sentences it leans on, none said twice.
+    each after the sentences it leans on (and, where the question asks what followed an event, before
+    the sentence after it), none said twice.
 
     Args:
         chunks: (citation number, text, heading) of each chunk in the context, in rank order.
@@ -579,12 +589,17 @@ def choose(question: str, chunks: list[tuple[int, str, str]], idf: Callable[[str
     quotes: list[Quote] = []
     picked = 0
     shape = functools.cache(_shape)  # a sentence is compared with each one said: shaped once
+    follows = asks_what_followed(question)
     while ranked and picked < max_sentences:
         candidate = ranked.pop(0)
         unit = [c for c in _with_antecedents(candidate, sentences_of[candidate.n])
                 if not any(c is old or _same(shape(c.text), shape(old.text)) for old in said)]
         if not unit or unit[-1] is not candidate:
             continue
+        following = sentences_of[candidate.n][candidate.order + 1:candidate.order + 2]
+        if follows and following and not any(following[0] is old or _same(shape(following[0].text), shape(old.text))
+                                              for old in said):
+            unit.append(following[0])
         said.extend(unit)
         quotes.extend(_runs(unit, texts[candidate.n]))
         picked += 1

@@ -15,6 +15,7 @@ from kb.extract import (
     ANALYSIS_VERSION,
     RELATED_FORM,
     analysed,
+    asks_what_followed,
     choose,
     forget_analyses,
     is_fragment,
@@ -178,6 +179,30 @@ def test_a_colour_question_picks_the_sentence_that_names_a_colour():
     # the colour word is still the question's content: canon that never names a colour does not cover it
     assert passage_coverage("What colour is the tideglass lantern?", "The tideglass lantern hangs at the bow.", "",
                             flat) == pytest.approx(2 / 3)
+
+
+GOOSE = ("The eldest sister waited until Dullhead left the room and caught hold of the goose by its wing. "
+         "Her fingers stuck fast to the feathers, and she could not pull her hand away. "
+         "The next morning Dullhead set out with the goose under his arm.")
+
+
+@pytest.mark.parametrize("question, followed", [
+    ("What happened when the eldest sister caught hold of the goose?", True),
+    ("What did the smith do after the bannock ran away?", True),
+    ("How did the cook feel when the king called him in?", True),
+    ("What happened to the goose?", True),
+    ("Who caught hold of the goose?", False),
+    ("When did the sister catch the goose?", False),
+    ("What did the sister catch?", False),
+])
+def test_what_followed_an_event_is_asked_with_what_happened_or_a_when_clause(question, followed):
+    assert asks_what_followed(question) is followed
+
+
+def test_what_followed_an_event_is_quoted_with_the_sentence_after_it():
+    quote = choose("What happened when the eldest sister caught hold of the goose?", [(1, GOOSE, "")], flat, 1)[0]
+    assert quote.text.startswith("The eldest sister") and quote.text.endswith("pull her hand away.")
+    assert choose("Who caught hold of the goose by its wing?", [(1, GOOSE, "")], flat, 1)[0].text.endswith("by its wing.")
 
 
 def test_chinese_words_for_the_same_thing_count_as_the_question_word():

@@ -85,17 +85,41 @@ class Loaded:
     metas: list[dict]
     lengths: np.ndarray
     pair_lengths: np.ndarray
-    terms: np.ndarray  # int32 (n, 3)
-    pairs: np.ndarray  # int32 (n, 3)
+    terms: list[np.ndarray]  # int32 (n, 3) per file, chunks numbered across the files
+    pairs: list[np.ndarray]
 
 
-def _postings(counts: list[Counter], ids: dict[str, int]) -> bytes:
-    rows = [(doc, ids[term], n) for doc, counter in enumerate(counts) for term, n in counter.items()]
-    return np.array(rows, dtype=np.int32).reshape(-1, 3).tobytes()
+def _counted(chunks: FileChunks, numbered: dict[str, int]):
+    """One file's term and pair counts as lengths and (chunk, term number, count) rows, terms numbered in
+    ``numbered``: a batch of 5,000 chunks held as a Counter per chunk and field was most of a first build's peak."""
+    lengths, pair_lengths, terms, pairs = [], [], [], []
+    for doc, (text, meta) in enumerate(zip(chunks.texts, chunks.metas)):
+        for tokens, field, field_lengths in zip(tokens_and_pairs(f"{meta.get('title', '')}\n{text}"),
+                                                 (terms, pairs), (lengths, pair_lengths)):
+            field.extend((doc, numbered.setdefault(term, len(numbered)), n) for term, n in Counter(tokens).items())
+            field_lengths.append(len(tokens))
+    return (np.array(lengths, dtype=np.int32), np.array(pair_lengths, dtype=np.int32),
+            np.array(terms, dtype=np.int32).reshape(-1, 3), np.array(pairs, dtype=np.int32).reshape(-1, 3))
+
+
+def _worked_out(chunks: FileChunks) -> list[tuple]:
+    """One file's rows of the chunks table: each chunk's id, file, token count and sentence analysis."""
+    return [(cid, chunks.key, count_tokens(text), stored_analysis(text)) for cid, text in zip(chunks.ids, chunks.texts)]
 
 
 def _array(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.int32)
+
+
+def _sharing_values(metas: list[dict]) -> list[dict]:
+    """One file's chunk metadata with equal strings made one object: each chunk repeats its file's source,
+    key, hash and often title, and a string apiece was about half the metadata's memory."""
+    shared: dict[str, str] = {}
+    for meta in metas:
+        for key, value in meta.items():
+            if type(value) is str:
+                meta[key] = shared.setdefault(value, value)
+    return metas
 
 
 class Postings:
@@ -203,18 +227,25 @@ class Postings:
             for key, record in records.items():
                 yield FileChunks(key, version_of(record), *store.file_chunks(key, record.hash))
             return
-        found: dict[str, FileChunks] = {}  # in the order the store holds them, as the old cache was
+        # In the order the store holds them, as the old cache was. A file is handed on as soon as its
+        # chunks (a record counts them) and those of the files before it are all seen: a first build
+        # of 100k chunks held every text and metadata of the store until the scan ended.
+        found: dict[str, FileChunks] = {}
+        handed: set[str] = set()
         for cid, text, meta in store.scan_chunks():
             key = meta.get("file_key")
             record = records.get(key)
-            if record is not None and meta.get("file_hash") == record.hash:
+            if record is not None and meta.get("file_hash") == record.hash and key not in handed:
                 chunks = found.setdefault(key, FileChunks(key, version_of(record), [], [], []))
                 chunks.ids.append(cid)
                 chunks.texts.append(text)
                 chunks.metas.append(meta)
+                while found and len((first := next(iter(found.values()))).ids) >= records[first.key].chunks:
+                    handed.add(first.key)
+                    yield found.pop(first.key)
         yield from found.values()
         for key, record in records.items():  # files with no visible chunks (cards, text-free) are indexed empty
-            if key not in found:
+            if key not in found and key not in handed:
                 yield FileChunks(key, version_of(record), [], [], [])
 
     def _add(self, files) -> None:
@@ -229,32 +260,24 @@ class Postings:
             self._write(batch)
 
     def _write(self, batch: list[FileChunks]) -> None:
-        tokenized = []
-        for chunks in batch:
-            term_counts, pair_counts, extras = [], [], []
-            for cid, text, meta in zip(chunks.ids, chunks.texts, chunks.metas):
-                terms, pairs = tokens_and_pairs(f"{meta.get('title', '')}\n{text}")
-                term_counts.append(Counter(terms))
-                pair_counts.append(Counter(pairs))
-                extras.append((cid, chunks.key, count_tokens(text), stored_analysis(text)))
-            tokenized.append((chunks, term_counts, pair_counts, extras))
+        numbered: dict[str, int] = {}  # the batch's terms, numbered as first met: rows hold these until written
+        tokenized = [(chunks, *_counted(chunks, numbered), _worked_out(chunks)) for chunks in batch]
         with self._lock, self.db:
-            vocabulary = {t for _, terms, pairs, _ in tokenized for c in terms + pairs for t in c}
-            ids = self._term_ids(vocabulary)
+            ids = self._term_ids(numbered)
+            stable = np.array([ids[term] for term in numbered], dtype=np.int32)
             seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM files").fetchone()[0]
-            for chunks, term_counts, pair_counts, extras in tokenized:
+            for chunks, lengths, pair_lengths, terms, pairs, extras in tokenized:
                 seq += 1
+                terms[:, 1], pairs[:, 1] = stable[terms[:, 1]], stable[pairs[:, 1]]
                 self.db.execute("DELETE FROM chunks WHERE key = ?", (chunks.key,))
                 self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)", extras)
                 self.db.execute(
                     "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (chunks.key, chunks.version, seq, json.dumps(chunks.ids),
                      json.dumps(chunks.texts, ensure_ascii=False), json.dumps(chunks.metas, ensure_ascii=False),
-                     np.array([sum(c.values()) for c in term_counts], dtype=np.int32).tobytes(),
-                     np.array([sum(c.values()) for c in pair_counts], dtype=np.int32).tobytes(),
-                     _postings(term_counts, ids), _postings(pair_counts, ids)))
+                     lengths.tobytes(), pair_lengths.tobytes(), terms.tobytes(), pairs.tobytes()))
 
-    def _term_ids(self, terms: set[str]) -> dict[str, int]:
+    def _term_ids(self, terms) -> dict[str, int]:
         """Stable ids for these terms, new ones added (call inside a write transaction)."""
         self.db.executemany("INSERT OR IGNORE INTO vocabulary (term) VALUES (?)", ((t,) for t in terms))
         return self.lookup(terms, locked=True)
@@ -328,7 +351,7 @@ class Postings:
                 offset = len(ids)
                 ids.extend(json.loads(file_ids))
                 texts.extend(json.loads(file_texts))
-                metas.extend(json.loads(file_metas))
+                metas.extend(_sharing_values(json.loads(file_metas)))
                 files.append((key, version, len(ids) - offset))
                 lengths.append(_array(file_lengths))
                 pair_lengths.append(_array(file_pair_lengths))
@@ -339,8 +362,7 @@ class Postings:
                 if not (len(lengths[-1]) == len(pair_lengths[-1]) == len(ids) - offset == len(texts) - offset
                         == len(metas) - offset):
                     raise ValueError(f"the indexed file {key} is damaged")
-        empty = np.zeros((0, 3), dtype=np.int32)
         return Loaded(files, ids, texts, metas,
                       np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32),
                       np.concatenate(pair_lengths) if pair_lengths else np.zeros(0, dtype=np.int32),
-                      np.concatenate(terms) if terms else empty, np.concatenate(pairs) if pairs else empty)
+                      terms, pairs)

@@ -11,7 +11,10 @@ import pytest
 
 from ingest.discover import file_key
 from kb import KnowledgeBase, Settings
+from kb import postings as postings_module
 from kb.postings import APPLICATION_ID, Postings, index_path
+from kb.retrieve import Corpus
+from kb.store import FileRecord, Store
 from tests.conftest import invoke_json
 from tests.test_api import write_world
 
@@ -137,9 +140,9 @@ def test_scores_are_those_bm25s_gave():
     compared = 0
     for field in (0, 1):
         docs = [tokens[field] for tokens in counted]
-        built = Field.build(rows(docs), np.array([len(d) for d in docs]))
+        built = Field.build([rows(docs[:3]), rows(docs[3:], first=3)], np.array([len(d) for d in docs]))
         keep = np.array([True, False, True, True, True])  # the first five, less the second, plus the last two
-        first = Field.build(rows(docs[:5]), np.array([len(d) for d in docs[:5]]))
+        first = Field.build([rows(docs[:5])], np.array([len(d) for d in docs[:5]]))
         updated = first.updated(keep, np.cumsum(keep) - 1, rows(docs[5:], first=4),
                                 np.array([len(d) for d in docs[5:]]))
         for mine, theirs in ((built, docs), (updated, [docs[0], *docs[2:]])):
@@ -203,3 +206,59 @@ def test_a_term_lookup_does_not_wait_for_a_reload_writing(world):
     lookup.join()
     assert answered_while_writing
     assert found == [{"ferri": known["ferri"]}]  # the last commit: the write in progress is not seen
+
+
+def many_files_store(tmp_path, fake_embedder, files: int, chunks: int = 3) -> Store:
+    """Files of a few chunks each, stored as ingest stores them."""
+    store = Store(tmp_path / "many", model=fake_embedder, create=True)
+    run = store.begin_run()
+    for n in range(files):
+        source = f"notes/file-{n:03d}.md"
+        key, digest = file_key(Path("/notes") / source), f"{n:040x}"
+        texts = [f"The ferry keeper {n} counts herons on pier {i}." for i in range(chunks)]
+        metas = [{"title": f"Pier log {n}", "lang": "en", "source": source, "chunk_index": i, "file_key": key,
+                  "file_hash": digest, "ingested_at": 1.0} for i in range(chunks)]
+        record = FileRecord(key=key, path=f"/notes/{source}", source=source, root="/notes", hash=digest,
+                            kind="canon", chunks=chunks, ingested_at=1.0)
+        run.put(record, [f"{key}-{digest[:12]}-{i}" for i in range(chunks)], texts, metas,
+                store.embed_passages(texts))
+    run.publish()
+    return store
+
+
+def test_a_first_build_writes_files_while_it_still_scans_the_store(tmp_path, fake_embedder, monkeypatch):
+    """The scan hands each file on once its chunks are seen, so a first build never holds the whole canon."""
+    store = many_files_store(tmp_path, fake_embedder, files=8)
+    monkeypatch.setattr(postings_module, "FULL_SCAN_FILES", 4)  # more changed than this: one scan of the store
+    scanned, scanned_at_write = [], []
+    scan = store.scan_chunks
+
+    def counted_scan(batch=5000):
+        for row in scan(batch=4):
+            scanned.append(row)
+            yield row
+
+    monkeypatch.setattr(store, "scan_chunks", counted_scan)
+    monkeypatch.setattr(postings_module, "WRITE_BATCH_CHUNKS", 3)
+    write = Postings._write
+    monkeypatch.setattr(Postings, "_write", lambda self, batch: (scanned_at_write.append(len(scanned)),
+                                                                 write(self, batch)))
+    built = Postings(None)
+    assert built.update(store) == 8
+    assert len(scanned) == 24 and scanned_at_write[0] < 8
+
+    monkeypatch.setattr(postings_module, "FULL_SCAN_FILES", 1000)  # the same files read one at a time
+    one_by_one = Postings(None)
+    one_by_one.update(store)
+    for loaded in (built.load(), one_by_one.load()):
+        assert loaded.ids == [cid for cid, _, _ in scanned] and loaded.texts == [text for _, text, _ in scanned]
+    assert built.listing() == one_by_one.listing()
+
+
+def test_a_loaded_files_chunks_share_their_equal_metadata_strings(tmp_path, fake_embedder):
+    store = many_files_store(tmp_path, fake_embedder, files=2)
+    corpus = Corpus.load(store, Postings(None))
+    first, second, other = corpus.metas[0], corpus.metas[1], corpus.metas[3]
+    assert first["source"] is second["source"] and first["title"] is second["title"]
+    assert first["source"] != other["source"]
+    assert corpus.metas == store.all_chunks()[2]

@@ -518,6 +518,12 @@ def worker_processes(parent: int) -> list[int]:
     return found
 
 
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on ``port`` (Linux's /proc/net/tcp; state 0A is LISTEN)."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row[1].endswith(f":{port:04X}") and row[3] == "0A")
+
+
 def test_workers_answer_on_one_port_and_each_sees_an_ingest(corpora_kb, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -535,8 +541,11 @@ def test_workers_answer_on_one_port_and_each_sees_an_ingest(corpora_kb, tmp_path
 
     try:
         deadline = time.monotonic() + 120
-        while len(worker_processes(server.pid)) < 2 or not _answers(url):
-            assert server.poll() is None and time.monotonic() < deadline, "kb serve --workers 2 did not start"
+        # each worker listens on a socket of its own, which the kernel balances connections over
+        # (on uvicorn's one shared socket, one idle worker was handed every kept-alive connection)
+        while len(worker_processes(server.pid)) < 2 or listening_sockets(port) < 2 or not _answers(url):
+            assert server.poll() is None and time.monotonic() < deadline, \
+                f"kb serve --workers 2 did not start two listening workers ({listening_sockets(port)} listen)"
             time.sleep(0.2)
         (tmp_path / "harbour-bell.md").write_text(f"# The harbour bell\n\n{NEW_CANON}\n")
         assert invoke("ingest", tmp_path / "harbour-bell.md", "--kb", corpora_kb).exit_code == 0

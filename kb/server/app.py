@@ -41,6 +41,7 @@ from kb.server.security import (
     allowed_hosts,
     check_exposure,
 )
+from kb.server.workers import run_workers, spreads_connections
 
 log = logging.getLogger("kb.server")
 
@@ -125,12 +126,15 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         app = create_app(settings, token=token, npc_token=npc_token, **options)
         uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
         return
-    # uvicorn starts each worker afresh (spawn): it builds the app from what this process leaves in
+    # each worker starts afresh (spawn): it builds the app from what this process leaves in
     # its environment, the tokens under their usual names rather than in the options
     for name, value in ((TOKEN_ENV, token), (NPC_TOKEN_ENV, npc_token)):
         if value:
             os.environ[name] = value
     os.environ[WORKER_OPTIONS_ENV] = json.dumps({**options, "settings": _settings_fields(settings)}, default=str)
+    if spreads_connections():
+        run_workers(workers, host, port, f"{__name__}:worker_app")
+        return
     uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
                 log_level="info", server_header=False)
 

@@ -12,6 +12,7 @@ their addresses. Where that is missing, uvicorn's shared socket is used.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import signal
 import socket
 import sys
@@ -26,26 +27,38 @@ def spreads_connections() -> bool:
 
 def run_workers(workers: int, host: str, port: int, app_factory: str) -> None:
     """Run ``workers`` processes of ``app_factory`` ("module:function") on host:port until SIGINT or
-    SIGTERM, which stops them all."""
+    SIGTERM, which stops them all.
+
+    Raises:
+        KBError: the port is taken, or a worker died (the others are stopped: a server missing a worker
+            would answer on fewer cores than asked, unnoticed).
+    """
     _check_free(host, port)
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(host, port, app_factory), name=f"kb-serve-{i + 1}")
                  for i in range(workers)]
     for process in processes:
         process.start()
+    stopping = []
 
     def stop(signum, frame):
+        stopping.append(signum)
         for process in processes:
             if process.is_alive():
                 process.terminate()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        ended = multiprocessing.connection.wait([process.sentinel for process in processes])
+        died = None if stopping else next(p for p in processes if p.sentinel in ended)
+        stop(None, None)
         for process in processes:
             process.join()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if died is not None:
+        raise KBError(f"kb serve worker {died.name} exited with code {died.exitcode}; stopped the others")
 
 
 def _family(host: str) -> socket.AddressFamily:

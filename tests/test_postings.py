@@ -262,3 +262,28 @@ def test_a_loaded_files_chunks_share_their_equal_metadata_strings(tmp_path, fake
     assert first["source"] is second["source"] and first["title"] is second["title"]
     assert first["source"] != other["source"]
     assert corpus.metas == store.all_chunks()[2]
+
+
+def test_a_field_works_its_counts_back_exactly_from_what_it_keeps():
+    """A field keeps no counts: an update works them back, and ranks as a field built afresh, to the bit."""
+    import numpy as np
+
+    from kb.retrieve import Field
+
+    rng = np.random.default_rng(5)
+    chunk_terms = np.sort(rng.choice(400 * 50, 3000, replace=False))  # distinct (chunk, term), in chunk order
+    counts = rng.integers(1, 4, len(chunk_terms))
+    counts[:6] = [1, 2, 7, 300, 5000, 65537]
+    rows = np.stack([chunk_terms // 50, chunk_terms % 50, counts], axis=1).astype(np.int32)
+    lengths = np.bincount(rows[:, 0], weights=rows[:, 2], minlength=400).astype(np.int64) + 1
+    field = Field.build([rows.copy()], lengths)
+    grouped = rows[np.lexsort((rows[:, 0], rows[:, 1]))]
+    assert np.array_equal(field.counts(), grouped[:, 2].astype(np.float32))
+
+    keep = np.arange(400) % 3 != 0
+    updated = field.updated(keep, np.cumsum(keep) - 1, np.zeros((0, 3), dtype=np.int32), np.zeros(0))
+    kept = rows[keep[rows[:, 0]]].copy()
+    kept[:, 0] = (np.cumsum(keep) - 1)[kept[:, 0]]
+    afresh = Field.build([kept], lengths[keep])
+    for term in range(50):
+        assert np.array_equal(updated.scores([term]), afresh.scores([term]))

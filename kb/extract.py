@@ -96,13 +96,17 @@ _EVIDENCE = {
                         rf"|(?:在|位于|位於|于|於|来自|來自|到)[{CJK_CHARS}]{{1,8}}?"
                         rf"(?:省|市|县|縣|区|區|州|国|國|岛|島|山|河|江|湖|海|城|镇|鎮|村|洲|港|湾|灣|郡|道|府)"),
 }
-# Chinese words for one thing that share no character bigram (卒 for 去世, 著有 for 著作): where the question
+# Chinese words for one thing that share no character bigram (卒 for 去世, 著有 for 著作, 用于 for 用途): where the question
 # uses one and the canon another, the canon holds a related form of it. Simplified and traditional both.
 _ZH_SAME_THING = (
     "去世 逝世 病逝 过世 過世 辞世 辭世 身故 卒 殁 歿 死于 死於",
     "出生 生于 生於 诞生 誕生",
     "著作 著有 作品 代表作 撰有 编著 編著 著述",
     "创立 創立 创办 創辦 创建 創建 成立 始创 始創 创设 創設",
+    "用途 用于 用於 用作 用来 用來",
+    "才能 擅长 擅長 擅于 擅於 精通",
+    "包含 包括 含有",
+    "特征 特徵 特点 特點",
 )
 _ZH_FORMS = {word: tuple(other for other in group.split() if other != word)
              for group in _ZH_SAME_THING for word in group.split()}

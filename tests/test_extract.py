@@ -208,6 +208,10 @@ def test_what_followed_an_event_is_quoted_with_the_sentence_after_it():
 def test_chinese_words_for_the_same_thing_count_as_the_question_word():
     text = "潮港史官林远，字子文，生于潮港东城。林远一生著述甚多，晚年隐居山中。卒于潮汐历二百零三年。"
     assert choose("林远是在什么时候去世的？", [(1, text, "")], flat, 1)[0].text == "卒于潮汐历二百零三年。"
+    salt = "赤盐是潮港出产的一种矿盐，色泽微红。赤盐被用于腌制海鱼和鞣制皮革。赤盐的产量逐年下降。"
+    assert choose("赤盐有什么用途？", [(1, salt, "")], flat, 1)[0].text == "赤盐被用于腌制海鱼和鞣制皮革。"
+    burger = "华堡是汉堡王的招牌食品。华堡包括牛肉、生菜和番茄。"
+    assert choose("华堡包含哪些食材？", [(1, burger, "")], flat, 1)[0].text == "华堡包括牛肉、生菜和番茄。"
 
 
 def test_a_chinese_question_word_that_holds_a_traditional_particle_still_counts():

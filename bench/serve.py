@@ -195,13 +195,18 @@ BUDGET_HISTORY = [{"role": "user", "content": "Is this the ferry to Greyhithe?"}
                   {"role": "assistant", "content": "Only ferry there is, tidewalker. Three copper bits."}]
 
 
+WARM_NEW = 48  # new questions asked before the budget's cells (4 cells of 48 follow, of ~280)
 PACE_S = 0.5  # a player asking an NPC twice a second: far faster than anyone reads a reply
 
 
 def budget_rows(url: str, server_pid: int, model: str, requests: int, fresh, repeat: list[str]) -> list[dict]:
     """The game-runtime budget cells: 8 clients, state and history on every request, plain and streamed,
     back to back and paced."""
-    measure(url, server_pid, model, 8, repeat * 2, "warm-up", BUDGET_STATE, BUDGET_HISTORY)  # reaches every worker
+    # unmeasured: the workers meet the scene's questions and some new ones first, as a server in a game
+    # session has; after the scene's questions alone, the first cell of new questions was the slowest
+    # (p50 89-111 ms against 37-57 for the next ones, load 5)
+    warm = [*repeat * 2, *(next(fresh) for _ in range(WARM_NEW))]
+    measure(url, server_pid, model, 8, warm, "warm-up", BUDGET_STATE, BUDGET_HISTORY)
     rows = []
     count = max(requests, 16)
     for pace in (None, PACE_S):

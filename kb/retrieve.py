@@ -184,7 +184,8 @@ class Corpus:
         postings = postings or Postings(index_path(store))
 
         def read(since: "Corpus | None") -> "Corpus":
-            postings.update(store)
+            if postings.update(store):
+                _return_freed_memory()  # what tokenizing held, before the rows are read
             return cls._read(postings, since)
 
         try:

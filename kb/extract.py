@@ -6,13 +6,13 @@ a related form is (founder for founded), and in part when only the chunk's
 heading or, for a sentence that opens with a pronoun, the sentence before
 holds it. On top come a bonus when the sentence holds the kind of thing the
 question asks for (who: a name; when: a date; how many: a number; where: a
-place; what colour: a colour) that the question does not already name, and
-a small one for the chunk's rank. Sentences are split with care for
-abbreviations, quotes and list items; a fragment is never quoted alone, a
-sentence opening with a pronoun brings the one it leans on, one that tells
-the event a question asks the outcome of ("What happened when …?") brings
-the sentence after it, and near-identical sentences are quoted once.
-Everything here takes and returns plain values.
+place; what colour: a colour; how did X feel: a feeling) that the question
+does not already name, and a small one for the chunk's rank. Sentences
+are split with care for abbreviations, quotes and list items; a fragment is
+never quoted alone, a sentence opening with a pronoun brings the one it
+leans on, one that tells the event a question asks the outcome of ("What
+happened when …?") brings the sentence after it, and near-identical
+sentences are quoted once. Everything here takes and returns plain values.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ _QUESTION_TYPES = (
     ("person", re.compile(r"\b(?:who|whom|whose)\b|谁|誰|哪位|哪一位|何人|哪一人|哪个人|哪個人")),
     ("place", re.compile(r"\bwhere\b|哪里|哪裡|哪裏|哪儿|哪兒|何处|何處|什么地方|什麼地方|哪个国家|哪個國家"
                          r"|哪座城市|哪个城市|哪個城市|哪个地区|哪個地區")),
+    ("feeling", re.compile(r"\bhow\b(?=(?:\s+\S+){1,6}?\s+feel\b)")),
     # only the question word: "colour" and 颜色 stay content (the canon may say "its colour is ...")
     ("colour", re.compile(r"\b(?:what|which)(?=\s+colou?rs?\b)|(?:什么|什麼|哪种|哪種)(?=颜色|顏色|色)|何(?=色)"
                           r"|(?<=颜色|顏色)是")),
@@ -85,7 +86,12 @@ _ZH_NUMERAL = "〇零一二两兩三四五六七八九十百千万萬亿億"
 _ZH_MEASURE = "个個年月日天夜人名位次种種件座条條只隻本部张張头頭匹艘家所层層届屆任米里斤吨噸元岁歲倍多余餘成"
 _COLOURS = ("red orange yellow green blue purple violet black white grey gray brown pink golden gold silver scarlet "
             "crimson azure")
+_FEELINGS = ("happy glad joy joyful delighted overjoyed pleased content proud grateful thankful relieved excited "
+             "sad sorrow sorrowful unhappy miserable grief grieved lonely ashamed sorry angry furious enraged vexed "
+             "annoyed jealous envious afraid frightened terrified scared fear fearful alarmed anxious worried uneasy "
+             "nervous surprised astonished amazed puzzled confused curious disappointed")
 _EVIDENCE = {
+    "feeling": re.compile(rf"\b(?:{_FEELINGS.replace(' ', '|')})\b", re.I),
     "colour": re.compile(rf"\b(?:{_COLOURS.replace(' ', '|')})\b|[红紅橙黄黃绿綠青蓝藍紫黑白灰褐棕粉金银銀赤]色", re.I),
     "date": re.compile(rf"\b(?:1\d{{3}}|20\d\d)\b|\b\d+\s*(?:[A-Z]{{2,3}}|[ab]\.?c\.?|a\.?d\.?)(?![a-z])"
                        rf"|\b(?:{_MONTHS.replace(' ', '|')})\b|\d+\s*(?:年|月|日|世纪|世紀)"
@@ -129,7 +135,7 @@ class _Sentence(NamedTuple):  # a tuple: an answer reads back hundreds from the 
 
 
 def question_type(question: str) -> str | None:
-    """What the question asks for: "person", "date", "number", "place", "colour", or None (what, why, how)."""
+    """What the question asks for: "person", "date", "number", "place", "colour", "feeling", or None (what, why, how)."""
     folded = fold(question)
     found = [(match.start(), -len(match.group(0)), kind is None, kind) for kind, pattern in _QUESTION_TYPES
              for match in [pattern.search(folded)] if match]

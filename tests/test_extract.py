@@ -63,6 +63,8 @@ WARDENS = ("The Brine Wardens keep the northern lights burning through the winte
     ("盐缚者会逐渐失去哪种感觉？", None),
     ("What colour is the tideglass lantern?", "colour"),
     ("潮狐的尾巴是什么颜色？", "colour"),
+    ("How did the cook feel when the king called him in?", "feeling"),
+    ("How will the widow feel after the pig is cured?", "feeling"),
 ])
 def test_question_type_says_what_is_asked_for(question, kind):
     assert question_type(question) == kind
@@ -203,6 +205,12 @@ def test_what_followed_an_event_is_quoted_with_the_sentence_after_it():
     quote = choose("What happened when the eldest sister caught hold of the goose?", [(1, GOOSE, "")], flat, 1)[0]
     assert quote.text.startswith("The eldest sister") and quote.text.endswith("pull her hand away.")
     assert choose("Who caught hold of the goose by its wing?", [(1, GOOSE, "")], flat, 1)[0].text.endswith("by its wing.")
+
+
+def test_a_question_about_a_feeling_picks_the_sentence_that_names_one():
+    text = ("The cook served the king's supper in the great hall. Afterwards the cook was proud of the king's supper. "
+            "The hall was lit with a hundred candles.")
+    assert choose("How did the cook feel about the king's supper?", [(1, text, "")], flat, 1)[0].text.startswith("Afterwards")
 
 
 def test_chinese_words_for_the_same_thing_count_as_the_question_word():

@@ -66,7 +66,8 @@ _QUESTION_TYPES = (
     ("date", re.compile(r"\b(?:when|what year|which year|what date|what day|what century|what time)\b"
                         r"|哪一年|哪年|何年|哪一天|何时|何時|什么时候|什麼時候|什么时间|什麼時間|几月|幾月|几号|幾號"
                         r"|哪个朝代|哪個朝代|哪一世纪|哪個世紀|哪一世紀|什么年代|什麼年代")),
-    ("number", re.compile(r"\bhow (?:many|much|long|old|far|wide|tall|high|deep|big|large|heavy|often)\b"
+    # "how tall": only "how" goes, so "tall" stays content ("is 58 metres tall")
+    ("number", re.compile(r"\bhow (?:many|much)\b|\bhow(?= (?:long|old|far|wide|tall|high|deep|big|large|heavy|often)\b)"
                           r"|多少|多久|多长|多長|多大|多高|多远|多遠|多深|多重|多宽|多寬|几|幾")),
     ("person", re.compile(r"\b(?:who|whom|whose)\b|谁|誰|哪位|哪一位|何人|哪一人|哪个人|哪個人")),
     ("place", re.compile(r"\bwhere\b|哪里|哪裡|哪裏|哪儿|哪兒|何处|何處|什么地方|什麼地方|哪个国家|哪個國家"

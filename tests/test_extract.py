@@ -183,6 +183,17 @@ def test_a_colour_question_picks_the_sentence_that_names_a_colour():
                             flat) == pytest.approx(2 / 3)
 
 
+def test_a_how_tall_question_keeps_tall_as_its_content():
+    text = ("The Orrin Light stands on Tallow Rock and was lit in 331 TC. "
+            "It is 58 metres tall and burns seal oil behind three tideglass rings.")
+    def rare_tall(term):  # as in the sample world, where few chunks say "tall"
+        return 3.0 if term == "tall" else 1.0
+    assert "58 metres tall" in choose("How tall is the Orrin Light?", [(1, text, "")], rare_tall, 1)[0].text
+    assert question_type("How tall is the Orrin Light?") == "number"
+    assert passage_coverage("How tall is the Orrin Light?", "The Orrin Light stands on a rock.", "",
+                            flat) == pytest.approx(2 / 3)  # "tall" is asked for, and this chunk lacks it
+
+
 GOOSE = ("The eldest sister waited until Dullhead left the room and caught hold of the goose by its wing. "
          "Her fingers stuck fast to the feathers, and she could not pull her hand away. "
          "The next morning Dullhead set out with the goose under his arm.")

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from kb.api import KnowledgeBase
 from kb.errors import KBError
-from kb.server.schemas import MAX_MESSAGES, Turn
+from kb.server.schemas import GAME_STATE_HELP, MAX_MESSAGES, Turn
 from kb.server.security import confine
 
 INSTRUCTIONS = (
@@ -38,9 +38,7 @@ READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 Where = dict[str, str | int | float | bool]
 JSON = dict[str, Any]  # a bare `dict` return would not reach clients as structured content
 Chunks = Annotated[int, Field(ge=1, le=50, description="how many canon chunks to retrieve")]
-State = Annotated[dict[str, Any] | None, Field(
-    description='the player\'s game state, e.g. {"chapter": 2, "region": "Saltreach", "flags": {"met_sefa": true}}; '
-                "it can only narrow what the NPC's card allows")]
+State = Annotated[dict[str, Any] | None, Field(description=GAME_STATE_HELP)]
 History = Annotated[list[Turn] | None, Field(max_length=MAX_MESSAGES,
                                              description="the conversation before the question, oldest first")]
 

@@ -30,8 +30,9 @@ class AskRequest(BaseModel):
     extractive: bool = Field(False, description="Quote the canon; never call the chat model.")
 
 
-GameState = Field(None, description='The player\'s game state, e.g. {"chapter": 2, "region": "Saltreach", '
-                                    '"flags": {"met_sefa": true}}; it can only narrow what an NPC\'s card allows.')
+GAME_STATE_HELP = ('The player\'s game state, e.g. {"chapter": 2, "region": "Saltreach", "flags": {"met_sefa": true}}; '
+                   "it can only narrow what an NPC's card allows.")
+GameState = Field(None, description=GAME_STATE_HELP)
 
 
 class Turn(BaseModel):

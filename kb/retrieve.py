@@ -16,6 +16,7 @@ import numpy as np
 
 from ingest.text import detect_lang
 from kb.config import RetrievalConfig
+from kb.filtered_dense import EXACT_MAX_CHUNKS, filtered_ranking
 from kb.lexical import query_tokens, tokens, word_pairs
 from kb.limits import requirements_met, within_limits
 from kb.postings import DAMAGE, Loaded, Postings, index_path
@@ -361,9 +362,10 @@ def dense_ranking(store: Store, corpus: Corpus, query: str, depth: int,
     """Chunk positions by cosine similarity, best first, restricted to visible allowed chunks."""
     ids = None
     if allowed is not None:
-        ids = [corpus.ids[i] for i in np.flatnonzero(allowed)]
-        if not ids:
-            return []
+        positions = np.flatnonzero(allowed)
+        if len(positions) <= EXACT_MAX_CHUNKS:
+            return filtered_ranking(store, corpus, positions, query, depth)
+        ids = [corpus.ids[i] for i in positions]
     ranked = []
     for cid, distance in store.dense_query(query, depth + 10, ids):
         pos = corpus.position.get(cid)

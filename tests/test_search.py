@@ -169,3 +169,29 @@ def test_a_question_s_word_pair_outranks_the_same_words_apart(kb_dir, tmp_path):
     assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
     for mode in ("bm25", "hybrid"):
         assert name(search(kb_dir, "Who was the old woman?", "--mode", mode)[0]) == "phrase.txt", mode
+
+
+def test_a_small_filtered_set_ranks_its_vectors_as_chromadb_does_and_follows_a_reingest(corpora_kb, monkeypatch):
+    """Filtered dense search ranks the set's vectors in memory (no chromadb query per search); same order."""
+    from kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(corpora_kb)
+    queries = ["Who keeps the lighthouse?", "Kessel Glass smuggling", "潮汐玻璃"]
+    in_memory = [[h.id for h in kb.search(q, k=8, mode="dense", where={"chapter": 2})] for q in queries]
+    monkeypatch.setattr(kb.store.canon, "query", _refuse)
+    assert [[h.id for h in kb.search(q, k=8, mode="dense", where={"chapter": 2})] for q in queries] == in_memory
+    monkeypatch.undo()
+    monkeypatch.setattr("kb.retrieve.EXACT_MAX_CHUNKS", 0)  # chromadb ranks every filtered set
+    assert [[h.id for h in kb.search(q, k=8, mode="dense", where={"chapter": 2})] for q in queries] == in_memory
+    monkeypatch.undo()
+
+    Path(corpora_kb.parent / "new").mkdir()
+    (corpora_kb.parent / "new" / "keeper.md").write_text(
+        "---\nchapter: 2\n---\n# The new keeper\n\nThe lighthouse keeper now is Ilse Marrow.\n", encoding="utf-8")
+    kb.ingest([str(corpora_kb.parent / "new")])
+    hits = kb.search("Who keeps the lighthouse now?", k=3, mode="dense", where={"chapter": 2})
+    assert any("Ilse Marrow" in h.text for h in hits)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a small filtered set was sent to chromadb's query")

@@ -321,6 +321,11 @@ class Store:
         rows = self.canon.query(query_embeddings=vector, n_results=n, ids=ids, include=["distances"])
         return list(zip(rows["ids"][0], rows["distances"][0]))
 
+    def vectors(self, ids: list[str]) -> list[tuple[str, list[float]]]:
+        """The stored chunks among ``ids`` with their embeddings (a chunk not stored is left out)."""
+        rows = self.canon.get(ids=ids, include=["embeddings"])
+        return list(zip(rows["ids"], rows["embeddings"]))
+
     def embed_passages(self, texts: list[str]):
         """Embed chunk texts with the store's model (done before any write, so a failure writes nothing)."""
         return self.embedder(texts)

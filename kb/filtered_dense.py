@@ -1,0 +1,61 @@
+"""Dense ranking of a small filtered set (an NPC's allowed canon, a --where) from its vectors in memory.
+
+chromadb's query costs about 2 ms of CPU whatever the store's size (1.1 ms of
+it in its Rust bindings, on a 133-chunk store), about a seventh of a game
+server's CPU per NPC reply. A filter of at most EXACT_MAX_CHUNKS chunks instead
+keeps its chunks' vectors beside its mask, fetched once per loaded corpus, and
+ranks them exactly by cosine (0.01 ms for 66 chunks). Unfiltered searches keep
+chromadb's index: a second copy of every vector would not fit a large store.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+
+import numpy as np
+
+from kb.store import Store
+
+EXACT_MAX_CHUNKS = 4_096  # a filtered set this small is ranked here: 8 MB of 512-float vectors at most
+VECTORS_PER_CORPUS = 65_536  # vectors kept per loaded corpus (128 MB at 512 floats); the oldest sets go first
+
+_kept: "weakref.WeakKeyDictionary[object, OrderedDict[bytes, tuple[np.ndarray, np.ndarray]]]" = \
+    weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def filtered_ranking(store: Store, corpus, positions: np.ndarray, query: str,
+                     depth: int) -> list[tuple[int, float]]:
+    """Chunk positions among ``positions`` by cosine similarity to the query, best first."""
+    if not len(positions):
+        return []
+    kept, vectors = _vectors(store, corpus, positions)
+    if not len(kept):
+        return []
+    query_vector = np.asarray(store.embedder.embed_query([query])[0], dtype=np.float32)
+    cosines = vectors @ (query_vector / (np.linalg.norm(query_vector) or 1.0))
+    best = np.argsort(-cosines, kind="stable")[:depth]
+    return [(int(kept[i]), float(cosines[i])) for i in best]
+
+
+def _vectors(store: Store, corpus, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stored positions among ``positions`` and their unit vectors, cached per corpus and set."""
+    key = positions.tobytes()
+    with _lock:
+        sets = _kept.setdefault(corpus, OrderedDict())
+        found = sets.get(key)
+        if found is not None:
+            sets.move_to_end(key)
+            return found
+    rows = store.vectors([corpus.ids[p] for p in positions])
+    stored = [(corpus.position[cid], vector) for cid, vector in rows if cid in corpus.position]
+    kept = np.array([p for p, _ in stored], dtype=np.int64)
+    vectors = np.array([v for _, v in stored], dtype=np.float32).reshape(len(stored), -1)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    with _lock:
+        sets[key] = (kept, vectors)
+        while sum(len(k) for k, _ in sets.values()) > VECTORS_PER_CORPUS:
+            sets.popitem(last=False)
+    return kept, vectors

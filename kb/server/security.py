@@ -96,8 +96,9 @@ bearer = HTTPBearer(auto_error=False,
                     description=f"The server's {TOKEN_ENV}, or {NPC_TOKEN_ENV} for the NPC routes only.")
 
 
-def authorize(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
-    """A route dependency for the NPC routes: the request's scope, ``full`` or ``npc``.
+async def authorize(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    """A route dependency for the NPC routes: the request's scope, ``full`` or ``npc`` (async: it does no
+    I/O, so it runs on the event loop instead of taking a thread from the pool per request).
 
     With no token set the server is open (``full``); with either set, a request
     must carry one of them.
@@ -116,7 +117,7 @@ def authorize(request: Request, credentials: HTTPAuthorizationCredentials | None
                        headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_full(scope: str = Depends(authorize)) -> None:
+async def require_full(scope: str = Depends(authorize)) -> None:
     """A route dependency for every route but the NPC ones: the NPC token does not open them.
 
     Raises:

@@ -468,3 +468,29 @@ def test_an_unknown_embedding_model_is_refused(tmp_path, kb_dir):
     result = invoke("ingest", canon(tmp_path / "docs"), "--kb", kb_dir, "--embed-model", "word2vec")
     assert result.exit_code == 1
     assert "unknown embedding model 'word2vec'" in result.stderr
+
+
+def test_a_reader_asks_chromadb_for_the_generation_only_after_the_store_files_change(tmp_path, kb_dir, monkeypatch):
+    """A server polls the generation often; while the store's files are as they were, it trusts what it read."""
+    from kb import KnowledgeBase, api
+    from kb.store import store as store_module
+
+    root = canon(tmp_path / "canon")
+    assert invoke("ingest", str(root), "--kb", str(kb_dir)).exit_code == 0
+    monkeypatch.setattr(api, "GENERATION_POLL_S", 0.0)
+    monkeypatch.setattr(store_module, "RECENT_WRITE_S", 0.0)
+    reader = KnowledgeBase.open(kb_dir)
+    assert reader.search("kestrel", mode="bm25") == []
+    reads = []
+    read_generation = Store.generation
+    monkeypatch.setattr(Store, "generation", lambda self: reads.append(self) or read_generation(self))
+    for _ in range(5):
+        assert reader.search("kestrel", mode="bm25") == []
+    assert reads == []
+
+    write(root / "kestrel.md", "# Kestrels\nA kestrel nests on the Orrin Light.\n")
+    writer = subprocess.run([sys.executable, "-c", "from kb.cli import main; main()", "ingest", str(root),
+                             "--kb", str(kb_dir)], capture_output=True, text=True, timeout=120)
+    assert writer.returncode == 0, writer.stderr
+    hits = reader.search("kestrel", mode="bm25")
+    assert reads and [h.metadata["source"] for h in hits] == ["kestrel.md"]

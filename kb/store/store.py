@@ -32,6 +32,7 @@ at the same time (run one ingest job per folder, e.g. from CI).
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 import uuid
@@ -50,6 +51,9 @@ MANIFEST = "manifest"
 _UNIT = [1.0]  # manifest rows need a vector; they are only ever fetched by id
 STALE_RUN_SECONDS = 900  # on a shared server, a run started longer ago and never committed was abandoned
 SNAPSHOT_TRIES = 20  # a reader reads again at most this often while publishes land under it
+# A store file written this recently may be written again within the same tick of the file system's
+# clock, leaving its time and size as they were: its signature is not trusted until then.
+RECENT_WRITE_S = 1.0
 
 
 @dataclass
@@ -177,6 +181,24 @@ class Store:
         """A counter that changes whenever the visible canon changes."""
         rows = self.manifest.get(ids=["state"], include=["metadatas"])
         return int(rows["metadatas"][0]["generation"]) if rows["ids"] else 0
+
+    def disk_signature(self) -> tuple | None:
+        """What any write to a local store changes on disk (its SQLite files' identity, size and time),
+        so a reader can tell nothing changed without asking chromadb; None: ask (a Chroma server, or a
+        file written in the last RECENT_WRITE_S)."""
+        if self.chroma_url:
+            return None
+        signature = []
+        for name in ("chroma.sqlite3", "chroma.sqlite3-wal"):
+            try:
+                found = os.stat(self.kb_dir / "chroma" / name)
+            except FileNotFoundError:
+                signature.append(None)
+                continue
+            if time.time() - found.st_mtime < RECENT_WRITE_S:
+                return None
+            signature.append((found.st_ino, found.st_size, found.st_mtime_ns))
+        return tuple(signature)
 
     def _bump_generation(self) -> None:
         # A random step, not +1: writers sharing a Chroma server hold no lock between them, and two

@@ -403,9 +403,9 @@ def related_forms(stem: str, others: Terms) -> tuple[str, ...]:
 def term_credit(term: str, terms: frozenset[str], forms: tuple[str, ...], text: str = "") -> float:
     """How much of one question term a text holds: itself 1, one of its related ``forms`` (or, in Chinese,
     another word for the same thing in ``text``) RELATED_FORM, else 0."""
-    if term in terms or any(word in text for word in _ZH_FORMS.get(term, ())):
+    if term in terms or (term in _ZH_FORMS and any(word in text for word in _ZH_FORMS[term])):
         return 1.0
-    return RELATED_FORM if any(form in terms for form in forms) else 0.0
+    return RELATED_FORM if forms and any(form in terms for form in forms) else 0.0
 
 
 def coverage(question_terms: dict[str, float], credits: dict[str, float]) -> float:
@@ -429,13 +429,28 @@ def names_the_doer(sentence: str, question: str) -> bool:
 
 def has_evidence(sentence: str, kind: str, question: str) -> bool:
     """Whether a sentence holds the kind of thing asked for, beyond what the question already says."""
-    asked = fold(question)
+    return evidence_test(kind, question)(sentence)
+
+
+def evidence_test(kind: str, question: str) -> Callable[[str], bool]:
+    """``has_evidence`` for one question, what it needs of the question worked out once: every sentence of
+    the context is tested, and a who-question was stemmed again for each (and each name in it as often)."""
     if kind == "person":
         known = set(tokens(question))
-        return ("·" in sentence or "‧" in sentence
-                or any(set(tokens(m.group(0))) - known for m in _CAPITALISED_RUN.finditer(sentence)))
-    pattern = _EVIDENCE[kind]
-    return any(fold(m.group(0)) not in asked for m in pattern.finditer(sentence))
+
+        @functools.cache
+        def new_name(run: str) -> bool:
+            return bool(set(tokens(run)) - known)
+
+        def names_someone(sentence: str) -> bool:
+            return ("·" in sentence or "‧" in sentence
+                    or any(new_name(m.group(0)) for m in _CAPITALISED_RUN.finditer(sentence)))
+        return names_someone
+    asked, pattern = fold(question), _EVIDENCE[kind]
+
+    def holds_new(sentence: str) -> bool:
+        return any(fold(m.group(0)) not in asked for m in pattern.finditer(sentence))
+    return holds_new
 
 
 def question_terms(question: str, idf: Callable[[str], float]) -> dict[str, float]:
@@ -460,7 +475,7 @@ def _same(a: tuple[str, frozenset[str]], b: tuple[str, frozenset[str]]) -> bool:
     return bool(union) and len(grams_a & grams_b) / len(union) >= 0.8
 
 
-@dataclass
+@dataclass(slots=True)
 class _Candidate:
     """One sentence of the context, where it stands and what it scored."""
 
@@ -518,15 +533,17 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
         possible = _terms_it_may_hold(everyone, forms, passage_terms(text, title).held, text)
         sentences = []
         for order, (s, terms) in enumerate(analysed(text)):
+            sentence = text[s.start:s.end]
             own = dict.fromkeys(everyone, 0.0)
             for term in possible:
-                own[term] = term_credit(term, terms, forms[term], text[s.start:s.end])
-            sentences.append(_Candidate(n, rank, order, s, text[s.start:s.end], terms, own))
+                own[term] = term_credit(term, terms, forms[term], sentence)
+            sentences.append(_Candidate(n, rank, order, s, sentence, terms, own))
         by_chunk.append((title, sentences))
     everything = [c for _, sentences in by_chunk for c in sentences]
     asked = _local_rarity(everyone, everything)
     total = sum(asked.values())
     kind = question_type(question)
+    evident = evidence_test(kind, question) if kind else None
     for title, sentences in by_chunk:
         heading_terms: dict[str, set[str]] = {}
         for candidate in sentences:
@@ -541,10 +558,10 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
                 for term in credits:
                     if term in held and weight > credits[term]:
                         credits[term] = weight
-            candidate.typed = int(bool(kind) and has_evidence(candidate.text, kind, question))
+            candidate.typed = int(evident is not None and evident(candidate.text))
             if candidate.typed and kind == "person" and names_the_doer(candidate.text, question):
                 candidate.typed += 1
-            candidate.held = [(term, candidate.credits[term]) for term in asked if candidate.credits[term] > 0]
+            candidate.held = [(term, credits[term]) for term in asked if credits[term] > 0]
             candidate.rescore(asked, total)
     return sorted(everything, key=lambda c: (-c.score, c.rank, c.order)), asked
 
@@ -619,11 +636,14 @@ def choose(question: str, chunks: list[tuple[int, str, str]], idf: Callable[[str
         said.extend(unit)
         quotes.extend(_runs(unit, texts[candidate.n]))
         picked += 1
+        if picked == max_sentences:
+            break
         # what is said already counts less: the next pick is the one that adds most of the rest
         asked = {term: weight * (SAID if any(term in c.terms for c in unit) else 1.0) for term, weight in asked.items()}
         total = sum(asked.values())
         for other in ranked:
-            other.rescore(asked, total)
+            if other.held:  # a sentence that holds no question term keeps its score: only its bonuses
+                other.rescore(asked, total)
         ranked.sort(key=lambda c: (-c.score, c.rank, c.order))
     return quotes
 

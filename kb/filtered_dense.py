@@ -2,10 +2,12 @@
 
 chromadb's query costs about 2 ms of CPU whatever the store's size (1.1 ms of
 it in its Rust bindings, on a 133-chunk store), about a seventh of a game
-server's CPU per NPC reply. A filter of at most EXACT_MAX_CHUNKS chunks instead
-keeps its chunks' vectors beside its mask, fetched once per loaded corpus, and
-ranks them exactly by cosine (0.01 ms for 66 chunks). Unfiltered searches keep
-chromadb's index: a second copy of every vector would not fit a large store.
+server's CPU per NPC reply. A filter of at most EXACT_MAX_CHUNKS chunks used a
+second time instead keeps its chunks' vectors, fetched once per loaded corpus, and
+ranks them exactly by cosine (0.01 ms for 66 chunks). The fetch costs about
+0.1 ms a vector (37 ms for 378), so a filter used once (a CLI --where) is left
+to chromadb. Unfiltered searches keep chromadb's index: a second copy of every
+vector would not fit a large store.
 """
 
 from __future__ import annotations
@@ -18,20 +20,24 @@ import numpy as np
 
 from kb.store import Store
 
-EXACT_MAX_CHUNKS = 4_096  # a filtered set this small is ranked here: 8 MB of 512-float vectors at most
+EXACT_MAX_CHUNKS = 2_048  # a filtered set this small is ranked here: 4 MB of 512-float vectors, ~0.2 s to fetch
 VECTORS_PER_CORPUS = 65_536  # vectors kept per loaded corpus (128 MB at 512 floats); the oldest sets go first
+SETS_PER_CORPUS = 256  # sets remembered per loaded corpus, searched once or kept
 
 _kept: "weakref.WeakKeyDictionary[object, OrderedDict[bytes, tuple[np.ndarray, np.ndarray]]]" = \
     weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+SEEN_ONCE = (np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32))  # a set searched once: no vectors yet
 
 
 def filtered_ranking(store: Store, corpus, positions: np.ndarray, query: str,
-                     depth: int) -> list[tuple[int, float]]:
-    """Chunk positions among ``positions`` by cosine similarity to the query, best first."""
-    if not len(positions):
-        return []
-    kept, vectors = _vectors(store, corpus, positions)
+                     depth: int) -> list[tuple[int, float]] | None:
+    """Chunk positions among ``positions`` by cosine similarity to the query, best first; None the first
+    time this corpus is searched with this set (chromadb ranks it then)."""
+    found = _vectors(store, corpus, positions)
+    if found is None:
+        return None
+    kept, vectors = found
     if not len(kept):
         return []
     query_vector = np.asarray(store.embedder.embed_query([query])[0], dtype=np.float32)
@@ -40,14 +46,20 @@ def filtered_ranking(store: Store, corpus, positions: np.ndarray, query: str,
     return [(int(kept[i]), float(cosines[i])) for i in best]
 
 
-def _vectors(store: Store, corpus, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The stored positions among ``positions`` and their unit vectors, cached per corpus and set."""
+def _vectors(store: Store, corpus, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The stored positions among ``positions`` and their unit vectors, cached per corpus and set from
+    the set's second search on; None at its first."""
     key = positions.tobytes()
     with _lock:
         sets = _kept.setdefault(corpus, OrderedDict())
         found = sets.get(key)
-        if found is not None:
-            sets.move_to_end(key)
+        if found is None:
+            sets[key] = SEEN_ONCE
+            if len(sets) > SETS_PER_CORPUS:
+                sets.popitem(last=False)
+            return None
+        sets.move_to_end(key)
+        if found is not SEEN_ONCE:
             return found
     rows = store.vectors([corpus.ids[p] for p in positions])
     stored = [(corpus.position[cid], vector) for cid, vector in rows if cid in corpus.position]
@@ -56,6 +68,6 @@ def _vectors(store: Store, corpus, positions: np.ndarray) -> tuple[np.ndarray, n
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     with _lock:
         sets[key] = (kept, vectors)
-        while sum(len(k) for k, _ in sets.values()) > VECTORS_PER_CORPUS:
+        while len(sets) > SETS_PER_CORPUS or sum(len(k) for k, _ in sets.values()) > VECTORS_PER_CORPUS:
             sets.popitem(last=False)
     return kept, vectors

@@ -363,8 +363,12 @@ def dense_ranking(store: Store, corpus: Corpus, query: str, depth: int,
     ids = None
     if allowed is not None:
         positions = np.flatnonzero(allowed)
+        if not len(positions):
+            return []
         if len(positions) <= EXACT_MAX_CHUNKS:
-            return filtered_ranking(store, corpus, positions, query, depth)
+            ranked = filtered_ranking(store, corpus, positions, query, depth)
+            if ranked is not None:
+                return ranked
         ids = [corpus.ids[i] for i in positions]
     ranked = []
     for cid, distance in store.dense_query(query, depth + 10, ids):

@@ -172,17 +172,20 @@ def test_a_question_s_word_pair_outranks_the_same_words_apart(kb_dir, tmp_path):
 
 
 def test_a_small_filtered_set_ranks_its_vectors_as_chromadb_does_and_follows_a_reingest(corpora_kb, monkeypatch):
-    """Filtered dense search ranks the set's vectors in memory (no chromadb query per search); same order."""
+    """Filtered dense search ranks the set's vectors in memory from its second search on (no chromadb
+    query); same order as chromadb's."""
     from kb import KnowledgeBase
 
     kb = KnowledgeBase.open(corpora_kb)
     queries = ["Who keeps the lighthouse?", "Kessel Glass smuggling", "潮汐玻璃"]
-    in_memory = [[h.id for h in kb.search(q, k=8, mode="dense", where={"chapter": 2})] for q in queries]
-    monkeypatch.setattr(kb.store.canon, "query", _refuse)
-    assert [[h.id for h in kb.search(q, k=8, mode="dense", where={"chapter": 2})] for q in queries] == in_memory
-    monkeypatch.undo()
     monkeypatch.setattr("kb.retrieve.EXACT_MAX_CHUNKS", 0)  # chromadb ranks every filtered set
-    assert [[h.id for h in kb.search(q, k=8, mode="dense", where={"chapter": 2})] for q in queries] == in_memory
+    by_chromadb = [[h.id for h in kb.search(q, k=8, mode="dense", where={"chapter": 2})] for q in queries]
+    monkeypatch.undo()
+    kb.search("anything", mode="dense", where={"chapter": 2})  # the set's first search: chromadb still
+    monkeypatch.setattr(kb.store.canon, "query", _refuse)
+    assert [[h.id for h in kb.search(q, k=8, mode="dense", where={"chapter": 2})] for q in queries] == by_chromadb
+    with pytest.raises(AssertionError, match="sent to chromadb"):  # a set searched for the first time
+        kb.search(queries[0], k=8, mode="dense", where={"chapter": 1})
     monkeypatch.undo()
 
     Path(corpora_kb.parent / "new").mkdir()

@@ -57,7 +57,7 @@ def variants(weights: list[float]):
 def answer_ceiling(corpus: Corpus, questions: list[dict]) -> tuple[float, float]:
     """Shares of questions whose gold answer is in some chunk, and in some chunk of the gold document."""
     chunks = [(Path(meta.get("source", "")).stem, plain(text))
-              for text, meta in zip(corpus.texts, corpus.metas)]
+              for _, text, meta in corpus.chunks()]
     anywhere = in_gold = 0
     for item in questions:
         answers = [a for a in map(plain, item["answers"]) if a]

@@ -45,7 +45,7 @@ def renderings(kb: KnowledgeBase) -> list[dict]:
         others = {s for s in speakers(corpus) if s not in names and s not in card.name.split()}
         named = re.compile("|".join(rf"\b{re.escape(n)}\b" for n in names))
         seen = set()
-        for text, meta in zip(corpus.texts, corpus.metas):
+        for _, text, meta in corpus.chunks():
             title = meta.get("title", "")
             if "speaker" in meta or not named.search(f"{title}\n{text}"):
                 continue

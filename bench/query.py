@@ -94,7 +94,7 @@ def main() -> None:
             for mode in MODES[i % 3:] + MODES[:i % 3]:  # each mode goes first in turn
                 forget_recent_embeddings()
                 latencies[mode].append(timed(lambda q=question, m=mode: kb.search(q, k=args.k, mode=m)))
-        chunks = len(corpus.ids)
+        chunks = corpus.size
 
     table = Table(title=f"kb search on fairytaleqa ({chunks} chunks, store {how}), "
                         f"{len(questions)} dev questions per mode, -k {args.k}")

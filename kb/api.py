@@ -10,10 +10,10 @@
     print(kb.npc("Sefa").ask("Why was the Orrin Light dimmed?").answer)
 
 A KnowledgeBase is safe to share between threads. It opens its store on first
-use and keeps one in-memory corpus (the visible chunks and their BM25 indexes)
-per store generation: when an ingest moves the generation, one thread brings
-the on-disk postings up to date (kb/postings.py: only the changed files) and
-reloads while the others keep answering from the previous, complete corpus.
+use and keeps one corpus (a snapshot of the BM25 postings on disk, read per
+query) per store generation: when an ingest moves the generation, one thread
+brings the postings up to date (kb/postings.py: only the changed files) and
+opens a new snapshot while the others keep answering from the previous one.
 """
 
 from __future__ import annotations
@@ -171,8 +171,7 @@ class KnowledgeBase:
         self._shared.generation_read = (generation, time.monotonic(), signature)
         if self._shared.postings is None:
             self._shared.postings = Postings(index_path(store))
-        previous = self._shared.loaded.corpus if self._shared.loaded else None
-        self._shared.loaded = _Loaded(generation, Corpus.load(store, self._shared.postings, previous))
+        self._shared.loaded = _Loaded(generation, Corpus.load(store, self._shared.postings))
 
     def warm(self) -> None:
         """Open the store, load the corpus and the embedding model before the first question."""

@@ -61,8 +61,9 @@ def _vectors(store: Store, corpus, positions: np.ndarray) -> tuple[np.ndarray, n
         sets.move_to_end(key)
         if found is not SEEN_ONCE:
             return found
-    rows = store.vectors([corpus.ids[p] for p in positions])
-    stored = [(corpus.position[cid], vector) for cid, vector in rows if cid in corpus.position]
+    rows = store.vectors(corpus.ids_at(positions.tolist()))
+    where = corpus.positions_of([cid for cid, _ in rows])
+    stored = [(where[cid], vector) for cid, vector in rows if cid in where]
     kept = np.array([p for p, _ in stored], dtype=np.int64)
     vectors = np.array([v for _, v in stored], dtype=np.float32).reshape(len(stored), -1)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

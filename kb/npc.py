@@ -83,12 +83,12 @@ def voice_lines(corpus: Corpus, card: Card, seen: Visibility | None = None,
     line = re.compile(rf"^{re.escape(card.speaker)}:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
     speaker = card.speaker.casefold()
     examples: list[str] = []
-    for pos, meta in enumerate(corpus.metas):
+    for _, chunk_text, meta in corpus.chunks():
         # the speaker test first: the limits are checked only on the NPC's own few chunks,
         # not over the whole corpus (retrieval builds its own mask for the answer)
         if speaker not in (s.casefold() for s in meta.get("speaker", [])) or not seen.allows(meta):
             continue
-        for text in line.findall(corpus.texts[pos]):
+        for text in line.findall(chunk_text):
             if text not in examples and not text.startswith("(choice)"):
                 examples.append(text)
     # spread the picks over the NPC's lines rather than taking one scene's opening
@@ -102,7 +102,7 @@ def voice_lines(corpus: Corpus, card: Card, seen: Visibility | None = None,
 def speakers(corpus: Corpus) -> frozenset[str]:
     """Every character who speaks a line in the canon (their first names), for the first-person rule."""
     if corpus not in _speakers:
-        _speakers[corpus] = frozenset(s for meta in corpus.metas for s in meta.get("speaker", ()))
+        _speakers[corpus] = frozenset(s for meta in corpus.metas() for s in meta.get("speaker", ()))
     return _speakers[corpus]
 
 

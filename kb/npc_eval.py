@@ -65,7 +65,7 @@ def hidden_canon(kb: "KnowledgeBase", card: Card, state: dict | None) -> tuple[s
     seen = card_visibility(card, state)
     corpus = kb.corpus
     hidden_ids, hidden, visible = set(), set(), set()
-    for cid, text, meta in zip(corpus.ids, corpus.texts, corpus.metas):
+    for cid, text, meta in corpus.chunks():
         if seen.allows(meta):
             visible |= _sentences(text)
         else:

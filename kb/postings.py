@@ -1,14 +1,28 @@
-"""The BM25 postings on disk (SQLite, data only), kept current from the store's file records.
+"""The BM25 postings on disk (SQLite, data only), kept current from the store's file records and read per query.
 
-One row per ingested file version (its key, hash and ingest time) holds that
-file's visible chunks (ids, texts, metadata as JSON) and their term counts as
-packed integer arrays; a vocabulary table gives each term and word pair a
-stable id; a chunks table keeps what an answer would otherwise work out for
-each chunk it cites (its token count and its sentences with their terms). Opening diffs the store's file records against the rows: only a
-new, changed or removed file is read from the store and tokenized, so a script
-drop touches its own postings and a reopened store builds nothing. Several
-`kb serve` replicas on one Chroma server each keep such a file current from
-the store they share.
+Layout. One ``postings`` row per (term, file version): the file's chunks that
+hold the term (numbered within the file) and their counts, packed int32; the
+word pairs of the second index are terms of their own (``old_woman``: no word
+has an underscore), so both fields share the table and the vocabulary. A
+``files`` row per file version gives its order (``seq``) and its chunks'
+lengths in both fields; a ``chunks`` row per chunk its id, text, metadata and
+what an answer would otherwise work out for it (token count, sentences).
+
+Keeping current. Opening diffs the store's file records against the rows: only
+a new, changed or removed file is read from the store, tokenized, and has its
+own rows replaced, so a script drop touches its own postings and a reopened
+store builds nothing. Several `kb serve` replicas on one Chroma server each
+keep such a file current from the store they share.
+
+Reading. A `Snapshot` is a read transaction held open (WAL mode: writers go on,
+a snapshot keeps seeing the commit it began at), so a loaded corpus is one
+whole state even while a reload writes the next. Opening one reads only the
+files rows (4 bytes a chunk and field); a query reads the postings of its own
+terms, and a hit its text and metadata. Memory therefore no longer grows with
+the postings (a fresh open of 100k chunks held every posting, text and
+metadata: about 1 GB and 11-15 s), and chunk positions (files by ``seq``,
+chunks in file order) and the arithmetic are those of the in-memory index
+this replaced, so scores and ranks are the same to the bit.
 
 Nothing here is code: a file that is not our format, is corrupt, or comes from
 an older format is deleted and rebuilt from the store (11.7: the pickle it
@@ -19,8 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
+import tempfile
 import threading
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +49,7 @@ from kb.extract import ANALYSIS_VERSION, stored_analysis
 from kb.lexical import tokens_and_pairs
 from kb.store import FileRecord, Store
 
-FORMAT = 6  # bump when the schema or the tokenizer changes
+FORMAT = 7  # bump when the schema or the tokenizer changes
 VERSION = FORMAT * 100 + ANALYSIS_VERSION  # PRAGMA user_version: a new sentence analysis rebuilds the index too
 DAMAGE = (sqlite3.Error, ValueError, TypeError, KeyError, IndexError)  # what a damaged index raises when read
 APPLICATION_ID = 0x4C4B4235  # "LKB5": a SQLite file that is not ours is rebuilt, never read
@@ -40,14 +57,17 @@ FULL_SCAN_FILES = 50  # more changed files than this: one paged scan of the stor
 # Chunks tokenized and written per transaction on a cold build: their term counts are Python dicts,
 # so a first build of 20k chunks peaked at 958 MB RSS in batches of 20,000 and 683 MB in 5,000 (no slower).
 WRITE_BATCH_CHUNKS = 5_000
+IN_LIMIT = 500  # values bound in one ``IN (...)``
 _SCHEMA = """
-CREATE TABLE files (key TEXT PRIMARY KEY, version TEXT NOT NULL, seq INTEGER NOT NULL,
-                    ids TEXT NOT NULL, texts TEXT NOT NULL, metas TEXT NOT NULL,
-                    lengths BLOB NOT NULL, pair_lengths BLOB NOT NULL,
-                    terms BLOB NOT NULL, pairs BLOB NOT NULL);
+CREATE TABLE files (key TEXT PRIMARY KEY, version TEXT NOT NULL, seq INTEGER NOT NULL UNIQUE,
+                    chunks INTEGER NOT NULL, lengths BLOB NOT NULL, pair_lengths BLOB NOT NULL);
 CREATE TABLE vocabulary (id INTEGER PRIMARY KEY, term TEXT NOT NULL UNIQUE);
-CREATE TABLE chunks (id TEXT PRIMARY KEY, key TEXT NOT NULL, tokens INTEGER NOT NULL, sentences TEXT NOT NULL);
-CREATE INDEX chunks_of_file ON chunks (key);
+CREATE TABLE postings (term INTEGER NOT NULL, seq INTEGER NOT NULL, n INTEGER NOT NULL, rows BLOB NOT NULL,
+                       PRIMARY KEY (term, seq)) WITHOUT ROWID;
+CREATE INDEX postings_of_file ON postings (seq);
+CREATE TABLE chunks (id TEXT PRIMARY KEY, key TEXT NOT NULL, pos INTEGER NOT NULL, text TEXT NOT NULL,
+                     meta TEXT NOT NULL, tokens INTEGER NOT NULL, sentences TEXT NOT NULL);
+CREATE UNIQUE INDEX chunks_of_file ON chunks (key, pos);
 """
 
 
@@ -75,94 +95,83 @@ class FileChunks:
     metas: list[dict]
 
 
-@dataclass
-class Loaded:
-    """Indexed files' chunks in file order, with postings as (chunk, term id, count) rows per field."""
-
-    files: list[tuple[str, str, int]]  # (key, version, chunks)
-    ids: list[str]
-    texts: list[str]
-    metas: list[dict]
-    lengths: np.ndarray
-    pair_lengths: np.ndarray
-    terms: list[np.ndarray]  # int32 (n, 3) per file, chunks numbered across the files
-    pairs: list[np.ndarray]
-
-
 def _counted(chunks: FileChunks, numbered: dict[str, int]):
     """One file's term and pair counts as lengths and (chunk, term number, count) rows, terms numbered in
     ``numbered``: a batch of 5,000 chunks held as a Counter per chunk and field was most of a first build's peak."""
-    lengths, pair_lengths, terms, pairs = [], [], [], []
+    lengths, pair_lengths, rows = [], [], []
     for doc, (text, meta) in enumerate(zip(chunks.texts, chunks.metas)):
-        for tokens, field, field_lengths in zip(tokens_and_pairs(f"{meta.get('title', '')}\n{text}"),
-                                                 (terms, pairs), (lengths, pair_lengths)):
-            field.extend((doc, numbered.setdefault(term, len(numbered)), n) for term, n in Counter(tokens).items())
+        for tokens, field_lengths in zip(tokens_and_pairs(f"{meta.get('title', '')}\n{text}"),
+                                         (lengths, pair_lengths)):
+            rows.extend((doc, numbered.setdefault(term, len(numbered)), n) for term, n in Counter(tokens).items())
             field_lengths.append(len(tokens))
     return (np.array(lengths, dtype=np.int32), np.array(pair_lengths, dtype=np.int32),
-            np.array(terms, dtype=np.int32).reshape(-1, 3), np.array(pairs, dtype=np.int32).reshape(-1, 3))
+            np.array(rows, dtype=np.int32).reshape(-1, 3))
 
 
-def _worked_out(chunks: FileChunks) -> list[tuple]:
-    """One file's rows of the chunks table: each chunk's id, file, token count and sentence analysis."""
-    return [(cid, chunks.key, count_tokens(text), stored_analysis(text)) for cid, text in zip(chunks.ids, chunks.texts)]
+def _postings_rows(seq: int, rows: np.ndarray) -> list[tuple]:
+    """One file's (chunk, term id, count) rows, in chunk order, as its postings table rows: per term, the
+    chunks holding it (in order) and their counts, packed int32 pairs."""
+    rows = rows[np.argsort(rows[:, 1], kind="stable")]
+    first = np.flatnonzero(np.concatenate([[True], rows[1:, 1] != rows[:-1, 1]])) if len(rows) else rows[:0, 0]
+    ends = np.append(first[1:], len(rows))
+    packed = np.ascontiguousarray(rows[:, [0, 2]]).tobytes()
+    return [(int(term), seq, int(end - start), packed[8 * start:8 * end])
+            for term, start, end in zip(rows[first, 1].tolist(), first.tolist(), ends.tolist())]
+
+
+def _chunk_rows(chunks: FileChunks) -> list[tuple]:
+    """One file's rows of the chunks table, with each chunk's token count and sentence analysis."""
+    return [(cid, chunks.key, pos, text, json.dumps(meta, ensure_ascii=False), count_tokens(text),
+             stored_analysis(text))
+            for pos, (cid, text, meta) in enumerate(zip(chunks.ids, chunks.texts, chunks.metas))]
 
 
 def _array(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.int32)
 
 
-def _sharing_values(metas: list[dict]) -> list[dict]:
-    """One file's chunk metadata with equal strings made one object: each chunk repeats its file's source,
-    key, hash and often title, and a string apiece was about half the metadata's memory."""
-    shared: dict[str, str] = {}
-    for meta in metas:
-        for key, value in meta.items():
-            if type(value) is str:
-                meta[key] = shared.setdefault(value, value)
-    return metas
+def _in(values: list) -> str:
+    return f"({','.join('?' * len(values))})"
+
+
+def _parts(values: list):
+    for start in range(0, len(values), IN_LIMIT):
+        yield values[start:start + IN_LIMIT]
 
 
 class Postings:
-    """A store's BM25 postings in one SQLite file (or in memory where nothing can be written)."""
+    """A store's BM25 postings in one SQLite file (a temporary one where the cache cannot be written)."""
 
     def __init__(self, path: Path | None):
         self.path = path
         self._lock = threading.Lock()  # the writing connection, shared by a server's threads
-        self._read_lock = threading.Lock()
         self.db = self._open()
-        self.reader = self._open_reader()
-
-    def _open_reader(self) -> sqlite3.Connection | None:
-        """A second, read-only connection for term lookups: in WAL mode it reads the last commit while a
-        reload writes, so a search never waits for a reload (it waited 0.2-0.5 s at 100k chunks).
-        None for an index in memory, which only its own connection can see."""
-        if self.path is None:
-            return None
-        try:
-            return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60,
-                                   check_same_thread=False)
-        except sqlite3.Error:
-            return None
 
     def _open(self) -> sqlite3.Connection:
-        if self.path is None:
-            return self._create(sqlite3.connect(":memory:", check_same_thread=False))
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-            if self._usable(db):
-                return db
-            db.close()
-            self._remove()
-            return self._create(sqlite3.connect(self.path, timeout=60, check_same_thread=False))
-        except (OSError, sqlite3.Error):
-            self.path = None  # a read-only or broken cache directory: index in memory for this process
-            return self._create(sqlite3.connect(":memory:", check_same_thread=False))
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = self._connect()
+                if self._usable(db):
+                    db.execute("PRAGMA synchronous = NORMAL")  # a cache: a crash at worst rebuilds what it lost
+                    return db
+                db.close()
+                self._remove()
+                return self._create(self._connect())
+            except (OSError, sqlite3.Error):
+                pass  # a read-only or broken cache directory: a temporary index for this process
+        handle, name = tempfile.mkstemp(prefix="kb-bm25-", suffix=".sqlite")
+        os.close(handle)
+        self.path = Path(name)
+        weakref.finalize(self, _remove_files, self.path)
+        return self._create(self._connect())
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=60, check_same_thread=False)
 
     def _remove(self) -> None:
         """Delete this index and what an older version cached beside it (pickles are never read)."""
-        for path in [self.path, *(self.path.with_name(self.path.name + s) for s in ("-wal", "-shm"))]:
-            path.unlink(missing_ok=True)
+        _remove_files(self.path)
         for old in self.path.parent.glob("corpus-*.pkl"):
             old.unlink(missing_ok=True)
 
@@ -181,7 +190,8 @@ class Postings:
 
     @staticmethod
     def _create(db: sqlite3.Connection) -> sqlite3.Connection:
-        db.execute("PRAGMA journal_mode = WAL")  # readers (other replicas, the CLI) never wait for a writer
+        db.execute("PRAGMA journal_mode = WAL")  # readers (snapshots, other replicas, the CLI) never wait for a writer
+        db.execute("PRAGMA synchronous = NORMAL")  # a cache: a crash at worst rebuilds what it lost
         db.executescript(_SCHEMA)
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute(f"PRAGMA user_version = {VERSION}")
@@ -190,14 +200,10 @@ class Postings:
 
     def reset(self) -> None:
         """Start again from an empty index (it was found damaged)."""
-        with self._lock, self._read_lock:
+        with self._lock:
             self.db.close()
-            if self.reader is not None:
-                self.reader.close()
-            if self.path is not None:
-                self._remove()
+            self._remove()
             self.db = self._open()
-            self.reader = self._open_reader()
 
     # -- keeping current ----------------------------------------------------
 
@@ -214,11 +220,17 @@ class Postings:
         changed = {key: version for key, version in wanted.items() if have.get(key) != version}
         if gone:
             with self._lock, self.db:
-                self.db.executemany("DELETE FROM files WHERE key = ?", [(key,) for key in gone])
-                self.db.executemany("DELETE FROM chunks WHERE key = ?", [(key,) for key in gone])
+                for key in gone:
+                    self._drop(key)
         if changed:
             self._add(self._read(store, {key: records[key] for key in changed}))
         return len(gone) + len(changed)
+
+    def _drop(self, key: str) -> None:
+        """Delete one file's rows (call inside a write transaction)."""
+        self.db.execute("DELETE FROM postings WHERE seq = (SELECT seq FROM files WHERE key = ?)", (key,))
+        self.db.execute("DELETE FROM files WHERE key = ?", (key,))
+        self.db.execute("DELETE FROM chunks WHERE key = ?", (key,))
 
     @staticmethod
     def _read(store: Store, records: dict[str, FileRecord]):
@@ -261,108 +273,136 @@ class Postings:
 
     def _write(self, batch: list[FileChunks]) -> None:
         numbered: dict[str, int] = {}  # the batch's terms, numbered as first met: rows hold these until written
-        tokenized = [(chunks, *_counted(chunks, numbered), _worked_out(chunks)) for chunks in batch]
+        tokenized = [(chunks, *_counted(chunks, numbered)) for chunks in batch]
         with self._lock, self.db:
             ids = self._term_ids(numbered)
             stable = np.array([ids[term] for term in numbered], dtype=np.int32)
             seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM files").fetchone()[0]
-            for chunks, lengths, pair_lengths, terms, pairs, extras in tokenized:
+            for chunks, lengths, pair_lengths, rows in tokenized:
                 seq += 1
-                terms[:, 1], pairs[:, 1] = stable[terms[:, 1]], stable[pairs[:, 1]]
-                self.db.execute("DELETE FROM chunks WHERE key = ?", (chunks.key,))
-                self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)", extras)
-                self.db.execute(
-                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (chunks.key, chunks.version, seq, json.dumps(chunks.ids),
-                     json.dumps(chunks.texts, ensure_ascii=False), json.dumps(chunks.metas, ensure_ascii=False),
-                     lengths.tobytes(), pair_lengths.tobytes(), terms.tobytes(), pairs.tobytes()))
+                rows[:, 1] = stable[rows[:, 1]]
+                self._drop(chunks.key)
+                self.db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", _postings_rows(seq, rows))
+                self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)", _chunk_rows(chunks))
+                self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                                (chunks.key, chunks.version, seq, len(chunks.ids), lengths.tobytes(),
+                                 pair_lengths.tobytes()))
 
     def _term_ids(self, terms) -> dict[str, int]:
         """Stable ids for these terms, new ones added (call inside a write transaction)."""
         self.db.executemany("INSERT OR IGNORE INTO vocabulary (term) VALUES (?)", ((t,) for t in terms))
-        return self.lookup(terms, locked=True)
-
-    def lookup(self, terms, locked: bool = False) -> dict[str, int]:
-        """The ids of those of ``terms`` the vocabulary holds (``locked``: inside a write, on its connection)."""
-        if locked:
-            return self._lookup(self.db, terms)
-        if self.reader is None:
-            with self._lock:
-                return self._lookup(self.db, terms)
-        with self._read_lock:
-            return self._lookup(self.reader, terms)
-
-    @staticmethod
-    def _lookup(db: sqlite3.Connection, terms) -> dict[str, int]:
-        terms = list(dict.fromkeys(terms))
         found = {}
-        for start in range(0, len(terms), 500):
-            part = terms[start:start + 500]
-            found.update(db.execute(f"SELECT term, id FROM vocabulary WHERE term IN ({','.join('?' * len(part))})",
-                                    part))
+        for part in _parts(list(terms)):
+            found.update(self.db.execute(f"SELECT term, id FROM vocabulary WHERE term IN {_in(part)}", part))
         return found
+
+    # -- reading ------------------------------------------------------------
+
+    def snapshot(self) -> "Snapshot":
+        """The postings as last committed, held for as long as the snapshot lives."""
+        return Snapshot(self)
+
+
+def _remove_files(path: Path) -> None:
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        name.unlink(missing_ok=True)
+
+
+class Snapshot:
+    """One committed state of the postings, read per query through its own read-only connection.
+
+    Its read transaction stays open while it lives, so every read sees the commit the snapshot began
+    at; opening it reads the files rows only: their order and their chunks' lengths.
+    """
+
+    def __init__(self, postings: Postings):
+        self._postings = postings  # kept alive (a temporary index is deleted with it)
+        self._lock = threading.Lock()  # one connection, shared by a server's threads
+        self.db = sqlite3.connect(f"{postings.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60,
+                                  isolation_level=None, check_same_thread=False)
+        weakref.finalize(self, self.db.close)
+        self.db.execute("BEGIN")
+        self.files: list[tuple[str, str, int]] = []  # (key, version, chunks) in position order
+        self.offsets: dict[int, int] = {}  # a file's seq -> the position of its first chunk
+        self.starts: dict[str, int] = {}  # a file's key -> the same
+        lengths, pair_lengths, size = [], [], 0
+        for key, version, seq, count, file_lengths, file_pair_lengths in self.db.execute(
+                "SELECT key, version, seq, chunks, lengths, pair_lengths FROM files ORDER BY seq"):
+            lengths.append(_array(file_lengths))
+            pair_lengths.append(_array(file_pair_lengths))
+            if not len(lengths[-1]) == len(pair_lengths[-1]) == count:
+                raise ValueError(f"the indexed file {key} is damaged")
+            self.files.append((key, version, count))
+            self.offsets[seq], self.starts[key] = size, size
+            size += count
+        self.size = size
+        self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)
+        self.pair_lengths = np.concatenate(pair_lengths) if pair_lengths else np.zeros(0, dtype=np.int32)
+        self._firsts = np.array([self.starts[key] for key, _, _ in self.files], dtype=np.int64)
+
+    def _query(self, sql: str, values=()) -> list[tuple]:
+        with self._lock:
+            return self.db.execute(sql, values).fetchall()
+
+    def terms(self, terms: list[str]) -> dict[str, tuple[int, int]]:
+        """The vocabulary id and document frequency of those of ``terms`` the vocabulary holds."""
+        found = {}
+        for part in _parts(list(dict.fromkeys(terms))):
+            found.update((term, (term_id, df)) for term, term_id, df in self._query(
+                "SELECT term, id, (SELECT coalesce(sum(n), 0) FROM postings WHERE postings.term = vocabulary.id)"
+                f" FROM vocabulary WHERE term IN {_in(part)}", part))
+        return found
+
+    def postings(self, term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Each term's postings: the positions of the chunks holding it (ascending) and its counts there."""
+        found: dict[int, list] = {}
+        for part in _parts(list(dict.fromkeys(term_ids))):
+            for term, seq, n, blob in self._query(
+                    f"SELECT term, seq, n, rows FROM postings WHERE term IN {_in(part)} ORDER BY term, seq", part):
+                found.setdefault(term, []).append((self.offsets[seq], n, blob))
+        result = {}
+        for term, rows in found.items():
+            pairs = _array(b"".join(blob for _, _, blob in rows)).reshape(-1, 2)
+            sizes = [n for _, n, _ in rows]
+            if len(pairs) != sum(sizes):
+                raise ValueError("the indexed postings are damaged")
+            positions = pairs[:, 0] + np.repeat([offset for offset, _, _ in rows], sizes)
+            result[term] = positions, pairs[:, 1]
+        return result
+
+    def at(self, positions: list[int], columns: str) -> dict[int, tuple]:
+        """``columns`` of the chunks at these positions (chunks table columns), by position."""
+        files = np.searchsorted(self._firsts, positions, side="right") - 1
+        wanted = [(self.files[f][0], pos - int(self._firsts[f])) for f, pos in zip(files.tolist(), positions)]
+        found = {}
+        for part in _parts(wanted):
+            values = [value for pair in part for value in pair]
+            for key, pos, *row in self._query(
+                    f"SELECT key, pos, {columns} FROM (VALUES {','.join(['(?, ?)'] * len(part))}) AS wanted "
+                    "CROSS JOIN chunks ON key = wanted.column1 AND pos = wanted.column2", values):
+                found[self.starts[key] + pos] = tuple(row)
+        return found
+
+    def positions_of(self, ids: list[str]) -> dict[str, int]:
+        """The positions of those of these chunks this snapshot holds."""
+        found = {}
+        for part in _parts(list(ids)):
+            found.update((cid, self.starts[key] + pos) for cid, key, pos in self._query(
+                f"SELECT id, key, pos FROM chunks WHERE id IN {_in(part)}", part) if key in self.starts)
+        return found
+
+    def rows(self, columns: str):
+        """``columns`` of every chunk, in position order, read one file at a time."""
+        for key, _, _ in self.files:
+            yield from self._query(f"SELECT {columns} FROM chunks WHERE key = ? ORDER BY pos", (key,))
 
     def worked_out(self, ids: list[str]) -> dict[str, tuple[int, str]]:
         """What was worked out for these chunks when they were indexed, by id: their token count and their
         sentence analysis (kb.extract.stored_analysis); a chunk the index does not hold is left out."""
         rows = []
         try:
-            for start in range(0, len(ids), 500):
-                part = ids[start:start + 500]
-                query = f"SELECT id, tokens, sentences FROM chunks WHERE id IN ({','.join('?' * len(part))})"
-                if self.reader is None:
-                    with self._lock:
-                        rows += self.db.execute(query, part).fetchall()
-                else:
-                    with self._read_lock:
-                        rows += self.reader.execute(query, part).fetchall()
+            for part in _parts(list(ids)):
+                rows += self._query(f"SELECT id, tokens, sentences FROM chunks WHERE id IN {_in(part)}", part)
         except sqlite3.Error:
             return {}  # a damaged index: the answer works them out again, and the next load rebuilds it
         return {cid: (tokens, sentences) for cid, tokens, sentences in rows}
-
-    def vocabulary_size(self) -> int:
-        with self._lock:
-            return self.db.execute("SELECT coalesce(max(id), 0) + 1 FROM vocabulary").fetchone()[0]
-
-    # -- reading ------------------------------------------------------------
-
-    def listing(self) -> list[tuple[str, str]]:
-        """Every indexed file's (key, version), in the order the files were indexed."""
-        with self._lock:
-            return self.db.execute("SELECT key, version FROM files ORDER BY seq").fetchall()
-
-    def load(self, keys: set[str] | None = None) -> Loaded:
-        """These files' (default: every file's) chunks and postings, in the order the files were indexed."""
-        files, ids, texts, metas = [], [], [], []
-        lengths, pair_lengths, terms, pairs = [], [], [], []
-        columns = "seq, key, version, ids, texts, metas, lengths, pair_lengths, terms, pairs"
-        with self._lock:
-            if keys is None:  # read row by row: all rows at once were ~5 KB a chunk more at the peak
-                rows = self.db.execute(f"SELECT {columns} FROM files ORDER BY seq")
-            else:
-                wanted, rows = list(keys), []
-                for start in range(0, len(wanted), 500):
-                    part = wanted[start:start + 500]
-                    rows += self.db.execute(f"SELECT {columns} FROM files WHERE key IN ({','.join('?' * len(part))})",
-                                            part).fetchall()
-                rows.sort()
-            for _, key, version, file_ids, file_texts, file_metas, file_lengths, file_pair_lengths, file_terms, \
-                    file_pairs in rows:
-                offset = len(ids)
-                ids.extend(json.loads(file_ids))
-                texts.extend(json.loads(file_texts))
-                metas.extend(_sharing_values(json.loads(file_metas)))
-                files.append((key, version, len(ids) - offset))
-                lengths.append(_array(file_lengths))
-                pair_lengths.append(_array(file_pair_lengths))
-                for field, blob in ((terms, file_terms), (pairs, file_pairs)):
-                    rows3 = _array(blob).reshape(-1, 3).copy()
-                    rows3[:, 0] += offset
-                    field.append(rows3)
-                if not (len(lengths[-1]) == len(pair_lengths[-1]) == len(ids) - offset == len(texts) - offset
-                        == len(metas) - offset):
-                    raise ValueError(f"the indexed file {key} is damaged")
-        return Loaded(files, ids, texts, metas,
-                      np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32),
-                      np.concatenate(pair_lengths) if pair_lengths else np.zeros(0, dtype=np.int32),
-                      terms, pairs)

@@ -119,7 +119,7 @@ def test_status_counts_what_was_ingested(world_kb):
 def test_forget_removes_a_file_and_the_corpus_follows(world_kb, tmp_path):
     world_kb.corpus  # noqa: B018 - loaded before, so forget must refresh it
     assert world_kb.forget([str(tmp_path / "world" / "ferry.md")]) == ["ferry.md"]
-    assert "ferry.md" not in {m["source"] for m in world_kb.corpus.metas}
+    assert "ferry.md" not in {m["source"] for m in world_kb.corpus.metas()}
 
 
 @pytest.mark.parametrize("value, message", [("abc", "is not a whole number"), ("0", "must be at least")])

@@ -29,6 +29,7 @@ from kb.extract import (
     stored_analysis,
 )
 from kb.postings import index_path
+from kb.retrieve import Corpus
 from tests.conftest import invoke, invoke_json
 
 
@@ -336,22 +337,20 @@ def test_an_llm_answer_that_cites_nothing_lists_its_canon_as_retrieved(wardens_k
     assert [c["n"] for c in data["citations"]] == [1] and "retrieved" not in data
 
 
-def test_an_index_without_the_analyses_it_keeps_gives_the_same_answers(wardens_kb):
+def test_an_index_without_the_analyses_it_keeps_gives_the_same_answers(wardens_kb, monkeypatch):
     """The index keeps each chunk's token count and sentence analysis, so an answer need not work them out;
-    without them (an index written before they were kept) every answer is the same, worked out again."""
+    without them (an index that cannot give them) every answer is the same, worked out again."""
     kb = KnowledgeBase.open(wardens_kb)
     corpus = kb.corpus
     kept = corpus.worked_out(corpus.ids)
-    assert kept == {cid: (count_tokens(text), stored_analysis(text)) for cid, text in zip(corpus.ids, corpus.texts)}
+    assert kept == {cid: (count_tokens(text), stored_analysis(text)) for cid, text, _ in corpus.chunks()}
     questions = ["Who founded the Brine Wardens?", "What does every warden carry?",
                  "How many piers does the harbour of Greyhithe have?", "Who keeps the northern lights?"]
     forget_analyses()
     with_kept = [kb.ask(question, extractive=True).to_json() for question in questions]
-    with sqlite3.connect(index_path(kb.store)) as db:
-        db.execute("DELETE FROM chunks")
     forget_analyses()
+    monkeypatch.setattr(Corpus, "worked_out", lambda self, ids: {})
     reopened = KnowledgeBase.open(wardens_kb)
-    assert reopened.corpus.worked_out(corpus.ids) == {}
     assert [reopened.ask(question, extractive=True).to_json() for question in questions] == with_kept
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import re
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -12,8 +12,9 @@ import pytest
 from ingest.discover import file_key
 from kb import KnowledgeBase, Settings
 from kb import postings as postings_module
-from kb.postings import APPLICATION_ID, Postings, index_path
-from kb.retrieve import Corpus
+from kb.lexical import query_tokens, word_pairs
+from kb.postings import APPLICATION_ID, FileChunks, Postings, index_path
+from kb.retrieve import Corpus, search
 from kb.store import FileRecord, Store
 from tests.conftest import invoke_json
 from tests.test_api import write_world
@@ -94,7 +95,7 @@ def test_an_index_of_an_older_format_or_damaged_rows_is_rebuilt(world):
     kb, _ = world
     path = index_path(kb.store)
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE files SET terms = x'0102', metas = 'not json'")
+        db.execute("UPDATE files SET lengths = x'0102'")
     assert reopened(kb).search("Saltreach ferry", k=1, mode="bm25")[0].source == "ferry.md"
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 4")
@@ -118,42 +119,96 @@ def test_a_pickle_planted_in_the_cache_is_never_loaded(world, tmp_path):
 
 
 def test_scores_are_those_bm25s_gave():
-    """The old indexes were bm25s; its scores (and so every rank) are kept to the last bit, built or updated."""
+    """The old indexes were bm25s; its scores (and so every rank) are kept to the last bit, read from disk,
+    after a file is replaced as well as after a first build."""
     import bm25s
     import numpy as np
 
     from kb.lexical import tokens_and_pairs
-    from kb.retrieve import Field
 
     texts = ["The old woman fed the herons.", "Herons, herons and more herons by the old mill.",
              "旧港的灯塔在风暴中熄灭了", "", "The mill woman sold flour to the old woman of the fens.",
              "An old woman and an old mill: herons everywhere.", "港的灯塔"]
-    counted = [tokens_and_pairs(text) for text in texts]
+
+    def file(key, version, chunks):
+        return FileChunks(key, version, [f"{key}-{version}-{i}" for i in range(len(chunks))], chunks,
+                          [{} for _ in chunks])
+
     postings = Postings(None)
-    with postings.db:
-        ids = postings._term_ids({t for terms, pairs in counted for t in terms + pairs})
-
-    def rows(docs, first=0):
-        return np.array([(first + n, ids[t], doc.count(t)) for n, doc in enumerate(docs) for t in dict.fromkeys(doc)],
-                        dtype=np.int32).reshape(-1, 3)
-
+    postings._add([file("a", "1", texts[:3]), file("b", "1", texts[3:])])
+    built = Corpus(postings.snapshot())
+    postings._add([file("a", "2", texts[5:] + texts[:1])])  # a replaced: b, then a's new version
+    updated = Corpus(postings.snapshot())
     compared = 0
-    for field in (0, 1):
-        docs = [tokens[field] for tokens in counted]
-        built = Field.build([rows(docs[:3]), rows(docs[3:], first=3)], np.array([len(d) for d in docs]))
-        keep = np.array([True, False, True, True, True])  # the first five, less the second, plus the last two
-        first = Field.build([rows(docs[:5])], np.array([len(d) for d in docs[:5]]))
-        updated = first.updated(keep, np.cumsum(keep) - 1, rows(docs[5:], first=4),
-                                np.array([len(d) for d in docs[5:]]))
-        for mine, theirs in ((built, docs), (updated, [docs[0], *docs[2:]])):
+    for corpus, indexed in ((built, texts), (updated, texts[3:] + texts[5:] + texts[:1])):
+        assert [text for _, text, _ in corpus.chunks()] == indexed
+        for field, mine in enumerate((corpus.terms, corpus.pairs)):
+            docs = [tokens_and_pairs(f"\n{text}")[field] for text in indexed]
             reference = bm25s.BM25()
-            reference.index(theirs, show_progress=False)
+            reference.index(docs, show_progress=False)
             for query in (["heron"], ["old", "woman", "old"], ["港的", "heron"], ["old_woman"], ["mill_woman"]):
                 query = [t for t in query if t in reference.vocab_dict]
                 if query:
-                    assert np.array_equal(mine.scores([ids[t] for t in query]), reference.get_scores(query))
+                    ids = [corpus._known(query)[t][0] for t in query]
+                    scores = mine.scores(ids, corpus._snapshot.postings(ids))
+                    assert np.array_equal(scores, reference.get_scores(query))
                     compared += 1
     assert compared == 10
+
+
+def watched_reads(monkeypatch) -> tuple[list, list]:
+    """Every (table, column) a new SQLite connection's statements read, and every statement it runs."""
+    reads, statements = [], []
+    connect = sqlite3.connect
+
+    def authorize(action, table, column, *_):
+        if action == sqlite3.SQLITE_READ:
+            reads.append((table, column))
+        return sqlite3.SQLITE_OK
+
+    def watched(*args, **kwargs):
+        db = connect(*args, **kwargs)
+        db.set_authorizer(authorize)
+        db.set_trace_callback(statements.append)
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", watched)
+    return reads, statements
+
+
+def test_an_open_reads_no_posting_text_or_metadata_and_a_search_only_its_own_terms(world, monkeypatch):
+    kb, _ = world
+    reads, statements = watched_reads(monkeypatch)
+    corpus = reopened(kb).corpus
+    assert ("files", "lengths") in reads
+    assert not {column for table, column in reads} & {"terms", "pairs", "texts", "metas"}  # the old files rows
+    assert not {column for table, column in reads if table in ("postings", "chunks")}
+
+    statements.clear()
+    hits = search(kb.store, corpus, query := "old Saltreach ferry", k=1, mode="bm25")
+    assert hits[0].source == "ferry.md" and "Saltreach" in hits[0].text
+    read = [s for s in statements if "FROM postings WHERE term IN" in s]
+    asked = {int(n) for s in read for n in re.search(r"IN \(([^)]*)\)", s).group(1).split(",")}
+    with sqlite3.connect(index_path(kb.store)) as db:
+        terms = {term for (term,) in db.execute(f"SELECT term FROM vocabulary WHERE id IN ({','.join(map(str, asked))})")}
+    assert {"saltreach", "ferri"} <= terms <= set(query_tokens(query)) | set(word_pairs(query))
+
+
+def test_a_loaded_corpus_answers_from_its_snapshot_while_the_postings_change(world):
+    """A server keeps answering from the corpus it loaded while a reload (its own or another process's)
+    rewrites the postings: the snapshot sees one committed state, not a half-written one."""
+    kb, root = world
+    corpus = kb.corpus
+    before = [(h.id, h.text, h.score) for h in search(kb.store, corpus, "Saltreach ferry herons", k=5, mode="bm25")]
+    (root / "ferry.md").write_text("# Ferry\n\nThe ferry to Saltreach was raised by Ondra.\n", encoding="utf-8")
+    (root / "herons.md").unlink()
+    writer = reopened(kb)
+    writer.ingest([str(root)])
+    assert writer.search("Ondra", k=1, mode="bm25")[0].source == "ferry.md"  # the postings are rewritten
+    assert [(h.id, h.text, h.score) for h in search(kb.store, corpus, "Saltreach ferry herons", k=5, mode="bm25")] \
+        == before
+    assert search(kb.store, corpus, "Ondra", mode="bm25") == []
+    assert kb.search("Ondra", k=1, mode="bm25")[0].source == "ferry.md"  # its next corpus sees the change
 
 
 def test_stopwords_are_spacys_without_importing_spacy():
@@ -164,48 +219,6 @@ def test_stopwords_are_spacys_without_importing_spacy():
 
     assert spacy_stop_words("en") == frozenset(STOP_WORDS)
     assert spacy_stop_words("zh") == frozenset(ZH_STOP_WORDS)
-
-
-def test_a_server_reloads_only_the_changed_files_and_ranks_as_a_fresh_process(world, monkeypatch):
-    from kb.retrieve import Corpus
-
-    kb, root = world
-    kb.search("herons")  # the server has its corpus
-    (root / "kilns.md").write_text("# Kilns\n\nThe old kiln woman fires Glimmerware for the heron keeper.\n",
-                                   encoding="utf-8")
-    (root / "herons.md").unlink()
-    (root / "mill.md").write_text("# Mill\n\nThe old woman of the mill grinds flour for the ferry.\n",
-                                  encoding="utf-8")
-    reopened(kb).ingest([str(root)])
-
-    def no_full_read(*args):
-        raise AssertionError("read every file again")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Corpus, "read", no_full_read)
-        served = kb.corpus
-    fresh = reopened(kb).corpus
-    assert served.ids == fresh.ids and served.texts == fresh.texts and served.files == fresh.files
-    for query in ("old woman", "heron kiln Glimmerware", "ferry flour mill", "Saltreach"):
-        assert ([(h.id, h.score) for h in kb.search(query, k=5, mode="bm25")]
-                == [(h.id, h.score) for h in reopened(kb).search(query, k=5, mode="bm25")])
-    assert served.idf("woman") == fresh.idf("woman")
-
-
-def test_a_term_lookup_does_not_wait_for_a_reload_writing(world):
-    kb, _ = world
-    postings = Postings(index_path(kb.store))
-    known = postings.lookup(["ferri", "saltreach"])
-    found = []
-    with postings._lock, postings.db:  # a reload mid-write: its lock held, its transaction open
-        postings.db.execute("INSERT INTO vocabulary (term) VALUES ('zzunpublished')")
-        lookup = threading.Thread(target=lambda: found.append(postings.lookup(["ferri", "zzunpublished"])))
-        lookup.start()
-        lookup.join(timeout=30)
-        answered_while_writing = not lookup.is_alive()
-    lookup.join()
-    assert answered_while_writing
-    assert found == [{"ferri": known["ferri"]}]  # the last commit: the write in progress is not seen
 
 
 def many_files_store(tmp_path, fake_embedder, files: int, chunks: int = 3) -> Store:
@@ -250,40 +263,8 @@ def test_a_first_build_writes_files_while_it_still_scans_the_store(tmp_path, fak
     monkeypatch.setattr(postings_module, "FULL_SCAN_FILES", 1000)  # the same files read one at a time
     one_by_one = Postings(None)
     one_by_one.update(store)
-    for loaded in (built.load(), one_by_one.load()):
-        assert loaded.ids == [cid for cid, _, _ in scanned] and loaded.texts == [text for _, text, _ in scanned]
-    assert built.listing() == one_by_one.listing()
+    for corpus in (Corpus(built.snapshot()), Corpus(one_by_one.snapshot())):
+        assert list(corpus.chunks()) == scanned
+    assert built.snapshot().files == one_by_one.snapshot().files
 
 
-def test_a_loaded_files_chunks_share_their_equal_metadata_strings(tmp_path, fake_embedder):
-    store = many_files_store(tmp_path, fake_embedder, files=2)
-    corpus = Corpus.load(store, Postings(None))
-    first, second, other = corpus.metas[0], corpus.metas[1], corpus.metas[3]
-    assert first["source"] is second["source"] and first["title"] is second["title"]
-    assert first["source"] != other["source"]
-    assert corpus.metas == store.all_chunks()[2]
-
-
-def test_a_field_works_its_counts_back_exactly_from_what_it_keeps():
-    """A field keeps no counts: an update works them back, and ranks as a field built afresh, to the bit."""
-    import numpy as np
-
-    from kb.retrieve import Field
-
-    rng = np.random.default_rng(5)
-    chunk_terms = np.sort(rng.choice(400 * 50, 3000, replace=False))  # distinct (chunk, term), in chunk order
-    counts = rng.integers(1, 4, len(chunk_terms))
-    counts[:6] = [1, 2, 7, 300, 5000, 65537]
-    rows = np.stack([chunk_terms // 50, chunk_terms % 50, counts], axis=1).astype(np.int32)
-    lengths = np.bincount(rows[:, 0], weights=rows[:, 2], minlength=400).astype(np.int64) + 1
-    field = Field.build([rows.copy()], lengths)
-    grouped = rows[np.lexsort((rows[:, 0], rows[:, 1]))]
-    assert np.array_equal(field.counts(), grouped[:, 2].astype(np.float32))
-
-    keep = np.arange(400) % 3 != 0
-    updated = field.updated(keep, np.cumsum(keep) - 1, np.zeros((0, 3), dtype=np.int32), np.zeros(0))
-    kept = rows[keep[rows[:, 0]]].copy()
-    kept[:, 0] = (np.cumsum(keep) - 1)[kept[:, 0]]
-    afresh = Field.build([kept], lengths[keep])
-    for term in range(50):
-        assert np.array_equal(updated.scores([term]), afresh.scores([term]))

@@ -94,22 +94,21 @@ def scene_info(meta: dict, name: str) -> str:
 
 def scenes(corpus: Corpus) -> list[Scene]:
     """Every dialogue scene in the store, by source then position, with its lines in order."""
-    groups: dict[tuple[str, str, str], list[int]] = {}
-    for pos, meta in enumerate(corpus.metas):
+    groups: dict[tuple[str, str, str], list[tuple[str, dict]]] = {}
+    for _, text, meta in corpus.chunks():
         name = next((str(meta[k]) for k in SCENE_KEYS if meta.get(k) not in (None, "")), None)
         if name is None and not meta.get("speaker"):
             continue
         key = (meta.get("source", ""), meta.get("file_key", ""), name or "")
-        groups.setdefault(key, []).append(pos)
-    for positions in groups.values():
-        positions.sort(key=lambda p: corpus.metas[p].get("chunk_index", 0))
-    ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[0][1],
-                                                       corpus.metas[item[1][0]].get("chunk_index", 0)))
+        groups.setdefault(key, []).append((text, meta))
+    for chunks in groups.values():
+        chunks.sort(key=lambda chunk: chunk[1].get("chunk_index", 0))
+    ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], item[1][0][1].get("chunk_index", 0)))
     result = []
-    for (source, _, name), positions in ordered:
-        turns = [_turn(line, corpus.metas[p].get("speaker", []))
-                 for p in positions for line in corpus.texts[p].split("\n") if line.strip()]
-        result.append(Scene(source, name, scene_info(corpus.metas[positions[0]], name), turns))
+    for (source, _, name), chunks in ordered:
+        turns = [_turn(line, meta.get("speaker", []))
+                 for text, meta in chunks for line in text.split("\n") if line.strip()]
+        result.append(Scene(source, name, scene_info(chunks[0][1], name), turns))
     return result
 
 

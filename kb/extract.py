@@ -4,7 +4,9 @@ A sentence scores by the share of the question's rare terms it holds
 (`coverage`): a term counts whole when its stem is there, in part when only
 a related form is (founder for founded), and in part when only the chunk's
 heading or, for a sentence that opens with a pronoun, the sentence before
-holds it. On top come a bonus when the sentence holds the kind of thing the
+holds it; every sentence of a Chinese chunk holds the name its first
+sentence opens with, since a Chinese article names its subject once and then
+drops it. On top come a bonus when the sentence holds the kind of thing the
 question asks for (who: a name; when: a date; how many: a number; where: a
 place; what colour: a colour; how did X feel: a feeling) that the question
 does not already name, and a small one for the chunk's rank. Sentences
@@ -34,6 +36,7 @@ MAX_QUOTES = 3
 RELATED_FORM = 0.7  # a question term found only as a related form (founder for founded)
 HEADING = 0.5  # ... found only in the chunk's heading
 LEANED_ON = 0.6  # ... found only in the sentence a pronoun-led sentence leans on
+SUBJECT = 1.0  # ... found only in the subject a Chinese chunk's first sentence opens with (article_subject)
 TYPE_BONUS = 0.3  # the sentence holds what the question asks for (a name, a date, a number, a place)
 RANK_BONUS = 0.1  # for the first-ranked chunk, falling as 1/rank
 SAID = 0.3  # a question term the quotes already hold weighs this share for the next pick
@@ -58,7 +61,9 @@ _NEXT_CHARACTER = re.compile(r"\s*(\S)")
 _PRONOUN_OPENERS = frozenset(
     "he she it they him her his its their them this these that those such there's".split())
 _ZH_PRONOUN_OPENERS = tuple("他她它其该該此这這")
-_ZH_FUNCTION = re.compile("[的了是在和与與及或也都就而被把对對从從为為于於以之会會这這那个個着过過吗嗎呢吧么麼]")
+_ZH_FUNCTION = re.compile("[的了是在和与與及或也就而被把对對从從为為于於以之会會这這那个個着过過吗嗎呢吧么麼]")
+# The name a Chinese article opens with: "唐爱陆（1872年—1944年），…", "散发脱刀令，俗称…", "《夏日旋律》是…", "余杭站位于…".
+_ZH_SUBJECT = re.compile(f"[《「“]?([{CJK_CHARS}A-Za-z·]{{2,12}}?)[》」”]?(?=[（(，,]|是|为|為|位于|位於)")
 
 # What a question asks for: its earliest question phrase decides, the longer one where two start
 # together ("what year" over "what", 什么时候 over 什么); phrases that ask for no kind map to None.
@@ -101,7 +106,8 @@ _EVIDENCE = {
                          rf"|[{_ZH_NUMERAL}]+[{_ZH_MEASURE}]", re.I),
     "place": re.compile(rf"\b(?:in|at|from|to|near|on|into|across|beyond|of)\s+(?:the\s+)?[A-Z][\w'’-]+"
                         rf"|(?:在|位于|位於|于|於|来自|來自|到)[{CJK_CHARS}]{{1,8}}?"
-                        rf"(?:省|市|县|縣|区|區|州|国|國|岛|島|山|河|江|湖|海|城|镇|鎮|村|洲|港|湾|灣|郡|道|府)"),
+                        rf"(?:省|市|县|縣|区|區|州|国|國|岛|島|山|河|江|湖|海|城|镇|鎮|村|洲|港|湾|灣|郡|道|府)"
+                        rf"|(?:省|市|县|縣|州|村|镇|鎮|乡|鄉)人(?![口民员員数數士物们們均])"),
 }
 # Chinese words for one thing that share no character bigram (卒 for 去世, 著有 for 著作, 用于 for 用途): where the question
 # uses one and the canon another, the canon holds a related form of it. Simplified and traditional both.
@@ -453,11 +459,33 @@ def evidence_test(kind: str, question: str) -> Callable[[str], bool]:
     return holds_new
 
 
-def question_terms(question: str, idf: Callable[[str], float]) -> dict[str, float]:
+def question_terms(question: str, idf: Callable[[str], float], all_words: bool = False) -> dict[str, float]:
     """The question's content terms (less its question words and the CJK bigrams that hold a
-    function character, like 鹿的 or 贯是), each weighted by its rarity in the canon."""
-    terms = query_tokens(_without_question_words(question)) or query_tokens(question)
+    function character, like 鹿的 or 贯是), each weighted by its rarity in the canon.
+
+    ``all_words`` keeps the CJK bigrams spaCy's Chinese stopword list drops for retrieval (kb.lexical): that
+    list holds content words (应用, 出现, 才能, 特点, 经过) that tell the sentence answering a question apart.
+    """
+    pick = tokens if all_words else query_tokens
+    terms = pick(_without_question_words(question)) or pick(question)
     return {term: idf(term) for term in dict.fromkeys(terms) if not _ZH_FUNCTION.search(term)}
+
+
+def article_subject(first: str) -> frozenset[str]:
+    """The terms of the name a Chinese chunk's first sentence opens with, which the sentences after it drop
+    ("浙江省宁波镇海县小港村人。" in an article that opens "唐爱陆（1872年—1944年），…"): each of them names it.
+
+    None for an opening that is a time or a linking phrase ("商朝時期，", "在歐洲，", "島嶼之間距離比較近的，"):
+    one that holds a digit, a function character or a date word, or ends in a word of time or place (时, 后, 中).
+    """
+    match = _ZH_SUBJECT.match(first.lstrip())
+    if not match:
+        return frozenset()
+    name = match.group(1)
+    if (not _CJK.search(name) or _ZH_FUNCTION.search(name) or _EVIDENCE["date"].search(name)
+            or name[-1] in "时時后後外中前间間内內"):
+        return frozenset()
+    return frozenset(tokens(name))
 
 
 def _shape(text: str) -> tuple[str, frozenset[str]]:
@@ -525,7 +553,7 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
                idf: Callable[[str], float]) -> tuple[list[_Candidate], dict[str, float]]:
     """Every sentence of the chunks ((n, text, heading), in rank order), scored, best first, and
     the question's terms with the weights they were scored by."""
-    everyone = question_terms(question, idf)
+    everyone = question_terms(question, idf, all_words=True)
     forms = {term: [form for _, text, title in chunks for form in related_forms(term, passage_terms(text, title))]
              for term in everyone}
     by_chunk = []
@@ -546,6 +574,7 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
     evident = evidence_test(kind, question) if kind else None
     for title, sentences in by_chunk:
         heading_terms: dict[str, set[str]] = {}
+        subject = article_subject(sentences[0].text) if sentences else frozenset()
         for candidate in sentences:
             heading = candidate.sentence.heading
             if heading not in heading_terms:
@@ -553,6 +582,8 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
             candidate.context = [(heading_terms[heading], HEADING)]
             if candidate.order and leans_on_previous(candidate.text):
                 candidate.context.append((sentences[candidate.order - 1].terms, LEANED_ON))
+            if candidate.order and subject:
+                candidate.context.append((subject, SUBJECT))
             candidate.credits = credits = dict(candidate.own)  # each term: the most the sentence or its context gives
             for held, weight in candidate.context:
                 for term in credits:

@@ -15,6 +15,7 @@ from kb.extract import (
     ANALYSIS_VERSION,
     RELATED_FORM,
     analysed,
+    article_subject,
     asks_what_followed,
     choose,
     forget_analyses,
@@ -28,6 +29,7 @@ from kb.extract import (
     split_sentences,
     stored_analysis,
 )
+from kb.lexical import tokens
 from kb.postings import index_path
 from kb.retrieve import Corpus
 from tests.conftest import invoke, invoke_json
@@ -238,6 +240,44 @@ def test_a_chinese_question_word_that_holds_a_traditional_particle_still_counts(
     # 著 is also the traditional form of the particle 着, but in 著作 it is the question's content
     text = "林远，字子文，潮港人。林远晚年隐居山中。著有《潮汐志》、《盐港杂记》等。"
     assert choose("林远的著作是什么？", [(1, text, "")], flat, 1)[0].text.startswith("著有")
+
+
+def test_a_chinese_content_word_on_the_stopword_list_still_counts():
+    # spaCy's Chinese stopwords (dropped from a search's terms) hold 应用 and 出现: the sentence choice keeps them
+    text = "寒铁是北境出产的一种金属。寒铁色泽暗蓝，质地坚硬。寒铁主要应用于锻造船锚和铁链。"
+    assert choose("寒铁的应用有哪些？", [(1, text, "")], flat, 1)[0].text == "寒铁主要应用于锻造船锚和铁链。"
+
+
+def test_a_chinese_article_subject_counts_in_the_sentences_that_drop_it():
+    text = ("黑潮守望者（Black Tide Wardens）是潮港的海防组织，黑潮守望者的总部设在灰港。"
+            "412年成立，首任统领是奥斯里克。守望者在1390年扩编。")
+    assert choose("黑潮守望者成立于什么时候？", [(1, text, "")], flat, 1)[0].text == "412年成立，首任统领是奥斯里克。"
+
+
+def test_a_chinese_place_of_origin_answers_where_someone_is_from():
+    text = "林远（1872年—1944年），潮港史官。浙江省潮港县东城村人。林远晚年隐居山中。"
+    assert choose("林远的籍贯是哪里？", [(1, text, "")], flat, 1)[0].text == "浙江省潮港县东城村人。"
+
+
+def test_a_chinese_word_that_holds_du_still_counts():
+    # 都 is the adverb "all" in 都是, but in 首都 (capital) it is the question's content
+    text = "科兰丁浅海是一片盐沼群岛。浅海约有六万人口，首都是港城灰港。各岛之间靠渡船相连。"
+    assert choose("科兰丁浅海的首都是哪里？", [(1, text, "")], flat, 1)[0].text == "浅海约有六万人口，首都是港城灰港。"
+
+
+@pytest.mark.parametrize("first, subject", [
+    ("唐爱陆（1872年—1944年），清朝末年革命家。", "唐爱陆"),
+    ("散发脱刀令，俗称断发令，是明治政府的布告。", "散发脱刀令"),
+    ("《夏日旋律》是一款恋爱冒险游戏。", "夏日旋律"),
+    ("余杭站位于浙江省杭州市。", "余杭站"),
+    ("商朝時期，這塊土地上出現了諸方國。", ""),  # a time, not a subject
+    ("1993年，兩家鐵路公司合併。", ""),
+    ("在歐洲，梵語的研究由德國學者開創。", ""),
+    ("島嶼之間距離比較近的，早期靠小遊艇。", ""),
+    ("The Wardens keep the sea wall.", ""),
+])
+def test_the_subject_a_chinese_article_opens_with(first, subject):
+    assert article_subject(first) == frozenset(tokens(subject))
 
 
 def test_passage_coverage_counts_related_forms_and_the_heading():

@@ -198,3 +198,18 @@ def test_a_small_filtered_set_ranks_its_vectors_as_chromadb_does_and_follows_a_r
 
 def _refuse(*args, **kwargs):
     raise AssertionError("a small filtered set was sent to chromadb's query")
+
+
+def test_hits_read_again_come_from_memory_with_the_same_text_and_metadata(corpora_kb, monkeypatch):
+    """A corpus keeps the chunks it read last: a server's repeated hits skip SQLite and the JSON decode."""
+    from kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(corpora_kb)
+    first = kb.search("Who keeps the Orrin Light?", k=8)
+    monkeypatch.setattr(kb.corpus._snapshot, "at", _refuse_read)
+    again = kb.search("Who keeps the Orrin Light?", k=8)
+    assert [(h.id, h.text, h.metadata) for h in again] == [(h.id, h.text, h.metadata) for h in first]
+
+
+def _refuse_read(*args, **kwargs):
+    raise AssertionError("a chunk read before was read from disk again")

@@ -6,10 +6,12 @@ a related form is (founder for founded), and in part when only the chunk's
 heading or, for a sentence that opens with a pronoun, the sentence before
 holds it; every sentence of a Chinese chunk holds the name its first
 sentence opens with, since a Chinese article names its subject once and then
-drops it. On top come a bonus when the sentence holds the kind of thing the
-question asks for (who: a name; when: a date; how many: a number; where: a
-place; what colour: a colour; how did X feel: a feeling) that the question
-does not already name, and a small one for the chunk's rank. Sentences
+drops it; the word a Chinese question word picks out (哪个政权) names the
+kind of the answer and is not looked for. On top come a bonus when the
+sentence holds the kind of thing the question asks for (who: a name; when: a
+date; how many: a number; where: a place; what colour: a colour; how did X
+feel: a feeling) that the question does not already name, and a small one
+for the chunk's rank. Sentences
 are split with care for abbreviations, quotes and list items; a fragment is
 never quoted alone, a sentence opening with a pronoun brings the one it
 leans on, one that tells the event a question asks the outcome of ("What
@@ -62,6 +64,8 @@ _PRONOUN_OPENERS = frozenset(
     "he she it they him her his its their them this these that those such there's".split())
 _ZH_PRONOUN_OPENERS = tuple("他她它其该該此这這")
 _ZH_FUNCTION = re.compile("[的了是在和与與及或也就而被把对對从從为為于於以之会會这這那个個着过過吗嗎呢吧么麼]")
+# A Chinese question word and the character pair after it, the kind of thing asked for: 哪个政权, 什么官职, 有哪些机构.
+_ZH_ASKING = re.compile(f"(?:什么|什麼|哪个|哪個|哪些|哪种|哪種|哪一|怎样的|怎樣的|怎么样的|怎麼樣的|何种|何種)([{CJK_CHARS}]{{2}})")
 # The name a Chinese article opens with: "唐爱陆（1872年—1944年），…", "散发脱刀令，俗称…", "《夏日旋律》是…", "余杭站位于…".
 _ZH_SUBJECT = re.compile(f"[《「“]?([{CJK_CHARS}A-Za-z·]{{2,12}}?)[》」”]?(?=[（(，,]|是|为|為|位于|位於)")
 
@@ -471,6 +475,13 @@ def question_terms(question: str, idf: Callable[[str], float], all_words: bool =
     return {term: idf(term) for term in dict.fromkeys(terms) if not _ZH_FUNCTION.search(term)}
 
 
+def answer_kinds(question: str) -> set[str]:
+    """The character pairs a Chinese question's question words pick out (哪个政权, 什么官职): they name the kind
+    of the answer, which the answering sentence names instead ("后来雍闿降东吴。"), so the sentence choice does
+    not look for them; except a word the canon says in other words (用途: 用于), whose forms are the answer."""
+    return {m.group(1) for m in _ZH_ASKING.finditer(fold(question))} - _ZH_FORMS.keys()
+
+
 def article_subject(first: str) -> frozenset[str]:
     """The terms of the name a Chinese chunk's first sentence opens with, which the sentences after it drop
     ("浙江省宁波镇海县小港村人。" in an article that opens "唐爱陆（1872年—1944年），…"): each of them names it.
@@ -553,7 +564,9 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
                idf: Callable[[str], float]) -> tuple[list[_Candidate], dict[str, float]]:
     """Every sentence of the chunks ((n, text, heading), in rank order), scored, best first, and
     the question's terms with the weights they were scored by."""
-    everyone = question_terms(question, idf, all_words=True)
+    kinds = answer_kinds(question)
+    everyone = {term: weight for term, weight in question_terms(question, idf, all_words=True).items()
+                if term not in kinds}
     forms = {term: [form for _, text, title in chunks for form in related_forms(term, passage_terms(text, title))]
              for term in everyone}
     by_chunk = []

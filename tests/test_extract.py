@@ -15,6 +15,7 @@ from kb.extract import (
     ANALYSIS_VERSION,
     RELATED_FORM,
     analysed,
+    answer_kinds,
     article_subject,
     asks_what_followed,
     choose,
@@ -263,6 +264,14 @@ def test_a_chinese_word_that_holds_du_still_counts():
     # 都 is the adverb "all" in 都是, but in 首都 (capital) it is the question's content
     text = "科兰丁浅海是一片盐沼群岛。浅海约有六万人口，首都是港城灰港。各岛之间靠渡船相连。"
     assert choose("科兰丁浅海的首都是哪里？", [(1, text, "")], flat, 1)[0].text == "浅海约有六万人口，首都是港城灰港。"
+
+
+def test_the_kind_a_chinese_question_word_picks_out_is_not_looked_for():
+    # 哪个政权 asks for a regime by name: the answer names one and need not say 政权
+    text = "雍远是潮港的守将。雍远在灰港驻守多年，曾效力于盐域政权。东吴最终接受了雍远的投降。"
+    assert choose("雍远向哪个政权投降？", [(1, text, "")], flat, 1)[0].text == "东吴最终接受了雍远的投降。"
+    assert answer_kinds("雍远向哪个政权投降？") == {"政权"}
+    assert answer_kinds("赤盐有什么用途？") == set()  # the canon says 用途 in other words (用于), which answer it
 
 
 @pytest.mark.parametrize("first, subject", [

@@ -194,6 +194,16 @@ def test_an_open_reads_no_posting_text_or_metadata_and_a_search_only_its_own_ter
     assert {"saltreach", "ferri"} <= terms <= set(query_tokens(query)) | set(word_pairs(query))
 
 
+def test_a_search_filtered_to_a_few_chunks_reads_only_their_ids(world, monkeypatch):
+    kb, _ = world
+    reads, statements = watched_reads(monkeypatch)
+    served = reopened(kb)
+    for _ in range(2):  # the first search of a filter asks chromadb, the second ranks the set's vectors
+        assert [hit.source for hit in served.search("ferry", k=2, mode="dense", where={"source": "ferry.md"})] \
+            == ["ferry.md"]
+    assert not [s for s in statements if s.startswith("SELECT id FROM chunks WHERE key")]  # every id, file by file
+
+
 def test_a_loaded_corpus_answers_from_its_snapshot_while_the_postings_change(world):
     """A server keeps answering from the corpus it loaded while a reload (its own or another process's)
     rewrites the postings: the snapshot sees one committed state, not a half-written one."""

@@ -1,0 +1,107 @@
+"""bench/scale.py's measures on a generated store written once, so code before and after a change meets the same store.
+
+Writing 100,000 chunks takes about 20 minutes here and a whole bench/scale.py run
+about 35; this writes the store once (`write`) and then times, on a scratch copy
+of it (`measure`): the first open, which builds the BM25 postings (in its own
+process); a fresh process's open (time and VmHWM), searches per mode (50 after
+one untimed, modes interleaved, each query embedded by the real model), a
+one-file change seen by that running KnowledgeBase (median of 3) and its peak
+RSS; then a second fresh open.
+
+    python bench/scale_store.py write 100000 /tmp/store-100k
+    python bench/scale_store.py measure /tmp/store-100k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+# As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from bench.common import forget_recent_embeddings, median, peak_rss_mb, revision  # noqa: E402
+from bench.scale import Canon, change_visible, synthetic_file  # noqa: E402
+from kb.api import KnowledgeBase  # noqa: E402
+from kb.retrieve import MODES  # noqa: E402
+from kb.store import Store  # noqa: E402
+from kb.store.embed import model_dim  # noqa: E402
+
+
+def write(size: int, out: Path, chunks_per_file: int = 100, words: int = 150, seed: int = 7) -> None:
+    """The store bench/scale.py writes for ``size`` chunks, at ``out``."""
+    canon, vectors = Canon(seed), np.random.default_rng(seed)
+    store = Store(out, create=True)
+    dim = model_dim(store.model)
+    run = store.begin_run()
+    for index, start in enumerate(range(0, size, chunks_per_file)):
+        run.put(*synthetic_file(canon, vectors, index, min(chunks_per_file, size - start), words, dim))
+    run.publish()
+
+
+def first_open(kb_dir: Path) -> dict:
+    began = time.perf_counter()
+    KnowledgeBase.open(kb_dir).corpus  # noqa: B018 - builds the postings
+    return {"index_s": time.perf_counter() - began, "index_rss_mb": peak_rss_mb()}
+
+
+def served(kb_dir: Path, queries: int = 50) -> dict:
+    began = time.perf_counter()
+    kb = KnowledgeBase.open(kb_dir)
+    kb.corpus  # noqa: B018
+    result = {"open_s": time.perf_counter() - began, "open_rss_mb": peak_rss_mb()}
+    canon = Canon(11)
+    asked = [canon.phrase(canon.rng.randint(3, 8)) for _ in range(queries + 1)]
+    latencies = {mode: [] for mode in MODES}
+    for i, question in enumerate(asked):
+        for mode in MODES[i % 3:] + MODES[:i % 3]:  # each mode goes first in turn
+            forget_recent_embeddings()
+            began = time.perf_counter()
+            kb.search(question, k=5, mode=mode)
+            latencies[mode].append(time.perf_counter() - began)
+    result.update({f"{mode}_p50_ms": median(values[1:]) * 1000 for mode, values in latencies.items()})
+    dim, vectors = model_dim(kb.store.model), np.random.default_rng(3)
+    result["visible_s"] = median([change_visible(kb, kb.store, canon, vectors, i, 100, 150, dim) for i in range(3)])
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def in_fresh_process(function, *args):
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    written = commands.add_parser("write", help="write a generated store once")
+    written.add_argument("size", type=int)
+    written.add_argument("dir", type=Path)
+    measured = commands.add_parser("measure", help="time opens, searches and a change on a copy of it")
+    measured.add_argument("dir", type=Path)
+    args = parser.parse_args()
+    if args.command == "write":
+        write(args.size, args.dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="kb-bench-store-") as tmp:
+        work = Path(tmp) / "kb"
+        shutil.copytree(args.dir, work)
+        result = in_fresh_process(first_open, work)
+        result.update(in_fresh_process(served, work))
+        again = in_fresh_process(served, work, 1)
+        result["open2_s"], result["open2_rss_mb"] = again["open_s"], again["open_rss_mb"]
+    print(json.dumps({key: round(value, 3) for key, value in result.items()}))
+    print(f"code at {revision()}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

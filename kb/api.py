@@ -171,7 +171,8 @@ class KnowledgeBase:
         self._shared.generation_read = (generation, time.monotonic(), signature)
         if self._shared.postings is None:
             self._shared.postings = Postings(index_path(store))
-        self._shared.loaded = _Loaded(generation, Corpus.load(store, self._shared.postings))
+        previous = self._shared.loaded.corpus if self._shared.loaded else None
+        self._shared.loaded = _Loaded(generation, Corpus.load(store, self._shared.postings, previous))
 
     def warm(self) -> None:
         """Open the store, load the corpus and the embedding model before the first question."""

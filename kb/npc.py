@@ -83,12 +83,13 @@ def voice_lines(corpus: Corpus, card: Card, seen: Visibility | None = None,
     line = re.compile(rf"^{re.escape(card.speaker)}:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
     speaker = card.speaker.casefold()
     examples: list[str] = []
-    for _, chunk_text, meta in corpus.chunks():
-        # the speaker test first: the limits are checked only on the NPC's own few chunks,
-        # not over the whole corpus (retrieval builds its own mask for the answer)
-        if speaker not in (s.casefold() for s in meta.get("speaker", [])) or not seen.allows(meta):
-            continue
-        for text in line.findall(chunk_text):
+    # the speaker test first: the limits are checked only on the NPC's own few chunks,
+    # not over the whole corpus (retrieval builds its own mask for the answer)
+    own = [pos for pos, meta in enumerate(corpus.metas())
+           if speaker in (s.casefold() for s in meta.get("speaker", [])) and seen.allows(meta)]
+    chunks = corpus.chunks_at(own)
+    for pos in own:
+        for text in line.findall(chunks[pos][1]):
             if text not in examples and not text.startswith("(choice)"):
                 examples.append(text)
     # spread the picks over the NPC's lines rather than taking one scene's opening

@@ -402,7 +402,11 @@ class Snapshot:
     def rows(self, columns: str):
         """``columns`` of every chunk, in position order, read one file at a time."""
         for key, _, _ in self.files:
-            yield from self._query(f"SELECT {columns} FROM chunks WHERE key = ? ORDER BY pos", (key,))
+            yield from self.file_rows(key, columns)
+
+    def file_rows(self, key: str, columns: str) -> list[tuple]:
+        """``columns`` of one file's chunks, in position order."""
+        return self._query(f"SELECT {columns} FROM chunks WHERE key = ? ORDER BY pos", (key,))
 
     def worked_out(self, ids: list[str]) -> dict[str, tuple[int, str]]:
         """What was worked out for these chunks when they were indexed, by id: their token count and their

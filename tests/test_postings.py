@@ -204,6 +204,19 @@ def test_a_search_filtered_to_a_few_chunks_reads_only_their_ids(world, monkeypat
     assert not [s for s in statements if s.startswith("SELECT id FROM chunks WHERE key")]  # every id, file by file
 
 
+def test_a_reload_reads_again_only_the_changed_files_metadata(world, monkeypatch):
+    """A filter's mask needs every chunk's metadata: a server reads it once, then only a changed file's."""
+    kb, root = world
+    assert kb.search("ferry", k=1, mode="bm25", where={"lang": "en"})[0].source == "ferry.md"
+    (root / "kilns.md").write_text("# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n", encoding="utf-8")
+    reopened(kb).ingest([str(root)])
+    reads, statements = watched_reads(monkeypatch)
+    assert kb.search("Glimmerware", k=1, mode="bm25", where={"lang": "en"})[0].source == "kilns.md"
+    read = [s for s in statements if s.startswith("SELECT meta FROM chunks")]
+    assert len(read) == 1 and file_key(root / "kilns.md") in read[0]
+    assert kb.corpus.metas() == reopened(kb).corpus.metas()
+
+
 def test_a_loaded_corpus_answers_from_its_snapshot_while_the_postings_change(world):
     """A server keeps answering from the corpus it loaded while a reload (its own or another process's)
     rewrites the postings: the snapshot sees one committed state, not a half-written one."""

@@ -20,6 +20,7 @@ from kb.extract import (
     asks_what_followed,
     choose,
     forget_analyses,
+    has_evidence,
     is_fragment,
     leans_on_previous,
     names_the_doer,
@@ -167,6 +168,15 @@ def test_an_agent_noun_names_the_doer_of_the_act_asked_about():
     assert not names_the_doer("The order came by river.", "Who poisoned Idris Callow?")
     text = "Wren saw that the cup was poisoned. The poisoner tipped reed into the cup: Nessa Vell."
     assert choose("Who poisoned the cup?", [(1, text, "")], flat, 1)[0].text.startswith("The poisoner")
+
+
+def test_a_feeling_is_read_word_by_word_as_the_case_blind_pattern_reads_it():
+    """A feeling is looked up word by word (the pattern tried at every character cost 70 µs a sentence); a word
+    outside ASCII goes to the pattern, whose case-blind match takes the long s for an s, as lower() does not."""
+    question = "How did the happy miller feel when the river rose?"
+    for sentence, held in (("She was ANGRY at last.", True), ("Glad!", True), ("sad-eyed", True),
+                           ("ſad and weary", True), ("a sad_face", False), ("The miller was happy.", False)):
+        assert has_evidence(sentence, "feeling", question) is held, sentence
 
 
 def test_the_kind_asked_for_picks_the_sentence_that_holds_it():

@@ -35,7 +35,7 @@ Nothing here is code: a file that is not our format, is corrupt, or comes from
 an older format is deleted and rebuilt from the store (11.7: the pickle it
 replaces ran whatever a writer of the cache directory put there). Opening
 checks the files rows; a damaged postings row is found only by the query that
-reads it, which fails (`ValueError`) until the file is deleted.
+reads it, which fails (ValueError or sqlite3.Error) until the file is deleted.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ TERM_IDS_KEPT = 100_000  # vocabulary ids and document frequencies remembered pe
 # Chunks (id, text, metadata) kept per corpus once read: the chunks a server's players hit again and again (an
 # NPC's few dozen) cost a SQLite read and a JSON decode per search otherwise (1.1 ms of an NPC question's ~10).
 HOT_CHUNKS = 4_096
+# Postings kept per corpus once read, by term, most recent first: a common term is a postings row per file,
+# and the few terms in most files were most of a BM25 query's rows at 100k chunks (12 bytes a posting: 24 MB).
+HOT_POSTINGS = 2_000_000
 
 
 @dataclass
@@ -113,6 +116,8 @@ class Corpus:
         self._kept_metas = previous._metas_by_file() if previous is not None and previous._metas else {}
         self._hot: OrderedDict[int, tuple[str, str, dict]] = OrderedDict()  # HOT_CHUNKS, by position
         self._hot_lock = threading.Lock()
+        self._hot_postings: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # HOT_POSTINGS
+        self._hot_postings_size = 0
 
     @classmethod
     def load(cls, store: Store, postings: Postings | None = None, previous: "Corpus | None" = None) -> "Corpus":
@@ -205,6 +210,25 @@ class Corpus:
             known.update((term, looked_up.get(term)) for term in missing)
         return {term: known[term] for term in terms}
 
+    def _postings(self, term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """These terms' postings, read from disk unless kept; the HOT_POSTINGS last read are kept."""
+        with self._hot_lock:
+            found = {term: self._hot_postings[term] for term in term_ids if term in self._hot_postings}
+            for term in found:
+                self._hot_postings.move_to_end(term)
+        missing = [term for term in term_ids if term not in found]
+        if missing:
+            read = self._snapshot.postings(missing)
+            found.update(read)
+            with self._hot_lock:
+                for term, postings in read.items():
+                    if term not in self._hot_postings:
+                        self._hot_postings[term] = postings
+                        self._hot_postings_size += len(postings[0])
+                while self._hot_postings_size > HOT_POSTINGS:
+                    self._hot_postings_size -= len(self._hot_postings.popitem(last=False)[1][0])
+        return found
+
     def worked_out(self, ids: list[str]) -> dict[str, tuple[int, str]]:
         """The token counts and sentence analyses of these chunks, as worked out when they were indexed."""
         return self._snapshot.worked_out(ids)
@@ -233,7 +257,7 @@ class Corpus:
         held = {term: found[0] for term, found in known.items() if found and found[1]}
         if not any(term in held for term in wanted):
             return []
-        postings = self._snapshot.postings(list(held.values()))
+        postings = self._postings(list(held.values()))
         scores = self.terms.scores([held[t] for t in wanted if t in held], postings)
         pairs = [held[p] for p in pairs if p in held]
         if pairs:

@@ -217,6 +217,18 @@ def test_a_reload_reads_again_only_the_changed_files_metadata(world, monkeypatch
     assert kb.corpus.metas() == reopened(kb).corpus.metas()
 
 
+def test_postings_read_again_come_from_memory_with_the_same_scores(world, monkeypatch):
+    """A corpus keeps the postings it read last: a common term is a row per file, read once per corpus."""
+    kb, _ = world
+    first = [(h.id, h.score) for h in kb.search("old Saltreach ferry herons", k=5, mode="bm25")]
+    monkeypatch.setattr(kb.corpus._snapshot, "postings", _refuse_read)
+    assert [(h.id, h.score) for h in kb.search("old Saltreach ferry herons", k=5, mode="bm25")] == first
+
+
+def _refuse_read(*args, **kwargs):
+    raise AssertionError("postings read before were read from disk again")
+
+
 def test_a_loaded_corpus_answers_from_its_snapshot_while_the_postings_change(world):
     """A server keeps answering from the corpus it loaded while a reload (its own or another process's)
     rewrites the postings: the snapshot sees one committed state, not a half-written one."""

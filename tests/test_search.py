@@ -209,6 +209,8 @@ def test_hits_read_again_come_from_memory_with_the_same_text_and_metadata(corpor
     monkeypatch.setattr(kb.corpus._snapshot, "at", _refuse_read)
     again = kb.search("Who keeps the Orrin Light?", k=8)
     assert [(h.id, h.text, h.metadata) for h in again] == [(h.id, h.text, h.metadata) for h in first]
+    again[0].metadata["source"] = "changed by one caller"
+    assert kb.search("Who keeps the Orrin Light?", k=8)[0].metadata == first[0].metadata  # not by the next
 
 
 def _refuse_read(*args, **kwargs):

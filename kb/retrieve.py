@@ -10,9 +10,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
-import threading
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +21,7 @@ from kb.filtered_dense import EXACT_MAX_CHUNKS, filtered_ranking
 from kb.lexical import query_tokens, tokens, word_pairs
 from kb.limits import requirements_met, within_limits
 from kb.postings import DAMAGE, Postings, Snapshot, index_path
+from kb.recent import Recent
 from kb.store import Store
 
 MODES = ("hybrid", "dense", "bm25")
@@ -114,10 +113,8 @@ class Corpus:
         self._metas: list[dict] | None = None
         # the previous corpus's metadata by file version, for this one's first read of it
         self._kept_metas = previous._metas_by_file() if previous is not None and previous._metas else {}
-        self._hot: OrderedDict[int, tuple[str, str, dict]] = OrderedDict()  # HOT_CHUNKS, by position
-        self._hot_lock = threading.Lock()
-        self._hot_postings: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # HOT_POSTINGS
-        self._hot_postings_size = 0
+        self._chunks_read = Recent(HOT_CHUNKS)  # (id, text, metadata) by position
+        self._postings_read = Recent(HOT_POSTINGS, weight=lambda postings: len(postings[0]))  # by term id
 
     @classmethod
     def load(cls, store: Store, postings: Postings | None = None, previous: "Corpus | None" = None) -> "Corpus":
@@ -174,20 +171,12 @@ class Corpus:
     def chunks_at(self, positions: list[int]) -> dict[int, tuple[str, str, dict]]:
         """The (id, text, metadata) of the chunks at these positions; the HOT_CHUNKS last read are kept, and
         each caller gets its own copy of a metadata dict to change (decoding it again cost 5.5 us a chunk)."""
-        with self._hot_lock:
-            found = {pos: self._hot[pos] for pos in positions if pos in self._hot}
-            for pos in found:
-                self._hot.move_to_end(pos)
-        missing = [pos for pos in positions if pos not in found]
-        if missing:
-            read = {pos: (cid, text, json.loads(meta))
-                    for pos, (cid, text, meta) in self._snapshot.at(missing, "id, text, meta").items()}
-            found.update(read)
-            with self._hot_lock:
-                self._hot.update(read)
-                while len(self._hot) > HOT_CHUNKS:
-                    self._hot.popitem(last=False)
+        found = self._chunks_read.get(positions, self._read_chunks)
         return {pos: (cid, text, dict(meta)) for pos, (cid, text, meta) in found.items()}
+
+    def _read_chunks(self, positions: list[int]) -> dict[int, tuple[str, str, dict]]:
+        return {pos: (cid, text, json.loads(meta))
+                for pos, (cid, text, meta) in self._snapshot.at(positions, "id, text, meta").items()}
 
     def ids_at(self, positions: list[int]) -> list[str]:
         """The ids of the chunks at these positions, in that order."""
@@ -213,22 +202,7 @@ class Corpus:
 
     def _postings(self, term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """These terms' postings, read from disk unless kept; the HOT_POSTINGS last read are kept."""
-        with self._hot_lock:
-            found = {term: self._hot_postings[term] for term in term_ids if term in self._hot_postings}
-            for term in found:
-                self._hot_postings.move_to_end(term)
-        missing = [term for term in term_ids if term not in found]
-        if missing:
-            read = self._snapshot.postings(missing)
-            found.update(read)
-            with self._hot_lock:
-                for term, postings in read.items():
-                    if term not in self._hot_postings:
-                        self._hot_postings[term] = postings
-                        self._hot_postings_size += len(postings[0])
-                while self._hot_postings_size > HOT_POSTINGS:
-                    self._hot_postings_size -= len(self._hot_postings.popitem(last=False)[1][0])
-        return found
+        return self._postings_read.get(term_ids, self._snapshot.postings)
 
     def worked_out(self, ids: list[str]) -> dict[str, tuple[int, str]]:
         """The token counts and sentence analyses of these chunks, as worked out when they were indexed."""

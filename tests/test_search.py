@@ -215,3 +215,19 @@ def test_hits_read_again_come_from_memory_with_the_same_text_and_metadata(corpor
 
 def _refuse_read(*args, **kwargs):
     raise AssertionError("a chunk read before was read from disk again")
+
+
+def test_recent_reads_only_what_it_does_not_keep_and_lets_the_oldest_go_by_weight():
+    from kb.recent import Recent
+
+    asked = []
+
+    def read(keys):
+        asked.append(keys)
+        return {key: "x" * key for key in keys}
+
+    kept = Recent(limit=5, weight=len)
+    assert kept.get([1, 2], read) == {1: "x", 2: "xx"}
+    assert kept.get([2, 3], read) == {2: "xx", 3: "xxx"}  # 1 + 2 + 3 > 5: 1 goes, the least recently used
+    assert kept.get([1, 2, 3], read) == {1: "x", 2: "xx", 3: "xxx"}
+    assert asked == [[1, 2], [3], [1]]

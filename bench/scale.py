@@ -127,14 +127,7 @@ def measure_size(size: int, chunks_per_file: int, words: int, queries: int, seed
         kb.corpus  # noqa: B018 - builds the postings
         index_seconds = time.perf_counter() - began
         opened = in_fresh_process(measure_open, Path(tmp) / "kb")
-        asked = [canon.phrase(canon.rng.randint(3, 8)) for _ in range(queries + 1)]
-        latencies = {mode: [] for mode in MODES}
-        for i, question in enumerate(asked):
-            for mode in MODES[i % 3:] + MODES[:i % 3]:  # each mode goes first in turn
-                forget_recent_embeddings()
-                began = time.perf_counter()
-                kb.search(question, k=5, mode=mode)
-                latencies[mode].append(time.perf_counter() - began)
+        latencies = search_latencies(kb, [canon.phrase(canon.rng.randint(3, 8)) for _ in range(queries + 1)])
         chunks = store.count()
         visible = [change_visible(kb, store, canon, vectors, index, min(chunks_per_file, size), words, dim)
                    for index in range(3)]
@@ -144,6 +137,18 @@ def measure_size(size: int, chunks_per_file: int, words: int, queries: int, seed
             "index_s": index_seconds, **opened, "visible_s": median(visible), "rss_mb": peak_rss_mb(),
             **{f"{mode}_p50": median(v) * 1000 for mode, v in timed.items()},
             **{f"{mode}_p95": percentile(v, 95) * 1000 for mode, v in timed.items()}}
+
+
+def search_latencies(kb: KnowledgeBase, asked: list[str]) -> dict[str, list[float]]:
+    """Seconds per search of each question in each mode, each mode first in turn, none embedded before."""
+    latencies = {mode: [] for mode in MODES}
+    for i, question in enumerate(asked):
+        for mode in MODES[i % 3:] + MODES[:i % 3]:
+            forget_recent_embeddings()
+            began = time.perf_counter()
+            kb.search(question, k=5, mode=mode)
+            latencies[mode].append(time.perf_counter() - began)
+    return latencies
 
 
 def measure_open(kb_dir: Path) -> dict:

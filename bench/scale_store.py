@@ -29,10 +29,9 @@ import numpy as np
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import forget_recent_embeddings, median, peak_rss_mb, revision  # noqa: E402
-from bench.scale import Canon, change_visible, synthetic_file  # noqa: E402
+from bench.common import median, peak_rss_mb, revision  # noqa: E402
+from bench.scale import Canon, change_visible, search_latencies, synthetic_file  # noqa: E402
 from kb.api import KnowledgeBase  # noqa: E402
-from kb.retrieve import MODES  # noqa: E402
 from kb.store import Store  # noqa: E402
 from kb.store.embed import model_dim  # noqa: E402
 
@@ -61,14 +60,7 @@ def served(kb_dir: Path, queries: int = 50) -> dict:
     result = {"open_s": time.perf_counter() - began, "open_rss_mb": peak_rss_mb()}
     canon = Canon(7)  # the store's vocabulary (Canon(seed) draws its own words), other phrases than its chunks
     canon.rng.seed(11)
-    asked = [canon.phrase(canon.rng.randint(3, 8)) for _ in range(queries + 1)]
-    latencies = {mode: [] for mode in MODES}
-    for i, question in enumerate(asked):
-        for mode in MODES[i % 3:] + MODES[:i % 3]:  # each mode goes first in turn
-            forget_recent_embeddings()
-            began = time.perf_counter()
-            kb.search(question, k=5, mode=mode)
-            latencies[mode].append(time.perf_counter() - began)
+    latencies = search_latencies(kb, [canon.phrase(canon.rng.randint(3, 8)) for _ in range(queries + 1)])
     result.update({f"{mode}_p50_ms": median(values[1:]) * 1000 for mode, values in latencies.items()})
     dim, vectors = model_dim(kb.store.model), np.random.default_rng(3)
     result["visible_s"] = median([change_visible(kb, kb.store, canon, vectors, i, 100, 150, dim) for i in range(3)])

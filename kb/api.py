@@ -40,6 +40,9 @@ from kb.store import Store
 from kb.sync import IngestReport, forget, ingest, stored_limit_warnings
 
 GENERATION_POLL_S = 0.1  # how long a read of the store's generation is trusted (one query of the store)
+# The longest the generation goes unread while the store's files look unchanged: a read through a long-lived
+# chromadb client can lag another process's write, and a lagging read must not be trusted for good.
+GENERATION_READ_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,8 @@ class _Shared:
         self.store: Store | None = None
         self.loaded: _Loaded | None = None
         self.cards: _Cards | None = None
-        # (generation, time.monotonic() read, the store's disk signature then)
-        self.generation_read: tuple[int, float, tuple | None] | None = None
+        # (generation, time.monotonic() checked, the store's disk signature then, time.monotonic() read)
+        self.generation_read: tuple[int, float, tuple | None, float] | None = None
         self.postings: Postings | None = None
         self.open_lock = threading.Lock()
         self.reload_lock = threading.Lock()
@@ -149,15 +152,18 @@ class KnowledgeBase:
                 self._reload(store, fresh=False)
 
     def _generation(self, store: Store) -> int:
-        """The store's generation, checked at most every GENERATION_POLL_S, and read from chromadb only
-        when the store's files changed: the read cost a server 1.2-3 ms of CPU, and under load its
-        request waited 10-140 ms on chromadb's threads (10 polls a second, in process, load 8)."""
+        """The store's generation, checked at most every GENERATION_POLL_S, and read from chromadb when the
+        store's files changed or GENERATION_READ_S passed: the read cost a server 1.2-3 ms of CPU, and under
+        load its request waited 10-140 ms on chromadb's threads (10 polls a second, in process, load 8)."""
         read = self._shared.generation_read
         now = time.monotonic()
         if read is None or now - read[1] >= GENERATION_POLL_S:
             signature = store.disk_signature()
-            unchanged = read is not None and signature is not None and signature == read[2]
-            read = self._shared.generation_read = (read[0] if unchanged else store.generation(), now, signature)
+            if (read is not None and signature is not None and signature == read[2]
+                    and now - read[3] < GENERATION_READ_S):
+                read = self._shared.generation_read = (read[0], now, signature, read[3])
+            else:
+                read = self._shared.generation_read = (store.generation(), now, signature, now)
         return read[0]
 
     def _reload(self, store: Store, fresh: bool = True) -> None:
@@ -168,7 +174,7 @@ class KnowledgeBase:
         # the generation is read first: if a write lands during the load, the next call reloads
         signature = store.disk_signature()
         generation = store.generation()
-        self._shared.generation_read = (generation, time.monotonic(), signature)
+        self._shared.generation_read = (generation, time.monotonic(), signature, time.monotonic())
         if self._shared.postings is None:
             self._shared.postings = Postings(index_path(store))
         previous = self._shared.loaded.corpus if self._shared.loaded else None

@@ -478,6 +478,7 @@ def test_a_reader_asks_chromadb_for_the_generation_only_after_the_store_files_ch
     root = canon(tmp_path / "canon")
     assert invoke("ingest", str(root), "--kb", str(kb_dir)).exit_code == 0
     monkeypatch.setattr(api, "GENERATION_POLL_S", 0.0)
+    monkeypatch.setattr(api, "GENERATION_READ_S", 3600.0)
     monkeypatch.setattr(store_module, "RECENT_WRITE_S", 0.0)
     reader = KnowledgeBase.open(kb_dir)
     assert reader.search("kestrel", mode="bm25") == []

@@ -231,3 +231,13 @@ def test_recent_reads_only_what_it_does_not_keep_and_lets_the_oldest_go_by_weigh
     assert kept.get([2, 3], read) == {2: "xx", 3: "xxx"}  # 1 + 2 + 3 > 5: 1 goes, the least recently used
     assert kept.get([1, 2, 3], read) == {1: "x", 2: "xx", 3: "xxx"}
     assert asked == [[1, 2], [3], [1]]
+
+
+def test_a_filtered_set_none_of_whose_vectors_are_stored_yet_ranks_nothing(corpora_kb, monkeypatch):
+    """A half-done write: the corpus names chunks chromadb does not hold yet; dense finds none, no error."""
+    from kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(corpora_kb)
+    kb.search("glass", mode="dense", where={"chapter": 2})  # the set's first search: chromadb's
+    monkeypatch.setattr(kb.store, "vectors", lambda ids: [])
+    assert kb.search("glass", mode="dense", where={"chapter": 2}) == []

@@ -61,9 +61,9 @@ def _vectors(store: Store, corpus, positions: np.ndarray) -> tuple[np.ndarray, n
         sets.move_to_end(key)
         if found is not SEEN_ONCE:
             return found
-    rows = store.vectors(corpus.ids_at(positions.tolist()))
-    where = corpus.positions_of([cid for cid, _ in rows])
-    stored = [(where[cid], vector) for cid, vector in rows if cid in where]
+    wanted = positions.tolist()
+    where = dict(zip(corpus.ids_at(wanted), wanted))
+    stored = [(where[cid], vector) for cid, vector in store.vectors(list(where))]
     kept = np.array([p for p, _ in stored], dtype=np.int64)
     vectors = np.array([v for _, v in stored], dtype=np.float32).reshape(len(stored), -1 if stored else 0)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ingest.cards import Card
 from ingest.meta import meta_key
@@ -45,6 +45,15 @@ GENERATION_POLL_S = 0.1  # how long a read of the store's generation is trusted 
 GENERATION_READ_S = 1.0
 
 
+class _GenerationRead(NamedTuple):
+    """The store's generation as last read, and when (time.monotonic())."""
+
+    generation: int
+    checked: float  # last compared with the store's files
+    signature: tuple | None  # the store's disk signature then (Store.disk_signature)
+    read: float  # last read from chromadb
+
+
 @dataclass(frozen=True)
 class _Loaded:
     generation: int
@@ -64,8 +73,7 @@ class _Shared:
         self.store: Store | None = None
         self.loaded: _Loaded | None = None
         self.cards: _Cards | None = None
-        # (generation, time.monotonic() checked, the store's disk signature then, time.monotonic() read)
-        self.generation_read: tuple[int, float, tuple | None, float] | None = None
+        self.generation_read: _GenerationRead | None = None
         self.postings: Postings | None = None
         self.open_lock = threading.Lock()
         self.reload_lock = threading.Lock()
@@ -155,16 +163,17 @@ class KnowledgeBase:
         """The store's generation, checked at most every GENERATION_POLL_S, and read from chromadb when the
         store's files changed or GENERATION_READ_S passed: the read cost a server 1.2-3 ms of CPU, and under
         load its request waited 10-140 ms on chromadb's threads (10 polls a second, in process, load 8)."""
-        read = self._shared.generation_read
+        last = self._shared.generation_read
         now = time.monotonic()
-        if read is None or now - read[1] >= GENERATION_POLL_S:
+        if last is None or now - last.checked >= GENERATION_POLL_S:
             signature = store.disk_signature()
-            if (read is not None and signature is not None and signature == read[2]
-                    and now - read[3] < GENERATION_READ_S):
-                read = self._shared.generation_read = (read[0], now, signature, read[3])
+            if (last is not None and signature is not None and signature == last.signature
+                    and now - last.read < GENERATION_READ_S):
+                last = last._replace(checked=now)
             else:
-                read = self._shared.generation_read = (store.generation(), now, signature, now)
-        return read[0]
+                last = _GenerationRead(store.generation(), now, signature, now)
+            self._shared.generation_read = last
+        return last.generation
 
     def _reload(self, store: Store, fresh: bool = True) -> None:
         if self._shared.loaded is not None and not store.chroma_url:
@@ -174,7 +183,8 @@ class KnowledgeBase:
         # the generation is read first: if a write lands during the load, the next call reloads
         signature = store.disk_signature()
         generation = store.generation()
-        self._shared.generation_read = (generation, time.monotonic(), signature, time.monotonic())
+        now = time.monotonic()
+        self._shared.generation_read = _GenerationRead(generation, now, signature, now)
         if self._shared.postings is None:
             self._shared.postings = Postings(index_path(store))
         previous = self._shared.loaded.corpus if self._shared.loaded else None

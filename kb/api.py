@@ -52,6 +52,7 @@ class _GenerationRead(NamedTuple):
     checked: float  # last compared with the store's files
     signature: tuple | None  # the store's disk signature then (Store.disk_signature)
     read: float  # last read from chromadb
+    moves_here: int  # the generation moves this process had made then (Store.moves_here)
 
 
 @dataclass(frozen=True)
@@ -160,18 +161,20 @@ class KnowledgeBase:
                 self._reload(store, fresh=False)
 
     def _generation(self, store: Store) -> int:
-        """The store's generation, checked at most every GENERATION_POLL_S, and read from chromadb when the
-        store's files changed or GENERATION_READ_S passed: the read cost a server 1.2-3 ms of CPU, and under
-        load its request waited 10-140 ms on chromadb's threads (10 polls a second, in process, load 8)."""
+        """The store's generation, checked at most every GENERATION_POLL_S (at once after a write by this
+        process), and read from chromadb when the store's files changed or GENERATION_READ_S passed: the read
+        cost a server 1.2-3 ms of CPU, and under load its request waited 10-140 ms on chromadb's threads
+        (10 polls a second, in process, load 8)."""
         last = self._shared.generation_read
         now = time.monotonic()
-        if last is None or now - last.checked >= GENERATION_POLL_S:
+        moves = store.moves_here()  # before the read below: a write after it is seen next call
+        if last is None or now - last.checked >= GENERATION_POLL_S or moves != last.moves_here:
             signature = store.disk_signature()
             if (last is not None and signature is not None and signature == last.signature
-                    and now - last.read < GENERATION_READ_S):
+                    and now - last.read < GENERATION_READ_S and moves == last.moves_here):
                 last = last._replace(checked=now)
             else:
-                last = _GenerationRead(store.generation(), now, signature, now)
+                last = _GenerationRead(store.generation(), now, signature, now, moves)
             self._shared.generation_read = last
         return last.generation
 
@@ -181,10 +184,10 @@ class KnowledgeBase:
             # process's own write (``fresh=False``), through the copy that write opened afresh
             store = self._shared.store = Store(self.settings.kb_dir, None, fresh=fresh)
         # the generation is read first: if a write lands during the load, the next call reloads
-        signature = store.disk_signature()
+        signature, moves = store.disk_signature(), store.moves_here()
         generation = store.generation()
         now = time.monotonic()
-        self._shared.generation_read = _GenerationRead(generation, now, signature, now)
+        self._shared.generation_read = _GenerationRead(generation, now, signature, now, moves)
         if self._shared.postings is None:
             self._shared.postings = Postings(index_path(store))
         previous = self._shared.loaded.corpus if self._shared.loaded else None

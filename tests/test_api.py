@@ -122,6 +122,17 @@ def test_forget_removes_a_file_and_the_corpus_follows(world_kb, tmp_path):
     assert "ferry.md" not in {m["source"] for m in world_kb.corpus.metas()}
 
 
+def test_a_write_by_another_handle_of_this_process_is_seen_on_the_next_call(world_kb, tmp_path, monkeypatch):
+    """The store's generation is polled, but a write made in this process needs no poll to be seen."""
+    from kb import api
+
+    monkeypatch.setattr(api, "GENERATION_POLL_S", 3600.0)  # no poll falls due during this test
+    assert world_kb.search("Glimmerware", mode="bm25") == []
+    write_world(tmp_path / "more", {"kilns.md": "# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n"})
+    KnowledgeBase.open(world_kb.settings.kb_dir, world_kb.settings).ingest([str(tmp_path / "more")])
+    assert [h.source for h in world_kb.search("Glimmerware", mode="bm25")] == ["kilns.md"]
+
+
 @pytest.mark.parametrize("value, message", [("abc", "is not a whole number"), ("0", "must be at least")])
 def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch, value, message):
     monkeypatch.setenv("KB_CHUNK_TOKENS", value)

@@ -36,6 +36,7 @@ import os
 import random
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,9 @@ MANIFEST = "manifest"
 _UNIT = [1.0]  # manifest rows need a vector; they are only ever fetched by id
 STALE_RUN_SECONDS = 900  # on a shared server, a run started longer ago and never committed was abandoned
 SNAPSHOT_TRIES = 20  # a reader reads again at most this often while publishes land under it
+# Generation moves made by this process, per store location: every KnowledgeBase of the process sees
+# its own process's write on its next call, not one poll later (kb/api.py), however fast it came.
+_moved_here: Counter[str] = Counter()
 # A store file written this recently may be written again within the same tick of the file system's
 # clock, leaving its time and size as they were: its signature is not trusted until then.
 RECENT_WRITE_S = 1.0
@@ -125,6 +129,7 @@ class Store:
         """
         self.kb_dir = Path(kb_dir)
         self.chroma_url = chroma_url
+        self._location = chroma_url or str(self.kb_dir.resolve())
         if not create and not chroma_url and not (self.kb_dir / "chroma" / "chroma.sqlite3").exists():
             # checked before chromadb runs, which would leave an empty store at a mistyped --kb
             raise Unavailable(f"no knowledge base at {self.kb_dir}; run `kb ingest PATH` first")
@@ -206,6 +211,11 @@ class Store:
         step = random.randint(1, 1 << 20)
         meta = {"kind": "state", "generation": self.generation() + step, "updated_at": time.time()}
         self.manifest.upsert(ids=["state"], embeddings=[_UNIT], metadatas=[meta])
+        _moved_here[self._location] += 1
+
+    def moves_here(self) -> int:
+        """How often this process has moved the generation of this store (at this location)."""
+        return _moved_here[self._location]
 
     def last_ingest(self) -> float | None:
         rows = self.manifest.get(ids=["state"], include=["metadatas"])

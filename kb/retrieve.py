@@ -323,9 +323,9 @@ def dense_ranking(store: Store, corpus: Corpus, query: str, depth: int,
             ranked = filtered_ranking(store, corpus, positions, query, depth)
             if ranked is not None:
                 return ranked
-        # a small set's ids are read for it; a large one's from every id, read once per corpus
-        ids = corpus.ids_at(positions.tolist()) if len(positions) <= EXACT_MAX_CHUNKS else \
-            [corpus.ids[i] for i in positions]
+            ids = corpus.ids_at(positions.tolist())  # a small set's ids are read for it
+        else:
+            ids = [corpus.ids[i] for i in positions]  # a large one's from every id, read once per corpus
     found = store.dense_query(query, depth + 10, ids)
     positions = corpus.positions_of([cid for cid, _ in found])  # rows of a half-done write are not in the corpus
     return [(positions[cid], 1.0 - float(distance)) for cid, distance in found if cid in positions][:depth]

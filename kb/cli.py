@@ -102,7 +102,13 @@ def parse_where(pairs: tuple[str, ...]) -> dict:
 
 def open_kb(kb_dir: Path | None, **overrides):
     """The knowledge base the command's --kb, --chroma-url and environment point at."""
-    from kb.api import KnowledgeBase
+    collecting = gc.isenabled()
+    gc.disable()  # importing chromadb, pydantic & co. makes objects, not garbage: collections meanwhile only cost time
+    try:
+        from kb.api import KnowledgeBase
+    finally:
+        if collecting:
+            gc.enable()
 
     return KnowledgeBase(settings_from(kb_dir, **overrides))
 

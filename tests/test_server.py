@@ -518,6 +518,13 @@ def worker_processes(parent: int) -> list[int]:
     return found
 
 
+def process_runs(pid: int) -> bool:
+    """Whether a process runs (an exited one whose parent is gone may stay a zombie, unreaped)."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
 def listening_sockets(port: int) -> int:
     """How many sockets listen on ``port`` (Linux's /proc/net/tcp; state 0A is LISTEN)."""
     rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
@@ -560,6 +567,30 @@ def test_workers_answer_on_one_port_and_each_sees_an_ingest(corpora_kb, tmp_path
         server.terminate()
         server.wait(timeout=30)
     assert all(rounds[-1]), [sum(r) for r in rounds]
+
+
+def test_workers_stop_when_their_server_is_killed(corpora_kb):
+    """SIGKILL gives `kb serve` no chance to stop its workers: they notice and free the port themselves."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", "from kb.cli import main; main()", "serve", "--kb",
+                               str(corpora_kb), "--port", str(port), "--extractive", "--workers", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while listening_sockets(port) < 2:
+            assert server.poll() is None and time.monotonic() < deadline, "kb serve --workers 2 did not start"
+            time.sleep(0.2)
+        workers = worker_processes(server.pid)
+        assert len(workers) == 2
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while listening_sockets(port) or any(map(process_runs, workers)):
+        assert time.monotonic() < deadline, f"workers left running: {workers}, {listening_sockets(port)} listening"
+        time.sleep(0.2)
 
 
 def _answers(url: str) -> bool:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
 import sys
+import threading
 
 from kb.errors import KBError
 
@@ -75,9 +77,17 @@ def _check_free(host: str, port: int) -> None:
             raise KBError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def _stop_with_parent() -> None:
+    """SIGTERM this worker when its `kb serve` process ends: killed (SIGKILL, an OOM kill), it cannot
+    stop its workers, which would go on holding the port, and a restarted server would find it taken."""
+    multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own shutdown: it closes its connections
+
+
 def _worker(host: str, port: int, app_factory: str) -> None:
     import uvicorn
 
+    threading.Thread(target=_stop_with_parent, name="kb-serve-parent-watch", daemon=True).start()
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -176,6 +176,8 @@ class KnowledgeBase:
             else:
                 last = _GenerationRead(store.generation(), now, signature, now, moves)
             self._shared.generation_read = last
+            if self._shared.loaded is not None:
+                self._shared.loaded.corpus.settle()  # once the previous corpus is let go
         return last.generation
 
     def _reload(self, store: Store, fresh: bool = True) -> None:

@@ -68,6 +68,7 @@ FULL_SCAN_FILES = 50  # more changed files than this: one paged scan of the stor
 WRITE_BATCH_CHUNKS = 5_000
 WRITE_CACHE_KB = 65_536  # the writing connection's page cache
 IN_LIMIT = 500  # values bound in one ``IN (...)``
+_STATE = "key, version, seq, chunks"  # a files row's columns that say which state a snapshot sees
 _SCHEMA = """
 CREATE TABLE files (key TEXT PRIMARY KEY, version TEXT NOT NULL, seq INTEGER NOT NULL UNIQUE,
                     chunks INTEGER NOT NULL, lengths BLOB NOT NULL, pair_lengths BLOB NOT NULL);
@@ -311,6 +312,13 @@ class Postings:
         """The postings as last committed, held for as long as the snapshot lives."""
         return Snapshot(self)
 
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the file; whether all of it was (an older snapshot may still read
+        pages the log replaced, which keeps them there)."""
+        with self._lock:
+            busy, logged, copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return busy == 0 and logged == copied
+
 
 def _tuned(db: sqlite3.Connection) -> sqlite3.Connection:
     """The writing connection's settings: a file's postings rows land all over the term-ordered table, so
@@ -336,16 +344,16 @@ class Snapshot:
     def __init__(self, postings: Postings):
         self._postings = postings  # kept alive (a temporary index is deleted with it)
         self._lock = threading.Lock()  # one connection, shared by a server's threads
-        self.db = sqlite3.connect(f"{postings.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60,
-                                  isolation_level=None, check_same_thread=False)
-        weakref.finalize(self, self.db.close)
-        self.db.execute("BEGIN")
+        self.db = self._begin()
+        self.settled = False
         self.files: list[tuple[str, str, int]] = []  # (key, version, chunks) in position order
         self.offsets: dict[int, int] = {}  # a file's seq -> the position of its first chunk
         self.starts: dict[str, int] = {}  # a file's key -> the same
+        self._state: list[tuple] = []  # its files rows' _STATE columns, to tell whether the file moved on
         lengths, pair_lengths, size = [], [], 0
         for key, version, seq, count, file_lengths, file_pair_lengths in self.db.execute(
-                "SELECT key, version, seq, chunks, lengths, pair_lengths FROM files ORDER BY seq"):
+                f"SELECT {_STATE}, lengths, pair_lengths FROM files ORDER BY seq"):
+            self._state.append((key, version, seq, count))
             lengths.append(_array(file_lengths))
             pair_lengths.append(_array(file_pair_lengths))
             if not len(lengths[-1]) == len(pair_lengths[-1]) == count:
@@ -357,6 +365,35 @@ class Snapshot:
         self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)
         self.pair_lengths = np.concatenate(pair_lengths) if pair_lengths else np.zeros(0, dtype=np.int32)
         self._firsts = np.array([self.starts[key] for key, _, _ in self.files], dtype=np.int64)
+
+    def _begin(self) -> sqlite3.Connection:
+        """A read-only connection in a read transaction, which its first read will pin to the last commit."""
+        db = sqlite3.connect(f"{self._postings.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60,
+                             isolation_level=None, check_same_thread=False)
+        weakref.finalize(self, db.close)
+        db.execute("BEGIN")
+        return db
+
+    def settle(self) -> bool:
+        """Begin this snapshot's read again once the write-ahead log is all in the file, when nothing was
+        written since: a read that begins on a fully copied log lets the next writer start the log over.
+        Held from the commit it began at, a server's snapshot kept every later write in the log, which
+        grew by each change for as long as the server ran (about 1.1 MB per changed file of 400 words).
+
+        Returns whether nothing is left to do (False: an older snapshot still reads, try later)."""
+        if self.settled:
+            return True
+        if not self._postings.checkpoint():
+            return False
+        db = self._begin()
+        if db.execute(f"SELECT {_STATE} FROM files ORDER BY seq").fetchall() == self._state:
+            with self._lock:
+                self.db, old = db, self.db
+            old.close()
+        else:  # written since: this snapshot's state is gone from the file, and the next reload settles
+            db.close()
+        self.settled = True
+        return True
 
     def _query(self, sql: str, values=()) -> list[tuple]:
         with self._lock:

@@ -136,6 +136,10 @@ class Corpus:
             postings.reset()
             return store.consistent(read)
 
+    def settle(self) -> bool:
+        """Let the postings' write-ahead log start over once no older corpus reads it (Snapshot.settle)."""
+        return self._snapshot.settle()
+
     @property
     def ids(self) -> list[str]:
         """Every chunk's id in position order, read on first use (a filtered dense search names them)."""

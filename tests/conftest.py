@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,8 +66,11 @@ def _corpora_kb(tmp_path_factory, worker_id) -> Path:
     path, done = root / "corpora" / "kb", root / "corpora" / "done"
     with FileLock(root / "corpora.lock"):
         if not done.exists():
-            result = invoke("ingest", *CORPORA_PATHS, "--kb", path)
-            assert result.exit_code == 0, result.output
+            # in a process of its own, which closes every file when it ends: tests copy this store, and a
+            # copy taken while chromadb still held it open in this process could catch a write half done
+            result = subprocess.run([sys.executable, "-c", "from kb.cli import main; main()", "ingest",
+                                     *CORPORA_PATHS, "--kb", str(path)], capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
             done.touch()
     return path
 

@@ -14,18 +14,19 @@ import json
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
-from ingest.meta import coerce
 from kb.config import Settings
 from kb.errors import KBError
 from kb.handoff import announced, answering, post, running_server
 
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.table import Table
+
+# rich (and YAML, for --where values) are imported by the commands that use them: a `kb search --json`
+# handed to a running kb serve pays only for click, kb.config and kb.handoff.
 
 
 class KBGroup(click.Group):
@@ -81,8 +82,17 @@ def settings_from(kb_dir: Path | None, **overrides) -> Settings:
     return settings
 
 
+def new_table(*columns, **options) -> Table:
+    """A rich table, rich being imported only by the commands that print one."""
+    from rich.table import Table
+
+    return Table(*columns, **options)
+
+
 def print_table(table: Table) -> None:
     """A rich table on stdout, never cut to 80 columns when stdout is a pipe or a file."""
+    from rich.console import Console
+
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
@@ -91,6 +101,8 @@ def emit_json(data) -> None:
 
 
 def parse_where(pairs: tuple[str, ...]) -> dict:
+    from ingest.meta import coerce
+
     where = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -136,10 +148,13 @@ def ingest(paths, embed_model, watching, debounce_ms, kb_dir, as_json):
             raise click.UsageError("--watch prints one line per batch; it does not take --json")
         watch_ingest(kb, list(paths), debounce_ms)
         return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     show_bar = not as_json and sys.stderr.isatty()
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      console=err, transient=True, disable=not show_bar) as progress:
+                      console=Console(stderr=True), transient=True, disable=not show_bar) as progress:
             task = progress.add_task("ingesting", total=None)
             report = kb.ingest(list(paths),
                                on_file=lambda source: progress.update(task, advance=1, description=source))
@@ -155,7 +170,7 @@ def ingest(paths, embed_model, watching, debounce_ms, kb_dir, as_json):
     if as_json:
         emit_json(report.to_json())
     else:
-        table = Table("added", "updated", "unchanged", "removed", "failed", "skipped", "chunks in store")
+        table = new_table("added", "updated", "unchanged", "removed", "failed", "skipped", "chunks in store")
         table.add_row(*(str(len(getattr(report, f))) for f in
                         ("added", "updated", "unchanged", "removed", "failed", "skipped")),
                       str(report.chunks))
@@ -196,6 +211,8 @@ def search(query, k, mode, where, kb_dir, as_json):
     if as_json:
         emit_json(reply)
         return
+    from rich.console import Console
+
     out = Console()
     if not reply["results"]:
         out.print("No matching canon.")
@@ -288,7 +305,7 @@ def status(kb_dir, as_json):
     if as_json:
         emit_json(data)
         return
-    table = Table(show_header=False)
+    table = new_table(show_header=False)
     for key, value in data.items():
         if key != "warnings":
             table.add_row(key, str(value))
@@ -328,7 +345,7 @@ def eval_answers(kb, questions, model, compare_models, retrieval, k, extractive,
     if as_json:
         emit_json({"runs": rows} if compare_models else rows[0])
         return
-    table = Table("model", "retrieval", "mode", "n", "exact match", "F1", "contains gold",
+    table = new_table("model", "retrieval", "mode", "n", "exact match", "F1", "contains gold",
                   "gold in its canon", "cites gold doc")
     for row in rows:
         table.add_row(row["model"], "on" if row["retrieval"] else "off", row["mode"], str(row["n"]),
@@ -345,7 +362,7 @@ def eval_npc(kb, npc_file, k, as_json) -> None:
         emit_json(result)
         return
     figures = [key for key in result if key != "questions"]
-    table = Table(*figures)
+    table = new_table(*figures)
     table.add_row(*("-" if result[f] is None else str(result[f]) for f in figures))
     print_table(table)
     for row in result["questions"]:
@@ -401,7 +418,7 @@ def eval_cmd(qa_file, npc_file, mode, compare, plot, answers, model, compare_mod
         emit_json(results if compare else results[mode])
         return
     metrics = list(next(iter(results.values())))
-    table = Table("mode", *metrics)
+    table = new_table("mode", *metrics)
     for m, figures in results.items():
         table.add_row(m, *(str(figures[x]) for x in metrics))
     print_table(table)
@@ -420,7 +437,7 @@ def npc_list(kb_dir, as_json):
     if as_json:
         emit_json({"npcs": [card.to_json() for card in found.values()]})
         return
-    table = Table("name", "role", "speaker", "knows")
+    table = new_table("name", "role", "speaker", "knows")
     for card in found.values():
         table.add_row(card.name, card.role, card.speaker, json.dumps(card.knows) if card.knows else "everything")
     print_table(table)
@@ -469,6 +486,8 @@ def npc_ask(name, question, k, model, base_url, extractive, no_retrieval, state_
               help="Knowledge base directory [default: $KB_DIR or ./.kb].")
 def npc_chat(name, k, model, base_url, extractive, no_retrieval, state_pairs, kb_dir):
     """Talk with NAME, a line at a time (stdin works too); /state KEY=VALUE, /state, /quit."""
+    from rich.console import Console
+
     from kb.chat import chat_loop
     from kb.gamestate import state_from_pairs
 
@@ -682,7 +701,7 @@ def finetune_list(limit, base_url, kb_dir, as_json):
     if as_json:
         emit_json({"jobs": found})
         return
-    table = Table("id", "status", "model", "fine_tuned_model", "created")
+    table = new_table("id", "status", "model", "fine_tuned_model", "created")
     for job in found:
         created = datetime.datetime.fromtimestamp(job["created_at"] or 0).isoformat(timespec="minutes")
         table.add_row(job["id"], job["status"], job["model"], job["fine_tuned_model"] or "", created)

@@ -19,6 +19,7 @@ opens a new snapshot while the others keep answering from the previous one.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ GENERATION_POLL_S = 0.1  # how long a read of the store's generation is trusted 
 # The longest the generation goes unread while the store's files look unchanged: a read through a long-lived
 # chromadb client can lag another process's write, and a lagging read must not be trusted for good.
 GENERATION_READ_S = 1.0
+RELOAD_RETRY_S = 1.0  # after a reload failed, how long the corpus loaded before answers until the next try
+
+log = logging.getLogger("kb")
 
 
 class _GenerationRead(NamedTuple):
@@ -73,6 +77,7 @@ class _Shared:
     def __init__(self):
         self.store: Store | None = None
         self.loaded: _Loaded | None = None
+        self.retry_at = 0.0  # time.monotonic() before which a failed reload is not tried again
         self.cards: _Cards | None = None
         self.generation_read: _GenerationRead | None = None
         self.postings: Postings | None = None
@@ -146,10 +151,24 @@ class KnowledgeBase:
             return shared.loaded.corpus
         if shared.reload_lock.acquire(blocking=False):
             try:
-                self._reload(store)
+                self._reload_or_keep(store)
             finally:
                 shared.reload_lock.release()
         return shared.loaded.corpus
+
+    def _reload_or_keep(self, store: Store) -> None:
+        """Load the store's new generation; if that fails (a store file caught mid-write, a damaged
+        index), go on answering from the corpus loaded before and try again RELOAD_RETRY_S later, rather
+        than failing every request until the store is readable again."""
+        shared = self._shared
+        if time.monotonic() < shared.retry_at:
+            return
+        try:
+            self._reload(store)
+        except Exception as exc:  # whatever failed, the canon loaded before can still answer
+            shared.retry_at = time.monotonic() + RELOAD_RETRY_S
+            log.warning("answering from the canon loaded before: loading the store's new state failed (%s: %s)",
+                        type(exc).__name__, exc)
 
     def refresh(self) -> None:
         """Load the current generation now, after this process's ingest or forget, so its canon is

@@ -116,6 +116,27 @@ def test_status_counts_what_was_ingested(world_kb):
     assert status["chunks"] == len(world_kb.corpus.ids) == 3
 
 
+def test_a_reload_that_fails_keeps_answering_from_the_canon_loaded_before(world_kb, tmp_path, monkeypatch, caplog):
+    """A server whose reload fails (a store caught mid-write) answers from what it had, then tries again."""
+    from kb.retrieve import Corpus
+
+    assert [h.source for h in world_kb.search("ferry", k=1, mode="bm25")] == ["ferry.md"]
+    load = Corpus.load
+    monkeypatch.setattr(Corpus, "load", classmethod(_torn))
+    write_world(tmp_path / "more", {"kilns.md": "# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n"})
+    KnowledgeBase.open(world_kb.settings.kb_dir, world_kb.settings).ingest([str(tmp_path / "more")])
+    assert [h.source for h in world_kb.search("ferry", k=1, mode="bm25")] == ["ferry.md"]
+    assert world_kb.search("Glimmerware", mode="bm25") == []
+    assert "loading the store's new state failed (OSError: torn file)" in caplog.text
+    monkeypatch.setattr(Corpus, "load", load)
+    monkeypatch.setattr(world_kb._shared, "retry_at", 0.0)  # RELOAD_RETRY_S is over
+    assert [h.source for h in world_kb.search("Glimmerware", mode="bm25")] == ["kilns.md"]
+
+
+def _torn(cls, *args):
+    raise OSError("torn file")
+
+
 def test_forget_removes_a_file_and_the_corpus_follows(world_kb, tmp_path):
     world_kb.corpus  # noqa: B018 - loaded before, so forget must refresh it
     assert world_kb.forget([str(tmp_path / "world" / "ferry.md")]) == ["ferry.md"]

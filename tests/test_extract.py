@@ -239,6 +239,16 @@ def test_a_question_about_a_feeling_picks_the_sentence_that_names_one():
     assert choose("How did the cook feel about the king's supper?", [(1, text, "")], flat, 1)[0].text.startswith("Afterwards")
 
 
+def test_what_happened_and_how_did_x_feel_ask_and_are_not_content():
+    # the answer to "What happened when …?" seldom says "happened", nor the one to "How did X feel?" "feel"
+    assert "happen" not in question_terms("What happened when the tide turned?", flat)
+    assert "feel" not in question_terms("How did the smith feel when the bell cracked?", flat)
+    assert "feel" in question_terms("What did the smith feel in the dark?", flat)  # not a feeling asked for
+    text = ("The smith reached up to feel the great bell of the tower. Then the bell cracked in the frost. "
+            "The smith was afraid and sat down in the snow.")
+    assert choose("How did the smith feel?", [(1, text, "")], flat, 1)[0].text.startswith("The smith was afraid")
+
+
 def test_chinese_words_for_the_same_thing_count_as_the_question_word():
     text = "潮港史官林远，字子文，生于潮港东城。林远一生著述甚多，晚年隐居山中。卒于潮汐历二百零三年。"
     assert choose("林远是在什么时候去世的？", [(1, text, "")], flat, 1)[0].text == "卒于潮汐历二百零三年。"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +33,9 @@ def session(tmp_path: Path, *args, calls):
     """Spawn `kb mcp ARGS`, initialize a ClientSession, run ``await calls(session)`` and return its result."""
 
     async def run():
-        params = StdioServerParameters(command=KB_COMMAND, args=["mcp", *map(str, args)], cwd=str(tmp_path))
+        # The SDK passes a desktop client's few variables; the model cache stays in the run's folder (conftest.py).
+        params = StdioServerParameters(command=KB_COMMAND, args=["mcp", *map(str, args)], cwd=str(tmp_path),
+                                       env={"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]})
         with open(tmp_path / "mcp-stderr.log", "w") as errlog:
             async with stdio_client(params, errlog=errlog) as (read, write):
                 async with ClientSession(read, write) as client:

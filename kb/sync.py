@@ -61,9 +61,11 @@ def _read(path: Path, limit_mb: int, source: str) -> bytes:
         raise IngestError(f"cannot read file: {exc.strerror}", source) from None
 
 
-def _store_file(store: Store, run: Run, found, data: bytes, digest: str, settings: Settings) -> int:
+def _store_file(store: Store, run: Run, found, data: bytes, digest: str, settings: Settings,
+                earlier: FileRecord | None) -> int:
     """Parse and chunk one file in the bounded worker (kb/parse_worker.py), embed it and stage it in the run
-    (or restage the version an interrupted run staged whole); return its chunk count."""
+    (or restage the version an interrupted run staged whole); return its chunk count. ``earlier``: the
+    version stored now, whose vectors the passages it shares keep."""
     key = file_key(found.path)
     record = FileRecord(key=key, path=str(found.path), source=found.source, root=str(found.root),
                         hash=digest, kind=found.kind, chunks=0, ingested_at=time.time())
@@ -84,10 +86,27 @@ def _store_file(store: Store, run: Run, found, data: bytes, digest: str, setting
     for chunk in chunks:
         chunk.meta["ingested_at"] = record.ingested_at
     record.non_numbers = non_numbers(c.meta for c in chunks)
-    embeddings = store.embed_passages([passage_text(c.text, c.meta) for c in chunks])
+    embeddings = _vectors(store, [passage_text(c.text, c.meta) for c in chunks], earlier)
     record.chunks = len(chunks)
     run.put(record, [c.id for c in chunks], [c.text for c in chunks], [c.meta for c in chunks], embeddings)
     return len(chunks)
+
+
+def _vectors(store: Store, passages: list[str], earlier: FileRecord | None) -> list:
+    """Each passage's vector: the one the file's stored version holds for the same passage, else embedded now.
+
+    A loc table is one file: one row edited in 200,000 would otherwise embed them all again.
+    """
+    wanted, vectors = set(passages), {}
+    if earlier is not None:
+        for text, meta, vector in store.file_vectors(earlier.key, earlier.hash):
+            passage = passage_text(text, meta)
+            if passage in wanted:
+                vectors[passage] = vector
+    missing = [passage for passage in passages if passage not in vectors]
+    if missing:
+        vectors.update(zip(missing, store.embed_passages(missing)))
+    return [vectors[passage] for passage in passages]
 
 
 def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
@@ -118,7 +137,7 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
                 if old and old.hash == digest:
                     report.unchanged.append(item.source)
                 else:
-                    _store_file(store, run, item, data, digest, settings)
+                    _store_file(store, run, item, data, digest, settings, old)
                     (report.updated if old else report.added).append(item.source)
             except NothingToIndex as exc:  # a text-free file is a note, not a failure
                 if old:

@@ -31,6 +31,7 @@ at the same time (run one ingest job per folder, e.g. from CI).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -344,6 +345,16 @@ class Store:
         rows = self.canon.get(where={"$and": [{"file_key": key}, {"file_hash": file_hash}]},
                               include=["documents", "metadatas"])
         return rows["ids"], rows["documents"], rows["metadatas"]
+
+    def file_vectors(self, key: str, file_hash: str, batch: int = 5000):
+        """One stored file version's chunks as (text, metadata, vector), a page at a time."""
+        where = {"$and": [{"file_key": key}, {"file_hash": file_hash}]}
+        for offset in itertools.count(0, batch):
+            rows = self.canon.get(where=where, limit=batch, offset=offset,
+                                  include=["documents", "metadatas", "embeddings"])
+            yield from zip(rows["documents"], rows["metadatas"], rows["embeddings"])
+            if len(rows["ids"]) < batch:
+                return
 
     def dense_query(self, query: str, n: int, ids: list[str] | None = None):
         """Nearest chunks to a query by embedding: a list of (id, distance)."""

@@ -218,7 +218,7 @@ def in_fresh_process(function, *args):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000,10000,100000", help="chunk counts [1000,10000,100000]")
+    parser.add_argument("--sizes", default="1000,10000,100000", help="chunk counts ('' for none: the loc table alone) [1000,10000,100000]")
     parser.add_argument("--queries", type=int, default=50, help="timed searches per mode and size [50]")
     parser.add_argument("--chunks-per-file", type=int, default=100, help="chunks per generated file [100]")
     parser.add_argument("--words", type=int, default=150, help="words per generated chunk (~200 tokens) [150]")
@@ -238,23 +238,24 @@ def main() -> None:
         print(f"  ingesting a {args.loc_rows}-key loc table with the real model ...", file=sys.stderr)
         loc = in_fresh_process(measure_loc_ingest, args.loc_rows, args.seed)
 
-    table = Table(title=f"Store and search at scale: generated chunks in files of {args.chunks_per_file}, "
-                        f"random {rows[0]['dim']}-d unit vectors in place of embeddings")
-    columns = ["chunks", "store chunks/s", "disk MB", "peak RSS MB", "index s", "open s", "open RSS MB",
-               "change visible s"]
-    columns += [f"{mode} p50/p95 ms" for mode in MODES]
-    for column in columns:
-        table.add_column(column, justify="right")
-    for r in rows:
-        table.add_row(f"{r['chunks']:,}", f"{r['ingest_rate']:.0f}", f"{r['size_mb']:.0f}", f"{r['rss_mb']:.0f}",
-                      f"{r['index_s']:.1f}", f"{r['open_s']:.2f}", f"{r['open_rss_mb']:.0f}",
-                      f"{r['visible_s']:.2f}", *(f"{r[f'{m}_p50']:.1f} / {r[f'{m}_p95']:.1f}" for m in MODES))
     console = Console(width=160)
-    console.print(table)
-    console.print(f"searches: {args.queries} per mode and size after one untimed, -k 5, modes interleaved, "
-                  f"each query embedded by the real model ({rows[0]['model']}); index s: the first open, which "
-                  "builds the BM25 postings; open s: a new process's open with them on disk; change visible s: "
-                  "a running KnowledgeBase's first search after another writer replaced one file (median of 3)")
+    if rows:  # --sizes '' measures the loc table alone
+        table = Table(title=f"Store and search at scale: generated chunks in files of {args.chunks_per_file}, "
+                            f"random {rows[0]['dim']}-d unit vectors in place of embeddings")
+        columns = ["chunks", "store chunks/s", "disk MB", "peak RSS MB", "index s", "open s", "open RSS MB",
+                   "change visible s"]
+        columns += [f"{mode} p50/p95 ms" for mode in MODES]
+        for column in columns:
+            table.add_column(column, justify="right")
+        for r in rows:
+            table.add_row(f"{r['chunks']:,}", f"{r['ingest_rate']:.0f}", f"{r['size_mb']:.0f}", f"{r['rss_mb']:.0f}",
+                          f"{r['index_s']:.1f}", f"{r['open_s']:.2f}", f"{r['open_rss_mb']:.0f}",
+                          f"{r['visible_s']:.2f}", *(f"{r[f'{m}_p50']:.1f} / {r[f'{m}_p95']:.1f}" for m in MODES))
+        console.print(table)
+        console.print(f"searches: {args.queries} per mode and size after one untimed, -k 5, modes interleaved, "
+                      f"each query embedded by the real model ({rows[0]['model']}); index s: the first open, which "
+                      "builds the BM25 postings; open s: a new process's open with them on disk; change visible s: "
+                      "a running KnowledgeBase's first search after another writer replaced one file (median of 3)")
     if loc:
         console.print(f"loc table ingest with the real model: {loc['rows']} rows in {loc['seconds']:.0f} s = "
                       f"{loc['rate']:.1f} rows/s (parse, embed, store); {loc['cpu_rate']:.1f} rows per CPU second of "

@@ -41,8 +41,9 @@ from kb.store import Store
 from kb.sync import IngestReport, forget, ingest, stored_limit_warnings
 
 GENERATION_POLL_S = 0.1  # how long a read of the store's generation is trusted (one query of the store)
-# The longest the generation goes unread while the store's files look unchanged: a read through a long-lived
-# chromadb client can lag another process's write, and a lagging read must not be trusted for good.
+# The longest the generation goes unread while the store's files look unchanged: a safety net, should a write
+# ever leave the files' signature as it was. (Suspected once, a long-lived chromadb client reading behind
+# another process's write was not seen: 40 of 40 first reads after an upsert were current.)
 GENERATION_READ_S = 1.0
 RELOAD_RETRY_S = 1.0  # after a reload failed, how long the corpus loaded before answers until the next try
 

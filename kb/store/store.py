@@ -115,6 +115,11 @@ def _client(kb_dir: Path, chroma_url: str | None, fresh: bool = False):
         raise KBError(f"cannot open the knowledge base at {kb_dir}: {exc}") from None
 
 
+def _version(key: str, file_hash: str) -> dict:
+    """The chromadb filter for one file version's chunks."""
+    return {"$and": [{"file_key": key}, {"file_hash": file_hash}]}
+
+
 class Store:
     """A knowledge base: chunks with embeddings, plus the manifest that makes ingest incremental."""
 
@@ -266,7 +271,7 @@ class Store:
         for meta in staged:
             record = published.get(meta["key"])
             if not meta["removed"] and (record is None or record.hash != meta["hash"]):
-                self.canon.delete(where={"$and": [{"file_key": meta["key"]}, {"file_hash": meta["hash"]}]})
+                self.canon.delete(where=_version(meta["key"], meta["hash"]))
         self.manifest.delete(ids=[f"run:{run}"] + [f"staged:{run}:{m['key']}" for m in staged])
 
     def repair(self, stale_after: float | None = None, abandon: bool = True) -> int:
@@ -342,15 +347,13 @@ class Store:
 
     def file_chunks(self, key: str, file_hash: str) -> tuple[list[str], list[str], list[dict]]:
         """One file version's chunks as (ids, texts, metadatas), for an index that follows the store."""
-        rows = self.canon.get(where={"$and": [{"file_key": key}, {"file_hash": file_hash}]},
-                              include=["documents", "metadatas"])
+        rows = self.canon.get(where=_version(key, file_hash), include=["documents", "metadatas"])
         return rows["ids"], rows["documents"], rows["metadatas"]
 
     def file_vectors(self, key: str, file_hash: str, batch: int = 5000):
         """One stored file version's chunks as (text, metadata, vector), a page at a time."""
-        where = {"$and": [{"file_key": key}, {"file_hash": file_hash}]}
         for offset in itertools.count(0, batch):
-            rows = self.canon.get(where=where, limit=batch, offset=offset,
+            rows = self.canon.get(where=_version(key, file_hash), limit=batch, offset=offset,
                                   include=["documents", "metadatas", "embeddings"])
             yield from zip(rows["documents"], rows["metadatas"], rows["embeddings"])
             if len(rows["ids"]) < batch:
@@ -430,7 +433,7 @@ class Run:
         earlier = [meta for meta in rows["metadatas"] if meta["run"] != self.id]
         if not earlier:
             return None
-        stored = len(store.canon.get(where={"$and": [{"file_key": key}, {"file_hash": digest}]}, include=[])["ids"])
+        stored = len(store.canon.get(where=_version(key, digest), include=[])["ids"])
         for meta in earlier:
             if stored == meta["chunks"]:
                 self._stage({k: v for k, v in meta.items() if k not in ("kind", "run", "staged_at")})

@@ -345,7 +345,7 @@ class Snapshot:
         self._postings = postings  # kept alive (a temporary index is deleted with it)
         self._lock = threading.Lock()  # one connection, shared by a server's threads
         self.db = self._begin()
-        self.settled = False
+        self._settled = False
         self.files: list[tuple[str, str, int]] = []  # (key, version, chunks) in position order
         self.offsets: dict[int, int] = {}  # a file's seq -> the position of its first chunk
         self.starts: dict[str, int] = {}  # a file's key -> the same
@@ -374,17 +374,14 @@ class Snapshot:
         db.execute("BEGIN")
         return db
 
-    def settle(self) -> bool:
+    def settle(self) -> None:
         """Begin this snapshot's read again once the write-ahead log is all in the file, when nothing was
         written since: a read that begins on a fully copied log lets the next writer start the log over.
         Held from the commit it began at, a server's snapshot kept every later write in the log, which
         grew by each change for as long as the server ran (about 1.1 MB per changed file of 400 words).
-
-        Returns whether nothing is left to do (False: an older snapshot still reads, try later)."""
-        if self.settled:
-            return True
-        if not self._postings.checkpoint():
-            return False
+        While an older snapshot still reads, the log cannot all be copied: a later call tries again."""
+        if self._settled or not self._postings.checkpoint():
+            return
         db = self._begin()
         if db.execute(f"SELECT {_STATE} FROM files ORDER BY seq").fetchall() == self._state:
             with self._lock:
@@ -392,8 +389,7 @@ class Snapshot:
             old.close()
         else:  # written since: this snapshot's state is gone from the file, and the next reload settles
             db.close()
-        self.settled = True
-        return True
+        self._settled = True
 
     def _query(self, sql: str, values=()) -> list[tuple]:
         with self._lock:

@@ -136,9 +136,9 @@ class Corpus:
             postings.reset()
             return store.consistent(read)
 
-    def settle(self) -> bool:
+    def settle(self) -> None:
         """Let the postings' write-ahead log start over once no older corpus reads it (Snapshot.settle)."""
-        return self._snapshot.settle()
+        self._snapshot.settle()
 
     @property
     def ids(self) -> list[str]:

@@ -87,7 +87,7 @@ USE_BLAS_THREADS = 1
 # Threads that share one call's passages (an ingest's batches), each with its own BLAS thread: they do not
 # spin-wait as BLAS threads do, and the model's products release the GIL. A share is at least
 # SHARE_CHARACTERS of text (about 500 tokens, some 20 ms of model time), so a question stays in its thread.
-EMBED_THREADS = len(os.sched_getaffinity(0))
+EMBED_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # Linux: this process's cores
 SHARE_CHARACTERS = 2000
 
 

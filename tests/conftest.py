@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from filelock import FileLock
 
+import kb.api
 from kb.cli import cli
 from tests.fake_openai import FakeOpenAI
 
@@ -26,6 +27,13 @@ def clean_env(monkeypatch):
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "KB_DIR", "KB_CHROMA_URL", "KB_EMBED_MODEL",
                  "KB_MODEL", "KB_API_TOKEN", "KB_NPC_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def reloads_awaited(monkeypatch):
+    """A search that finds the store changed waits for the new canon, as it does for a small store on a
+    quiet machine; tests/test_api.py checks the reload that goes on behind searches."""
+    monkeypatch.setattr(kb.api, "RELOAD_WAIT_S", 60.0)
 
 
 @pytest.fixture

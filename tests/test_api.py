@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import kb as public
+import kb.api as api
 from ingest.tokens import count_tokens
 from kb import ConfigError, KnowledgeBase, NotFound, RetrievalConfig, Settings, Unavailable
 from kb.context import FENCE_TOKENS, pack
@@ -135,6 +137,23 @@ def test_a_reload_that_fails_keeps_answering_from_the_canon_loaded_before(world_
 
 def _torn(cls, *args):
     raise OSError("torn file")
+
+
+def test_a_slow_reload_goes_on_behind_searches_that_answer_from_the_canon_before(world_kb, tmp_path, monkeypatch):
+    """Opening a million-chunk store afresh takes seconds: a search waits RELOAD_WAIT_S for it, no longer."""
+    from kb.retrieve import Corpus
+
+    monkeypatch.setattr(api, "RELOAD_WAIT_S", 0.05)
+    assert [h.source for h in world_kb.search("ferry", k=1, mode="bm25")] == ["ferry.md"]
+    release, load = threading.Event(), Corpus.load
+    monkeypatch.setattr(Corpus, "load", classmethod(lambda cls, *args: (release.wait(10), load(*args))[1]))
+    write_world(tmp_path / "more", {"kilns.md": "# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n"})
+    KnowledgeBase.open(world_kb.settings.kb_dir, world_kb.settings).ingest([str(tmp_path / "more")])
+    assert world_kb.search("Glimmerware", mode="bm25") == []  # the reload waits on ``release``
+    reloading = world_kb._shared.reloading
+    release.set()
+    assert reloading is not None and reloading.wait(10)
+    assert [h.source for h in world_kb.search("Glimmerware", mode="bm25")] == ["kilns.md"]
 
 
 def test_forget_removes_a_file_and_the_corpus_follows(world_kb, tmp_path):

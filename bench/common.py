@@ -81,6 +81,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
 
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux's VmRSS; 0 where /proc has none)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def forget_recent_embeddings() -> None:
     """Empty the embedder's in-process cache of recent vectors, so a timed call pays for its embeddings.
 

@@ -14,7 +14,8 @@ index); searches per mode (--queries after one untimed, modes interleaved,
 each query embedded by the real model); and three one-row edits, each
 ingested by `kb ingest` in another process while this one holds the store
 open: the seconds from that process's exit to a hybrid search here finding
-the edit, and the longest search meanwhile. Peak RSS (VmHWM) of the serving process.
+the edit, and the longest search meanwhile. Peak RSS (VmHWM) of the serving
+process, and its resident memory 5 s after the last edit was found.
 
     python bench/loc_scale.py write 1000000 /tmp/loc-1m
     python bench/loc_scale.py measure /tmp/loc-1m
@@ -34,7 +35,7 @@ from pathlib import Path
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import machine, median, peak_rss_mb, revision  # noqa: E402
+from bench.common import machine, median, peak_rss_mb, revision, rss_mb  # noqa: E402
 from bench.scale import Canon, loc_table, search_latencies  # noqa: E402
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.store.embed import LoreEmbedding  # noqa: E402
@@ -107,6 +108,8 @@ def served(out: Path, queries: int) -> dict:
     seen, ingests, longest = zip(*(edit_seen(kb, out) for _ in range(3)))
     result.update({"visible_s": median(seen), "visible_max_s": max(seen), "longest_search_s": median(longest),
                    "edit_ingest_s": median(ingests), "peak_rss_mb": peak_rss_mb()})
+    time.sleep(5)  # a reload still loading behind the last search ends
+    result["rss_after_mb"] = rss_mb()
     return result
 
 

@@ -159,16 +159,20 @@ class KnowledgeBase:
                     self._reload(store)
             return shared.loaded.corpus
         if time.monotonic() >= shared.retry_at:
-            self._reload_behind().wait(RELOAD_WAIT_S)
+            started = self._reload_behind()
+            if started is not None:  # searches that come while it loads answer from the corpus before at once
+                started.wait(RELOAD_WAIT_S)
         return shared.loaded.corpus
 
-    def _reload_behind(self) -> threading.Event:
-        """Start loading the store's new generation in a thread of its own, unless one is; set when it ends."""
+    def _reload_behind(self) -> threading.Event | None:
+        """Start loading the store's new generation in a thread of its own, unless one is: the Event set when
+        it ends, or None when one was running already."""
         shared = self._shared
         with shared.open_lock:
-            if shared.reloading is None:
-                shared.reloading = threading.Event()
-                threading.Thread(target=self._reload_or_keep, args=(shared.reloading,), name="kb-reload").start()
+            if shared.reloading is not None:
+                return None
+            shared.reloading = threading.Event()
+            threading.Thread(target=self._reload_or_keep, args=(shared.reloading,), name="kb-reload").start()
             return shared.reloading
 
     def _reload_or_keep(self, done: threading.Event) -> None:

@@ -19,6 +19,7 @@ opens a new snapshot while the others keep answering from the previous one.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -50,6 +51,9 @@ RELOAD_RETRY_S = 1.0  # after a reload failed, how long the corpus loaded before
 # before: a small store's reload is done by then; a large one's goes on behind (at a million chunks, opening
 # the store afresh loads its vector index whole, seconds, and a server's every search waited on it).
 RELOAD_WAIT_S = 0.5
+# After a reload replaced the open store, when to collect it: chromadb's objects hold one another in cycles, so
+# its vector index (2.7 GB at a million chunks) waited for a full collection; by then searches begun on it ended.
+FREE_REPLACED_S = 2.0
 
 log = logging.getLogger("kb")
 
@@ -237,7 +241,12 @@ class KnowledgeBase:
             self._shared.postings = Postings(index_path(store))
         previous = self._shared.loaded.corpus if self._shared.loaded else None
         corpus = Corpus.load(store, self._shared.postings, previous)
-        self._shared.store, self._shared.loaded = store, _Loaded(generation, corpus)
+        replaced, self._shared.store = self._shared.store, store
+        self._shared.loaded = _Loaded(generation, corpus)
+        if replaced is not None and replaced is not store:
+            collect = threading.Timer(FREE_REPLACED_S, gc.collect)
+            collect.daemon = True
+            collect.start()
 
     def warm(self) -> None:
         """Open the store, load the corpus and the embedding model before the first question."""

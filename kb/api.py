@@ -11,9 +11,11 @@
 
 A KnowledgeBase is safe to share between threads. It opens its store on first
 use and keeps one corpus (a snapshot of the BM25 postings on disk, read per
-query) per store generation: when an ingest moves the generation, one thread
-brings the postings up to date (kb/postings.py: only the changed files) and
-opens a new snapshot while the others keep answering from the previous one.
+query) per store generation: when an ingest moves the generation, a thread of
+its own brings the postings up to date (kb/postings.py: only the changed files),
+opens a new snapshot (and, after another process's write, the store afresh)
+while searches keep answering from the previous one; the search that noticed
+waits RELOAD_WAIT_S for it.
 """
 
 from __future__ import annotations

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +60,12 @@ def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (nearest rank) of some timings."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def in_fresh_process(function, *args):
+    """``function(*args)`` in a new spawned process: its own peak RSS, nothing loaded before it."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
 
 
 def median(values: list[float]) -> float:

@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import machine, median, peak_rss_mb, revision, rss_mb  # noqa: E402
+from bench.common import in_fresh_process, machine, median, peak_rss_mb, revision, rss_mb  # noqa: E402
 from bench.scale import Canon, loc_table, search_latencies  # noqa: E402
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.store.embed import LoreEmbedding  # noqa: E402
@@ -137,11 +135,6 @@ def edit_seen(kb: KnowledgeBase, out: Path) -> tuple[float, float, float]:
         if time.perf_counter() - ingested > 300:
             sys.exit(f"the edit to {table.name} was not found in 300 s")
         time.sleep(0.02)
-
-
-def in_fresh_process(function, *args):
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 def main() -> None:

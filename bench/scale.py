@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import multiprocessing
 import random
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +42,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import (  # noqa: E402
     forget_recent_embeddings,
+    in_fresh_process,
     machine,
     median,
     peak_rss_mb,
@@ -208,11 +207,6 @@ def measure_loc_ingest(rows: int, seed: int) -> dict:
         edited = time.perf_counter() - began
     return {"rows": report.chunks, "seconds": seconds, "rate": report.chunks / seconds, "cpu_rate": report.chunks / cpu,
             "edited_s": edited}
-
-
-def in_fresh_process(function, *args):
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 def main() -> None:

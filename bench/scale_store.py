@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ import numpy as np
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import median, peak_rss_mb, revision  # noqa: E402
+from bench.common import in_fresh_process, median, peak_rss_mb, revision  # noqa: E402
 from bench.scale import Canon, change_visible, search_latencies, synthetic_file  # noqa: E402
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.store import Store  # noqa: E402
@@ -66,11 +64,6 @@ def served(kb_dir: Path, queries: int = 50) -> dict:
     result["visible_s"] = median([change_visible(kb, kb.store, canon, vectors, i, 100, 150, dim) for i in range(3)])
     result["peak_rss_mb"] = peak_rss_mb()
     return result
-
-
-def in_fresh_process(function, *args):
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 def main() -> None:

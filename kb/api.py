@@ -243,7 +243,7 @@ class KnowledgeBase:
             self._shared.postings = Postings(index_path(store))
         previous = self._shared.loaded.corpus if self._shared.loaded else None
         corpus = Corpus.load(store, self._shared.postings, previous)
-        replaced, self._shared.store = self._shared.store, store
+        replaced, self._shared.store = self._shared.store, store  # before the corpus: searches read them the other way
         self._shared.loaded = _Loaded(generation, corpus)
         if replaced is not None and replaced is not store:
             collect = threading.Timer(FREE_REPLACED_S, gc.collect)
@@ -305,7 +305,8 @@ class KnowledgeBase:
             Unavailable: there is no knowledge base there.
         """
         where = {meta_key(key): value for key, value in where.items()} if where else where
-        return search(self.store, self.corpus, query, k=k, mode=mode, where=where, limits=limits,
+        corpus = self.corpus  # first: a reload replaces the store before the corpus, never after
+        return search(self.store, corpus, query, k=k, mode=mode, where=where, limits=limits,
                       config=self.settings.retrieval, flags=flags, strict=strict)
 
     def ask(self, question: str, *, k: int = 5, extractive: bool = False, model: str | None = None,

@@ -178,6 +178,17 @@ def test_the_store_a_reload_replaced_is_freed_with_its_vector_index(world_kb, tm
     assert replaced() is None
 
 
+def test_a_search_after_another_writer_filled_an_empty_store_uses_the_store_its_corpus_came_through(
+        tmp_path, fake_embedder):
+    """A chromadb client that queried an empty collection fails once another process has added to it; the search
+    that noticed the change read the store before the reload replaced it, and failed with it."""
+    kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
+    assert kb.ingest([str(write_world(tmp_path / "empty", {"blank.md": "\n"}))]).chunks == 0
+    assert kb.search("ferry", mode="dense") == []
+    KnowledgeBase.open(kb.settings.kb_dir, kb.settings).ingest([str(write_world(tmp_path / "world"))])
+    assert "ferry.md" in [h.source for h in kb.search("ferry to Saltreach", mode="dense")]
+
+
 def test_forget_removes_a_file_and_the_corpus_follows(world_kb, tmp_path):
     world_kb.corpus  # noqa: B018 - loaded before, so forget must refresh it
     assert world_kb.forget([str(tmp_path / "world" / "ferry.md")]) == ["ferry.md"]

@@ -42,23 +42,23 @@ LANGUAGES = 5  # loc_table's columns after the key
 KB = Path(sys.executable).parent / "kb"
 
 
-def tables(rows: int, rows_per_file: int, folder: Path) -> list[Path]:
-    """The generated tables under ``folder``, written unless there already."""
+def tables(rows: int, rows_per_file: int, folder: Path) -> dict[str, int]:
+    """The generated tables under ``folder`` (written unless there already): their rows, by file name."""
     folder.mkdir(parents=True, exist_ok=True)
-    canon, paths = Canon(7), []
+    canon, written = Canon(7), {}
     for index, start in enumerate(range(0, rows, rows_per_file)):
         path = folder / f"area-{index:04d}.csv"
+        keys = min(rows_per_file, rows - start) // LANGUAGES
         if not path.exists():
             canon.rng.seed(1000 + index)
-            keys = min(rows_per_file, rows - start) // LANGUAGES
             path.write_text(loc_table(canon, keys, prefix=f"area{index:04d}"), encoding="utf-8")
-        paths.append(path)
-    return paths
+        written[path.name] = keys * LANGUAGES
+    return written
 
 
 def write(rows: int, out: Path, rows_per_file: int) -> dict:
     """Generate the tables and ingest them into ``out``/kb, printing progress."""
-    paths = tables(rows, rows_per_file, out / "loc")
+    rows_in = tables(rows, rows_per_file, out / "loc")
     kb = KnowledgeBase.open(out / "kb")
     LoreEmbedding()(["load the model before the clock starts"])
     began, cpu, done = time.perf_counter(), time.process_time(), []
@@ -66,15 +66,13 @@ def write(rows: int, out: Path, rows_per_file: int) -> dict:
     def progress(source: str) -> None:
         done.append(source)
         seconds = time.perf_counter() - began
-        print(f"  {len(done)}/{len(paths)} files, {seconds:.0f} s, "
+        print(f"  {len(done)}/{len(rows_in)} files, {seconds:.0f} s, "
               f"{len(done) * rows_per_file / seconds:.0f} rows/s", file=sys.stderr, flush=True)
 
     report = kb.ingest([str(out / "loc")], on_file=progress)
     seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
     if report.failed:
         sys.exit(f"ingest failed: {report.failed[:3]}")
-    rows_in = {path.name: min(rows_per_file, rows - i * rows_per_file) // LANGUAGES * LANGUAGES
-               for i, path in enumerate(paths)}
     ingested = [Path(source).name for source in report.added + report.updated]
     rows_ingested = sum(rows_in[name] for name in ingested)
     return {"chunks": report.chunks, "files_ingested": len(ingested), "rows_ingested": rows_ingested,

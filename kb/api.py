@@ -233,7 +233,8 @@ class KnowledgeBase:
             # before searches go to it; after this process's own write (``fresh=False``), through the copy that
             # write opened afresh
             store = Store(self.settings.kb_dir, None, fresh=fresh)
-            store.dense_query("load the vector index", 1)
+            if fresh:  # the write's copy has its index loaded already
+                store.dense_query("load the vector index", 1)
         # the generation is read first: if a write lands during the load, the next call reloads
         signature, moves = store.disk_signature(), store.moves_here()
         generation = store.generation()

@@ -33,6 +33,7 @@ from ingest.cards import Card
 from ingest.meta import meta_key
 from ingest.tokens import encoding
 from kb.answer import Answer, respond
+from kb.catch_up import caught_up
 from kb.config import RetrievalConfig, Settings
 from kb.conversation import bounded_history, retrieval_query
 from kb.errors import Busy
@@ -228,28 +229,39 @@ class KnowledgeBase:
         return last.generation
 
     def _reload(self, store: Store, fresh: bool = True) -> None:
-        if self._shared.loaded is not None and not store.chroma_url:
-            # a new generation may hold another process's vectors: read the store afresh and load its vector index
-            # before searches go to it; after this process's own write (``fresh=False``), through the copy that
-            # write opened afresh
-            store = Store(self.settings.kb_dir, None, fresh=fresh)
-            if fresh:  # the write's copy has its index loaded already
+        shared = self._shared
+        previous = shared.loaded.corpus if shared.loaded else None
+        behind = previous is not None and not store.chroma_url  # a local store's index, loaded before this write
+        if behind and not fresh:  # this process's own write: the copy of the store it opened afresh holds it
+            store = Store(self.settings.kb_dir, None)
+        generation, corpus = self._load_corpus(store, previous)
+        if behind and fresh:
+            # another process's write, whose vectors the index this process loaded lacks: a few are kept beside it
+            # (kb/catch_up.py); more, and the store is opened afresh, its index loaded before searches go to it
+            caught = caught_up(store, previous, corpus)
+            if caught is None:
+                store = Store(self.settings.kb_dir, None, fresh=True)
                 store.dense_query("load the vector index", 1)
-        # the generation is read first: if a write lands during the load, the next call reloads
+                generation, corpus = self._load_corpus(store, previous)
+            else:
+                store = caught
+        replaced, shared.store = shared.store, store  # before the corpus: searches read them the other way
+        shared.loaded = _Loaded(generation, corpus)
+        if replaced is not None and replaced.client is not store.client:
+            collect = threading.Timer(FREE_REPLACED_S, gc.collect)
+            collect.daemon = True
+            collect.start()
+
+    def _load_corpus(self, store: Store, previous: Corpus | None) -> tuple[int, Corpus]:
+        """The store's generation and its corpus, the generation read first: a write landing during the load
+        makes the next call reload."""
         signature, moves = store.disk_signature(), store.moves_here()
         generation = store.generation()
         now = time.monotonic()
         self._shared.generation_read = _GenerationRead(generation, now, signature, now, moves)
         if self._shared.postings is None:
             self._shared.postings = Postings(index_path(store))
-        previous = self._shared.loaded.corpus if self._shared.loaded else None
-        corpus = Corpus.load(store, self._shared.postings, previous)
-        replaced, self._shared.store = self._shared.store, store  # before the corpus: searches read them the other way
-        self._shared.loaded = _Loaded(generation, corpus)
-        if replaced is not None and replaced is not store:
-            collect = threading.Timer(FREE_REPLACED_S, gc.collect)
-            collect.daemon = True
-            collect.start()
+        return generation, Corpus.load(store, self._shared.postings, previous)
 
     def warm(self) -> None:
         """Open the store, load the corpus and the embedding model before the first question."""

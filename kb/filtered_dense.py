@@ -28,6 +28,8 @@ _kept: "weakref.WeakKeyDictionary[object, OrderedDict[bytes, tuple[np.ndarray, n
     weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 SEEN_ONCE = (np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32))  # a set searched once: no vectors yet
+# a set some of whose vectors the store cannot give (a chunk renamed beside a loaded index, kb/catch_up.py)
+LEFT_TO_CHROMA = (np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32))
 
 
 def filtered_ranking(store: Store, corpus, positions: np.ndarray, query: str,
@@ -38,8 +40,6 @@ def filtered_ranking(store: Store, corpus, positions: np.ndarray, query: str,
     if found is None:
         return None
     kept, vectors = found
-    if not len(kept):
-        return []
     query_vector = np.asarray(store.embedder.embed_query([query])[0], dtype=np.float32)
     cosines = vectors @ (query_vector / (np.linalg.norm(query_vector) or 1.0))
     best = np.argsort(-cosines, kind="stable")[:depth]
@@ -47,8 +47,8 @@ def filtered_ranking(store: Store, corpus, positions: np.ndarray, query: str,
 
 
 def _vectors(store: Store, corpus, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The stored positions among ``positions`` and their unit vectors, cached per corpus and set from
-    the set's second search on; None at its first."""
+    """The positions among ``positions`` and their unit vectors, cached per corpus and set from the set's
+    second search on; None at its first, and for a set the store cannot give every vector of."""
     key = positions.tobytes()
     with _lock:
         sets = _kept.setdefault(corpus, OrderedDict())
@@ -59,13 +59,19 @@ def _vectors(store: Store, corpus, positions: np.ndarray) -> tuple[np.ndarray, n
                 sets.popitem(last=False)
             return None
         sets.move_to_end(key)
+        if found is LEFT_TO_CHROMA:
+            return None
         if found is not SEEN_ONCE:
             return found
     wanted = positions.tolist()
     where = dict(zip(corpus.ids_at(wanted), wanted))
     stored = [(where[cid], vector) for cid, vector in store.vectors(list(where))]
+    if len(stored) < len(where):
+        with _lock:
+            sets[key] = LEFT_TO_CHROMA
+        return None
     kept = np.array([p for p, _ in stored], dtype=np.int64)
-    vectors = np.array([v for _, v in stored], dtype=np.float32).reshape(len(stored), -1 if stored else 0)
+    vectors = np.array([v for _, v in stored], dtype=np.float32).reshape(len(stored), -1)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     with _lock:
         sets[key] = (kept, vectors)

@@ -182,6 +182,10 @@ class Corpus:
         return {pos: (cid, text, json.loads(meta))
                 for pos, (cid, text, meta) in self._snapshot.at(positions, "id, text, meta").items()}
 
+    def file_chunks(self, key: str) -> list[tuple[str, str, dict]]:
+        """One file's chunks as (id, text, metadata), in position order."""
+        return [(cid, text, json.loads(meta)) for cid, text, meta in self._snapshot.file_rows(key, "id, text, meta")]
+
     def ids_at(self, positions: list[int]) -> list[str]:
         """The ids of the chunks at these positions, in that order."""
         found = self._snapshot.at(positions, "id")

@@ -363,7 +363,10 @@ class Store:
         """Nearest chunks to a query by embedding: a list of (id, distance)."""
         if n <= 0:  # an empty collection answers with no rows; counting it first cost a round trip per query
             return []
-        vector = self.embedder.embed_query([query])
+        return self.nearest(self.embedder.embed_query([query]), n, ids)
+
+    def nearest(self, vector: list, n: int, ids: list[str] | None = None) -> list[tuple[str, float]]:
+        """The n chunks (among ``ids``) nearest an embedded query: a list of (id, cosine distance)."""
         rows = self.canon.query(query_embeddings=vector, n_results=n, ids=ids, include=["distances"])
         return list(zip(rows["ids"][0], rows["distances"][0]))
 

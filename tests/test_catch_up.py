@@ -1,0 +1,105 @@
+"""Another process's small write, searched beside the vector index loaded before it (kb/catch_up.py).
+
+The writer here is a second KnowledgeBase of the test's process: it opens the store afresh, as another
+process would, so the first one's loaded index lacks its vectors.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import kb.catch_up
+from kb import KnowledgeBase, Settings
+from kb.catch_up import CaughtUp
+from tests.test_api import write_world
+
+ROWS = {f"k{n}": f"The {word} keeper tends gate {n}" for n, word in enumerate(
+    ["lantern", "salt", "rope", "kiln", "bell", "net", "tide", "reed"])}
+QUERIES = ["lantern keeper", "bell gate", "keeper who sings of whales", "reed", "herons at dawn"]
+
+
+def _table(rows: dict[str, str]) -> str:
+    return "key,en\n" + "".join(f"{key},{text}\n" for key, text in rows.items())
+
+
+@pytest.fixture
+def served(tmp_path, fake_embedder) -> KnowledgeBase:
+    """A knowledge base that has searched once (its vector index loaded), as a running server has."""
+    world = write_world(tmp_path / "world", {"barks.csv": _table(ROWS),
+                                             "herons.md": "# Herons\n\nThe old woman feeds the herons at dawn.\n"})
+    kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
+    kb.ingest([str(world)])
+    other = KnowledgeBase.open(tmp_path / "kb", kb.settings)
+    other.ingest([str(world)])  # the writer below opens the store afresh: so does this, and the index is on disk
+    assert kb.search("lantern keeper", k=1, mode="dense")
+    return kb
+
+
+def _write_elsewhere(kb: KnowledgeBase, tmp_path, rows: dict[str, str]) -> None:
+    write_world(tmp_path / "world", {"barks.csv": _table(rows)})
+    KnowledgeBase.open(kb.settings.kb_dir, kb.settings).ingest([str(tmp_path / "world")])
+
+
+def _ranked(kb: KnowledgeBase, **filters) -> dict[str, list[tuple[str, float]]]:
+    """Every chunk's cosine to each query (k is more than the chunks there are; ties in any order)."""
+    return {q: sorted((h.id, round(h.cosine, 5)) for h in kb.search(q, k=20, mode="dense", **filters))
+            for q in QUERIES}
+
+
+def _as_opened_afresh(kb: KnowledgeBase, **filters) -> dict[str, list[tuple[str, float]]]:
+    """What a knowledge base that loads the store's index now ranks: a handle on the copy the writer opened."""
+    return _ranked(KnowledgeBase.open(kb.settings.kb_dir, kb.settings), **filters)
+
+
+def test_an_edited_row_is_searched_beside_the_loaded_index_as_a_fresh_open_would(served, tmp_path):
+    _write_elsewhere(served, tmp_path, {**ROWS, "k4": "The bell keeper sings of whales at gate 4"})
+    found = served.search("keeper who sings of whales", k=1, mode="dense")
+    store = served.store
+    assert isinstance(store, CaughtUp)
+    assert len(store.embedded) == 1 and len(store.to_loaded) == len(ROWS) - 1 and len(store.gone) == 1
+    assert found[0].text == "k4: The bell keeper sings of whales at gate 4"
+    assert _ranked(served) == _as_opened_afresh(served)
+    every = {h.text for q in QUERIES for h in served.search(q, k=10, mode="dense")}
+    assert "k4: The bell keeper tends gate 4" not in every and "k5: The net keeper tends gate 5" in every
+
+
+def test_a_filtered_search_names_renamed_chunks_by_the_ids_the_loaded_index_holds(served, tmp_path):
+    _write_elsewhere(served, tmp_path, {**ROWS, "k4": "The bell keeper sings of whales at gate 4"})
+    where = {"source": "barks.csv"}
+    first = _ranked(served, where=where)  # chromadb ranks a filtered set first; later searches rank it here
+    assert isinstance(served.store, CaughtUp)
+    assert first == _ranked(served, where=where) == _as_opened_afresh(served, where=where)
+    assert any(cid in served.store.to_loaded for cid, _ in first["reed"])  # renamed chunks, still ranked
+
+
+def test_edits_one_after_another_are_kept_beside_the_same_index(served, tmp_path):
+    edited = {**ROWS, "k4": "The bell keeper sings of whales at gate 4"}
+    _write_elsewhere(served, tmp_path, edited)
+    served.search("bell", k=1)
+    client = served.store.client
+    edited = {**edited, "k4": "The bell keeper hums at gate 4", "k8": "The reed keeper sings of whales"}
+    _write_elsewhere(served, tmp_path, edited)
+    assert served.search("keeper who sings of whales", k=1, mode="dense")[0].text == \
+        "k8: The reed keeper sings of whales"
+    store = served.store
+    assert store.client is client and len(store.embedded) == 2 and len(store.gone) == 1
+    assert _ranked(served) == _as_opened_afresh(served)
+
+
+def test_a_removed_file_leaves_answers(served, tmp_path):
+    (tmp_path / "world" / "herons.md").unlink()
+    KnowledgeBase.open(served.settings.kb_dir, served.settings).ingest([str(tmp_path / "world")])
+    assert "herons.md" not in {h.source for h in served.search("herons at dawn", k=10, mode="dense")}
+    assert isinstance(served.store, CaughtUp) and len(served.store.gone) == 1
+    every = served.corpus.ids  # the loaded index holds one more, which takes no place among them
+    assert sorted(cid for cid, _ in served.store.dense_query("herons at dawn", len(every))) == sorted(every)
+    assert _ranked(served) == _as_opened_afresh(served)
+
+
+def test_more_change_than_is_kept_beside_opens_the_store_afresh(served, tmp_path, monkeypatch):
+    monkeypatch.setattr(kb.catch_up, "EMBED_MAX", 0)
+    loaded = served.store.client
+    _write_elsewhere(served, tmp_path, {**ROWS, "k4": "The bell keeper sings of whales at gate 4"})
+    assert served.search("keeper who sings of whales", k=1, mode="dense")[0].text.startswith("k4: The bell keeper sings")
+    assert not isinstance(served.store, CaughtUp) and served.store.client is not loaded
+    assert _ranked(served) == _as_opened_afresh(served)

@@ -72,6 +72,26 @@ def test_a_changed_file_touches_only_its_own_postings(world):
     assert reopened(kb).search("herons", mode="bm25") == []
 
 
+def test_an_edited_file_works_out_again_only_the_chunks_whose_text_changed(tmp_path, fake_embedder, monkeypatch):
+    """A 10,000-row loc table with one row edited spent 0.35 s counting tokens and analysing sentences again."""
+    rows = {f"k{n}": f"The {word} keeper tends gate {n}." for n, word in enumerate(["salt", "rope", "kiln", "bell"])}
+    table = lambda rows: "key,en\n" + "".join(f"{k},{v}\n" for k, v in rows.items())  # noqa: E731
+    root = write_world(tmp_path / "world", {"barks.csv": table(rows)})
+    kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
+    kb.ingest([str(root)])
+    kb.corpus  # noqa: B018 - the postings are built
+    analysed = []
+    analyse = postings_module.stored_analysis
+    monkeypatch.setattr(postings_module, "stored_analysis", lambda text: analysed.append(text) or analyse(text))
+    write_world(root, {"barks.csv": table({**rows, "k2": "The kiln keeper sings at gate 2."})})
+    kb.ingest([str(root)])
+    assert analysed == ["k2: The kiln keeper sings at gate 2."]  # a loc row's text starts with its key
+    fresh = Postings(tmp_path / "rebuilt.sqlite")
+    fresh.update(kb.store)
+    ids = kb.corpus.ids
+    assert kb.corpus.worked_out(ids) == Corpus(fresh.snapshot()).worked_out(ids)
+
+
 def test_a_server_sees_another_writers_change_on_its_next_search(world, tmp_path):
     kb, root = world
     writer = reopened(kb)

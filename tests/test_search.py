@@ -244,3 +244,21 @@ def test_a_filtered_set_whose_vectors_the_store_cannot_all_give_is_left_to_chrom
     assert first and kb.search("glass", mode="dense", where={"chapter": 2}) == first
     assert kb.search("glass", mode="dense", where={"chapter": 2}) == first
     assert len(asked) == 1  # asked once per corpus
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_best_bm25_scores_are_those_a_full_sort_gives_ties_by_position(seed):
+    """Selection starts from the chunks of the rarest terms; any such start must give the full sort's top."""
+    import numpy as np
+
+    from kb.retrieve import _best
+
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.random(5_000) * 4, 1).astype(np.float32)  # few distinct values: many ties
+    scores[rng.random(5_000) < 0.5] = 0.0
+    limit = int(rng.integers(1, 60))
+    expected = sorted((i for i in range(5_000) if scores[i] > 0), key=lambda i: (-scores[i], i))[:limit]
+    seeds = [rng.choice(5_000, int(rng.integers(0, 80)), replace=False) for _ in range(int(rng.integers(0, 4)))]
+    if seed % 2:  # the best chunks themselves: the bound is then the limit-th best score, tied with others
+        seeds.insert(0, np.array(expected))
+    assert _best(scores, limit, seeds).tolist() == expected

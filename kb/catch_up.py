@@ -40,10 +40,12 @@ class CaughtUp(Store):
         self.from_loaded = {loaded: cid for cid, loaded in to_loaded.items()}
         self.embedded = embedded  # a current id -> its unit vector, for passages the loaded index lacks
         self.gone = gone  # the loaded index's ids no current chunk uses
+        self._rows = {cid: row for row, cid in enumerate(embedded)}  # their rows in one matrix, searched at once
+        self._matrix = np.stack(list(embedded.values())) if embedded else np.zeros((0, 0), dtype=np.float32)
 
     def nearest(self, vector: list, n: int, ids: list[str] | None = None) -> list[tuple[str, float]]:
         if ids is None:
-            loaded, here = None, list(self.embedded)
+            loaded, here = None, list(self._rows)
         else:
             loaded = [self.to_loaded.get(cid, cid) for cid in ids if cid not in self.embedded]
             here = [cid for cid in ids if cid in self.embedded]
@@ -54,7 +56,8 @@ class CaughtUp(Store):
                      if cid not in self.gone]
         if here:
             query = np.asarray(vector[0], dtype=np.float32)
-            cosines = np.stack([self.embedded[cid] for cid in here]) @ (query / (np.linalg.norm(query) or 1.0))
+            matrix = self._matrix if ids is None else self._matrix[[self._rows[cid] for cid in here]]
+            cosines = matrix @ (query / (np.linalg.norm(query) or 1.0))
             found += [(cid, 1.0 - float(cosine)) for cid, cosine in zip(here, cosines)]
         nearest: dict[str, float] = {}
         for cid, distance in sorted(found, key=lambda row: row[1]):

@@ -164,7 +164,7 @@ def test_the_store_a_reload_replaced_is_freed_with_its_vector_index(world_kb, tm
     """chromadb's objects hold one another in cycles: each reload after another process's write kept a copy of
     the vector index (8.1 GB after three at a million chunks) until a full collection."""
     monkeypatch.setattr(api, "FREE_REPLACED_S", 0.3)  # once the reload's own frames have let it go
-    monkeypatch.setattr(kb.catch_up, "EMBED_MAX", 0)  # the change is not kept beside the index: the store is replaced
+    monkeypatch.setattr(kb.catch_up, "EMBED_CHARS_PER_CHUNK", 0)  # the change is not kept beside the index: the store is replaced
     world_kb.search("ferry", k=1)
     replaced = weakref.ref(world_kb.store.client._server)  # the API object that holds chromadb's native index
     write_world(tmp_path / "more", {"kilns.md": "# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n"})

@@ -22,6 +22,15 @@ def _table(rows: dict[str, str]) -> str:
     return "key,en\n" + "".join(f"{key},{text}\n" for key, text in rows.items())
 
 
+SHIPPED_RATIO = kb.catch_up.EMBED_CHARS_PER_CHUNK
+
+
+@pytest.fixture(autouse=True)
+def embedding_here_is_cheap(monkeypatch):
+    """A store of a few chunks opens afresh in no time, so it would always be opened afresh: not here."""
+    monkeypatch.setattr(kb.catch_up, "EMBED_CHARS_PER_CHUNK", 1e6)
+
+
 @pytest.fixture
 def served(tmp_path, fake_embedder) -> KnowledgeBase:
     """A knowledge base that has searched once (its vector index loaded), as a running server has."""
@@ -97,9 +106,16 @@ def test_a_removed_file_leaves_answers(served, tmp_path):
 
 
 def test_more_change_than_is_kept_beside_opens_the_store_afresh(served, tmp_path, monkeypatch):
-    monkeypatch.setattr(kb.catch_up, "EMBED_MAX", 0)
+    monkeypatch.setattr(kb.catch_up, "EMBED_CHARS_PER_CHUNK", 0)
     loaded = served.store.client
     _write_elsewhere(served, tmp_path, {**ROWS, "k4": "The bell keeper sings of whales at gate 4"})
     assert served.search("keeper who sings of whales", k=1, mode="dense")[0].text.startswith("k4: The bell keeper sings")
     assert not isinstance(served.store, CaughtUp) and served.store.client is not loaded
     assert _ranked(served) == _as_opened_afresh(served)
+
+
+def test_a_small_store_is_opened_afresh_where_that_costs_less_than_embedding_here(served, tmp_path, monkeypatch):
+    monkeypatch.setattr(kb.catch_up, "EMBED_CHARS_PER_CHUNK", SHIPPED_RATIO)
+    _write_elsewhere(served, tmp_path, {**ROWS, "k4": "The bell keeper sings of whales at gate 4"})
+    assert served.search("keeper who sings of whales", k=1, mode="dense")[0].text.startswith("k4: The bell keeper sings")
+    assert not isinstance(served.store, CaughtUp)

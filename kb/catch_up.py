@@ -113,8 +113,6 @@ def caught_up(store: Store, before, after) -> CaughtUp | None:
             or len(embedded) + len(missing) > EMBEDDED_MAX
             or len(to_loaded) > RENAMED_MAX or len(gone) > GONE_MAX):
         return None
-    if missing:
-        vectors = np.asarray(store.embed_passages(list(missing.values())), dtype=np.float32)
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        embedded.update(zip(missing, vectors))
+    if missing:  # unit vectors, as the model's embedding function gives them (kb/store/embed.py)
+        embedded.update(zip(missing, np.asarray(store.embed_passages(list(missing.values())), dtype=np.float32)))
     return CaughtUp(store, to_loaded, embedded, frozenset(gone))

@@ -100,6 +100,23 @@ def test_a_server_sees_another_writers_change_on_its_next_search(world, tmp_path
     assert kb.search("Ondra", k=1, mode="bm25")[0].source == "ferry.md"
 
 
+def test_an_ingest_by_a_process_that_serves_nothing_leaves_the_postings_on_disk_current(world):
+    """`kb ingest` indexes its change itself, so a server only loads it."""
+    kb, root = world
+    (root / "ferry.md").write_text("# Ferry\n\nThe ferry to Saltreach was raised by Ondra.\n", encoding="utf-8")
+    reopened(kb).ingest([str(root)])
+    store = reopened(kb).store
+    assert Postings(index_path(store)).update(store) == 0
+    reopened(kb).forget([str(root / "herons.md")])
+    assert Postings(index_path(store)).update(store) == 0
+
+
+def test_an_ingest_builds_no_postings_nobody_asked_for(tmp_path, fake_embedder):
+    kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
+    kb.ingest([str(write_world(tmp_path / "world"))])
+    assert not index_path(kb.store).exists()
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage " * 100, b"SQLite format 3\x00" + b"\xff" * 200])
 def test_an_unreadable_index_is_rebuilt(world, content):
     kb, _ = world

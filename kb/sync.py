@@ -88,7 +88,8 @@ def _store_file(store: Store, run: Run, found, data: bytes, digest: str, setting
     record.non_numbers = non_numbers(c.meta for c in chunks)
     embeddings = _vectors(store, [passage_text(c.text, c.meta) for c in chunks], earlier)
     record.chunks = len(chunks)
-    run.put(record, [c.id for c in chunks], [c.text for c in chunks], [c.meta for c in chunks], embeddings)
+    run.put(record, [c.id for c in chunks], [c.text for c in chunks], [c.meta for c in chunks], embeddings,
+            behind=True)
     return len(chunks)
 
 
@@ -128,27 +129,27 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
         store = Store(settings.kb_dir, settings.chroma_url, settings.embed_model, create=True, fresh=True)
         store.repair(abandon=False)  # what an interrupted run staged is reused, then cleaned up
         records = store.files()
-        run = store.begin_run()
-        for item in found:
-            try:
-                data = _read(item.path, settings.max_file_mb, item.source)
-                digest = file_hash(data)
-                old = records.get(file_key(item.path))
-                if old and old.hash == digest:
-                    report.unchanged.append(item.source)
-                else:
-                    _store_file(store, run, item, data, digest, settings, old)
-                    (report.updated if old else report.added).append(item.source)
-            except NothingToIndex as exc:  # a text-free file is a note, not a failure
-                if old:
-                    run.remove(old.key)
-                report.skipped.append({"path": item.source, "reason": exc.reason})
-            except IngestError as exc:
-                report.failed.append({"path": item.source, "error": exc.reason})
-            if on_file:
-                on_file(item.source)
-        report.removed = _remove_vanished(run, records, paths, {str(f.path) for f in found})
-        run.publish()
+        with store.begin_run() as run:
+            for item in found:
+                try:
+                    data = _read(item.path, settings.max_file_mb, item.source)
+                    digest = file_hash(data)
+                    old = records.get(file_key(item.path))
+                    if old and old.hash == digest:
+                        report.unchanged.append(item.source)
+                    else:
+                        _store_file(store, run, item, data, digest, settings, old)
+                        (report.updated if old else report.added).append(item.source)
+                except NothingToIndex as exc:  # a text-free file is a note, not a failure
+                    if old:
+                        run.remove(old.key)
+                    report.skipped.append({"path": item.source, "reason": exc.reason})
+                except IngestError as exc:
+                    report.failed.append({"path": item.source, "error": exc.reason})
+                if on_file:
+                    on_file(item.source)
+            report.removed = _remove_vanished(run, records, paths, {str(f.path) for f in found})
+            run.publish()
         report.warnings = stored_limit_warnings(store.files().values(), {str(f.path) for f in found})
         store.repair()
         report.chunks = store.count()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 from chromadb.api.shared_system_client import SharedSystemClient
 
-from kb.store import FileRecord, Store, write_lock
+from kb import KnowledgeBase
+from kb.store import FileRecord, Run, Store, write_lock
 from kb.store.embed import LoreEmbedding
 from tests.conftest import invoke, invoke_json
 
@@ -60,17 +62,17 @@ def assert_consistent(kb_dir: Path) -> dict[str, FileRecord]:
     SharedSystemClient.clear_system_cache()  # another process wrote: read the directory afresh
     store = Store(kb_dir)
     files = store.files()
-    rows = store.canon.get(include=["metadatas"])
-    for meta in rows["metadatas"]:
+    ids, _, metas = zip(*store.scan_chunks()) if store.count() else ((), (), ())
+    for meta in metas:
         record = files.get(meta["file_key"])
         assert record is not None, f"orphan chunk of {meta['source']}"
         assert record.hash == meta["file_hash"], f"stale chunk of {meta['source']}"
-    assert store.count() == len(rows["ids"]) == sum(r.chunks for r in files.values())
+    assert store.count() == len(ids) == sum(r.chunks for r in files.values())
     for record in files.values():
-        assert sum(m["file_key"] == record.key for m in rows["metadatas"]) == record.chunks
+        assert sum(m["file_key"] == record.key for m in metas) == record.chunks
     assert store.manifest.get(where={"kind": {"$in": ["staged", "run"]}})["ids"] == []
     # the vector index holds exactly the same rows
-    assert sorted(cid for cid, _ in store.dense_query("herons", store.count())) == sorted(rows["ids"])
+    assert sorted(cid for cid, _ in store.dense_query("herons", store.count())) == sorted(ids)
     return files
 
 
@@ -357,6 +359,52 @@ def test_a_run_interrupted_before_its_commit_is_rolled_back(tmp_path, kb_dir):
     assert_consistent(kb_dir)
 
 
+def test_a_files_chunks_are_written_while_the_next_file_is_embedded(tmp_path, kb_dir, monkeypatch):
+    """chromadb indexing one file's chunks and the model embedding the next share the machine's cores."""
+    docs = canon(tmp_path / "docs")
+    embedded, next_embedded, overlapped = [], threading.Event(), []
+    embed, write_chunks = Store.embed_passages, Run._write_chunks
+
+    def embedding(self, texts):
+        embedded.append(texts)
+        if len(embedded) == 2:
+            next_embedded.set()
+        return embed(self, texts)
+
+    def writing(self, *args):
+        if not overlapped:  # the first file's chunks wait for the second file's embedding to begin
+            overlapped.append(next_embedded.wait(30))
+        return write_chunks(self, *args)
+
+    monkeypatch.setattr(Store, "embed_passages", embedding)
+    monkeypatch.setattr(Run, "_write_chunks", writing)
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    assert overlapped == [True] and len(embedded) == 3
+    assert sorted(m["source"] for m in chunk_rows(kb_dir).values()) == [
+        "herons.md", "herons.md", "kilns.txt", "sub/lighthouse.md"]
+    assert_consistent(kb_dir)
+
+
+def test_a_chunk_write_that_fails_behind_the_ingest_publishes_nothing(tmp_path, kb_dir, monkeypatch):
+    docs = canon(tmp_path / "docs")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    before = chunk_rows(kb_dir)
+    write(docs / "herons.md", "# Herons\nHerons left Mirewood for the Saltreach mudflats.\n")
+    write(docs / "tides.md", "# Tides\nThe spring tide floods the Saltreach causeway.\n")
+
+    def full_disk(self, *args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Run, "_write_chunks", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        KnowledgeBase.open(kb_dir).ingest([str(docs)])
+    assert chunk_rows(kb_dir) == before
+    monkeypatch.undo()
+    report = KnowledgeBase.open(kb_dir).ingest([str(docs)])
+    assert report.updated == ["herons.md"] and report.added == ["tides.md"]
+    assert_consistent(kb_dir)
+
+
 def test_a_run_killed_after_its_commit_is_seen_whole_and_finished_by_the_next_run(tmp_path, kb_dir):
     """Committed, but the file rows not yet copied from the staged ones: readers already see the new run."""
     docs = canon(tmp_path / "docs")
@@ -524,5 +572,7 @@ def test_a_changed_loc_table_embeds_only_its_changed_rows(tmp_path, kb_dir, embe
 
 def stored_vectors(kb_dir: Path) -> dict[tuple[str, str], np.ndarray]:
     """(loc key, language) -> the stored vector of every chunk."""
-    rows = Store(kb_dir).canon.get(include=["metadatas", "embeddings"])
-    return {(meta["key"], meta["lang"]): np.asarray(vector) for meta, vector in zip(rows["metadatas"], rows["embeddings"])}
+    store = Store(kb_dir)
+    ids, _, metas = store.all_chunks()
+    vectors = dict(store.vectors(ids))
+    return {(meta["key"], meta["lang"]): np.asarray(vectors[cid]) for cid, meta in zip(ids, metas)}

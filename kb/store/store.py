@@ -38,6 +38,8 @@ import random
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -396,8 +398,11 @@ class Run:
         self.store, self.id = store, run_id
         self.started_at = time.time()
         self.staged: dict[str, dict] = {}
+        self._writer: ThreadPoolExecutor | None = None  # writes one file's chunks behind the caller (put)
+        self._writing: Future | None = None
 
     def _stage(self, meta: dict) -> None:
+        self.wait()  # a file's staged row goes after the chunks of the file before: one write at a time
         if not self.staged:  # the run row goes first, so a crash leaves a run the next writer can find
             self.store.manifest.upsert(ids=[f"run:{self.id}"], embeddings=[_UNIT], metadatas=[
                 {"kind": "run", "run": self.id, "started_at": self.started_at, "committed_at": 0.0}])
@@ -407,15 +412,50 @@ class Run:
         self.staged[meta["key"]] = meta
 
     def put(self, record: FileRecord, ids: list[str], texts: list[str], metas: list[dict],
-            embeddings: list) -> None:
-        """Stage one file's new version: its staged row, then all its chunks (invisible until published)."""
+            embeddings: list, behind: bool = False) -> None:
+        """Stage one file's new version: its staged row, then all its chunks (invisible until published).
+
+        ``behind``: the chunks are written in a thread of the run's own while the caller goes on to parse and
+        embed its next file (at a million chunks, chromadb took 17 s to write a 10,000-row table, the model
+        6 s to embed one); the run's next write, ``wait`` and ``publish`` wait for them and raise what their
+        write raised.
+        """
         self._stage({**record.to_meta(), "file_kind": record.kind, "removed": False})
+        if not behind:
+            self._write_chunks(ids, texts, metas, embeddings)
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="kb-run-writer")
+        self._writing = self._writer.submit(self._write_chunks, ids, texts, metas, embeddings)
+
+    def _write_chunks(self, ids: list[str], texts: list[str], metas: list[dict], embeddings: list) -> None:
         store = self.store
         batch = store.client.get_max_batch_size()
         for start in range(0, len(ids), batch):
             end = start + batch
             store.canon.upsert(ids=ids[start:end], documents=texts[start:end],
                                metadatas=metas[start:end], embeddings=embeddings[start:end])
+
+    def wait(self) -> None:
+        """Let the chunks being written behind land, raising what their write raised."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, failed, *_) -> None:
+        """Nothing is left writing behind when the run's block ends, even one that failed: a writer's lock is
+        let go after it, and another writer would clean up this run's chunks while they were still written."""
+        try:
+            if failed is None:
+                self.wait()
+            elif self._writing is not None:
+                futures_wait([self._writing])  # the error that ended the block is the one to report
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
 
     def files(self) -> dict[str, FileRecord]:
         """The files as they will be once this run is published: the published ones and what it staged."""
@@ -449,6 +489,7 @@ class Run:
 
     def publish(self) -> None:
         """Make everything staged visible at once: commit, move the generation, then tidy up."""
+        self.wait()
         if not self.staged:
             return
         store = self.store

@@ -46,8 +46,7 @@ def write_canon(folder: Path) -> Path:
 
 def chunk_ids_by_source(kb) -> dict[str, set[str]]:
     """The ids the store holds for each ingested file, read back from the store itself."""
-    rows = kb.store.canon.get(include=["metadatas"])
     found: dict[str, set[str]] = {}
-    for chunk_id, meta in zip(rows["ids"], rows["metadatas"]):
+    for chunk_id, _, meta in kb.store.scan_chunks():
         found.setdefault(meta["source"], set()).add(chunk_id)
     return found

@@ -89,8 +89,7 @@ def world_kb(tmp_path_factory) -> Path:
 
 
 def metadata_of(kb_dir: Path, source: str) -> list[dict]:
-    rows = Store(kb_dir).canon.get(where={"source": source}, include=["metadatas"])
-    return rows["metadatas"]
+    return [meta for _, _, meta in Store(kb_dir).scan_chunks() if meta["source"] == source]
 
 
 # -- state: pure rules -------------------------------------------------------------

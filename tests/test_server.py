@@ -88,8 +88,7 @@ def client(base_url) -> openai.OpenAI:
 
 
 def hidden_ids(kb_dir: Path, limits: dict) -> set[str]:
-    rows = Store(kb_dir).canon.get(include=["metadatas"])
-    return {cid for cid, meta in zip(rows["ids"], rows["metadatas"]) if not within_limits(meta, limits)}
+    return {cid for cid, _, meta in Store(kb_dir).scan_chunks() if not within_limits(meta, limits)}
 
 
 # -- the OpenAI-compatible API ----------------------------------------------------

@@ -405,6 +405,30 @@ def test_a_chunk_write_that_fails_behind_the_ingest_publishes_nothing(tmp_path, 
     assert_consistent(kb_dir)
 
 
+def test_a_store_written_before_chunks_were_packed_is_read_and_updated_as_it_was(tmp_path, kb_dir):
+    """Such a store holds each chunk's text as a chromadb document and its metadata as keys of their own."""
+    docs = canon(tmp_path / "docs")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    store = Store(kb_dir)
+    ids, texts, metas = store.all_chunks()
+    vectors = dict(store.vectors(ids))
+    store.canon.delete(ids=list(ids))
+    store.canon.add(ids=list(ids), documents=list(texts), metadatas=list(metas),
+                    embeddings=[vectors[cid] for cid in ids])
+    assert "chunk" not in store.canon.get(ids=[ids[0]], include=["metadatas"])["metadatas"][0]
+
+    SharedSystemClient.clear_system_cache()
+    assert sorted(zip(*Store(kb_dir).all_chunks())) == sorted(zip(ids, texts, metas))
+    _, found = invoke_json("search", "reed beds", "--kb", kb_dir, "--mode", "bm25", "-k", "1")
+    assert found["results"][0]["text"] == "Grey herons nest in the reed beds of Mirewood."
+    write(docs / "kilns.txt", "The kilns of Cinderholm went cold in the flood year.\n")
+    _, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert report["updated"] == ["kilns.txt"]
+    _, found = invoke_json("search", "kilns flood", "--kb", kb_dir, "--mode", "bm25", "-k", "1")
+    assert found["results"][0]["text"] == "The kilns of Cinderholm went cold in the flood year."
+    assert_consistent(kb_dir)
+
+
 def test_a_run_killed_after_its_commit_is_seen_whole_and_finished_by_the_next_run(tmp_path, kb_dir):
     """Committed, but the file rows not yet copied from the staged ones: readers already see the new run."""
     docs = canon(tmp_path / "docs")

@@ -259,9 +259,13 @@ class KnowledgeBase:
         generation = store.generation()
         now = time.monotonic()
         self._shared.generation_read = _GenerationRead(generation, now, signature, now, moves)
+        return generation, Corpus.load(store, self._postings(store), previous)
+
+    def _postings(self, store: Store) -> Postings:
+        """The store's BM25 postings on disk, opened once per knowledge base."""
         if self._shared.postings is None:
             self._shared.postings = Postings(index_path(store))
-        return generation, Corpus.load(store, self._shared.postings, previous)
+        return self._shared.postings
 
     def warm(self) -> None:
         """Open the store, load the corpus, the embedding model and the vector index before the first question
@@ -315,7 +319,7 @@ class KnowledgeBase:
         path = index_path(store)
         if not path.exists():
             return
-        postings = Postings(path)
+        postings = self._postings(store)
         try:
             if postings.path == path:  # not a temporary index: the cache could not be written
                 store.consistent(lambda: postings.update(store))

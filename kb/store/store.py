@@ -438,9 +438,9 @@ class Run:
         """Stage one file's new version: its staged row, then all its chunks (invisible until published).
 
         ``behind``: the chunks are written in a thread of the run's own while the caller goes on to parse and
-        embed its next file (at a million chunks, chromadb took 17 s to write a 10,000-row table, the model
-        6 s to embed one); the run's next write, ``wait`` and ``publish`` wait for them and raise what their
-        write raised.
+        embed its next file (at a million chunks, chromadb took 11-12 s to write a 10,000-row table packed, the
+        model 5-6 s to embed one; chromadb holds the GIL while it writes, so only the model's products overlap
+        it); the run's next write, ``wait`` and ``publish`` wait for them and raise what their write raised.
         """
         self._stage({**record.to_meta(), "file_kind": record.kind, "removed": False})
         if not behind:

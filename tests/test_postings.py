@@ -16,6 +16,7 @@ from kb.lexical import query_tokens, word_pairs
 from kb.postings import APPLICATION_ID, FileChunks, Postings, index_path
 from kb.retrieve import Corpus, search
 from kb.store import FileRecord, Store
+from kb.store import store as store_module
 from tests.conftest import invoke_json
 from tests.test_api import write_world
 
@@ -317,9 +318,10 @@ def test_a_first_build_writes_files_while_it_still_scans_the_store(tmp_path, fak
     monkeypatch.setattr(postings_module, "FULL_SCAN_FILES", 4)  # more changed than this: one scan of the store
     scanned, scanned_at_write = [], []
     scan = store.scan_chunks
+    monkeypatch.setattr(store_module, "PAGE", 4)  # chromadb read four rows at a time
 
-    def counted_scan(batch=5000):
-        for row in scan(batch=4):
+    def counted_scan():
+        for row in scan():
             scanned.append(row)
             yield row
 

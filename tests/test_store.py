@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from chromadb.api.shared_system_client import SharedSystemClient
 
-from kb import KnowledgeBase
+from kb import KnowledgeBase, Settings
 from kb.store import FileRecord, Run, Store, write_lock
 from kb.store.embed import LoreEmbedding
 from tests.conftest import invoke, invoke_json
@@ -602,3 +602,14 @@ def stored_vectors(kb_dir: Path) -> dict[tuple[str, str], np.ndarray]:
     ids, _, metas = store.all_chunks()
     vectors = dict(store.vectors(ids))
     return {(meta["key"], meta["lang"]): np.asarray(vectors[cid]) for cid, meta in zip(ids, metas)}
+
+
+def test_a_loc_table_of_more_rows_than_chromadb_binds_in_one_read_is_ingested_and_searched(tmp_path, fake_embedder):
+    """chromadb binds a read's ids as SQL variables (at most 32,766): one file's rows are read in pages."""
+    rows = [f"ui.line_{i},Line {i},Ligne {i},Zeile {i},Linea {i},Riga {i}\n" for i in range(6_600)]
+    table = write(tmp_path / "loc" / "strings.csv", "key,en,fr,de,es,it\n" + "".join(rows))
+    kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
+    assert kb.ingest([str(table.parent)]).chunks == 33_000
+
+    hits = KnowledgeBase.open(kb.settings.kb_dir, kb.settings).search("Zeile 6599", k=1, mode="bm25")
+    assert [hit.metadata["key"] for hit in hits] == ["ui.line_6599"]

@@ -58,6 +58,7 @@ PACKED = "chunk"  # the canon metadata key holding a chunk's text and metadata (
 _UNIT = [1.0]  # manifest rows need a vector; they are only ever fetched by id
 STALE_RUN_SECONDS = 900  # on a shared server, a run started longer ago and never committed was abandoned
 SNAPSHOT_TRIES = 20  # a reader reads again at most this often while publishes land under it
+PAGE = 5_000  # rows per chromadb read: it binds a read's ids as SQL variables, at most 32,766
 # Generation moves made by this process, per store location: every KnowledgeBase of the process sees
 # its own process's write on its next call, not one poll later (kb/api.py), however fast it came.
 _moved_here: Counter[str] = Counter()
@@ -334,12 +335,12 @@ class Store:
     def count(self) -> int:
         return self.canon.count()
 
-    def all_chunks(self, batch: int = 5000):
+    def all_chunks(self):
         """Every visible chunk as (ids, texts, metadatas): the published files' chunks, one whole generation."""
 
         def read():
             live = {key: rec.hash for key, rec in self.files().items()}
-            rows = [(cid, text, meta) for cid, text, meta in self.scan_chunks(batch)
+            rows = [(cid, text, meta) for cid, text, meta in self.scan_chunks()
                     if live.get(meta.get("file_key")) == meta.get("file_hash")]
             return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
@@ -359,28 +360,38 @@ class Store:
             time.sleep(0.05)
         return result
 
-    def scan_chunks(self, batch: int = 5000):
+    def scan_chunks(self):
         """Every chunk row, visible or not, as (id, text, metadata), a page at a time."""
         total = self.canon.count()
-        for offset in range(0, total, batch):
-            rows = self.canon.get(limit=batch, offset=offset, include=["documents", "metadatas"])
+        for offset in range(0, total, PAGE):
+            rows = self.canon.get(limit=PAGE, offset=offset, include=["documents", "metadatas"])
             for cid, document, meta in zip(rows["ids"], rows["documents"], rows["metadatas"]):
                 yield cid, *_unpacked(document, meta)
 
     def file_chunks(self, key: str, file_hash: str) -> tuple[list[str], list[str], list[dict]]:
         """One file version's chunks as (ids, texts, metadatas), for an index that follows the store."""
-        rows = self.canon.get(where=_version(key, file_hash), include=["documents", "metadatas"])
-        chunks = [_unpacked(document, meta) for document, meta in zip(rows["documents"], rows["metadatas"])]
-        return rows["ids"], [text for text, _ in chunks], [meta for _, meta in chunks]
+        ids, texts, metas = [], [], []
+        for rows in self._file_pages(key, file_hash, ["documents", "metadatas"]):
+            ids += rows["ids"]
+            for document, meta in zip(rows["documents"], rows["metadatas"]):
+                text, meta = _unpacked(document, meta)
+                texts.append(text)
+                metas.append(meta)
+        return ids, texts, metas
 
-    def file_vectors(self, key: str, file_hash: str, batch: int = 5000):
+    def file_vectors(self, key: str, file_hash: str):
         """One stored file version's chunks as (text, metadata, vector), a page at a time."""
-        for offset in itertools.count(0, batch):
-            rows = self.canon.get(where=_version(key, file_hash), limit=batch, offset=offset,
-                                  include=["documents", "metadatas", "embeddings"])
+        for rows in self._file_pages(key, file_hash, ["documents", "metadatas", "embeddings"]):
             for document, meta, vector in zip(rows["documents"], rows["metadatas"], rows["embeddings"]):
                 yield *_unpacked(document, meta), vector
-            if len(rows["ids"]) < batch:
+
+    def _file_pages(self, key: str, file_hash: str, include: list[str]):
+        """One file version's rows a page at a time: chromadb binds a read's ids as SQL variables, and one
+        read of a 35,000-row loc table's chunks failed with "too many SQL variables"."""
+        for offset in itertools.count(0, PAGE):
+            rows = self.canon.get(where=_version(key, file_hash), limit=PAGE, offset=offset, include=include)
+            yield rows
+            if len(rows["ids"]) < PAGE:
                 return
 
     def dense_query(self, query: str, n: int, ids: list[str] | None = None):

@@ -112,10 +112,13 @@ def test_an_ingest_by_a_process_that_serves_nothing_leaves_the_postings_on_disk_
     assert Postings(index_path(store)).update(store) == 0
 
 
-def test_an_ingest_builds_no_postings_nobody_asked_for(tmp_path, fake_embedder):
+def test_a_first_ingest_leaves_the_postings_built_for_its_first_reader(tmp_path, fake_embedder):
+    """A new store's first search opens the postings; it does not build them (254 s at a million rows)."""
     kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
     kb.ingest([str(write_world(tmp_path / "world"))])
-    assert not index_path(kb.store).exists()
+    store = reopened(kb).store
+    assert Postings(index_path(store)).update(store) == 0
+    assert reopened(kb).search("herons", k=1, mode="bm25")[0].source == "herons.md"
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage " * 100, b"SQLite format 3\x00" + b"\xff" * 200])

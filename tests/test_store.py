@@ -613,3 +613,42 @@ def test_a_loc_table_of_more_rows_than_chromadb_binds_in_one_read_is_ingested_an
 
     hits = KnowledgeBase.open(kb.settings.kb_dir, kb.settings).search("Zeile 6599", k=1, mode="bm25")
     assert [hit.metadata["key"] for hit in hits] == ["ui.line_6599"]
+
+
+def record_of(i: int) -> FileRecord:
+    return FileRecord(key=f"k{i:05d}", path=f"/lore/{i}.md", source=f"{i}.md", root="/lore", hash=f"{i:064x}",
+                      kind="canon", chunks=0, ingested_at=1.0)
+
+
+def test_a_committed_run_of_more_files_than_chromadb_upserts_at_once_is_finished(kb_dir):
+    """Finishing a run copies its staged rows onto the file rows in upserts of 5,461 (chromadb's batch);
+    one upsert of them all failed, at the publish and again at every repair after it."""
+    store = Store(kb_dir, create=True)
+    records = [record_of(i) for i in range(store.client.get_max_batch_size() + 1)]
+    run = "r1"  # as Run.put and Run.publish leave a run that committed (written here in batches: 14 ms a row)
+    staged = [{**r.to_meta(), "file_kind": r.kind, "removed": False, "kind": "staged", "run": run, "staged_at": 1.0}
+              for r in records]
+    write_manifest(store, [f"staged:{run}:{r.key}" for r in records], staged)
+    write_manifest(store, [f"run:{run}"], [{"kind": "run", "run": run, "started_at": 1.0, "committed_at": 2.0}])
+
+    assert store.repair() == 1
+    reopened = Store(kb_dir)
+    assert reopened.files() == {r.key: r for r in records}
+    assert {m["kind"] for m in reopened.manifest.get(include=["metadatas"])["metadatas"]} == {"canon", "state"}
+
+
+def test_a_manifest_of_more_files_than_chromadb_reads_at_once_is_read_whole(kb_dir):
+    """chromadb binds a read's ids as SQL variables (at most 32,766): the file rows are read in pages."""
+    store = Store(kb_dir, create=True)
+    records = [record_of(i) for i in range(32_800)]
+    write_manifest(store, [f"file:{r.key}" for r in records], [r.to_meta() for r in records])
+
+    assert Store(kb_dir).files() == {r.key: r for r in records}
+
+
+def write_manifest(store: Store, ids: list[str], metas: list[dict]) -> None:
+    """Manifest rows as the store's writers leave them, written in chromadb's largest batches."""
+    batch = store.client.get_max_batch_size()
+    for start in range(0, len(ids), batch):
+        store.manifest.upsert(ids=ids[start:start + batch], embeddings=[[1.0]] * len(ids[start:start + batch]),
+                              metadatas=metas[start:start + batch])

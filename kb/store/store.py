@@ -194,10 +194,8 @@ class Store:
 
     def files(self) -> dict[str, FileRecord]:
         """Every published file and card, by key: the file rows, overlaid with the runs committed but
-        not yet copied onto them (read in one get, so a publish is seen whole or not at all)."""
-        rows = self.manifest.get(where={"kind": {"$in": ["canon", "card", "staged", "run"]}},
-                                 include=["metadatas"])
-        metas = rows["metadatas"]
+        not yet copied onto them, a publish seen whole or not at all (_manifest_rows)."""
+        metas = self._manifest_rows(["canon", "card", "staged", "run"])
         view = {m["key"]: FileRecord.from_meta(m) for m in metas if m["kind"] in ("canon", "card")}
         committed = sorted((m["committed_at"], m["run"]) for m in metas
                            if m["kind"] == "run" and m["committed_at"])
@@ -209,6 +207,26 @@ class Store:
                     else:
                         view[meta["key"]] = _staged_record(meta)
         return view
+
+    def _manifest_rows(self, kinds: list[str]) -> list[dict]:
+        """The manifest rows of these kinds: in one read while they fit a page, so a publish is seen whole
+        or not at all; past that in pages (chromadb binds a read's ids as SQL variables, and fails past
+        32,766) read again while publishes land under them. Pages follow the order rows were added in:
+        a new row never shifts them, and every delete is followed by a move of the generation."""
+        where = {"kind": {"$in": kinds}}
+        first = self.manifest.get(where=where, limit=PAGE, include=["metadatas"])["metadatas"]
+        if len(first) < PAGE:
+            return first
+
+        def read():
+            metas = []
+            for offset in itertools.count(0, PAGE):
+                page = self.manifest.get(where=where, limit=PAGE, offset=offset, include=["metadatas"])
+                metas += page["metadatas"]
+                if len(page["metadatas"]) < PAGE:
+                    return metas
+
+        return self.consistent(read)
 
     def generation(self) -> int:
         """A counter that changes whenever the visible canon changes."""
@@ -269,6 +287,14 @@ class Store:
         """A new ingest run: what it stages stays invisible to readers until ``Run.publish``."""
         return Run(self, uuid.uuid4().hex)
 
+    def _upsert(self, collection, ids: list[str], embeddings: list, metadatas: list[dict]) -> None:
+        """Upsert in chromadb's largest batches (5,461 rows here): a call with more fails, and a run that
+        published more files than that failed its commit's copy onto the file rows at every retry."""
+        batch = self.client.get_max_batch_size()
+        for start in range(0, len(ids), batch):
+            end = start + batch
+            collection.upsert(ids=ids[start:end], embeddings=embeddings[start:end], metadatas=metadatas[start:end])
+
     def _drop_stale_chunks(self, key: str, keep_hash: str | None) -> None:
         """Delete a file's chunks of every version but ``keep_hash`` (all of them when None)."""
         where = {"file_key": key} if keep_hash is None else {
@@ -278,9 +304,8 @@ class Store:
     def _finish(self, run: str, staged: list[dict]) -> None:
         """Copy a committed run's staged rows onto the file rows, then delete what nothing uses any more."""
         kept = [m for m in staged if not m["removed"]]
-        if kept:
-            self.manifest.upsert(ids=[f"file:{m['key']}" for m in kept], embeddings=[_UNIT] * len(kept),
-                                 metadatas=[_staged_record(m).to_meta() for m in kept])
+        self._upsert(self.manifest, [f"file:{m['key']}" for m in kept], [_UNIT] * len(kept),
+                     [_staged_record(m).to_meta() for m in kept])
         gone = [f"file:{m['key']}" for m in staged if m["removed"]]
         if gone:
             self.manifest.delete(ids=gone)
@@ -308,10 +333,10 @@ class Store:
         """
         if stale_after is None:
             stale_after = STALE_RUN_SECONDS if self.chroma_url else 0.0
-        rows = self.manifest.get(where={"kind": {"$in": ["staged", "run"]}}, include=["metadatas"])
-        runs = {m["run"]: m for m in rows["metadatas"] if m["kind"] == "run"}
+        rows = self._manifest_rows(["staged", "run"])
+        runs = {m["run"]: m for m in rows if m["kind"] == "run"}
         staged: dict[str, list[dict]] = {}
-        for meta in rows["metadatas"]:
+        for meta in rows:
             if meta["kind"] == "staged":
                 staged.setdefault(meta["run"], []).append(meta)
                 runs.setdefault(meta["run"], {"run": meta["run"], "committed_at": 0.0,
@@ -462,12 +487,7 @@ class Run:
         self._writing = self._writer.submit(self._write_chunks, ids, texts, metas, embeddings)
 
     def _write_chunks(self, ids: list[str], texts: list[str], metas: list[dict], embeddings: list) -> None:
-        store = self.store
-        batch = store.client.get_max_batch_size()
-        for start in range(0, len(ids), batch):
-            end = start + batch
-            store.canon.upsert(ids=ids[start:end], embeddings=embeddings[start:end],
-                               metadatas=[_packed(text, meta) for text, meta in zip(texts[start:end], metas[start:end])])
+        self.store._upsert(self.store.canon, ids, embeddings, [_packed(text, meta) for text, meta in zip(texts, metas)])
 
     def wait(self) -> None:
         """Let the chunks being written behind land, raising what their write raised."""

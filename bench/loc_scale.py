@@ -4,11 +4,13 @@
 rows a file: keys in five languages, one chunk per row and language) and
 ingests them through KnowledgeBase.ingest with the real model in one run,
 printing the rate as it goes: rows/s, rows per CPU second of the ingesting
-process (the parse worker's CPU not counted) and its peak RSS. Rerun on the
-same folder, an interrupted ingest finishes (the tables are written once).
+process (the parse worker's CPU not counted) and its peak RSS; the time
+includes building the BM25 postings, which the ingest does for a new store.
+Rerun on the same folder, an interrupted ingest finishes (the tables are
+written once).
 
 `measure` then times, each in a fresh process as a server would meet the
-store: the first open, which builds the BM25 postings (once per store); an
+store: the first open (which builds the BM25 postings if no ingest has); an
 open with them on disk, and the first dense search (chromadb loads its vector
 index); searches per mode (--queries after one untimed, modes interleaved,
 each query embedded by the real model); and three one-row edits, each

@@ -59,6 +59,8 @@ _UNIT = [1.0]  # manifest rows need a vector; they are only ever fetched by id
 STALE_RUN_SECONDS = 900  # on a shared server, a run started longer ago and never committed was abandoned
 SNAPSHOT_TRIES = 20  # a reader reads again at most this often while publishes land under it
 PAGE = 5_000  # rows per chromadb read: it binds a read's ids as SQL variables, at most 32,766
+STAGE_BATCH_FILES = 100  # files an ingest stages per chromadb write at most (Run.put's ``behind``)
+STAGE_BATCH_S = 0.25  # ... and for at most this long: what a killed ingest's rerun must parse and embed again
 # Generation moves made by this process, per store location: every KnowledgeBase of the process sees
 # its own process's write on its next call, not one poll later (kb/api.py), however fast it came.
 _moved_here: Counter[str] = Counter()
@@ -456,41 +458,79 @@ class Run:
         self.store, self.id = store, run_id
         self.started_at = time.time()
         self.staged: dict[str, dict] = {}
-        self._writer: ThreadPoolExecutor | None = None  # writes one file's chunks behind the caller (put)
+        self._unwritten: list[tuple[dict, list, list, list, list]] = []  # staged rows and chunks put behind
+        self._unwritten_chunks = 0
+        self._kept_since = 0.0  # when the first of them was put
+        self._begun = False  # the run's row is written
+        self._writer: ThreadPoolExecutor | None = None  # writes what was put behind, behind the caller
         self._writing: Future | None = None
 
-    def _stage(self, meta: dict) -> None:
-        self.wait()  # a file's staged row goes after the chunks of the file before: one write at a time
-        if not self.staged:  # the run row goes first, so a crash leaves a run the next writer can find
-            self.store.manifest.upsert(ids=[f"run:{self.id}"], embeddings=[_UNIT], metadatas=[
-                {"kind": "run", "run": self.id, "started_at": self.started_at, "committed_at": 0.0}])
+    def _stage(self, meta: dict, ids=(), texts=(), metas=(), embeddings=(), behind: bool = False) -> None:
+        """Stage a file's row and chunks: at once, or with ``behind`` kept until STAGE_BATCH_FILES files, a
+        page of chunks or STAGE_BATCH_S are, then written in one go in the run's thread."""
         meta = {**meta, "kind": "staged", "run": self.id, "staged_at": time.time()}
-        self.store.manifest.upsert(ids=[f"staged:{self.id}:{meta['key']}"], embeddings=[_UNIT],
-                                   metadatas=[meta])
+        if not self._unwritten:
+            self._kept_since = time.monotonic()
         self.staged[meta["key"]] = meta
+        self._unwritten.append((meta, list(ids), list(texts), list(metas), list(embeddings)))
+        self._unwritten_chunks += len(ids)
+        if not behind:
+            self._write_unwritten(behind=False)
+        elif (len(self._unwritten) >= STAGE_BATCH_FILES or self._unwritten_chunks >= PAGE
+              or time.monotonic() - self._kept_since >= STAGE_BATCH_S):
+            self._write_unwritten(behind=True)
+
+    def _write_unwritten(self, behind: bool) -> None:
+        """Write what is kept, here or (``behind``) in the run's thread once its write before has landed."""
+        self.wait()  # one write at a time, in the order staged
+        batch, first = self._unwritten, not self._begun
+        self._unwritten, self._unwritten_chunks = [], 0
+        if not batch:
+            return
+        self._begun = True
+        if not behind:
+            self._write(batch, first)
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="kb-run-writer")
+        self._writing = self._writer.submit(self._write, batch, first)
+
+    def _write(self, batch: list[tuple[dict, list, list, list, list]], first: bool) -> None:
+        """The files' staged rows, then their chunks: a crash leaves no chunk the next writer cannot find."""
+        store = self.store
+        if first:  # the run row goes first, so a crash leaves a run the next writer can find
+            store.manifest.upsert(ids=[f"run:{self.id}"], embeddings=[_UNIT], metadatas=[
+                {"kind": "run", "run": self.id, "started_at": self.started_at, "committed_at": 0.0}])
+        rows = {meta["key"]: meta for meta, *_ in batch}  # a file staged again: its last row, as upserts left it
+        store._upsert(store.manifest, [f"staged:{self.id}:{key}" for key in rows], [_UNIT] * len(rows),
+                      list(rows.values()))
+        chunks = {}  # a chunk staged again: its last version
+        for _, ids, texts, metas, embeddings in batch:
+            for cid, text, meta, vector in zip(ids, texts, metas, embeddings):
+                chunks[cid] = (text, meta, vector)
+        if chunks:
+            texts, metas, vectors = zip(*chunks.values())
+            self._write_chunks(list(chunks), list(texts), list(metas), list(vectors))
 
     def put(self, record: FileRecord, ids: list[str], texts: list[str], metas: list[dict],
             embeddings: list, behind: bool = False) -> None:
         """Stage one file's new version: its staged row, then all its chunks (invisible until published).
 
-        ``behind``: the chunks are written in a thread of the run's own while the caller goes on to parse and
-        embed its next file (at a million chunks, chromadb took 11-12 s to write a 10,000-row table packed, the
-        model 5-6 s to embed one; chromadb holds the GIL while it writes, so only the model's products overlap
-        it); the run's next write, ``wait`` and ``publish`` wait for them and raise what their write raised.
+        ``behind``: kept with the next files' and written in one go (a staged row and a file's chunks each
+        cost chromadb about 14 ms a write: 31 of the 41 s an ingest of 1,000 one-chunk files took), in a
+        thread of the run's own while the caller goes on to parse and embed (at a million chunks, chromadb
+        took 11-12 s to write a 10,000-row table packed, the model 5-6 s to embed one; chromadb holds the GIL
+        while it writes, so only the model's products overlap it); the run's next write, ``wait`` and
+        ``publish`` write what is kept and wait for it, raising what the write raised.
         """
-        self._stage({**record.to_meta(), "file_kind": record.kind, "removed": False})
-        if not behind:
-            self._write_chunks(ids, texts, metas, embeddings)
-            return
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="kb-run-writer")
-        self._writing = self._writer.submit(self._write_chunks, ids, texts, metas, embeddings)
+        self._stage({**record.to_meta(), "file_kind": record.kind, "removed": False},
+                    ids, texts, metas, embeddings, behind)
 
     def _write_chunks(self, ids: list[str], texts: list[str], metas: list[dict], embeddings: list) -> None:
         self.store._upsert(self.store.canon, ids, embeddings, [_packed(text, meta) for text, meta in zip(texts, metas)])
 
     def wait(self) -> None:
-        """Let the chunks being written behind land, raising what their write raised."""
+        """Let what is written behind land, raising what its write raised."""
         writing, self._writing = self._writing, None
         if writing is not None:
             writing.result()
@@ -503,7 +543,7 @@ class Run:
         let go after it, and another writer would clean up this run's chunks while they were still written."""
         try:
             if failed is None:
-                self.wait()
+                self._write_unwritten(behind=False)
             elif self._writing is not None:
                 futures_wait([self._writing])  # the error that ended the block is the one to report
         finally:
@@ -532,7 +572,7 @@ class Run:
         stored = len(store.canon.get(where=_version(key, digest), include=[])["ids"])
         for meta in earlier:
             if stored == meta["chunks"]:
-                self._stage({k: v for k, v in meta.items() if k not in ("kind", "run", "staged_at")})
+                self._stage({k: v for k, v in meta.items() if k not in ("kind", "run", "staged_at")}, behind=True)
                 return _staged_record(meta)
         return None
 
@@ -542,7 +582,7 @@ class Run:
 
     def publish(self) -> None:
         """Make everything staged visible at once: commit, move the generation, then tidy up."""
-        self.wait()
+        self._write_unwritten(behind=False)
         if not self.staged:
             return
         store = self.store

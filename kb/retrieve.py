@@ -32,8 +32,9 @@ TERM_IDS_KEPT = 100_000  # vocabulary ids and document frequencies remembered pe
 # Chunks (id, text, metadata) kept per corpus once read: the chunks a server's players hit again and again (an
 # NPC's few dozen) cost a SQLite read and a JSON decode per search otherwise (1.1 ms of an NPC question's ~10).
 HOT_CHUNKS = 4_096
-# Postings kept per corpus once read, by term, most recent first: a common term is a postings row per file,
-# and the few terms in most files were most of a BM25 query's rows at 100k chunks (12 bytes a posting: 24 MB).
+# Postings kept per corpus once read and weighed (Corpus._weights), by term, most recent first: a common term is
+# a postings row per file, and the few terms in most files were most of a BM25 query's rows at 100k chunks
+# (12 bytes a posting: 24 MB).
 HOT_POSTINGS = 2_000_000
 # From this many chunks, a hybrid search ranks BM25 in a thread beside the dense query, while the model embeds the
 # question: at a million loc rows hybrid p50 went 13.1 -> 9.6 ms (dense 6.3-6.7); on the 131-chunk sample world an
@@ -93,14 +94,20 @@ class Field:
         np.divide(counts, part, out=part)
         return part
 
-    def scores(self, term_ids: list[int], postings: dict[int, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        """Every chunk's BM25 score for these terms (repeats count again, as in bm25s), given their postings."""
+    def weights(self, docs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """One term's score in each chunk holding it (its postings ``docs`` and ``counts``), float32 as bm25s
+        added it up."""
+        df = len(docs)
+        idf = np.float32(math.log(1 + (self.size - df + 0.5) / (df + 0.5)))
+        return (idf * self.frequency_part(docs, counts)).astype(np.float32)
+
+    def scores(self, term_ids: list[int], weights: dict[int, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Every chunk's BM25 score for these terms (repeats count again, as in bm25s), given their chunks
+        and ``weights``."""
         scores = np.zeros(self.size, dtype=np.float32)
         for term_id in term_ids:
-            docs, counts = postings[term_id]
-            df = len(docs)
-            idf = np.float32(math.log(1 + (self.size - df + 0.5) / (df + 0.5)))
-            scores[docs] += (idf * self.frequency_part(docs, counts)).astype(np.float32)
+            docs, weight = weights[term_id]
+            scores[docs] += weight
         return scores
 
 
@@ -123,7 +130,7 @@ class Corpus:
         # the previous corpus's metadata by file version, for this one's first read of it
         self._kept_metas = previous._metas_by_file() if previous is not None and previous._metas else {}
         self._chunks_read = Recent(HOT_CHUNKS)  # (id, text, metadata) by position
-        self._postings_read = Recent(HOT_POSTINGS, weight=lambda postings: len(postings[0]))  # by term id
+        self._weights_read = Recent(HOT_POSTINGS, weight=lambda weights: len(weights[0]))  # by term id
 
     @classmethod
     def load(cls, store: Store, postings: Postings | None = None, previous: "Corpus | None" = None) -> "Corpus":
@@ -217,9 +224,16 @@ class Corpus:
             known.update((term, looked_up.get(term)) for term in missing)
         return {term: known[term] for term in terms}
 
-    def _postings(self, term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """These terms' postings, read from disk unless kept; the HOT_POSTINGS last read are kept."""
-        return self._postings_read.get(term_ids, self._snapshot.postings)
+    def _weights(self, fields: dict[int, Field]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The chunks holding each of these terms and its score in each (Field.weights, in the term's field),
+        read from disk and worked out unless kept: the last HOT_POSTINGS chunks' are (at a million loc rows,
+        working them out again was a quarter of a BM25 ranking: 12.4-13.1 -> 9.2-9.7 ms)."""
+
+        def read(term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+            return {term_id: (docs, fields[term_id].weights(docs, counts))
+                    for term_id, (docs, counts) in self._snapshot.postings(term_ids).items()}
+
+        return self._weights_read.get(list(fields), read)
 
     def worked_out(self, ids: list[str]) -> dict[str, tuple[int, str]]:
         """The token counts and sentence analyses of these chunks, as worked out when they were indexed."""
@@ -246,14 +260,14 @@ class Corpus:
         held = {term: found[0] for term, found in known.items() if found and found[1]}
         if not any(term in held for term in wanted):
             return []
-        postings = self._postings(list(held.values()))
-        scores = self.terms.scores([held[t] for t in wanted if t in held], postings)
-        pairs = [held[p] for p in pairs if p in held]
+        terms, pairs = [held[t] for t in wanted if t in held], [held[p] for p in pairs if p in held]
+        weights = self._weights({**dict.fromkeys(terms, self.terms), **dict.fromkeys(pairs, self.pairs)})
+        scores = self.terms.scores(terms, weights)
         if pairs:
-            scores = scores + config.pair_weight * self.pairs.scores(pairs, postings)
+            scores = scores + config.pair_weight * self.pairs.scores(pairs, weights)
         if allowed is not None:
             scores = np.where(allowed, scores, 0.0)
-        rarest_first = sorted((postings[held[t]][0] for t in wanted if t in held), key=len)
+        rarest_first = sorted((weights[term_id][0] for term_id in terms), key=len)
         return [(int(i), float(scores[i])) for i in _best(scores, limit, rarest_first)]
 
 

@@ -139,6 +139,17 @@ def _unpacked(document: str | None, meta: dict) -> tuple[str, dict]:
     return chunk["text"], chunk["meta"]
 
 
+def _pages(collection, where: dict | None, include: list[str]):
+    """A collection's rows (those ``where`` matches) a page at a time, in the order they were added: chromadb
+    binds a read's ids as SQL variables, and one read of a 35,000-row loc table's chunks failed with "too
+    many SQL variables"."""
+    for offset in itertools.count(0, PAGE):
+        rows = collection.get(where=where, limit=PAGE, offset=offset, include=include)
+        yield rows
+        if len(rows["ids"]) < PAGE:
+            return
+
+
 def _version(key: str, file_hash: str) -> dict:
     """The chromadb filter for one file version's chunks."""
     return {"$and": [{"file_key": key}, {"file_hash": file_hash}]}
@@ -220,15 +231,8 @@ class Store:
         if len(first) < PAGE:
             return first
 
-        def read():
-            metas = []
-            for offset in itertools.count(0, PAGE):
-                page = self.manifest.get(where=where, limit=PAGE, offset=offset, include=["metadatas"])
-                metas += page["metadatas"]
-                if len(page["metadatas"]) < PAGE:
-                    return metas
-
-        return self.consistent(read)
+        return self.consistent(lambda: [meta for rows in _pages(self.manifest, where, ["metadatas"])
+                                        for meta in rows["metadatas"]])
 
     def generation(self) -> int:
         """A counter that changes whenever the visible canon changes."""
@@ -389,16 +393,14 @@ class Store:
 
     def scan_chunks(self):
         """Every chunk row, visible or not, as (id, text, metadata), a page at a time."""
-        total = self.canon.count()
-        for offset in range(0, total, PAGE):
-            rows = self.canon.get(limit=PAGE, offset=offset, include=["documents", "metadatas"])
+        for rows in _pages(self.canon, None, ["documents", "metadatas"]):
             for cid, document, meta in zip(rows["ids"], rows["documents"], rows["metadatas"]):
                 yield cid, *_unpacked(document, meta)
 
     def file_chunks(self, key: str, file_hash: str) -> tuple[list[str], list[str], list[dict]]:
         """One file version's chunks as (ids, texts, metadatas), for an index that follows the store."""
         ids, texts, metas = [], [], []
-        for rows in self._file_pages(key, file_hash, ["documents", "metadatas"]):
+        for rows in _pages(self.canon, _version(key, file_hash), ["documents", "metadatas"]):
             ids += rows["ids"]
             for document, meta in zip(rows["documents"], rows["metadatas"]):
                 text, meta = _unpacked(document, meta)
@@ -408,18 +410,9 @@ class Store:
 
     def file_vectors(self, key: str, file_hash: str):
         """One stored file version's chunks as (text, metadata, vector), a page at a time."""
-        for rows in self._file_pages(key, file_hash, ["documents", "metadatas", "embeddings"]):
+        for rows in _pages(self.canon, _version(key, file_hash), ["documents", "metadatas", "embeddings"]):
             for document, meta, vector in zip(rows["documents"], rows["metadatas"], rows["embeddings"]):
                 yield *_unpacked(document, meta), vector
-
-    def _file_pages(self, key: str, file_hash: str, include: list[str]):
-        """One file version's rows a page at a time: chromadb binds a read's ids as SQL variables, and one
-        read of a 35,000-row loc table's chunks failed with "too many SQL variables"."""
-        for offset in itertools.count(0, PAGE):
-            rows = self.canon.get(where=_version(key, file_hash), limit=PAGE, offset=offset, include=include)
-            yield rows
-            if len(rows["ids"]) < PAGE:
-                return
 
     def dense_query(self, query: str, n: int, ids: list[str] | None = None):
         """Nearest chunks to a query by embedding: a list of (id, distance)."""
@@ -459,7 +452,6 @@ class Run:
         self.started_at = time.time()
         self.staged: dict[str, dict] = {}
         self._unwritten: list[tuple[dict, list, list, list, list]] = []  # staged rows and chunks put behind
-        self._unwritten_chunks = 0
         self._kept_since = 0.0  # when the first of them was put
         self._begun = False  # the run's row is written
         self._writer: ThreadPoolExecutor | None = None  # writes what was put behind, behind the caller
@@ -473,10 +465,9 @@ class Run:
             self._kept_since = time.monotonic()
         self.staged[meta["key"]] = meta
         self._unwritten.append((meta, list(ids), list(texts), list(metas), list(embeddings)))
-        self._unwritten_chunks += len(ids)
         if not behind:
             self._write_unwritten(behind=False)
-        elif (len(self._unwritten) >= STAGE_BATCH_FILES or self._unwritten_chunks >= PAGE
+        elif (len(self._unwritten) >= STAGE_BATCH_FILES or sum(len(ids) for _, ids, *_ in self._unwritten) >= PAGE
               or time.monotonic() - self._kept_since >= STAGE_BATCH_S):
             self._write_unwritten(behind=True)
 
@@ -484,7 +475,7 @@ class Run:
         """Write what is kept, here or (``behind``) in the run's thread once its write before has landed."""
         self.wait()  # one write at a time, in the order staged
         batch, first = self._unwritten, not self._begun
-        self._unwritten, self._unwritten_chunks = [], 0
+        self._unwritten = []
         if not batch:
             return
         self._begun = True

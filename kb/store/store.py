@@ -58,6 +58,7 @@ PACKED = "chunk"  # the canon metadata key holding a chunk's text and metadata (
 _UNIT = [1.0]  # manifest rows need a vector; they are only ever fetched by id
 STALE_RUN_SECONDS = 900  # on a shared server, a run started longer ago and never committed was abandoned
 SNAPSHOT_TRIES = 20  # a reader reads again at most this often while publishes land under it
+DROP_FILES = 500  # files whose stale chunks one read looks for (their keys are bound as SQL variables)
 PAGE = 5_000  # rows per chromadb read: it binds a read's ids as SQL variables, at most 32,766
 STAGE_BATCH_FILES = 100  # files an ingest stages per chromadb write at most (Run.put's ``behind``)
 STAGE_BATCH_S = 0.25  # ... and for at most this long: what a killed ingest's rerun must parse and embed again
@@ -301,11 +302,19 @@ class Store:
             end = start + batch
             collection.upsert(ids=ids[start:end], embeddings=embeddings[start:end], metadatas=metadatas[start:end])
 
-    def _drop_stale_chunks(self, key: str, keep_hash: str | None) -> None:
-        """Delete a file's chunks of every version but ``keep_hash`` (all of them when None)."""
-        where = {"file_key": key} if keep_hash is None else {
-            "$and": [{"file_key": key}, {"file_hash": {"$ne": keep_hash}}]}
-        self.canon.delete(where=where)
+    def _drop_stale_chunks(self, keep: dict[str, str | None]) -> None:
+        """Delete these files' chunks of every version but the one kept (by key: its hash, None for none).
+
+        They are found by one read per DROP_FILES files and deleted by id: a filtered delete per file cost
+        13-27 ms at 100,000 chunks and 80 ms at a million even when it found nothing (500 new files into
+        100,000 chunks: 6.7 -> 0.44 s to publish)."""
+        keys, batch = list(keep), self.client.get_max_batch_size()
+        for start in range(0, len(keys), DROP_FILES):
+            where = {"file_key": {"$in": keys[start:start + DROP_FILES]}}
+            stale = [cid for rows in _pages(self.canon, where, ["metadatas"])
+                     for cid, meta in zip(rows["ids"], rows["metadatas"]) if meta["file_hash"] != keep[meta["file_key"]]]
+            for first in range(0, len(stale), batch):
+                self.canon.delete(ids=stale[first:first + batch])
 
     def _finish(self, run: str, staged: list[dict]) -> None:
         """Copy a committed run's staged rows onto the file rows, then delete what nothing uses any more."""
@@ -315,8 +324,7 @@ class Store:
         gone = [f"file:{m['key']}" for m in staged if m["removed"]]
         if gone:
             self.manifest.delete(ids=gone)
-        for meta in staged:
-            self._drop_stale_chunks(meta["key"], None if meta["removed"] else meta["hash"])
+        self._drop_stale_chunks({meta["key"]: None if meta["removed"] else meta["hash"] for meta in staged})
         self.manifest.delete(ids=[f"run:{run}"] + [f"staged:{run}:{m['key']}" for m in staged])
 
     def _abandon(self, run: str, staged: list[dict], published: dict[str, FileRecord]) -> None:

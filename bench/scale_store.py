@@ -3,13 +3,17 @@
 Writing 100,000 chunks takes about 20 minutes here and a whole bench/scale.py run
 about 35; this writes the store once (`write`) and then times, on a scratch copy
 of it (`measure`): the first open, which builds the BM25 postings (in its own
-process); a fresh process's open (time and VmHWM), searches per mode (50 after
+process); a fresh process's open (time and VmHWM), its first dense search (chromadb
+loads its vector index), searches per mode (50 after
 one untimed, modes interleaved, each query embedded by the real model), a
 one-file change seen by that running KnowledgeBase (median of 3) and its peak
 RSS; then a second fresh open.
 
     python bench/scale_store.py write 100000 /tmp/store-100k
     python bench/scale_store.py measure /tmp/store-100k
+
+At a million chunks the copy is 20 GB and its first build most of an hour: `measure
+--in-place` times the store itself, building its postings only the first time.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from bench.common import in_fresh_process, median, peak_rss_mb, revision  # noqa
 from bench.scale import Canon, change_visible, search_latencies, synthetic_file  # noqa: E402
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.store import Store  # noqa: E402
-from kb.store.embed import model_dim  # noqa: E402
+from kb.store.embed import LoreEmbedding, model_dim  # noqa: E402
 
 
 def write(size: int, out: Path, chunks_per_file: int = 100, words: int = 150, seed: int = 7) -> None:
@@ -56,6 +60,10 @@ def served(kb_dir: Path, queries: int = 50) -> dict:
     kb = KnowledgeBase.open(kb_dir)
     kb.corpus  # noqa: B018
     result = {"open_s": time.perf_counter() - began, "open_rss_mb": peak_rss_mb()}
+    LoreEmbedding()(["load the model"])
+    began = time.perf_counter()
+    kb.search("load the vector index", k=5, mode="dense")
+    result["first_dense_s"] = time.perf_counter() - began
     canon = Canon(7)  # the store's vocabulary (Canon(seed) draws its own words), other phrases than its chunks
     canon.rng.seed(11)
     latencies = search_latencies(kb, [canon.phrase(canon.rng.randint(3, 8)) for _ in range(queries + 1)])
@@ -74,13 +82,16 @@ def main() -> None:
     written.add_argument("dir", type=Path)
     measured = commands.add_parser("measure", help="time opens, searches and a change on a copy of it")
     measured.add_argument("dir", type=Path)
+    measured.add_argument("--in-place", action="store_true",
+                          help="on the store itself, its postings built once (its first three files are replaced)")
     args = parser.parse_args()
     if args.command == "write":
         write(args.size, args.dir)
         return
     with tempfile.TemporaryDirectory(prefix="kb-bench-store-") as tmp:
-        work = Path(tmp) / "kb"
-        shutil.copytree(args.dir, work)
+        work = args.dir if args.in_place else Path(tmp) / "kb"
+        if not args.in_place:
+            shutil.copytree(args.dir, work)
         result = in_fresh_process(first_open, work)
         result.update(in_fresh_process(served, work))
         again = in_fresh_process(served, work, 1)

@@ -353,6 +353,7 @@ class Snapshot:
         self.db = self._begin()
         self._settled = False
         self.files: list[tuple[str, str, int]] = []  # (key, version, chunks) in position order
+        self.offsets: dict[int, int] = {}  # a file's seq -> the position of its first chunk
         self.starts: dict[str, int] = {}  # a file's key -> the same
         self._state: list[tuple] = []  # its files rows' _STATE columns, to tell whether the file moved on
         lengths, pair_lengths, size = [], [], 0
@@ -364,13 +365,12 @@ class Snapshot:
             if not len(lengths[-1]) == len(pair_lengths[-1]) == count:
                 raise ValueError(f"the indexed file {key} is damaged")
             self.files.append((key, version, count))
-            self.starts[key] = size
+            self.offsets[seq], self.starts[key] = size, size
             size += count
         self.size = size
         self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)
         self.pair_lengths = np.concatenate(pair_lengths) if pair_lengths else np.zeros(0, dtype=np.int32)
         self._firsts = np.array([self.starts[key] for key, _, _ in self.files], dtype=np.int64)
-        self._seqs = np.array([seq for _, _, seq, _ in self._state], dtype=np.int64)
 
     def _begin(self) -> sqlite3.Connection:
         """A read-only connection in a read transaction, which its first read will pin to the last commit."""
@@ -411,21 +411,20 @@ class Snapshot:
         return found
 
     def postings(self, term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Each term's postings: the positions of the chunks holding it (ascending) and its counts there.
-        A term is a row per file holding it (10,000 rows for a common word at a million chunks), so a row's
-        cost is kept to SQLite's and numpy's."""
+        """Each term's postings: the positions of the chunks holding it (ascending) and its counts there."""
+        found: dict[int, list] = {}
+        for part in _parts(list(dict.fromkeys(term_ids))):
+            for term, seq, n, blob in self._query(
+                    f"SELECT term, seq, n, rows FROM postings WHERE term IN {_in(part)} ORDER BY term, seq", part):
+                found.setdefault(term, []).append((self.offsets[seq], n, blob))
         result = {}
-        for term_id in dict.fromkeys(term_ids):
-            rows = self._query("SELECT seq, n, rows FROM postings WHERE term = ? ORDER BY seq", (term_id,))
-            if not rows:
-                continue
-            seqs, sizes, blobs = zip(*rows)
-            pairs = _array(b"".join(blobs)).reshape(-1, 2)
-            sizes = np.array(sizes, dtype=np.int64)
-            if len(pairs) != sizes.sum():
+        for term, rows in found.items():
+            pairs = _array(b"".join(blob for _, _, blob in rows)).reshape(-1, 2)
+            sizes = [n for _, n, _ in rows]
+            if len(pairs) != sum(sizes):
                 raise ValueError("the indexed postings are damaged")
-            offsets = self._firsts[np.searchsorted(self._seqs, seqs)]
-            result[term_id] = pairs[:, 0] + np.repeat(offsets, sizes), pairs[:, 1]  # int64: numpy indexes with it
+            positions = pairs[:, 0] + np.repeat([offset for offset, _, _ in rows], sizes)
+            result[term] = positions, pairs[:, 1]
         return result
 
     def at(self, positions: list[int], columns: str) -> dict[int, tuple]:

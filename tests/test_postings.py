@@ -228,7 +228,8 @@ def test_an_open_reads_no_posting_text_or_metadata_and_a_search_only_its_own_ter
     statements.clear()
     hits = search(kb.store, corpus, query := "old Saltreach ferry", k=1, mode="bm25")
     assert hits[0].source == "ferry.md" and "Saltreach" in hits[0].text
-    asked = {int(term) for s in statements for term in re.findall(r"FROM postings WHERE term = (\d+)", s)}
+    read = [s for s in statements if "FROM postings WHERE term IN" in s]
+    asked = {int(n) for s in read for n in re.search(r"IN \(([^)]*)\)", s).group(1).split(",")}
     with sqlite3.connect(index_path(kb.store)) as db:
         terms = {term for (term,) in db.execute(f"SELECT term FROM vocabulary WHERE id IN ({','.join(map(str, asked))})")}
     assert {"saltreach", "ferri"} <= terms <= set(query_tokens(query)) | set(word_pairs(query))

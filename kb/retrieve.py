@@ -33,9 +33,10 @@ TERM_IDS_KEPT = 100_000  # vocabulary ids and document frequencies remembered pe
 # NPC's few dozen) cost a SQLite read and a JSON decode per search otherwise (1.1 ms of an NPC question's ~10).
 HOT_CHUNKS = 4_096
 # Postings kept per corpus once read and weighed (Corpus._weights), by term, most recent first: a common term is
-# a postings row per file, and the few terms in most files were most of a BM25 query's rows at 100k chunks
-# (12 bytes a posting: 24 MB).
-HOT_POSTINGS = 2_000_000
+# a postings row per file, and reading those rows is most of a BM25 search. At a million 150-word chunks one
+# query's terms hold about 3 million postings, so 2 million kept none of them for the next question, and hybrid
+# p50 went 74 -> 14 ms with 21 million (12 bytes a posting: up to 252 MB; the server's peak 2.97 -> 3.2 GB).
+HOT_POSTINGS = 21_000_000
 # From this many chunks, a hybrid search ranks BM25 in a thread beside the dense query, while the model embeds the
 # question: at a million loc rows hybrid p50 went 13.1 -> 9.6 ms (dense 6.3-6.7); on the 131-chunk sample world an
 # earlier try cost 1 ms a search, so small stores rank in turn.

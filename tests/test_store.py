@@ -248,7 +248,7 @@ def test_ingest_killed_from_outside_mid_run_is_completed_by_the_next_run(tmp_pat
     """An unpatched `kb ingest` SIGKILLed wherever it happens to be once a run has staged files."""
     embed_calls: list[int] = []
     docs = tmp_path / "docs"
-    files = 60  # enough that a run stages them in several writes (kb.store.store.STAGE_BATCH_S)
+    files = 200  # a run stages them in several writes: at most STAGE_BATCH_FILES (100) files a write
 
     def drop(version: str) -> None:
         for n in range(files):

@@ -316,7 +316,7 @@ def test_ingest_killed_after_the_commit_but_before_cleanup(tmp_path, kb_dir):
     old_ids = by_source(chunk_rows(kb_dir))["herons.md"]
     write(docs / "herons.md", "# Herons\nHerons left Mirewood for the Saltreach mudflats.\n")
 
-    crash_ingest("_drop_stale_chunks", 0, docs, "--kb", kb_dir)
+    crash_ingest("_delete_chunks", 0, docs, "--kb", kb_dir)
 
     SharedSystemClient.clear_system_cache()
     store = Store(kb_dir)

@@ -216,6 +216,16 @@ def test_an_index_of_an_older_format_or_damaged_rows_is_rebuilt(world):
         assert db.execute("PRAGMA user_version").fetchone()[0] > 4
 
 
+@pytest.mark.parametrize("damage", ["UPDATE postings SET n = n + 1", "UPDATE postings SET seq = seq + 1000"])
+def test_a_damaged_postings_row_fails_the_query_that_reads_it(world, damage):
+    kb, _ = world
+    with sqlite3.connect(index_path(kb.store)) as db:
+        db.execute(damage)
+    corpus = reopened(kb).corpus
+    with pytest.raises(ValueError):
+        corpus.bm25_ranking("Saltreach ferry", None, 5)
+
+
 def test_a_pickle_planted_in_the_cache_is_never_loaded(world, tmp_path):
     kb, _ = world
     marker = tmp_path / "code-ran"

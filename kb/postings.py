@@ -438,13 +438,12 @@ class Snapshot:
         with self._lock:
             return self.db.execute(sql, values).fetchall()
 
-    def terms(self, terms: list[str]) -> dict[str, tuple[int, int]]:
-        """The vocabulary id and document frequency of those of ``terms`` the vocabulary holds."""
+    def term_ids(self, terms: list[str]) -> dict[str, int]:
+        """The vocabulary ids of those of ``terms`` the vocabulary holds (a term no file holds any more may be
+        one: its postings say)."""
         found = {}
         for part in _parts(list(dict.fromkeys(terms))):
-            found.update((term, (term_id, df)) for term, term_id, df in self._query(
-                "SELECT term, id, (SELECT coalesce(sum(n), 0) FROM postings WHERE postings.term = vocabulary.id)"
-                f" FROM vocabulary WHERE term IN {_in(part)}", part))
+            found.update(self._query(f"SELECT term, id FROM vocabulary WHERE term IN {_in(part)}", part))
         return found
 
     def postings(self, term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:

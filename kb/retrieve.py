@@ -28,7 +28,7 @@ from kb.store import Store
 MODES = ("hybrid", "dense", "bm25")
 DEFAULT_CONFIG = RetrievalConfig()
 MASKS_PER_CORPUS = 256  # distinct (where, limits, flags) masks kept per loaded corpus
-TERM_IDS_KEPT = 100_000  # vocabulary ids and document frequencies remembered per corpus before the memo starts over
+TERM_IDS_KEPT = 100_000  # vocabulary ids remembered per corpus before the memo starts over
 # Chunks (id, text, metadata) kept per corpus once read: the chunks a server's players hit again and again (an
 # NPC's few dozen) cost a SQLite read and a JSON decode per search otherwise (1.1 ms of an NPC question's ~10).
 HOT_CHUNKS = 4_096
@@ -125,7 +125,7 @@ class Corpus:
         self.size = snapshot.size
         self.terms, self.pairs = Field(snapshot.lengths), Field(snapshot.pair_lengths)
         self.lengths = snapshot.lengths
-        self._terms: dict[str, tuple[int, int] | None] = {}  # vocabulary id and df, kept for this corpus's life
+        self._terms: dict[str, int | None] = {}  # vocabulary ids, kept for this corpus's life
         self._ids: list[str] | None = None
         self._metas: list[dict] | None = None
         # the previous corpus's metadata by file version, for this one's first read of it
@@ -212,16 +212,16 @@ class Corpus:
         """The positions of those of these chunks the corpus holds."""
         return self._snapshot.positions_of(ids)
 
-    def _known(self, terms: list[str]) -> dict[str, tuple[int, int] | None]:
-        """Vocabulary ids and document frequencies of terms (None: not in it), asked once per corpus: an
-        extractive answer reads the idf of the question's terms once per cited chunk (43 SQLite queries)."""
+    def _term_ids(self, terms: list[str]) -> dict[str, int | None]:
+        """Vocabulary ids of terms (None: not in it), asked once per corpus: an extractive answer reads the idf
+        of the question's terms once per cited chunk (43 SQLite queries)."""
         known = self._terms
         missing = [term for term in dict.fromkeys(terms) if term not in known]
         if missing:
             if len(known) + len(missing) > TERM_IDS_KEPT:
                 known.clear()
                 missing = list(dict.fromkeys(terms))
-            looked_up = self._snapshot.terms(missing)
+            looked_up = self._snapshot.term_ids(missing)
             known.update((term, looked_up.get(term)) for term in missing)
         return {term: known[term] for term in terms}
 
@@ -241,9 +241,10 @@ class Corpus:
         return self._snapshot.worked_out(ids)
 
     def doc_freq(self, term: str) -> int:
-        """How many chunks hold a term."""
-        found = self._known([term])[term]
-        return found[1] if found else 0
+        """How many chunks hold a term (its postings, which a search of it has read already)."""
+        term_id = self._term_ids([term])[term]
+        found = self._weights({term_id: self.terms}).get(term_id) if term_id is not None else None
+        return len(found[0]) if found else 0
 
     def idf(self, term: str) -> float:
         """How rare a term is in the canon; a term the canon never uses is rarest of all."""
@@ -257,12 +258,17 @@ class Corpus:
         """
         wanted = query_tokens(query) if config.drop_question_words else tokens(query)
         pairs = word_pairs(query) if config.pair_weight else []
-        known = self._known(wanted + pairs) if self.size else {}
-        held = {term: found[0] for term, found in known.items() if found and found[1]}
-        if not any(term in held for term in wanted):
+        known = {term: term_id for term, term_id in (self._term_ids(wanted + pairs) if self.size else {}).items()
+                 if term_id is not None}
+        if not any(term in known for term in wanted):
             return []
-        terms, pairs = [held[t] for t in wanted if t in held], [held[p] for p in pairs if p in held]
+        terms, pairs = [known[t] for t in wanted if t in known], [known[p] for p in pairs if p in known]
+        # its document frequency is its postings' length: summing it in SQLite read the rows twice (12 of 35 ms
+        # of a new question at a million prose chunks)
         weights = self._weights({**dict.fromkeys(terms, self.terms), **dict.fromkeys(pairs, self.pairs)})
+        terms, pairs = [t for t in terms if t in weights], [p for p in pairs if p in weights]
+        if not terms:
+            return []
         scores = self.terms.scores(terms, weights)
         if pairs:
             scores = scores + config.pair_weight * self.pairs.scores(pairs, weights)

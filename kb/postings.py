@@ -458,8 +458,7 @@ class Snapshot:
             for term, seqs, sizes, blob in self._query(
                     "SELECT term, group_concat(seq), group_concat(n), CAST(group_concat(rows, '') AS BLOB)"
                     f" FROM postings WHERE term IN {_in(part)} GROUP BY term", part):
-                seqs = np.array(seqs.split(","), dtype=np.int64)
-                sizes = np.array(sizes.split(","), dtype=np.int64)
+                seqs, sizes = (np.fromstring(column, dtype=np.int64, sep=",") for column in (seqs, sizes))
                 files = np.searchsorted(self._seqs, seqs)  # where each row's file is, in position order
                 if files.max() >= len(self._seqs) or (self._seqs[files] != seqs).any():
                     raise ValueError("the indexed postings name a file the index does not hold")

@@ -11,9 +11,9 @@ what an answer would otherwise work out for it (token count, sentences).
 Keeping current. Opening diffs the store's file records against the rows: only
 a new, changed or removed file is read from the store, tokenized, and has its
 own rows replaced, so a script drop touches its own postings and a reopened
-store builds nothing. Rows found in line at the store's current generation
-(``synced``) spare the next open even that diff: it reads no file records. Several `kb serve` replicas on one Chroma server each
-keep such a file current from the store they share.
+store builds nothing; rows found in line at the store's current generation
+(``synced``) spare the next open even the diff. Several `kb serve` replicas on
+one Chroma server each keep such a file current from the store they share.
 
 Reading. A `Snapshot` is a read transaction held open (WAL mode: writers go on,
 a snapshot keeps seeing the commit it began at), so a loaded corpus is one
@@ -30,7 +30,8 @@ transactions. FTS5 scores with its own BM25 and tokenizer and gives no cheap
 access to raw postings; bm25s segments memory-mapped would need a merge step
 and their own way to keep an old snapshot readable. The cost (README, Scale):
 about 12,800 rows per 100-chunk file, 1.1 GB at 100k chunks, and a term in
-every file is a row per file to read per query.
+every file is a row per file for SQLite to read per query (it joins them, so
+Python gets one per term).
 
 Nothing here is code: a file that is not our format, is corrupt, or comes from
 an older format is deleted and rebuilt from the store (11.7: the pickle it

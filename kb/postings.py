@@ -232,9 +232,9 @@ class Postings:
 
     # -- keeping current ----------------------------------------------------
 
-    def versions(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self.db.execute("SELECT key, version FROM files"))
+    def _versions(self) -> dict[str, str]:
+        """Each indexed file's version, by key (call holding the lock)."""
+        return dict(self.db.execute("SELECT key, version FROM files"))
 
     def update(self, store: Store) -> int:
         """Bring the postings in line with the store's file records; how many files changed.
@@ -247,7 +247,8 @@ class Postings:
             return 0
         records = store.files()
         wanted = {key: version_of(record) for key, record in records.items()}
-        have = self.versions()
+        with self._lock:
+            have = self._versions()
         gone = [key for key in have if key not in wanted]
         changed = {key: version for key, version in wanted.items() if have.get(key) != version}
         if gone:
@@ -273,7 +274,7 @@ class Postings:
         versions (compared under the write lock, so no other update writes in between)."""
         with self._lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            if dict(self.db.execute("SELECT key, version FROM files")) == wanted:
+            if self._versions() == wanted:
                 self.db.execute("UPDATE synced SET store = ?, generation = ?", synced)
 
     def _drop(self, key: str) -> None:

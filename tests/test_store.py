@@ -700,3 +700,36 @@ def test_stale_chunks_looked_for_a_few_files_at_a_time_are_all_dropped(tmp_path,
     texts = sorted(text for _, text, _ in Store(kb_dir).scan_chunks())
     assert texts == sorted([f"The first telling of tide {n}." for n in (1, 2)] +
                            [f"The second telling of tide {n}." for n in (0, 3)])
+
+
+# --- the vector index on disk ----------------------------------------------------
+
+
+def test_an_ingest_leaves_the_vector_index_saved_for_the_next_process(tmp_path, kb_dir):
+    """chromadb saved it every 1,000 writes, and each new process inserted the writes since into it again."""
+    docs = canon(tmp_path / "docs")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    assert Store(kb_dir).unsaved_vectors() == 0
+    write(docs / "kilns.txt", "The kilns of Cinderholm went cold in the flood year.\n")
+    (docs / "herons.md").unlink()
+    _, report = invoke_json("ingest", docs, "--kb", kb_dir)
+    assert report["updated"] == ["kilns.txt"] and report["removed"] == ["herons.md"]
+    assert Store(kb_dir).unsaved_vectors() == 0
+    _, found = invoke_json("search", "kilns flood", "--kb", kb_dir, "--mode", "dense", "-k", "5")
+    assert [hit["source"] for hit in found["results"]] == ["kilns.txt", "sub/lighthouse.md"]
+
+
+def test_a_store_made_before_saves_its_vector_index_from_its_next_ingest(tmp_path, kb_dir):
+    docs = canon(tmp_path / "docs")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    Store(kb_dir).canon.modify(configuration={"hnsw": {"sync_threshold": 1000}})  # chromadb's default
+    SharedSystemClient.clear_system_cache()  # a new process: its index loads with that setting
+    store = Store(kb_dir)
+    held = store.canon.get(limit=1, include=["embeddings", "metadatas"])
+    store.canon.upsert(ids=held["ids"], embeddings=held["embeddings"], metadatas=held["metadatas"])  # as writes were
+    assert store.unsaved_vectors() == 1
+
+    write(docs / "kilns.txt", "The kilns of Cinderholm went cold in the flood year.\n")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    assert Store(kb_dir).unsaved_vectors() == 0
+    assert Store(kb_dir).canon.configuration["hnsw"]["sync_threshold"] == 1

@@ -37,6 +37,7 @@ import itertools
 import json
 import os
 import random
+import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -200,10 +201,23 @@ class Store:
             )
             self.manifest = self.client.get_or_create_collection(
                 MANIFEST, embedding_function=None, configuration={"hnsw": {"space": "l2"}})
+            if create and not chroma_url:
+                self._save_vectors_after_each_write()
         except KBError:
             raise
         except Exception as exc:
             raise KBError(f"cannot write to the knowledge base at {self.kb_dir}: {exc}") from None
+
+    def _save_vectors_after_each_write(self) -> None:
+        """Have chromadb save the canon's vector index after every write, not every 1,000 (its ``sync_threshold``).
+
+        It keeps the writes since its last save only in its log, and every new process inserts them into the
+        index again before its first dense search: a fresh `kb search` on 1,800 chunks an ingest had left 557
+        behind took 0.98-1.03 s, 0.85 s saved; at a million chunks each costs about 1.7 ms. A writer sets it
+        before its first write, which reads it (a Chroma server replays its log once per start, not per reader).
+        """
+        if (self.canon.configuration.get("hnsw") or {}).get("sync_threshold") != 1:
+            self.canon.modify(configuration={"hnsw": {"sync_threshold": 1}})
 
     # -- manifest ---------------------------------------------------------
 
@@ -442,6 +456,21 @@ class Store:
     def embed_passages(self, texts: list[str]):
         """Embed chunk texts with the store's model (done before any write, so a failure writes nothing)."""
         return self.embedder(texts)
+
+    def unsaved_vectors(self) -> int | None:
+        """How many canon writes a local store's vector index has not saved yet, from chromadb's own tables
+        (None: a Chroma server's): each new process inserts them again (_save_vectors_after_each_write)."""
+        if self.chroma_url:
+            return None
+        db = sqlite3.connect(f"{(self.kb_dir / 'chroma' / 'chroma.sqlite3').resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return db.execute(
+                "SELECT count(*) FROM embeddings_queue, segments WHERE segments.collection = ?"
+                " AND segments.scope = 'VECTOR' AND embeddings_queue.topic LIKE '%/' || segments.collection"
+                " AND embeddings_queue.seq_id > coalesce("
+                "  (SELECT seq_id FROM max_seq_id WHERE segment_id = segments.id), 0)", (str(self.canon.id),)).fetchone()[0]
+        finally:
+            db.close()
 
     def size_bytes(self) -> int | None:
         if self.chroma_url:

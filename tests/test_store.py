@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -733,3 +734,20 @@ def test_a_store_made_before_saves_its_vector_index_from_its_next_ingest(tmp_pat
     assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
     assert Store(kb_dir).unsaved_vectors() == 0
     assert Store(kb_dir).canon.configuration["hnsw"]["sync_threshold"] == 1
+
+
+def test_a_process_loading_the_vector_index_while_a_writer_saves_it_loads_it_again(tmp_path, kb_dir):
+    """chromadb 1.5.9 rewrites the index's id maps in place when a writer saves it, which a local store now does
+    after every write: a process loading the index meanwhile read them half-written and failed."""
+    assert invoke("ingest", canon(tmp_path / "docs"), "--kb", kb_dir).exit_code == 0
+    store = Store(kb_dir)
+    expected = store.dense_query("herons", 3)
+    with contextlib.closing(sqlite3.connect(kb_dir / "chroma" / "chroma.sqlite3")) as db:
+        (segment,) = db.execute("SELECT id FROM segments WHERE collection = ? AND scope = 'VECTOR'",
+                                (str(store.canon.id),)).fetchone()
+    id_maps = kb_dir / "chroma" / segment / "index_metadata.pickle"
+    whole = id_maps.read_bytes()
+    id_maps.write_bytes(whole[:len(whole) // 2])  # as a writer saving the index leaves them for a moment
+    threading.Timer(0.25, id_maps.write_bytes, [whole]).start()
+    SharedSystemClient.clear_system_cache()  # a new process's view: the index is loaded from disk
+    assert Store(kb_dir).dense_query("herons", 3) == expected

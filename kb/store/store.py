@@ -50,6 +50,7 @@ from pathlib import Path
 import chromadb
 from chromadb.api.shared_system_client import SharedSystemClient
 from chromadb.config import Settings as ChromaSettings
+from chromadb.errors import InternalError
 
 from kb.errors import KBError, ModelMismatch, Unavailable
 from kb.store.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
@@ -64,6 +65,7 @@ DROP_FILES = 500  # files whose stale chunks one read looks for (their keys are 
 PAGE = 5_000  # rows per chromadb read: it binds a read's ids as SQL variables, at most 32,766
 STAGE_BATCH_FILES = 100  # files an ingest stages per chromadb write at most (Run.put's ``behind``)
 STAGE_BATCH_S = 0.25  # ... and for at most this long: what a killed ingest's rerun must parse and embed again
+LOAD_TRIES = 5  # a read that finds a saved vector index half-written is tried again this often at most
 # Generation moves made by this process, per store location: every KnowledgeBase of the process sees
 # its own process's write on its next call, not one poll later (kb/api.py), however fast it came.
 _moved_here: Counter[str] = Counter()
@@ -147,7 +149,7 @@ def _pages(collection, where: dict | None, include: list[str]):
     binds a read's ids as SQL variables, and one read of a 35,000-row loc table's chunks failed with "too
     many SQL variables"."""
     for offset in itertools.count(0, PAGE):
-        rows = collection.get(where=where, limit=PAGE, offset=offset, include=include)
+        rows = _read(collection.get, where=where, limit=PAGE, offset=offset, include=include)
         yield rows
         if len(rows["ids"]) < PAGE:
             return
@@ -156,6 +158,24 @@ def _pages(collection, where: dict | None, include: list[str]):
 def _version(key: str, file_hash: str) -> dict:
     """The chromadb filter for one file version's chunks."""
     return {"$and": [{"file_key": key}, {"file_hash": file_hash}]}
+
+
+def _read(call, *args, **kwargs):
+    """What ``call(*args, **kwargs)``, a chromadb read, returns, tried again while it finds a saved vector index
+    half-written.
+
+    A collection's first read in a process loads its vector index, and chromadb 1.5.9 rewrites the index's id
+    maps in place each time a writer saves it (after every write, on a local store): a process loading it then
+    failed with "Error deserializing pickle file" (13 of 525 fresh loads beside a writer of 10-chunk runs);
+    a moment later the file is whole again.
+    """
+    for attempt in range(1, LOAD_TRIES + 1):
+        try:
+            return call(*args, **kwargs)
+        except InternalError as exc:
+            if "hnsw segment reader" not in str(exc) or attempt == LOAD_TRIES:
+                raise
+            time.sleep(0.1 * attempt)
 
 
 class Store:
@@ -243,7 +263,7 @@ class Store:
         32,766) read again while publishes land under them. Pages follow the order rows were added in:
         a new row never shifts them, and every delete is followed by a move of the generation."""
         where = {"kind": {"$in": kinds}}
-        first = self.manifest.get(where=where, limit=PAGE, include=["metadatas"])["metadatas"]
+        first = _read(self.manifest.get, where=where, limit=PAGE, include=["metadatas"])["metadatas"]
         if len(first) < PAGE:
             return first
 
@@ -252,7 +272,7 @@ class Store:
 
     def generation(self) -> int:
         """A counter that changes whenever the visible canon changes."""
-        rows = self.manifest.get(ids=["state"], include=["metadatas"])
+        rows = _read(self.manifest.get, ids=["state"], include=["metadatas"])
         return int(rows["metadatas"][0]["generation"]) if rows["ids"] else 0
 
     def disk_signature(self) -> tuple | None:
@@ -286,7 +306,7 @@ class Store:
         return _moved_here[self._location]
 
     def last_ingest(self) -> float | None:
-        rows = self.manifest.get(ids=["state"], include=["metadatas"])
+        rows = _read(self.manifest.get, ids=["state"], include=["metadatas"])
         return rows["metadatas"][0]["updated_at"] if rows["ids"] else None
 
     def status(self) -> dict:
@@ -387,7 +407,7 @@ class Store:
     # -- reads ------------------------------------------------------------
 
     def count(self) -> int:
-        return self.canon.count()
+        return _read(self.canon.count)
 
     def all_chunks(self):
         """Every visible chunk as (ids, texts, metadatas): the published files' chunks, one whole generation."""
@@ -445,12 +465,12 @@ class Store:
 
     def nearest(self, vector: list, n: int, ids: list[str] | None = None) -> list[tuple[str, float]]:
         """The n chunks (among ``ids``) nearest an embedded query: a list of (id, cosine distance)."""
-        rows = self.canon.query(query_embeddings=vector, n_results=n, ids=ids, include=["distances"])
+        rows = _read(self.canon.query, query_embeddings=vector, n_results=n, ids=ids, include=["distances"])
         return list(zip(rows["ids"][0], rows["distances"][0]))
 
     def vectors(self, ids: list[str]) -> list[tuple[str, list[float]]]:
         """The stored chunks among ``ids`` with their embeddings (a chunk not stored is left out)."""
-        rows = self.canon.get(ids=ids, include=["embeddings"])
+        rows = _read(self.canon.get, ids=ids, include=["embeddings"])
         return list(zip(rows["ids"], rows["embeddings"]))
 
     def embed_passages(self, texts: list[str]):

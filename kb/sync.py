@@ -205,7 +205,7 @@ def forget(paths: list[str], settings: Settings) -> list[str]:
     Store(settings.kb_dir, settings.chroma_url)  # before the lock, which would create a mistyped --kb
     lock = contextlib.nullcontext() if settings.chroma_url else write_lock(settings.kb_dir)
     with lock:
-        store = Store(settings.kb_dir, settings.chroma_url, fresh=True)
+        store = Store(settings.kb_dir, settings.chroma_url, create=True, fresh=True)  # a writer (it exists)
         run = store.begin_run()
         removed = []
         for record in store.files().values():

@@ -720,7 +720,8 @@ def test_an_ingest_leaves_the_vector_index_saved_for_the_next_process(tmp_path, 
     assert [hit["source"] for hit in found["results"]] == ["kilns.txt", "sub/lighthouse.md"]
 
 
-def test_a_store_made_before_saves_its_vector_index_from_its_next_ingest(tmp_path, kb_dir):
+@pytest.mark.parametrize("next_write", ["ingest", "forget"])
+def test_a_store_made_before_saves_its_vector_index_from_its_next_write(tmp_path, kb_dir, next_write):
     docs = canon(tmp_path / "docs")
     assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
     Store(kb_dir).canon.modify(configuration={"hnsw": {"sync_threshold": 1000}})  # chromadb's default
@@ -730,8 +731,11 @@ def test_a_store_made_before_saves_its_vector_index_from_its_next_ingest(tmp_pat
     store.canon.upsert(ids=held["ids"], embeddings=held["embeddings"], metadatas=held["metadatas"])  # as writes were
     assert store.unsaved_vectors() == 1
 
-    write(docs / "kilns.txt", "The kilns of Cinderholm went cold in the flood year.\n")
-    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    if next_write == "ingest":
+        write(docs / "kilns.txt", "The kilns of Cinderholm went cold in the flood year.\n")
+        assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    else:
+        assert invoke_json("forget", docs / "kilns.txt", "--kb", kb_dir)[1] == {"removed": ["kilns.txt"]}
     assert Store(kb_dir).unsaved_vectors() == 0
     assert Store(kb_dir).canon.configuration["hnsw"]["sync_threshold"] == 1
 

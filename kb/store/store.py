@@ -183,7 +183,8 @@ class Store:
 
     def __init__(self, kb_dir: Path, chroma_url: str | None = None, model: str | None = None,
                  create: bool = False, ef_search: int = 100, fresh: bool = False):
-        """Open (or, with ``create``, make) the store; ``fresh``: a local store as it is on disk now,
+        """Open (or, with ``create``, make) the store, ``create`` for a writer (a local store's vector index is
+        then saved after every write); ``fresh``: a local store as it is on disk now,
         not through this process's open copy of it, which another process's vectors never reach.
 
         Raises:

@@ -362,13 +362,17 @@ class Store:
             self.manifest.delete(ids=gone)
         keep = {meta["key"]: None if meta["removed"] else meta["hash"] for meta in staged}
         self._delete_chunks(keep, lambda key, file_hash: file_hash != keep[key])  # every other version's
-        self.manifest.delete(ids=[f"run:{run}"] + [f"staged:{run}:{m['key']}" for m in staged])
+        self._forget_run(run, staged)
 
     def _abandon(self, run: str, staged: list[dict], published: dict[str, FileRecord]) -> None:
         """Delete the chunks and rows of a run that never committed (a crash, or a failed write)."""
         unpublished = {meta["key"]: meta["hash"] for meta in staged if not meta["removed"] and (
             published.get(meta["key"]) is None or published[meta["key"]].hash != meta["hash"])}
         self._delete_chunks(unpublished, lambda key, file_hash: file_hash == unpublished[key])
+        self._forget_run(run, staged)
+
+    def _forget_run(self, run: str, staged: list[dict]) -> None:
+        """Delete a finished or abandoned run's own manifest rows: its run row and what it staged."""
         self.manifest.delete(ids=[f"run:{run}"] + [f"staged:{run}:{m['key']}" for m in staged])
 
     def repair(self, stale_after: float | None = None, abandon: bool = True) -> int:

@@ -1,17 +1,22 @@
 """The BM25 postings on disk (SQLite, data only), kept current from the store's file records and read per query.
 
-Layout. One ``postings`` row per (term, file version): the file's chunks that
-hold the term (numbered within the file) and their counts, packed int32; the
+Layout. One ``postings`` row per (term, write group): the group's chunks that
+hold the term (numbered within the group) and their counts, packed int32; the
 word pairs of the second index are terms of their own (``old_woman``: no word
 has an underscore), so both fields share the table and the vocabulary. A
 ``files`` row per file version gives its order (``seq``) and its chunks'
 lengths in both fields; a ``chunks`` row per chunk its id, text, metadata and
 what an answer would otherwise work out for it (token count, sentences).
+A write group is a run of files written together, up to GROUP_CHUNKS chunks
+(``grouped`` names its members; a file alone is a group of one, keyed by its
+own ``seq``): a term in every file was a row per file, 10,000 at a million
+150-word chunks, and SQLite's cost per row was most of reading it.
 
 Keeping current. Opening diffs the store's file records against the rows: only
 a new, changed or removed file is read from the store, tokenized, and has its
-own rows replaced, so a script drop touches its own postings and a reopened
-store builds nothing; rows found in line at the store's current generation
+own rows replaced (a group it was written in is first split into a row per
+file, the same postings), so a script drop touches its own postings and a
+reopened store builds nothing; rows found in line at the store's current generation
 (``synced``) spare the next open even the diff. Several `kb serve` replicas on
 one Chroma server each keep such a file current from the store they share.
 
@@ -69,6 +74,9 @@ FULL_SCAN_FILES = 50  # more changed files than this: one paged scan of the stor
 # so a first build of 20k chunks peaked at 958 MB RSS in batches of 20,000 and 683 MB in 5,000 (no slower).
 WRITE_BATCH_CHUNKS = 5_000
 WRITE_CACHE_KB = 65_536  # the writing connection's page cache
+# Chunks of files written together that share their postings rows: larger groups are fewer rows for a query to
+# read, and more for a change of one member to split (README, Scale).
+GROUP_CHUNKS = 1_000
 IN_LIMIT = 500  # values bound in one ``IN (...)``
 _STATE = "key, version, seq, chunks"  # a files row's columns that say which state a snapshot sees
 _SCHEMA = """
@@ -81,6 +89,12 @@ CREATE INDEX postings_of_file ON postings (seq);
 CREATE TABLE chunks (id TEXT PRIMARY KEY, key TEXT NOT NULL, pos INTEGER NOT NULL, text TEXT NOT NULL,
                      meta TEXT NOT NULL, tokens INTEGER NOT NULL, sentences TEXT NOT NULL);
 CREATE UNIQUE INDEX chunks_of_file ON chunks (key, pos);
+"""
+# The members of write groups of more than one file (seq), by the group's first (the seq its rows are keyed by).
+# Added without a new FORMAT: an index from before has a row per file, each a group of one.
+_GROUPED = """
+CREATE TABLE IF NOT EXISTS grouped (seq INTEGER PRIMARY KEY, first INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS grouped_by_first ON grouped (first);
 """
 # The store (its collection's id) and generation the files rows were last found in line with: an update that
 # finds both unchanged reads no file records. Any write clears the generation, and an update records it only if
@@ -140,6 +154,19 @@ def _postings_rows(seq: int, rows: np.ndarray) -> list[tuple]:
             for term, start, end in zip(rows[first, 1].tolist(), first.tolist(), ends.tolist())]
 
 
+def _groups(tokenized: list[tuple]):
+    """Runs of consecutive files with GROUP_CHUNKS chunks at most between them (a larger file alone)."""
+    group, size = [], 0
+    for file in tokenized:
+        if group and size + len(file[0].ids) > GROUP_CHUNKS:
+            yield group
+            group, size = [], 0
+        group.append(file)
+        size += len(file[0].ids)
+    if group:
+        yield group
+
+
 def _chunk_rows(chunks: FileChunks, worked_out: dict[str, tuple[int, str]]) -> list[tuple]:
     """One file's rows of the chunks table, with each chunk's token count and sentence analysis: from
     ``worked_out`` (by text) when the version before held the same text (0.35 s of a 10,000-row table's edit)."""
@@ -179,6 +206,8 @@ class Postings:
                 if self._usable(db):
                     if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'synced'").fetchone():
                         db.executescript(_SYNCED)  # not on every open: its insert waits for another writer
+                    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'grouped'").fetchone():
+                        db.executescript(_GROUPED)
                     return _tuned(db)
                 db.close()
                 self._remove()
@@ -217,7 +246,7 @@ class Postings:
     def _create(db: sqlite3.Connection) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")  # readers (snapshots, other replicas, the CLI) never wait for a writer
         _tuned(db)
-        db.executescript(_SCHEMA + _SYNCED)
+        db.executescript(_SCHEMA + _SYNCED + _GROUPED)
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute(f"PRAGMA user_version = {VERSION}")
         db.commit()
@@ -278,7 +307,11 @@ class Postings:
                 self.db.execute("UPDATE synced SET store = ?, generation = ?", synced)
 
     def _drop(self, key: str) -> None:
-        """Delete one file's rows (call inside a write transaction)."""
+        """Delete one file's rows, its group split first (call inside a write transaction)."""
+        group = self.db.execute("SELECT first FROM grouped WHERE seq = (SELECT seq FROM files WHERE key = ?)",
+                                (key,)).fetchone()
+        if group:
+            self._split(group[0])
         self.db.execute("DELETE FROM postings WHERE seq = (SELECT seq FROM files WHERE key = ?)", (key,))
         self.db.execute("DELETE FROM files WHERE key = ?", (key,))
         self.db.execute("DELETE FROM chunks WHERE key = ?", (key,))
@@ -330,18 +363,44 @@ class Postings:
             ids = self._term_ids(numbered)
             stable = np.array([ids[term] for term in numbered], dtype=np.int32)
             seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM files").fetchone()[0]
-            for chunks, lengths, pair_lengths, rows in tokenized:
-                seq += 1
-                rows[:, 1] = stable[rows[:, 1]]
-                worked_out = {text: (tokens, sentences) for text, tokens, sentences in self.db.execute(
-                    "SELECT text, tokens, sentences FROM chunks WHERE key = ?", (chunks.key,))}
-                self._drop(chunks.key)
-                self.db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", _postings_rows(seq, rows))
-                self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                    _chunk_rows(chunks, worked_out))
-                self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                                (chunks.key, chunks.version, seq, len(chunks.ids), lengths.tobytes(),
-                                 pair_lengths.tobytes()))
+            for group in _groups(tokenized):
+                first, in_group, offset = seq + 1, [], 0
+                for chunks, lengths, pair_lengths, rows in group:
+                    seq += 1
+                    rows[:, 0] += offset  # chunks numbered within the group
+                    rows[:, 1] = stable[rows[:, 1]]
+                    in_group.append(rows)
+                    offset += len(chunks.ids)
+                    worked_out = {text: (tokens, sentences) for text, tokens, sentences in self.db.execute(
+                        "SELECT text, tokens, sentences FROM chunks WHERE key = ?", (chunks.key,))}
+                    self._drop(chunks.key)
+                    self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                        _chunk_rows(chunks, worked_out))
+                    self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                                    (chunks.key, chunks.version, seq, len(chunks.ids), lengths.tobytes(),
+                                     pair_lengths.tobytes()))
+                if len(group) > 1:
+                    self.db.executemany("INSERT INTO grouped VALUES (?, ?)",
+                                        ((member, first) for member in range(first, seq + 1)))
+                self.db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)",
+                                    _postings_rows(first, np.concatenate(in_group)))
+
+    def _split(self, first: int) -> None:
+        """Give each member of a write group its own postings rows, as if written alone (call inside a write
+        transaction): a member is about to change."""
+        members = self.db.execute("SELECT grouped.seq, chunks FROM grouped JOIN files ON files.seq = grouped.seq "
+                                  "WHERE first = ? ORDER BY grouped.seq", (first,)).fetchall()
+        found = self.db.execute("SELECT term, n, rows FROM postings WHERE seq = ?", (first,)).fetchall()
+        terms = np.repeat([term for term, _, _ in found], [n for _, n, _ in found]).astype(np.int32)
+        pairs = _array(b"".join(blob for _, _, blob in found)).reshape(-1, 2)
+        starts = np.cumsum([0] + [chunks for _, chunks in members])[:-1]
+        member_of = np.searchsorted(starts, pairs[:, 0], side="right") - 1
+        self.db.execute("DELETE FROM postings WHERE seq = ?", (first,))
+        self.db.execute("DELETE FROM grouped WHERE first = ?", (first,))
+        for member, ((seq, _), start) in enumerate(zip(members, starts.tolist())):
+            mine = member_of == member
+            rows = np.column_stack([pairs[mine, 0] - start, terms[mine], pairs[mine, 1]]).astype(np.int32)
+            self.db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", _postings_rows(seq, rows))
 
     def _term_ids(self, terms) -> dict[str, int]:
         """Stable ids for these terms, new ones added (call inside a write transaction)."""
@@ -452,8 +511,9 @@ class Snapshot:
         """Each term's postings: the positions of the chunks holding it and its counts there (in the order
         SQLite joined its rows: a BM25 sum adds a term once per chunk, in any order).
 
-        A common term is a row per file (10,000 at a million 150-word chunks), so SQLite joins a term's rows
-        into one: a question's postings there were read in 82-85 ms a row at a time, in 45 ms joined.
+        A common term is a row per write group (1,000 at a million 150-word chunks), and SQLite joins a term's
+        rows into one: a question's postings there, a row per file, were read in 82-85 ms a row at a time, in
+        45 ms joined.
         """
         result = {}
         for part in _parts(list(dict.fromkeys(term_ids))):

@@ -143,6 +143,78 @@ def test_a_changed_file_touches_only_its_own_postings(world):
     assert reopened(kb).search("herons", mode="bm25") == []
 
 
+QUESTIONS = ["old woman", "grey herons at dawn", "the kilns fire", "ferry to Saltreach", "storm", "Ondra raised"]
+
+
+def all_scores(corpus: Corpus) -> list[dict[str, float]]:
+    """Each of QUESTIONS' BM25 scores, every chunk scoring, by chunk id (indexes number chunks their own way)."""
+    found = []
+    for question in QUESTIONS:
+        ranked = corpus.bm25_ranking(question, None, corpus.size)
+        found.append(dict(zip(corpus.ids_at([pos for pos, _ in ranked]), [score for _, score in ranked])))
+    return found
+
+
+def rows_by_file(path: Path) -> dict[str, dict[str, tuple]]:
+    """Each file's own postings rows (a group of one's), by term."""
+    with sqlite3.connect(path) as db:
+        return {key: {term: (n, blob) for term, n, blob in db.execute(
+                    "SELECT vocabulary.term, n, rows FROM postings JOIN vocabulary ON id = postings.term WHERE seq = ?", (seq,))}
+                for key, seq in db.execute("SELECT key, seq FROM files")}
+
+
+def test_files_written_together_share_rows_and_score_as_if_written_alone(world, tmp_path, monkeypatch):
+    kb, _ = world
+    with sqlite3.connect(index_path(kb.store)) as db:
+        grouped = db.execute("SELECT count(DISTINCT first), count(*) FROM grouped").fetchone()
+        rows = db.execute("SELECT count(*) FROM postings").fetchone()[0]
+    monkeypatch.setattr(postings_module, "GROUP_CHUNKS", 0)
+    alone = Postings(tmp_path / "alone.sqlite")
+    alone.update(kb.store)
+    with sqlite3.connect(alone.path) as db:
+        assert db.execute("SELECT count(*) FROM grouped").fetchone()[0] == 0
+        assert rows < db.execute("SELECT count(*) FROM postings").fetchone()[0]
+    assert grouped == (1, len(file_rows(index_path(kb.store))))
+    assert all_scores(reopened(kb).corpus) == all_scores(Corpus(alone.snapshot()))
+
+
+def test_a_change_gives_the_other_files_of_its_group_the_rows_they_would_have_alone(world, tmp_path, monkeypatch):
+    kb, root = world
+    (root / "ferry.md").write_text("# Ferry\n\nThe ferry to Saltreach was raised by Ondra.\n", encoding="utf-8")
+    (root / "herons.md").unlink()
+    kb.ingest([str(root)])
+    corpus = reopened(kb).corpus
+    monkeypatch.setattr(postings_module, "GROUP_CHUNKS", 0)
+    alone = Postings(tmp_path / "alone.sqlite")
+    alone.update(kb.store)
+    kept, fresh = rows_by_file(index_path(kb.store)), rows_by_file(alone.path)
+    kilns = file_key(root / "kilns.md")
+    assert kept[kilns] and kept[kilns] == fresh[kilns]  # split from the first ingest's group
+    assert all_scores(corpus) == all_scores(Corpus(alone.snapshot()))
+    assert any(all_scores(corpus)[-1].values())  # the new text is found
+
+
+def test_an_index_from_before_write_groups_is_kept_and_changed_file_by_file(world, tmp_path, monkeypatch):
+    kb, root = world
+    path = index_path(kb.store)
+    monkeypatch.setattr(postings_module, "GROUP_CHUNKS", 0)
+    older = Postings(path)
+    older.reset()
+    older.update(kb.store)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE grouped")  # as an index written before them was
+    before = file_rows(path)
+    monkeypatch.setattr(postings_module, "GROUP_CHUNKS", 1_000)
+    (root / "ferry.md").write_text("# Ferry\n\nThe ferry to Saltreach was raised by Ondra.\n", encoding="utf-8")
+    kb.ingest([str(root)])
+    corpus = reopened(kb).corpus
+    after = file_rows(path)
+    assert {key for key in after if after[key] != before.get(key)} == {file_key(root / "ferry.md")}
+    alone = Postings(tmp_path / "alone.sqlite")
+    alone.update(kb.store)
+    assert all_scores(corpus) == all_scores(Corpus(alone.snapshot()))
+
+
 def test_an_edited_file_works_out_again_only_the_chunks_whose_text_changed(tmp_path, fake_embedder, monkeypatch):
     """A 10,000-row loc table with one row edited spent 0.35 s counting tokens and analysing sentences again."""
     rows = {f"k{n}": f"The {word} keeper tends gate {n}." for n, word in enumerate(["salt", "rope", "kiln", "bell"])}

@@ -196,6 +196,30 @@ def test_a_file_leaving_its_group_leaves_the_others_scored_as_if_written_alone(t
     assert all(all_scores(corpus)[i] for i in (0, 1, 5))
 
 
+def test_chunks_past_gaps_in_several_groups_score_where_they_are(tmp_path, fake_embedder, monkeypatch):
+    monkeypatch.setattr(postings_module, "GROUP_CHUNKS", 9)  # three files of three chunks a group
+    places = {f"{place}{n}.md": text for n in (1, 2) for place, text in zip("abc", SECTIONS.values())}
+    root = write_world(tmp_path / "world", places)
+    kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
+    kb.ingest([str(root)])
+    path = index_path(kb.store)
+    with sqlite3.connect(path) as db:
+        groups = db.execute("SELECT grouped.first, files.key FROM grouped JOIN files ON files.seq = grouped.seq "
+                            "ORDER BY grouped.seq").fetchall()
+    assert [first for first, _ in groups] == [groups[0][0]] * 3 + [groups[3][0]] * 3
+    middles = {groups[1][1], groups[4][1]}
+    for name in places:
+        if file_key(root / name) in middles:
+            (root / name).unlink()
+    kb.ingest([str(root)])
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM grouped GROUP BY first").fetchall() == [(2,), (2,)]
+    monkeypatch.setattr(postings_module, "GROUP_CHUNKS", 0)
+    alone = Postings(tmp_path / "alone.sqlite")
+    alone.update(kb.store)
+    assert all_scores(reopened(kb).corpus) == all_scores(Corpus(alone.snapshot()))
+
+
 def test_an_index_from_before_write_groups_is_kept_and_changed_file_by_file(world, tmp_path, monkeypatch):
     kb, root = world
     path = index_path(kb.store)

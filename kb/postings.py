@@ -37,9 +37,9 @@ Why SQLite rows: the file-by-file update and the snapshot come with its
 transactions. FTS5 scores with its own BM25 and tokenizer and gives no cheap
 access to raw postings; bm25s segments memory-mapped would need a merge step
 and their own way to keep an old snapshot readable. The cost (README, Scale):
-about 12,800 rows per 100-chunk file, 1.1 GB at 100k chunks, and a term in
-every file is a row per file for SQLite to read per query (it joins them, so
-Python gets one per term).
+about 12,800 rows per 100-chunk file alone, 1.0 GB at 100k chunks, and a term
+in every file is a row per write group for SQLite to read per query (it joins
+them, so Python gets one per term).
 
 Nothing here is code: a file that is not our format, is corrupt, or comes from
 an older format is deleted and rebuilt from the store (11.7: the pickle it
@@ -79,7 +79,7 @@ FULL_SCAN_FILES = 50  # more changed files than this: one paged scan of the stor
 WRITE_BATCH_CHUNKS = 5_000
 WRITE_CACHE_KB = 65_536  # the writing connection's page cache
 # Chunks of files written together that share their postings rows: larger groups are fewer rows for a query to
-# read, and more for a change of one member to split (README, Scale).
+# read, and more for a change of one member to read through (README, Scale).
 GROUP_CHUNKS = 1_000
 IN_LIMIT = 500  # values bound in one ``IN (...)``
 _STATE = "key, version, seq, chunks"  # a files row's columns that say which state a snapshot sees

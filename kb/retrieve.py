@@ -42,6 +42,29 @@ HOT_POSTINGS = 21_000_000
 # earlier try cost 1 ms a search, so small stores rank in turn.
 BESIDE_MIN_CHUNKS = 100_000
 _beside = ThreadPoolExecutor(4, thread_name_prefix="kb-bm25")
+# A term held by more than this share of the chunks is kept as a score per chunk (float32, 0 where it is absent)
+# instead of its postings (an int64 position and a float32 score each): smaller from a third on, and added by one
+# vector sum, which lets go of the GIL, instead of np.add.at (at a million prose chunks, hybrid with the question's
+# postings kept 15.0-16.3 -> 12.1-13.1 ms, dense 7.2-7.3).
+DENSE_SHARE = 1 / 3
+
+
+@dataclass(frozen=True)
+class Weighed:
+    """One term's BM25 score in the chunks holding it: at ``docs``, or per chunk when ``docs`` is None."""
+
+    df: int  # how many chunks hold it
+    docs: np.ndarray | None
+    scores: np.ndarray
+
+    @property
+    def kept(self) -> int:
+        """What keeping it costs, in postings (12 bytes each)."""
+        return len(self.scores) // 3 if self.docs is None else len(self.docs)
+
+    def chunks(self) -> np.ndarray:
+        """The positions of the chunks holding it."""
+        return self.docs if self.docs is not None else np.flatnonzero(self.scores)  # a score is never 0 (idf > 0)
 
 
 @dataclass
@@ -95,19 +118,29 @@ class Field:
         np.divide(counts, part, out=part)
         return part
 
-    def weights(self, docs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    def weighed(self, docs: np.ndarray, counts: np.ndarray) -> Weighed:
         """One term's score in each chunk holding it (its postings ``docs`` and ``counts``), float32 as bm25s
         added it up."""
         df = len(docs)
         idf = np.float32(math.log(1 + (self.size - df + 0.5) / (df + 0.5)))
-        return (idf * self.frequency_part(docs, counts)).astype(np.float32)
+        weights = (idf * self.frequency_part(docs, counts)).astype(np.float32)
+        if df <= DENSE_SHARE * self.size:
+            return Weighed(df, docs, weights)
+        per_chunk = np.zeros(self.size, dtype=np.float32)
+        per_chunk[docs] = weights
+        return Weighed(df, None, per_chunk)
 
-    def scores(self, term_ids: list[int], weights: dict[int, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        """Every chunk's BM25 score for these terms (repeats count again, as in bm25s), given their chunks
-        and ``weights``."""
+    def scores(self, term_ids: list[int], weighed: dict[int, Weighed]) -> np.ndarray:
+        """Every chunk's BM25 score for these terms (repeats count again, as in bm25s), given each one's
+        ``weighed`` scores. Adding a term's 0 where it is absent leaves a sum as it was, so both ways of keeping
+        a term give the same float32 sums."""
         scores = np.zeros(self.size, dtype=np.float32)
         for term_id in term_ids:
-            np.add.at(scores, *weights[term_id])  # the same float32 sums as scores[docs] += weight, in 0.6x the time
+            term = weighed[term_id]
+            if term.docs is None:
+                np.add(scores, term.scores, out=scores)
+            else:  # the same float32 sums as scores[docs] += weight, in 0.6x the time
+                np.add.at(scores, term.docs, term.scores)
         return scores
 
 
@@ -130,7 +163,7 @@ class Corpus:
         # the previous corpus's metadata by file version, for this one's first read of it
         self._kept_metas = previous._metas_by_file() if previous is not None and previous._metas else {}
         self._chunks_read = Recent(HOT_CHUNKS)  # (id, text, metadata) by position
-        self._weights_read = Recent(HOT_POSTINGS, weight=lambda weights: len(weights[0]))  # by term id
+        self._weights_read = Recent(HOT_POSTINGS, weight=lambda weighed: weighed.kept)  # by term id
 
     @classmethod
     def load(cls, store: Store, postings: Postings | None = None, previous: "Corpus | None" = None) -> "Corpus":
@@ -224,13 +257,13 @@ class Corpus:
             known.update((term, looked_up.get(term)) for term in missing)
         return {term: known[term] for term in terms}
 
-    def _weights(self, fields: dict[int, Field]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """The chunks holding each of these terms and its score in each (Field.weights, in the term's field),
-        read from disk and worked out unless kept: the last HOT_POSTINGS chunks' are (at a million loc rows,
+    def _weights(self, fields: dict[int, Field]) -> dict[int, Weighed]:
+        """Each of these terms' scores in the chunks holding it (Field.weighed, in the term's field), read from
+        disk and worked out unless kept: the last HOT_POSTINGS postings' worth are (at a million loc rows,
         working them out again was a quarter of a BM25 ranking: 12.4-13.1 -> 9.2-9.7 ms)."""
 
-        def read(term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-            return {term_id: (docs, fields[term_id].weights(docs, counts))
+        def read(term_ids: list[int]) -> dict[int, Weighed]:
+            return {term_id: fields[term_id].weighed(docs, counts)
                     for term_id, (docs, counts) in self._snapshot.postings(term_ids).items()}
 
         return self._weights_read.get(list(fields), read)
@@ -243,7 +276,7 @@ class Corpus:
         """How many chunks hold a term (its postings, which a search of it has read already)."""
         term_id = self._term_ids([term])[term]
         found = self._weights({term_id: self.terms}).get(term_id) if term_id is not None else None
-        return len(found[0]) if found else 0
+        return found.df if found else 0
 
     def idf(self, term: str) -> float:
         """How rare a term is in the canon; a term the canon never uses is rarest of all."""
@@ -273,19 +306,19 @@ class Corpus:
             scores = scores + config.pair_weight * self.pairs.scores(pairs, weights)
         if allowed is not None:
             scores = np.where(allowed, scores, 0.0)
-        rarest_first = sorted((weights[term_id][0] for term_id in terms), key=len)
+        rarest_first = sorted((weights[term_id] for term_id in terms), key=lambda term: term.df)
         return [(int(i), float(scores[i])) for i in _best(scores, limit, rarest_first)]
 
 
-def _best(scores: np.ndarray, limit: int, seeds: list[np.ndarray]) -> np.ndarray:
+def _best(scores: np.ndarray, limit: int, seeds: list[Weighed]) -> np.ndarray:
     """The positions of the ``limit`` best positive scores, best first, ties by position.
 
-    Only the chunks scoring at least the limit-th best among the first of ``seeds`` (each the chunks holding
-    one query term, rarest first: they score high) with ``limit`` chunks are sorted: at a million loc rows,
+    Only the chunks scoring at least the limit-th best among the first of ``seeds`` (each query term, rarest
+    first: the chunks holding it score high) held by ``limit`` chunks are sorted: at a million loc rows,
     selecting among every score (argpartition) was 10 of a hybrid search's 28 ms, and a full sort ~40 ms at
     100k chunks. (A union of seeds needs its repeats removed: np.unique took 4 ms a search, 190 at 400k.)
     """
-    seed = next((docs for docs in seeds if len(docs) >= limit), None)
+    seed = next((term.chunks() for term in seeds if term.df >= limit), None)
     threshold = 0.0 if seed is None else np.partition(scores[seed], len(seed) - limit)[len(seed) - limit]
     candidates = np.flatnonzero(scores >= threshold) if threshold > 0 else np.flatnonzero(scores > 0)
     return candidates[np.lexsort((candidates, -scores[candidates]))][:limit]

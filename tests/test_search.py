@@ -272,7 +272,15 @@ def test_the_best_bm25_scores_are_those_a_full_sort_gives_ties_by_position(seed)
     """Selection starts from the chunks of the rarest terms; any such start must give the full sort's top."""
     import numpy as np
 
-    from kb.retrieve import _best
+    from kb.retrieve import Weighed, _best
+
+    def held_by(docs: np.ndarray, per_chunk: bool) -> Weighed:
+        """A term held by these chunks, kept either way (Field.weighed)."""
+        if not per_chunk:
+            return Weighed(len(docs), docs, np.ones(len(docs), dtype=np.float32))
+        scores = np.zeros(5_000, dtype=np.float32)
+        scores[docs] = 1.0
+        return Weighed(len(docs), None, scores)
 
     rng = np.random.default_rng(seed)
     scores = np.round(rng.random(5_000) * 4, 1).astype(np.float32)  # few distinct values: many ties
@@ -282,4 +290,5 @@ def test_the_best_bm25_scores_are_those_a_full_sort_gives_ties_by_position(seed)
     seeds = [rng.choice(5_000, int(rng.integers(0, 80)), replace=False) for _ in range(int(rng.integers(0, 4)))]
     if seed % 2:  # the best chunks themselves: the bound is then the limit-th best score, tied with others
         seeds.insert(0, np.array(expected))
-    assert _best(scores, limit, seeds).tolist() == expected
+    held = [held_by(docs, per_chunk=bool((seed // 2 + i) % 2)) for i, docs in enumerate(seeds)]
+    assert _best(scores, limit, held).tolist() == expected

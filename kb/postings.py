@@ -51,7 +51,6 @@ reads it, which fails (ValueError or sqlite3.Error) until the file is deleted.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import sqlite3
@@ -209,9 +208,10 @@ class Postings:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = self._connect()
                 if self._usable(db):
-                    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'synced'").fetchone():
+                    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                    if "synced" not in tables:
                         db.executescript(_SYNCED)  # not on every open: its insert waits for another writer
-                    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'grouped'").fetchone():
+                    if "grouped" not in tables:
                         db.executescript(_GROUPED)
                     return _tuned(db)
                 db.close()
@@ -392,13 +392,13 @@ class Postings:
             stable = np.array([ids[term] for term in numbered], dtype=np.int32)
             seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM files").fetchone()[0]
             for group in _groups(tokenized):
-                first, in_group, offset = seq + 1, [], 0
+                first, in_group, starts = seq + 1, [], [0]
                 for chunks, lengths, pair_lengths, rows in group:
                     seq += 1
-                    rows[:, 0] += offset  # chunks numbered within the group
+                    rows[:, 0] += starts[-1]  # chunks numbered within the group
                     rows[:, 1] = stable[rows[:, 1]]
                     in_group.append(rows)
-                    offset += len(chunks.ids)
+                    starts.append(starts[-1] + len(chunks.ids))
                     worked_out = {text: (tokens, sentences) for text, tokens, sentences in self.db.execute(
                         "SELECT text, tokens, sentences FROM chunks WHERE key = ?", (chunks.key,))}
                     self._drop(chunks.key)
@@ -408,9 +408,8 @@ class Postings:
                                     (chunks.key, chunks.version, seq, len(chunks.ids), lengths.tobytes(),
                                      pair_lengths.tobytes()))
                 if len(group) > 1:
-                    starts = np.cumsum([0] + [len(chunks.ids) for chunks, *_ in group])[:-1].tolist()
                     self.db.executemany("INSERT INTO grouped VALUES (?, ?, ?)",
-                                        zip(range(first, seq + 1), itertools.repeat(first), starts))
+                                        ((first + i, first, start) for i, start in enumerate(starts[:-1])))
                 self.db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)",
                                     _postings_rows(first, np.concatenate(in_group)))
 
@@ -568,10 +567,10 @@ class Snapshot:
                 pairs = _array(blob).reshape(-1, 2)
                 if len(pairs) != sizes.sum():
                     raise ValueError("the indexed postings are damaged")
-                numbers = pairs[:, 0]
+                numbers, offsets = pairs[:, 0], self._offsets[groups]
                 positions = numbers + np.repeat(self._bases[groups], sizes)
-                if (self._offsets[groups] >= 0).any():  # rows of a group with a gap: their chunks looked up
-                    offsets = np.repeat(self._offsets[groups], sizes)
+                if (offsets >= 0).any():  # rows of a group with a gap: their chunks looked up
+                    offsets = np.repeat(offsets, sizes)
                     past = np.flatnonzero(offsets >= 0)
                     positions[past] = self._gapped[offsets[past] + numbers[past]]
                     if (positions[past] < 0).any():

@@ -5,7 +5,8 @@ about 35; this writes the store once (`write`) and then times, on a scratch copy
 of it (`measure`): the first open, which builds the BM25 postings (in its own
 process); a fresh process's open (time and VmHWM), its first dense search (chromadb
 loads its vector index and inserts again the writes it has not saved into it: ``replayed``), searches per mode (50 after
-one untimed, modes interleaved, each query embedded by the real model), a
+one untimed, modes interleaved, each query embedded by the real model), 400 new
+questions asked once in hybrid alone (``hybrid_settled``: p50 of the last 200), a
 one-file change seen by that running KnowledgeBase (median of 3) and its peak
 RSS; then a second fresh open.
 
@@ -31,7 +32,7 @@ import numpy as np
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import in_fresh_process, median, peak_rss_mb, revision  # noqa: E402
+from bench.common import forget_recent_embeddings, in_fresh_process, median, peak_rss_mb, revision  # noqa: E402
 from bench.scale import Canon, change_visible, search_latencies, synthetic_file  # noqa: E402
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.store import Store  # noqa: E402
@@ -55,6 +56,19 @@ def first_open(kb_dir: Path) -> dict:
     return {"index_s": time.perf_counter() - began, "index_rss_mb": peak_rss_mb()}
 
 
+def asked_once(kb: KnowledgeBase, canon: Canon, count: int = 400, settled: int = 200) -> float:
+    """Hybrid p50 ms of new questions, each asked once in hybrid alone as a server's players ask, over the last
+    ``count - settled``: by then the postings a server keeps (kb.retrieve.HOT_POSTINGS) have filled."""
+    seconds = []
+    for _ in range(count):
+        question = canon.phrase(canon.rng.randint(3, 8))
+        forget_recent_embeddings()
+        began = time.perf_counter()
+        kb.search(question, k=5, mode="hybrid")
+        seconds.append(time.perf_counter() - began)
+    return median(seconds[settled:]) * 1000
+
+
 def served(kb_dir: Path, queries: int = 50) -> dict:
     began = time.perf_counter()
     kb = KnowledgeBase.open(kb_dir)
@@ -69,6 +83,8 @@ def served(kb_dir: Path, queries: int = 50) -> dict:
     canon.rng.seed(11)
     latencies = search_latencies(kb, [canon.phrase(canon.rng.randint(3, 8)) for _ in range(queries + 1)])
     result.update({f"{mode}_p50_ms": median(seconds) * 1000 for mode, seconds in latencies.items()})
+    if queries > 1:
+        result["hybrid_settled_p50_ms"] = asked_once(kb, canon)
     dim, vectors = model_dim(kb.store.model), np.random.default_rng(3)
     result["visible_s"] = median([change_visible(kb, kb.store, canon, vectors, i, 100, 150, dim) for i in range(3)])
     result["peak_rss_mb"] = peak_rss_mb()

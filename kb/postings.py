@@ -500,15 +500,16 @@ class Snapshot:
             if all(position - start == base for start, _, position in held):
                 offsets.append(-1)
                 continue
-            where = np.full(held[-1][0] + held[-1][1], -1, dtype=np.int64)  # a gap's numbers stay -1
+            where = np.full(held[-1][0] + held[-1][1], -1, dtype=np.int32)  # a gap's numbers stay -1
             for start, count, position in held:
                 where[start:start + count] = np.arange(position, position + count)
             offsets.append(mapped)
             gapped.append(where)
             mapped += len(where)
         self._keys = np.array(keys, dtype=np.int64)  # ascending
-        self._bases, self._offsets = np.array(bases, dtype=np.int64), np.array(offsets, dtype=np.int64)
-        self._gapped = np.concatenate(gapped) if gapped else np.zeros(0, dtype=np.int64)
+        # positions int32, as the postings' numbers are: a kept posting is 8 bytes, not 12 (Corpus._weights)
+        self._bases, self._offsets = np.array(bases, dtype=np.int32), np.array(offsets, dtype=np.int64)
+        self._gapped = np.concatenate(gapped) if gapped else np.zeros(0, dtype=np.int32)
 
     def _begin(self) -> sqlite3.Connection:
         """A read-only connection in a read transaction, which its first read will pin to the last commit."""

@@ -32,20 +32,21 @@ TERM_IDS_KEPT = 100_000  # vocabulary ids remembered per corpus before the memo 
 # Chunks (id, text, metadata) kept per corpus once read: the chunks a server's players hit again and again (an
 # NPC's few dozen) cost a SQLite read and a JSON decode per search otherwise (1.1 ms of an NPC question's ~10).
 HOT_CHUNKS = 4_096
-# Postings kept per corpus once read and weighed (Corpus._weights), by term, most recent first: a common term is
-# a postings row per file, and reading those rows is most of a BM25 search. At a million 150-word chunks one
-# query's terms hold about 3 million postings, so 2 million kept none of them for the next question, and hybrid
-# p50 went 74 -> 14 ms with 21 million (12 bytes a posting: up to 252 MB; the server's peak 2.97 -> 3.2 GB).
-HOT_POSTINGS = 21_000_000
+# Postings kept per corpus once read and weighed (Corpus._weights), by term, most recent first: reading a common
+# term's postings is most of a BM25 search. At a million 150-word chunks one query's terms hold about 3 million
+# postings, so 2 million kept none of them for the next question, and hybrid p50 went 74 -> 14 ms with 21 million.
+# Kept 8 bytes a posting, 63 million (up to 504 MB; a store of short loc rows holds fewer in all) took a new
+# question's BM25 there, once a server had asked 100, from 12.6 to 6.6 ms (README, Scale).
+HOT_POSTINGS = 63_000_000
 # From this many chunks, a hybrid search ranks BM25 in a thread beside the dense query, while the model embeds the
 # question: at a million loc rows hybrid p50 went 13.1 -> 9.6 ms (dense 6.3-6.7); on the 131-chunk sample world an
 # earlier try cost 1 ms a search, so small stores rank in turn.
 BESIDE_MIN_CHUNKS = 100_000
 _beside = ThreadPoolExecutor(4, thread_name_prefix="kb-bm25")
 # A term held by more than this share of the chunks is kept as a score per chunk (float32, 0 where it is absent)
-# instead of its postings (an int64 position and a float32 score each): smaller from a third on, and added by one
-# vector sum, which lets go of the GIL, instead of np.add.at (at a million prose chunks, hybrid with the question's
-# postings kept 15.0-16.3 -> 12.1-13.1 ms, dense 7.2-7.3).
+# instead of its postings (an int32 position and a float32 score each), and added by one vector sum, which lets
+# go of the GIL, instead of np.add.at (at a million prose chunks, hybrid with the question's postings kept
+# 15.0-16.3 -> 12.1-13.1 ms, dense 7.2-7.3).
 DENSE_SHARE = 1 / 3
 
 
@@ -59,8 +60,8 @@ class Weighed:
 
     @property
     def kept(self) -> int:
-        """What keeping it costs, in postings (12 bytes each)."""
-        return len(self.scores) // 3 if self.docs is None else len(self.docs)
+        """What keeping it costs, in postings (8 bytes each: an int32 position and a float32 score)."""
+        return len(self.scores) // 2 if self.docs is None else len(self.docs)
 
     def chunks(self) -> np.ndarray:
         """The positions of the chunks holding it."""

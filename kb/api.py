@@ -25,6 +25,7 @@ import gc
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -57,6 +58,11 @@ RELOAD_WAIT_S = 0.5
 # After a reload replaced the open store, when to collect it: chromadb's objects hold one another in cycles, so
 # its vector index (2.7 GB at a million chunks) waited for a full collection; by then searches begun on it ended.
 FREE_REPLACED_S = 2.0
+# Up to this many chunks, a reload that opens the store afresh loads its vector index before searches go to it,
+# beside the one they use (about 2.6 KB a chunk). Above, the replaced index is let go first and searches wait for
+# the load: at a million prose chunks a server holding both peaked at 5.3-5.9 GB; letting go first, 3.4-3.7 GB,
+# and its searches waited 4.3-4.7 s once (README, Scale).
+LOAD_BESIDE_MAX_CHUNKS = 250_000
 
 log = logging.getLogger("kb")
 
@@ -94,12 +100,24 @@ class _Shared:
         self.generation_read: _GenerationRead | None = None
         self.postings: Postings | None = None
         self.reloading: threading.Event | None = None  # set when the reload running behind searches ends
+        self.index_in = threading.Event()  # cleared while a reload lets a vector index go and loads the next
+        self.index_in.set()
         self.open_lock = threading.Lock()
         self.reload_lock = threading.Lock()
         self.ingest_lock = threading.Lock()
         # this process's writes and a reload's fresh open of the store, one at a time: an open between a write and
         # its refresh would cache a copy of the store that may not hold the write's vectors
         self.write_lock = threading.Lock()
+
+
+def _collect_until_gone(gone: weakref.ref, seconds: float) -> None:
+    """Collect until what ``gone`` refers to is freed (chromadb's objects hold one another in cycles) or
+    ``seconds`` pass: a search begun on it holds it until that search ends."""
+    deadline = time.monotonic() + seconds
+    gc.collect()
+    while gone() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+        gc.collect()
 
 
 class KnowledgeBase:
@@ -151,19 +169,20 @@ class KnowledgeBase:
             with shared.open_lock:
                 if shared.store is None:
                     shared.store = Store(self.settings.kb_dir, self.settings.chroma_url)
+        shared.index_in.wait()
         return shared.store
 
     @property
     def corpus(self) -> Corpus:
         """The corpus of the store's current generation, or the previous one while another thread reloads."""
-        shared, store = self._shared, self.store
+        shared = self._shared  # and no store held here while a reload may replace it (LOAD_BESIDE_MAX_CHUNKS)
         loaded = shared.loaded
-        if loaded is not None and loaded.generation == self._generation(store):
+        if loaded is not None and loaded.generation == self._generation(self.store):
             return loaded.corpus
         if loaded is None:
             with shared.reload_lock:
                 if shared.loaded is None:
-                    self._reload(store)
+                    self._reload(self.store)
             return shared.loaded.corpus
         if time.monotonic() >= shared.retry_at:
             started = self._reload_behind()
@@ -232,25 +251,44 @@ class KnowledgeBase:
         shared = self._shared
         previous = shared.loaded.corpus if shared.loaded else None
         behind = previous is not None and not store.chroma_url  # a local store's index, loaded before this write
+        load_after = False
         if behind and not fresh:  # this process's own write: the copy of the store it opened afresh holds it
             store = Store(self.settings.kb_dir, None)
         generation, corpus = self._load_corpus(store, previous)
         if behind and fresh:
             # another process's write, whose vectors the index this process loaded lacks: a few are kept beside it
             # (kb/catch_up.py); more, and the store is opened afresh, its index loaded before searches go to it
+            # while two copies fit
             caught = caught_up(store, previous, corpus)
             if caught is None:
                 store = Store(self.settings.kb_dir, None, fresh=True)
-                store.dense_query("load the vector index", 1)
+                load_after = corpus.size > LOAD_BESIDE_MAX_CHUNKS
+                if not load_after:  # searches stay on the index they use until this one is in
+                    store.dense_query("load the vector index", 1)
                 generation, corpus = self._load_corpus(store, previous)
             else:
                 store = caught
+        if not load_after:
+            replaced = self._swap(store, generation, corpus)
+            if replaced is not None and replaced.client is not store.client:
+                collect = threading.Timer(FREE_REPLACED_S, gc.collect)
+                collect.daemon = True
+                collect.start()
+            return
+        shared.index_in.clear()  # searches wait in ``store`` until the new index is in
+        try:
+            index = weakref.ref(self._swap(store, generation, corpus).client._server)  # chromadb's, holding it
+            _collect_until_gone(index, FREE_REPLACED_S)
+            store.dense_query("load the vector index", 1)
+        finally:
+            shared.index_in.set()
+
+    def _swap(self, store: Store, generation: int, corpus: Corpus) -> Store | None:
+        """Put a reload's store and corpus where searches find them; the store replaced."""
+        shared = self._shared
         replaced, shared.store = shared.store, store  # before the corpus: searches read them the other way
         shared.loaded = _Loaded(generation, corpus)
-        if replaced is not None and replaced.client is not store.client:
-            collect = threading.Timer(FREE_REPLACED_S, gc.collect)
-            collect.daemon = True
-            collect.start()
+        return replaced
 
     def _load_corpus(self, store: Store, previous: Corpus | None) -> tuple[int, Corpus]:
         """The store's generation and its corpus, the generation read first: a write landing during the load

@@ -180,6 +180,36 @@ def test_the_store_a_reload_replaced_is_freed_with_its_vector_index(world_kb, tm
     assert replaced() is None
 
 
+@pytest.mark.parametrize(("load_beside_max", "freed_first"), [(10**9, False), (0, True)])
+def test_a_large_store_lets_the_replaced_vector_index_go_before_loading_the_new_one(
+        world_kb, tmp_path, monkeypatch, load_beside_max, freed_first):
+    """Two copies of a million chunks' vector index peaked a server at 5.3 GB: above LOAD_BESIDE_MAX_CHUNKS a reload
+    that opens the store afresh frees the index it replaces before it loads the new one."""
+    from kb.store import Store
+
+    monkeypatch.setattr(api, "LOAD_BESIDE_MAX_CHUNKS", load_beside_max)
+    monkeypatch.setattr(api, "FREE_REPLACED_S", 60)  # no timer frees it within this test
+    monkeypatch.setattr(kb.catch_up, "EMBED_CHARS_PER_CHUNK", 0)  # the store is opened afresh
+    world_kb.search("ferry", k=1)
+    replaced = weakref.ref(world_kb.store.client._server)
+    freed_at_load, dense_query = [], Store.dense_query
+
+    def spied(store, query, *args, **kwargs):
+        if query == "load the vector index":
+            freed_at_load.append(replaced() is None)
+        return dense_query(store, query, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "dense_query", spied)
+    write_world(tmp_path / "more", {"kilns.md": "# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n"})
+    KnowledgeBase.open(world_kb.settings.kb_dir, world_kb.settings).ingest([str(tmp_path / "more")])
+    gc.disable()  # no collection but the one a reload does itself
+    try:
+        assert [h.source for h in world_kb.search("Glimmerware", k=1, mode="hybrid")] == ["kilns.md"]
+    finally:
+        gc.enable()
+    assert freed_at_load == [freed_first]
+
+
 def test_a_search_after_another_writer_filled_an_empty_store_uses_the_store_its_corpus_came_through(
         tmp_path, fake_embedder):
     """A chromadb client that queried an empty collection fails once another process has added to it; the search

@@ -61,7 +61,7 @@ FREE_REPLACED_S = 2.0
 # Up to this many chunks, a reload that opens the store afresh loads its vector index before searches go to it,
 # beside the one they use (about 2.6 KB a chunk). Above, the replaced index is let go first and searches wait for
 # the load: at a million prose chunks a server holding both peaked at 5.3-5.9 GB; letting go first, 3.4-3.7 GB,
-# and its searches waited 4.3-4.7 s once (README, Scale).
+# and its searches waited 4.3-4.7 s once (docs/scale.md).
 LOAD_BESIDE_MAX_CHUNKS = 250_000
 
 log = logging.getLogger("kb")
@@ -276,6 +276,7 @@ class KnowledgeBase:
                 collect.start()
             return
         shared.index_in.clear()  # searches wait in ``store`` until the new index is in
+        previous = None  # and the postings it kept go with the old index (up to 504 MB at a million chunks)
         try:
             index = weakref.ref(self._swap(store, generation, corpus).client._server)  # chromadb's, holding it
             _collect_until_gone(index, FREE_REPLACED_S)

@@ -36,7 +36,7 @@ this replaced, so scores and ranks are the same to the bit.
 Why SQLite rows: the file-by-file update and the snapshot come with its
 transactions. FTS5 scores with its own BM25 and tokenizer and gives no cheap
 access to raw postings; bm25s segments memory-mapped would need a merge step
-and their own way to keep an old snapshot readable. The cost (README, Scale):
+and their own way to keep an old snapshot readable. The cost (docs/scale.md):
 about 12,800 rows per 100-chunk file alone, 1.0 GB at 100k chunks, and a term
 in every file is a row per write group for SQLite to read per query (it joins
 them, so Python gets one per term).
@@ -78,7 +78,7 @@ FULL_SCAN_FILES = 50  # more changed files than this: one paged scan of the stor
 WRITE_BATCH_CHUNKS = 5_000
 WRITE_CACHE_KB = 65_536  # the writing connection's page cache
 # Chunks of files written together that share their postings rows: larger groups are fewer rows for a query to
-# read, and more for a change of one member to read through (README, Scale).
+# read, and more for a change of one member to read through (docs/scale.md).
 GROUP_CHUNKS = 1_000
 IN_LIMIT = 500  # values bound in one ``IN (...)``
 _STATE = "key, version, seq, chunks"  # a files row's columns that say which state a snapshot sees
@@ -327,7 +327,7 @@ class Postings:
     def _leave(self, first: int, start: int, chunks: int) -> None:
         """Take a member's chunks (numbered ``start`` on) out of its write group's rows that hold them, the others
         left as they are (call inside a write transaction): numbering the members after it down as well rewrote
-        most of the group's rows, 1.7 s at 100k chunks against 0.4 s for a file alone (README, Scale)."""
+        most of the group's rows, 1.7 s at 100k chunks against 0.4 s for a file alone (docs/scale.md)."""
         found = self.db.execute("SELECT term, rows FROM postings WHERE seq = ?", (first,)).fetchall()
         if not found or not chunks:
             return

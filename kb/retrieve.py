@@ -36,7 +36,7 @@ HOT_CHUNKS = 4_096
 # term's postings is most of a BM25 search. At a million 150-word chunks one query's terms hold about 3 million
 # postings, so 2 million kept none of them for the next question, and hybrid p50 went 74 -> 14 ms with 21 million.
 # Kept 8 bytes a posting, 63 million (up to 504 MB; a store of short loc rows holds fewer in all) took a new
-# question's BM25 there, once a server had asked 100, from 12.6 to 6.6 ms (README, Scale).
+# question's BM25 there, once a server had asked 100, from 12.6 to 6.6 ms (docs/scale.md).
 HOT_POSTINGS = 63_000_000
 # From this many chunks, a hybrid search ranks BM25 in a thread beside the dense query, while the model embeds the
 # question: at a million loc rows hybrid p50 went 13.1 -> 9.6 ms (dense 6.3-6.7); on the 131-chunk sample world an

@@ -60,8 +60,8 @@ RELOAD_WAIT_S = 0.5
 FREE_REPLACED_S = 2.0
 # Up to this many chunks, a reload that opens the store afresh loads its vector index before searches go to it,
 # beside the one they use (about 2.6 KB a chunk). Above, the replaced index is let go first and searches wait for
-# the load: at a million prose chunks a server holding both peaked at 5.3-5.9 GB; letting go first, 3.4-3.7 GB,
-# and its searches waited 4.3-4.7 s once (docs/scale.md).
+# the load: at a million prose chunks a server holding both peaked at 5.3-5.9 GB; letting go first, 3.4-3.9 GB,
+# and its searches waited 4.3-5.0 s once (docs/scale.md).
 LOAD_BESIDE_MAX_CHUNKS = 250_000
 
 log = logging.getLogger("kb")

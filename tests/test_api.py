@@ -210,6 +210,44 @@ def test_a_large_store_lets_the_replaced_vector_index_go_before_loading_the_new_
     assert freed_at_load == [freed_first]
 
 
+def test_searches_from_many_threads_go_on_through_reloads_that_let_the_vector_index_go(
+        world_kb, tmp_path, monkeypatch):
+    """While a reload lets the replaced index go and loads the next, searches wait for it, and none fails."""
+    monkeypatch.setattr(api, "LOAD_BESIDE_MAX_CHUNKS", 0)
+    monkeypatch.setattr(kb.catch_up, "EMBED_CHARS_PER_CHUNK", 0)  # every change opens the store afresh
+    let_go, collect = [], api._collect_until_gone
+    monkeypatch.setattr(api, "_collect_until_gone", lambda *args: (let_go.append(1), collect(*args)))
+    world_kb.search("ferry", k=1)
+    failures, stop = [], threading.Event()
+
+    def ask():
+        while not stop.is_set():
+            try:
+                for mode in ("hybrid", "dense", "bm25"):
+                    assert world_kb.search("the old woman and the ferry", k=2, mode=mode)
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                failures.append(exc)
+
+    askers = [threading.Thread(target=ask) for _ in range(4)]
+    for asker in askers:
+        asker.start()
+    writer = KnowledgeBase.open(world_kb.settings.kb_dir, world_kb.settings)
+    try:
+        for n in range(3):
+            write_world(tmp_path / f"more{n}", {"kilns.md": f"# Kilns\n\nThe kiln keeper fires Glimmerware{n} pots.\n"})
+            writer.ingest([str(tmp_path / f"more{n}")])
+            deadline = time.monotonic() + 20
+            while not world_kb.search(f"Glimmerware{n}", k=1, mode="bm25") and time.monotonic() < deadline:
+                time.sleep(0.05)  # the reload goes on behind the searches
+            assert [h.source for h in world_kb.search(f"Glimmerware{n} pots", k=1, mode="hybrid")] == ["kilns.md"]
+    finally:
+        stop.set()
+        for asker in askers:
+            asker.join(20)
+    assert failures == [] and not any(asker.is_alive() for asker in askers)
+    assert len(let_go) >= 3  # each change's reload let the index go before loading the next
+
+
 def test_a_search_after_another_writer_filled_an_empty_store_uses_the_store_its_corpus_came_through(
         tmp_path, fake_embedder):
     """A chromadb client that queried an empty collection fails once another process has added to it; the search

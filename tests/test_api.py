@@ -35,6 +35,12 @@ def write_world(root: Path, files: dict[str, str] = WORLD) -> Path:
     return root
 
 
+def another_handle_ingests(kb: KnowledgeBase, folder: Path, word: str = "Glimmerware") -> None:
+    """A kilns.md naming ``word`` ingested through a second handle on ``kb``'s store: a write ``kb`` did not make."""
+    write_world(folder, {"kilns.md": f"# Kilns\n\nThe kiln keeper fires {word} pots.\n"})
+    KnowledgeBase.open(kb.settings.kb_dir, kb.settings).ingest([str(folder)])
+
+
 @pytest.fixture
 def world_kb(tmp_path, fake_embedder) -> KnowledgeBase:
     kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
@@ -129,8 +135,7 @@ def test_a_reload_that_fails_keeps_answering_from_the_canon_loaded_before(world_
     assert [h.source for h in world_kb.search("ferry", k=1, mode="bm25")] == ["ferry.md"]
     load = Corpus.load
     monkeypatch.setattr(Corpus, "load", classmethod(_torn))
-    write_world(tmp_path / "more", {"kilns.md": "# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n"})
-    KnowledgeBase.open(world_kb.settings.kb_dir, world_kb.settings).ingest([str(tmp_path / "more")])
+    another_handle_ingests(world_kb, tmp_path / "more")
     assert [h.source for h in world_kb.search("ferry", k=1, mode="bm25")] == ["ferry.md"]
     assert world_kb.search("Glimmerware", mode="bm25") == []
     assert "loading the store's new state failed (OSError: torn file)" in caplog.text
@@ -151,8 +156,7 @@ def test_a_slow_reload_goes_on_behind_searches_that_answer_from_the_canon_before
     assert [h.source for h in world_kb.search("ferry", k=1, mode="bm25")] == ["ferry.md"]
     release, load = threading.Event(), Corpus.load
     monkeypatch.setattr(Corpus, "load", classmethod(lambda cls, *args: (release.wait(10), load(*args))[1]))
-    write_world(tmp_path / "more", {"kilns.md": "# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n"})
-    KnowledgeBase.open(world_kb.settings.kb_dir, world_kb.settings).ingest([str(tmp_path / "more")])
+    another_handle_ingests(world_kb, tmp_path / "more")
     assert world_kb.search("Glimmerware", mode="bm25") == []  # the reload waits on ``release``
     reloading = world_kb._shared.reloading
     release.set()
@@ -167,8 +171,7 @@ def test_the_store_a_reload_replaced_is_freed_with_its_vector_index(world_kb, tm
     monkeypatch.setattr(kb.catch_up, "EMBED_CHARS_PER_CHUNK", 0)  # the change is not kept beside the index: the store is replaced
     world_kb.search("ferry", k=1)
     replaced = weakref.ref(world_kb.store.client._server)  # the API object that holds chromadb's native index
-    write_world(tmp_path / "more", {"kilns.md": "# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n"})
-    KnowledgeBase.open(world_kb.settings.kb_dir, world_kb.settings).ingest([str(tmp_path / "more")])
+    another_handle_ingests(world_kb, tmp_path / "more")
     gc.disable()  # no collection but the one a reload asks for
     try:
         assert [h.source for h in world_kb.search("Glimmerware", k=1, mode="bm25")] == ["kilns.md"]
@@ -200,8 +203,7 @@ def test_a_large_store_lets_the_replaced_vector_index_go_before_loading_the_new_
         return dense_query(store, query, *args, **kwargs)
 
     monkeypatch.setattr(Store, "dense_query", spied)
-    write_world(tmp_path / "more", {"kilns.md": "# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n"})
-    KnowledgeBase.open(world_kb.settings.kb_dir, world_kb.settings).ingest([str(tmp_path / "more")])
+    another_handle_ingests(world_kb, tmp_path / "more")
     gc.disable()  # no collection but the one a reload does itself
     try:
         assert [h.source for h in world_kb.search("Glimmerware", k=1, mode="hybrid")] == ["kilns.md"]
@@ -231,11 +233,9 @@ def test_searches_from_many_threads_go_on_through_reloads_that_let_the_vector_in
     askers = [threading.Thread(target=ask) for _ in range(4)]
     for asker in askers:
         asker.start()
-    writer = KnowledgeBase.open(world_kb.settings.kb_dir, world_kb.settings)
     try:
         for n in range(3):
-            write_world(tmp_path / f"more{n}", {"kilns.md": f"# Kilns\n\nThe kiln keeper fires Glimmerware{n} pots.\n"})
-            writer.ingest([str(tmp_path / f"more{n}")])
+            another_handle_ingests(world_kb, tmp_path / f"more{n}", f"Glimmerware{n}")
             deadline = time.monotonic() + 20
             while not world_kb.search(f"Glimmerware{n}", k=1, mode="bm25") and time.monotonic() < deadline:
                 time.sleep(0.05)  # the reload goes on behind the searches
@@ -271,8 +271,7 @@ def test_a_write_by_another_handle_of_this_process_is_seen_on_the_next_call(worl
 
     monkeypatch.setattr(api, "GENERATION_POLL_S", 3600.0)  # no poll falls due during this test
     assert world_kb.search("Glimmerware", mode="bm25") == []
-    write_world(tmp_path / "more", {"kilns.md": "# Kilns\n\nThe kiln keeper fires Glimmerware pots.\n"})
-    KnowledgeBase.open(world_kb.settings.kb_dir, world_kb.settings).ingest([str(tmp_path / "more")])
+    another_handle_ingests(world_kb, tmp_path / "more")
     assert [h.source for h in world_kb.search("Glimmerware", mode="bm25")] == ["kilns.md"]
 
 

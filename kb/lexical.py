@@ -71,6 +71,11 @@ def _pairs(stems: list[str]) -> list[str]:
     return [f"{a}_{b}" for a, b in zip(stems, stems[1:])]
 
 
+def is_word_pair(term: str) -> bool:
+    """Whether an indexed term is a word pair (no word or CJK bigram holds an underscore)."""
+    return "_" in term
+
+
 def tokens(text: str) -> list[str]:
     """BM25 terms: stemmed non-stopword words plus CJK character bigrams (lone characters kept)."""
     folded = fold(text)

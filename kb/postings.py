@@ -493,6 +493,7 @@ class Snapshot:
                 groups.append((first, []))
             groups[-1][1].append((start, count, position))
         keys, bases, offsets, gapped, mapped = [], [], [], [], 0
+        self._group_chunks = np.array([sum(count for _, count, _ in held) for _, held in groups], dtype=np.int64)
         for first, held in groups:
             base = held[0][2] - held[0][0]
             keys.append(first)
@@ -578,6 +579,20 @@ class Snapshot:
                         raise ValueError("the indexed postings name a chunk of a file that has gone")
                 result[term] = positions, pairs[:, 1]
         return result
+
+    def sampled_frequencies(self, groups: int, min_share: float) -> tuple[list[tuple[int, str, int]], int]:
+        """How many chunks of ``groups`` write groups spread evenly over the index hold each of their terms held by
+        at least ``min_share`` of them, as (vocabulary id, term, chunks) rows, and how many chunks those groups hold:
+        a sample of the commonest terms' document frequencies, which counting every term's rows over the whole
+        index gives in 55.6 s at a million chunks."""
+        if not len(self._keys):
+            return [], 0
+        picked = np.unique(np.linspace(0, len(self._keys) - 1, groups).round().astype(np.int64))
+        keys, chunks = self._keys[picked].tolist(), int(self._group_chunks[picked].sum())
+        rows = self._query("SELECT held.term, vocabulary.term, held.chunks FROM (SELECT term, sum(n) AS chunks"
+                           f" FROM postings WHERE seq IN {_in(keys)} GROUP BY term HAVING chunks >= ?) AS held"
+                           " JOIN vocabulary ON vocabulary.id = held.term", [*keys, min_share * chunks])
+        return rows, chunks
 
     def at(self, positions: list[int], columns: str) -> dict[int, tuple]:
         """``columns`` of the chunks at these positions (chunks table columns), by position."""

@@ -169,7 +169,7 @@ def change_visible(kb: KnowledgeBase, store: Store, canon: Canon, vectors, index
     """Seconds from another writer replacing one file to a search of ``kb`` finding its new word (searched
     again until then: a reload longer than kb.api.RELOAD_WAIT_S goes on behind the searches)."""
     record, ids, texts, metas, embeddings = synthetic_file(canon, vectors, index, chunks, words, dim)
-    marker = f"zzchange{index}"
+    marker = f"zzchange{index}x{time.time_ns()}"  # new each time: a store measured in place holds the last run's
     texts[0] = f"{marker} {texts[0]}"
     record.hash = metas[0]["file_hash"] = hashlib.sha1(marker.encode()).hexdigest()
     ids = [f"{record.key}-{record.hash[:12]}-{i}" for i in range(len(ids))]

@@ -6,13 +6,14 @@ of it (`measure`): the first open, which builds the BM25 postings (in its own
 process); a fresh process's open (time and VmHWM), its first dense search (chromadb
 loads its vector index and inserts again the writes it has not saved into it: ``replayed``), searches per mode (50 after
 one untimed, modes interleaved, each query embedded by the real model), 400 new
-questions asked once in hybrid alone (``hybrid_settled``: p50 of the last 200), a
-one-file change seen by that running KnowledgeBase (median of 3), 300 new questions
-after it (``hybrid_changed``: p50 of the first 100, ``hybrid_changed_later``: of the
-rest), a 400-chunk change, too large to search beside the loaded vector index, which opens
-the store afresh (``reopened``: seen after, and the longest search in the 40 s after it)
-and its peak RSS; then a fresh server (``fresh``): a second fresh open, the warm-up `kb serve`
-does before its first request, and 50 new questions each asked in hybrid, then in dense.
+questions asked once in hybrid alone (``hybrid_settled``: p50 of the last 200), a one-file
+change seen by that running KnowledgeBase (median of 3), 300 new questions after it, each
+in hybrid and then in dense (``<mode>_changed``: p50 of the first 100, while the change's
+reload runs beside them; ``<mode>_changed_later``: of the rest), a 400-chunk change, too
+large to search beside the loaded vector index, which opens the store afresh
+(``reopened``: seen after, and the longest search in the 40 s after it) and its peak RSS;
+then a fresh server (``fresh_<mode>``): a second fresh open, the warm-up `kb serve` does
+before its first request, and 50 new questions each asked in hybrid, then in dense.
 
     python bench/scale_store.py write 100000 /tmp/store-100k
     python bench/scale_store.py measure /tmp/store-100k
@@ -72,6 +73,20 @@ def asked_once(kb: KnowledgeBase, canon: Canon, count: int) -> list[float]:
     return seconds
 
 
+def asked_in_turn(kb: KnowledgeBase, canon: Canon, count: int) -> dict[str, list[float]]:
+    """Seconds of each of ``count`` new questions asked in hybrid and then in dense (which reads no postings for
+    the next to find), by mode: the two compared in the same state of the server."""
+    latencies = {"hybrid": [], "dense": []}
+    for _ in range(count):
+        question = canon.phrase(canon.rng.randint(3, 8))
+        for mode, seconds in latencies.items():
+            forget_recent_embeddings()
+            began = time.perf_counter()
+            kb.search(question, k=5, mode=mode)
+            seconds.append(time.perf_counter() - began)
+    return latencies
+
+
 def served(kb_dir: Path, queries: int = 50) -> dict:
     began = time.perf_counter()
     kb = KnowledgeBase.open(kb_dir)
@@ -88,17 +103,19 @@ def served(kb_dir: Path, queries: int = 50) -> dict:
     result.update({f"{mode}_p50_ms": median(seconds) * 1000 for mode, seconds in latencies.items()})
     # by the last 200 the postings a server keeps (kb.retrieve.HOT_POSTINGS) have filled
     result["hybrid_settled_p50_ms"] = median(asked_once(kb, canon, 400)[200:]) * 1000
-    dim, vectors = model_dim(kb.store.model), np.random.default_rng(3)
-    result["visible_s"] = median([change_visible(kb, kb.store, canon, vectors, i, 100, 150, dim) for i in range(3)])
-    # the corpus reloaded with the change: its first 100 new questions, and the 200 after them
-    seconds = asked_once(kb, canon, 300)
-    result["hybrid_changed_p50_ms"] = median(seconds[:100]) * 1000
-    result["hybrid_changed_later_p50_ms"] = median(seconds[100:]) * 1000
+    # the changes' words new each run: a store measured in place holds the last run's, whose vectors its index
+    # would reuse (kb/catch_up.py)
+    dim, vectors, changes = model_dim(kb.store.model), np.random.default_rng(3), Canon(7)
+    changes.rng.seed(time.time_ns())
+    result["visible_s"] = median([change_visible(kb, kb.store, changes, vectors, i, 100, 150, dim) for i in range(3)])
+    # while the change's reload runs beside them and after (the new corpus has kept no postings yet): the first 100
+    # new questions, and the 200 after them
+    for mode, seconds in asked_in_turn(kb, canon, 300).items():
+        result[f"{mode}_changed_p50_ms"] = median(seconds[:100]) * 1000
+        result[f"{mode}_changed_later_p50_ms"] = median(seconds[100:]) * 1000
     # 400 new chunks, more than a reload keeps beside the loaded vector index (kb/catch_up.py's limits at up
-    # to a million chunks): the store is opened afresh. New words each run: a store measured in place holds
-    # the last run's, whose vectors its index would reuse.
-    canon.rng.seed(time.time_ns())
-    result["reopened_visible_s"] = change_visible(kb, kb.store, canon, vectors, 3, 400, 150, dim)
+    # to a million chunks): the store is opened afresh
+    result["reopened_visible_s"] = change_visible(kb, kb.store, changes, vectors, 3, 400, 150, dim)
     began, longest = time.perf_counter(), 0.0
     while time.perf_counter() - began < 40:  # at a million chunks that reload took 8-15 s here
         longest = max(longest, *asked_once(kb, canon, 100))
@@ -119,14 +136,7 @@ def fresh_server(kb_dir: Path, questions: int = 50) -> dict:
     result["warm_s"] = time.perf_counter() - began
     canon = Canon(7)
     canon.rng.seed(13)  # other questions than served()'s
-    latencies = {"hybrid": [], "dense": []}
-    for _ in range(questions):
-        question = canon.phrase(canon.rng.randint(3, 8))
-        for mode, seconds in latencies.items():
-            forget_recent_embeddings()
-            began = time.perf_counter()
-            kb.search(question, k=5, mode=mode)
-            seconds.append(time.perf_counter() - began)
+    latencies = asked_in_turn(kb, canon, questions)
     result.update({f"fresh_{mode}_p50_ms": median(seconds) * 1000 for mode, seconds in latencies.items()})
     result["fresh_peak_rss_mb"] = peak_rss_mb()
     return result

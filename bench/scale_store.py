@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +43,8 @@ from bench.scale import Canon, change_visible, search_latencies, synthetic_file 
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.store import Store  # noqa: E402
 from kb.store.embed import model_dim  # noqa: E402
+
+KB = Path(sys.executable).parent / "kb"
 
 
 def write(size: int, out: Path, chunks_per_file: int = 100, words: int = 150, seed: int = 7) -> None:
@@ -71,6 +74,24 @@ def asked_once(kb: KnowledgeBase, canon: Canon, count: int) -> list[float]:
         kb.search(question, k=5, mode="hybrid")
         seconds.append(time.perf_counter() - began)
     return seconds
+
+
+def ingested_visible(kb: KnowledgeBase, kb_dir: Path, canon: Canon) -> tuple[float, float]:
+    """A new file of 100 sections of 150 words ingested by `kb ingest` in another process, as a pipeline drops a
+    script (that ingest embeds it and brings the postings on disk up to date): (seconds from the ingest's exit to
+    a search of ``kb`` finding it, the ingest's seconds)."""
+    marker = f"zzdrop{time.time_ns()}"
+    with tempfile.TemporaryDirectory(prefix="kb-drop-") as folder:
+        path = Path(folder) / f"{marker}.md"
+        sections = "".join(f"## Part {i}\n\n{canon.passage(150)}\n\n" for i in range(100))
+        path.write_text(f"# {marker.title()}\n\n{sections}", encoding="utf-8")
+        began = time.perf_counter()
+        subprocess.run([str(KB), "ingest", str(path), "--kb", str(kb_dir)], check=True, stdout=subprocess.DEVNULL)
+    ingested = time.perf_counter()
+    while not any(hit.source == path.name for hit in kb.search(marker, k=1, mode="bm25")):
+        assert time.perf_counter() - ingested < 300, f"the ingest of {path.name} was not seen in 300 s"
+        time.sleep(0.02)
+    return time.perf_counter() - ingested, ingested - began
 
 
 def asked_in_turn(kb: KnowledgeBase, canon: Canon, count: int) -> dict[str, list[float]]:
@@ -113,6 +134,7 @@ def served(kb_dir: Path, queries: int = 50) -> dict:
     for mode, seconds in asked_in_turn(kb, canon, 300).items():
         result[f"{mode}_changed_p50_ms"] = median(seconds[:100]) * 1000
         result[f"{mode}_changed_later_p50_ms"] = median(seconds[100:]) * 1000
+    result["ingested_visible_s"], result["ingest_s"] = ingested_visible(kb, kb_dir, changes)
     # 400 new chunks, more than a reload keeps beside the loaded vector index (kb/catch_up.py's limits at up
     # to a million chunks): the store is opened afresh
     result["reopened_visible_s"] = change_visible(kb, kb.store, changes, vectors, 3, 400, 150, dim)

@@ -10,7 +10,8 @@ after another process's write keeps the loaded index and adds beside it:
 
 - each current chunk whose passage the loaded index holds under an older id,
   and that id (searches name the one, are answered with the other);
-- the passages it does not hold, embedded here, ranked exactly by cosine;
+- the passages it does not hold, with the vectors their writer kept for it (kb/store/written.py) or
+  embedded here, ranked exactly by cosine;
 - the ids it holds that no current chunk uses any more, left out of answers.
 
 When more changed than that holds cheaply (limits below), the reload opens the
@@ -109,6 +110,9 @@ def caught_up(store: Store, before, after) -> CaughtUp | None:
                     to_loaded[cid] = loaded
             else:
                 missing[cid] = passage
+    kept = store.written_vectors(list(missing)) if len(embedded) + len(missing) <= EMBEDDED_MAX else {}
+    embedded.update(kept)  # as the writer wrote them, not embedded again (kb/store/written.py)
+    missing = {cid: passage for cid, passage in missing.items() if cid not in kept}
     if (sum(map(len, missing.values())) > EMBED_CHARS_PER_CHUNK * before.size
             or len(embedded) + len(missing) > EMBEDDED_MAX
             or len(to_loaded) > RENAMED_MAX or len(gone) > GONE_MAX):

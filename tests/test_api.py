@@ -18,6 +18,7 @@ from ingest.tokens import count_tokens
 from kb import ConfigError, KnowledgeBase, NotFound, RetrievalConfig, Settings, Unavailable
 from kb.context import FENCE_TOKENS, pack
 from kb.retrieve import Hit, fuse
+from kb.store import written
 from tests.conftest import invoke
 
 WORLD = {
@@ -164,11 +165,18 @@ def test_a_slow_reload_goes_on_behind_searches_that_answer_from_the_canon_before
     assert [h.source for h in world_kb.search("Glimmerware", mode="bm25")] == ["kilns.md"]
 
 
-def test_the_store_a_reload_replaced_is_freed_with_its_vector_index(world_kb, tmp_path, monkeypatch):
+@pytest.fixture
+def opened_afresh(monkeypatch):
+    """Another handle's change is not kept beside the loaded vector index (kb/catch_up.py), so a reload opens the
+    store afresh: nothing may be embedded here, and the writer keeps no vectors for it (kb/store/written.py)."""
+    monkeypatch.setattr(kb.catch_up, "EMBED_CHARS_PER_CHUNK", 0)
+    monkeypatch.setattr(written, "KEPT", 0)
+
+
+def test_the_store_a_reload_replaced_is_freed_with_its_vector_index(world_kb, tmp_path, monkeypatch, opened_afresh):
     """chromadb's objects hold one another in cycles: each reload after another process's write kept a copy of
     the vector index (8.1 GB after three at a million chunks) until a full collection."""
     monkeypatch.setattr(api, "FREE_REPLACED_S", 0.3)  # once the reload's own frames have let it go
-    monkeypatch.setattr(kb.catch_up, "EMBED_CHARS_PER_CHUNK", 0)  # the change is not kept beside the index: the store is replaced
     world_kb.search("ferry", k=1)
     replaced = weakref.ref(world_kb.store.client._server)  # the API object that holds chromadb's native index
     another_handle_ingests(world_kb, tmp_path / "more")
@@ -185,14 +193,13 @@ def test_the_store_a_reload_replaced_is_freed_with_its_vector_index(world_kb, tm
 
 @pytest.mark.parametrize(("load_beside_max", "freed_first"), [(10**9, False), (0, True)])
 def test_a_large_store_lets_the_replaced_vector_index_go_before_loading_the_new_one(
-        world_kb, tmp_path, monkeypatch, load_beside_max, freed_first):
+        world_kb, tmp_path, monkeypatch, opened_afresh, load_beside_max, freed_first):
     """Two copies of a million chunks' vector index peaked a server at 5.3 GB: above LOAD_BESIDE_MAX_CHUNKS a reload
     that opens the store afresh frees the index it replaces before it loads the new one."""
     from kb.store import Store
 
     monkeypatch.setattr(api, "LOAD_BESIDE_MAX_CHUNKS", load_beside_max)
     monkeypatch.setattr(api, "FREE_REPLACED_S", 60)  # no timer frees it within this test
-    monkeypatch.setattr(kb.catch_up, "EMBED_CHARS_PER_CHUNK", 0)  # the store is opened afresh
     world_kb.search("ferry", k=1)
     replaced = weakref.ref(world_kb.store.client._server)
     freed_at_load, dense_query = [], Store.dense_query
@@ -213,10 +220,9 @@ def test_a_large_store_lets_the_replaced_vector_index_go_before_loading_the_new_
 
 
 def test_searches_from_many_threads_go_on_through_reloads_that_let_the_vector_index_go(
-        world_kb, tmp_path, monkeypatch):
+        world_kb, tmp_path, monkeypatch, opened_afresh):
     """While a reload lets the replaced index go and loads the next, searches wait for it, and none fails."""
     monkeypatch.setattr(api, "LOAD_BESIDE_MAX_CHUNKS", 0)
-    monkeypatch.setattr(kb.catch_up, "EMBED_CHARS_PER_CHUNK", 0)  # every change opens the store afresh
     let_go, collect = [], api._collect_until_gone
     monkeypatch.setattr(api, "_collect_until_gone", lambda *args: (let_go.append(1), collect(*args)))
     world_kb.search("ferry", k=1)

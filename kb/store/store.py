@@ -53,6 +53,7 @@ from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import InternalError
 
 from kb.errors import KBError, ModelMismatch, Unavailable
+from kb.store import written
 from kb.store.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
 
 CANON = "canon"
@@ -478,6 +479,11 @@ class Store:
         rows = _read(self.canon.get, ids=ids, include=["embeddings"])
         return list(zip(rows["ids"], rows["embeddings"]))
 
+    def written_vectors(self, ids: list[str]) -> dict:
+        """Those of these chunks' vectors (float32 arrays, by id) that this local store's last writes kept for a
+        reader whose loaded vector index is behind them (kb/store/written.py)."""
+        return {} if self.chroma_url else written.read(self.kb_dir, ids, model_dim(self.model))
+
     def embed_passages(self, texts: list[str]):
         """Embed chunk texts with the store's model (done before any write, so a failure writes nothing)."""
         return self.embedder(texts)
@@ -519,6 +525,7 @@ class Run:
         self._begun = False  # the run's row is written
         self._writer: ThreadPoolExecutor | None = None  # writes what was put behind, behind the caller
         self._writing: Future | None = None
+        self._vectors: dict | None = {}  # the chunks' vectors by id, while there are no more than written.KEPT
 
     def _stage(self, meta: dict, ids=(), texts=(), metas=(), embeddings=(), behind: bool = False) -> None:
         """Stage a file's row and chunks: at once, or with ``behind`` kept until STAGE_BATCH_FILES files, a
@@ -528,6 +535,10 @@ class Run:
             self._kept_since = time.monotonic()
         self.staged[meta["key"]] = meta
         self._unwritten.append((meta, list(ids), list(texts), list(metas), list(embeddings)))
+        if self._vectors is not None:
+            self._vectors.update(zip(ids, embeddings))
+            if len(self._vectors) > written.KEPT:
+                self._vectors = None
         if not behind:
             self._write_unwritten(behind=False)
         elif (len(self._unwritten) >= STAGE_BATCH_FILES or sum(len(ids) for _, ids, *_ in self._unwritten) >= PAGE
@@ -640,6 +651,8 @@ class Run:
         if not self.staged:
             return
         store = self.store
+        if self._vectors and not store.chroma_url:  # before the commit: a server behind it reads them at once
+            written.record(store.kb_dir, self._vectors)
         store.manifest.upsert(ids=[f"run:{self.id}"], embeddings=[_UNIT], metadatas=[
             {"kind": "run", "run": self.id, "started_at": self.started_at, "committed_at": time.time()}])
         store._bump_generation()  # after the commit: a reader caching the old generation reloads

@@ -1,5 +1,5 @@
-"""The only package that talks to chromadb: the store (store.py), its embedding function (embed.py)
-and the writer lock of a local store (lock.py)."""
+"""The only package that talks to chromadb: the store (store.py), its embedding function (embed.py),
+the writer lock of a local store (lock.py) and the vectors its writers kept for readers behind them (written.py)."""
 
 from kb.store.embed import DEFAULT_MODEL, MODELS, LoreEmbedding, model_dim
 from kb.store.lock import write_lock

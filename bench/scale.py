@@ -129,8 +129,7 @@ def measure_size(size: int, chunks_per_file: int, words: int, queries: int, seed
         opened = in_fresh_process(measure_open, Path(tmp) / "kb")
         latencies = search_latencies(kb, [canon.phrase(canon.rng.randint(3, 8)) for _ in range(queries + 1)])
         chunks = store.count()
-        visible = [change_visible(kb, store, canon, vectors, index, min(chunks_per_file, size), words, dim)
-                   for index in range(3)]
+        visible = [change_visible(kb, Path(tmp) / "kb", index, min(chunks_per_file, size), words) for index in range(3)]
     return {"size": size, "chunks": chunks, "model": store.model, "dim": dim,
             "ingest_rate": size / put_seconds, "ingest_s": put_seconds, "size_mb": size_mb,
             "index_s": index_seconds, **opened, "visible_s": median(visible), "rss_mb": peak_rss_mb(),
@@ -164,12 +163,16 @@ def measure_open(kb_dir: Path) -> dict:
     return {"open_s": time.perf_counter() - began, "open_rss_mb": peak_rss_mb()}
 
 
-def change_visible(kb: KnowledgeBase, store: Store, canon: Canon, vectors, index: int, chunks: int,
-                   words: int, dim: int) -> float:
-    """Seconds from another writer replacing one file to a search of ``kb`` finding its new word (searched
-    again until then: a reload longer than kb.api.RELOAD_WAIT_S goes on behind the searches)."""
-    record, ids, texts, metas, embeddings = synthetic_file(canon, vectors, index, chunks, words, dim)
-    marker = f"zzchange{index}x{time.time_ns()}"  # new each time: a store measured in place holds the last run's
+def write_change(kb_dir: Path, seed: int, index: int, chunks: int, words: int) -> tuple[str, str]:
+    """Replace generated file ``index`` with ``chunks`` new chunks of ``words`` words drawn with ``seed``, as another
+    writer does (run in a fresh process: a server's own store is no writer's, and its loaded vector index may be
+    behind another's write); the new word the first chunk holds, and that chunk's id."""
+    store = Store(kb_dir, create=True)
+    canon = Canon(7)
+    canon.rng.seed(seed)
+    record, ids, texts, metas, embeddings = synthetic_file(canon, np.random.default_rng(seed), index, chunks, words,
+                                                           model_dim(store.model))
+    marker = f"zzchange{index}x{seed}"  # new each time: a store measured in place holds the last run's
     texts[0] = f"{marker} {texts[0]}"
     record.hash = metas[0]["file_hash"] = hashlib.sha1(marker.encode()).hexdigest()
     ids = [f"{record.key}-{record.hash[:12]}-{i}" for i in range(len(ids))]
@@ -178,9 +181,17 @@ def change_visible(kb: KnowledgeBase, store: Store, canon: Canon, vectors, index
     run = store.begin_run()
     run.put(record, ids, texts, metas, embeddings)
     run.publish()
+    return marker, ids[0]
+
+
+def change_visible(kb: KnowledgeBase, kb_dir: Path, index: int, chunks: int, words: int) -> float:
+    """Seconds from another process replacing one file with new words (write_change) to a search of ``kb`` finding
+    its new word (searched again until then: a reload longer than kb.api.RELOAD_WAIT_S goes on behind the
+    searches)."""
+    marker, first = in_fresh_process(write_change, kb_dir, time.time_ns(), index, chunks, words)
     began = time.perf_counter()
-    while not any(hit.id == ids[0] for hit in kb.search(marker, k=1, mode="bm25")):
-        assert time.perf_counter() - began < 300, f"the change to {record.source} was not seen in 300 s"
+    while not any(hit.id == first for hit in kb.search(marker, k=1, mode="bm25")):
+        assert time.perf_counter() - began < 300, f"the change to file {index} was not seen in 300 s"
         time.sleep(0.02)
     return time.perf_counter() - began
 

@@ -4,16 +4,19 @@ Writing 100,000 chunks takes about 20 minutes here and a whole bench/scale.py ru
 about 35; this writes the store once (`write`) and then times, on a scratch copy
 of it (`measure`): the first open, which builds the BM25 postings (in its own
 process); a fresh process's open (time and VmHWM), its first dense search (chromadb
-loads its vector index and inserts again the writes it has not saved into it: ``replayed``), searches per mode (50 after
-one untimed, modes interleaved, each query embedded by the real model), 400 new
-questions asked once in hybrid alone (``hybrid_settled``: p50 of the last 200), a one-file
-change seen by that running KnowledgeBase (median of 3), 300 new questions after it, each
-in hybrid and then in dense (``<mode>_changed``: p50 of the first 100, while the change's
-reload runs beside them; ``<mode>_changed_later``: of the rest), a 400-chunk change, too
-large to search beside the loaded vector index, which opens the store afresh
-(``reopened``: seen after, and the longest search in the 40 s after it) and its peak RSS;
-then a fresh server (``fresh_<mode>``): a second fresh open, the warm-up `kb serve` does
-before its first request, and 50 new questions each asked in hybrid, then in dense.
+loads its vector index and inserts again the writes it has not saved into it:
+``replayed``), searches per mode (50 after one untimed, modes interleaved, each query
+embedded by the real model), 400 new questions asked once in hybrid alone
+(``hybrid_settled``: p50 of the last 200), a one-file change written by another process
+and seen by that running KnowledgeBase (median of 3), 300 new questions after it, each in
+hybrid and then in dense (``<mode>_changed``: p50 of the first 100, asked of the reloaded
+corpus before it has kept many postings; ``<mode>_changed_later``: of the rest), a new
+100-section file ingested by `kb ingest` in another process (``ingested_visible``), a
+5,000-chunk change, too large to search beside the loaded vector index, which opens the
+store afresh (``reopened``: seen after, and the longest search in the 40 s after it) and
+its peak RSS; then a fresh server (``fresh_<mode>``): a second fresh open, the warm-up
+`kb serve` does before its first request, and 50 new questions each asked in hybrid, then
+in dense.
 
     python bench/scale_store.py write 100000 /tmp/store-100k
     python bench/scale_store.py measure /tmp/store-100k
@@ -76,11 +79,12 @@ def asked_once(kb: KnowledgeBase, canon: Canon, count: int) -> list[float]:
     return seconds
 
 
-def ingested_visible(kb: KnowledgeBase, kb_dir: Path, canon: Canon) -> tuple[float, float]:
-    """A new file of 100 sections of 150 words ingested by `kb ingest` in another process, as a pipeline drops a
+def ingested_visible(kb: KnowledgeBase, kb_dir: Path) -> tuple[float, float]:
+    """A new file of 100 sections of 150 new words ingested by `kb ingest` in another process, as a pipeline drops a
     script (that ingest embeds it and brings the postings on disk up to date): (seconds from the ingest's exit to
     a search of ``kb`` finding it, the ingest's seconds)."""
-    marker = f"zzdrop{time.time_ns()}"
+    marker, canon = f"zzdrop{time.time_ns()}", Canon(7)
+    canon.rng.seed(marker)
     with tempfile.TemporaryDirectory(prefix="kb-drop-") as folder:
         path = Path(folder) / f"{marker}.md"
         sections = "".join(f"## Part {i}\n\n{canon.passage(150)}\n\n" for i in range(100))
@@ -124,20 +128,15 @@ def served(kb_dir: Path, queries: int = 50) -> dict:
     result.update({f"{mode}_p50_ms": median(seconds) * 1000 for mode, seconds in latencies.items()})
     # by the last 200 the postings a server keeps (kb.retrieve.HOT_POSTINGS) have filled
     result["hybrid_settled_p50_ms"] = median(asked_once(kb, canon, 400)[200:]) * 1000
-    # the changes' words new each run: a store measured in place holds the last run's, whose vectors its index
-    # would reuse (kb/catch_up.py)
-    dim, vectors, changes = model_dim(kb.store.model), np.random.default_rng(3), Canon(7)
-    changes.rng.seed(time.time_ns())
-    result["visible_s"] = median([change_visible(kb, kb.store, changes, vectors, i, 100, 150, dim) for i in range(3)])
-    # while the change's reload runs beside them and after (the new corpus has kept no postings yet): the first 100
-    # new questions, and the 200 after them
+    result["visible_s"] = median([change_visible(kb, kb_dir, i, 100, 150) for i in range(3)])
+    # of the reloaded corpus, which has kept no postings yet: the first 100 new questions, and the 200 after them
     for mode, seconds in asked_in_turn(kb, canon, 300).items():
         result[f"{mode}_changed_p50_ms"] = median(seconds[:100]) * 1000
         result[f"{mode}_changed_later_p50_ms"] = median(seconds[100:]) * 1000
-    result["ingested_visible_s"], result["ingest_s"] = ingested_visible(kb, kb_dir, changes)
-    # 400 new chunks, more than a reload keeps beside the loaded vector index (kb/catch_up.py's limits at up
-    # to a million chunks): the store is opened afresh
-    result["reopened_visible_s"] = change_visible(kb, kb.store, changes, vectors, 3, 400, 150, dim)
+    result["ingested_visible_s"], result["ingest_s"] = ingested_visible(kb, kb_dir)
+    # 5,000 new chunks, more than a reload keeps beside the loaded vector index (kb/catch_up.py's EMBEDDED_MAX, and
+    # too many for their writer to keep their vectors): the store is opened afresh
+    result["reopened_visible_s"] = change_visible(kb, kb_dir, 3, 5_000, 150)
     began, longest = time.perf_counter(), 0.0
     while time.perf_counter() - began < 40:  # at a million chunks that reload took 8-15 s here
         longest = max(longest, *asked_once(kb, canon, 100))

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from kb.store import Store
+from kb.store import Store, written
 from kb.sync import passage_text
 
 # Characters of new passages embedded here per reload, per chunk of the store: up to about what opening the store
 # afresh would cost instead (the default model embedded ~17 us a character here; a fresh open loaded ~4 us a chunk,
 # 3.8 s at a million). At 10,000 chunks a new 100-chunk prose file took 1.8 s this way, 0.6 s opened afresh.
 EMBED_CHARS_PER_CHUNK = 0.25
-EMBEDDED_MAX = 4_096  # passages kept embedded here in all (8 MB at 512 floats), searched exactly per query
+EMBEDDED_MAX = written.KEPT  # passages kept embedded here in all (8 MB at 512 floats), searched exactly per query
 RENAMED_MAX = 250_000  # chunks answered under another id, in all (two dicts of ids: ~60 MB)
 GONE_MAX = 2_000  # ids of the loaded index no chunk uses any more: each query asks chromadb for that many more
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-KEPT = 4_096  # as kb/catch_up.py's EMBEDDED_MAX: a larger write opens the store afresh
+KEPT = 4_096  # kb/catch_up.py's EMBEDDED_MAX: a larger write opens the store afresh
 _SCHEMA = "CREATE TABLE IF NOT EXISTS written (id TEXT PRIMARY KEY, vector BLOB NOT NULL)"
 
 log = logging.getLogger("kb")

@@ -66,6 +66,7 @@ import numpy as np
 from ingest.tokens import count_tokens
 from kb.extract import ANALYSIS_VERSION, stored_analysis
 from kb.lexical import tokens_and_pairs
+from kb.sqlite_files import parts, placeholders, remove_database
 from kb.store import FileRecord, Store
 
 FORMAT = 7  # bump when the schema or the tokenizer changes
@@ -80,7 +81,6 @@ WRITE_CACHE_KB = 65_536  # the writing connection's page cache
 # Chunks of files written together that share their postings rows: larger groups are fewer rows for a query to
 # read, and more for a change of one member to read through (docs/scale.md).
 GROUP_CHUNKS = 1_000
-IN_LIMIT = 500  # values bound in one ``IN (...)``
 _STATE = "key, version, seq, chunks"  # a files row's columns that say which state a snapshot sees
 _SCHEMA = """
 CREATE TABLE files (key TEXT PRIMARY KEY, version TEXT NOT NULL, seq INTEGER NOT NULL UNIQUE,
@@ -185,15 +185,6 @@ def _array(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.int32)
 
 
-def _in(values: list) -> str:
-    return f"({','.join('?' * len(values))})"
-
-
-def _parts(values: list):
-    for start in range(0, len(values), IN_LIMIT):
-        yield values[start:start + IN_LIMIT]
-
-
 class Postings:
     """A store's BM25 postings in one SQLite file (a temporary one where the cache cannot be written)."""
 
@@ -222,7 +213,7 @@ class Postings:
         handle, name = tempfile.mkstemp(prefix="kb-bm25-", suffix=".sqlite")
         os.close(handle)
         self.path = Path(name)
-        weakref.finalize(self, _remove_files, self.path)
+        weakref.finalize(self, remove_database, self.path)
         return self._create(self._connect())
 
     def _connect(self) -> sqlite3.Connection:
@@ -230,7 +221,7 @@ class Postings:
 
     def _remove(self) -> None:
         """Delete this index and what an older version cached beside it (pickles are never read)."""
-        _remove_files(self.path)
+        remove_database(self.path)
         for old in self.path.parent.glob("corpus-*.pkl"):
             old.unlink(missing_ok=True)
 
@@ -417,8 +408,8 @@ class Postings:
         """Stable ids for these terms, new ones added (call inside a write transaction)."""
         self.db.executemany("INSERT OR IGNORE INTO vocabulary (term) VALUES (?)", ((t,) for t in terms))
         found = {}
-        for part in _parts(list(terms)):
-            found.update(self.db.execute(f"SELECT term, id FROM vocabulary WHERE term IN {_in(part)}", part))
+        for part in parts(list(terms)):
+            found.update(self.db.execute(f"SELECT term, id FROM vocabulary WHERE term IN {placeholders(part)}", part))
         return found
 
     # -- reading ------------------------------------------------------------
@@ -442,11 +433,6 @@ def _tuned(db: sqlite3.Connection) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous = NORMAL")  # a cache: a crash at worst rebuilds what it lost
     db.execute(f"PRAGMA cache_size = -{WRITE_CACHE_KB}")
     return db
-
-
-def _remove_files(path: Path) -> None:
-    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        name.unlink(missing_ok=True)
 
 
 class Snapshot:
@@ -545,8 +531,8 @@ class Snapshot:
         """The vocabulary ids of those of ``terms`` the vocabulary holds (a term no file holds any more may be
         one: its postings say)."""
         found = {}
-        for part in _parts(list(dict.fromkeys(terms))):
-            found.update(self._query(f"SELECT term, id FROM vocabulary WHERE term IN {_in(part)}", part))
+        for part in parts(list(dict.fromkeys(terms))):
+            found.update(self._query(f"SELECT term, id FROM vocabulary WHERE term IN {placeholders(part)}", part))
         return found
 
     def postings(self, term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -558,10 +544,10 @@ class Snapshot:
         45 ms joined.
         """
         result = {}
-        for part in _parts(list(dict.fromkeys(term_ids))):
+        for part in parts(list(dict.fromkeys(term_ids))):
             for term, seqs, sizes, blob in self._query(
                     "SELECT term, group_concat(seq), group_concat(n), CAST(group_concat(rows, '') AS BLOB)"
-                    f" FROM postings WHERE term IN {_in(part)} GROUP BY term", part):
+                    f" FROM postings WHERE term IN {placeholders(part)} GROUP BY term", part):
                 keys, sizes = (np.fromstring(column, dtype=np.int64, sep=",") for column in (seqs, sizes))
                 groups = np.searchsorted(self._keys, keys)  # where each row's group is, in position order
                 if groups.max() >= len(self._keys) or (self._keys[groups] != keys).any():
@@ -590,7 +576,7 @@ class Snapshot:
         picked = np.unique(np.linspace(0, len(self._keys) - 1, groups).round().astype(np.int64))
         keys, chunks = self._keys[picked].tolist(), int(self._group_chunks[picked].sum())
         rows = self._query("SELECT held.term, vocabulary.term, held.chunks FROM (SELECT term, sum(n) AS chunks"
-                           f" FROM postings WHERE seq IN {_in(keys)} GROUP BY term HAVING chunks >= ?) AS held"
+                           f" FROM postings WHERE seq IN {placeholders(keys)} GROUP BY term HAVING chunks >= ?) AS held"
                            " JOIN vocabulary ON vocabulary.id = held.term", [*keys, min_share * chunks])
         return rows, chunks
 
@@ -599,7 +585,7 @@ class Snapshot:
         files = np.searchsorted(self._firsts, positions, side="right") - 1
         wanted = [(self.files[f][0], pos - int(self._firsts[f])) for f, pos in zip(files.tolist(), positions)]
         found = {}
-        for part in _parts(wanted):
+        for part in parts(wanted):
             values = [value for pair in part for value in pair]
             for key, pos, *row in self._query(
                     f"SELECT key, pos, {columns} FROM (VALUES {','.join(['(?, ?)'] * len(part))}) AS wanted "
@@ -610,9 +596,9 @@ class Snapshot:
     def positions_of(self, ids: list[str]) -> dict[str, int]:
         """The positions of those of these chunks this snapshot holds."""
         found = {}
-        for part in _parts(list(ids)):
+        for part in parts(list(ids)):
             found.update((cid, self.starts[key] + pos) for cid, key, pos in self._query(
-                f"SELECT id, key, pos FROM chunks WHERE id IN {_in(part)}", part) if key in self.starts)
+                f"SELECT id, key, pos FROM chunks WHERE id IN {placeholders(part)}", part) if key in self.starts)
         return found
 
     def rows(self, columns: str):
@@ -629,8 +615,8 @@ class Snapshot:
         sentence analysis (kb.extract.stored_analysis); a chunk the index does not hold is left out."""
         rows = []
         try:
-            for part in _parts(list(ids)):
-                rows += self._query(f"SELECT id, tokens, sentences FROM chunks WHERE id IN {_in(part)}", part)
+            for part in parts(list(ids)):
+                rows += self._query(f"SELECT id, tokens, sentences FROM chunks WHERE id IN {placeholders(part)}", part)
         except sqlite3.Error:
             return {}  # a damaged index: the answer works them out again, and the next load rebuilds it
         return {cid: (tokens, sentences) for cid, tokens, sentences in rows}

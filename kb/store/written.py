@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kb.sqlite_files import parts, placeholders, remove_database
+
 KEPT = 4_096  # kb/catch_up.py's EMBEDDED_MAX: a larger write opens the store afresh
 _SCHEMA = "CREATE TABLE IF NOT EXISTS written (id TEXT PRIMARY KEY, vector BLOB NOT NULL)"
 
@@ -44,8 +46,7 @@ def record(kb_dir: Path, vectors: dict[str, np.ndarray]) -> None:
     except (OSError, sqlite3.Error) as exc:  # a server behind this write embeds the passages itself
         log.warning("kept no vectors for servers behind this write in %s: %s", path, exc)
         if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
-            for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-                name.unlink(missing_ok=True)  # not SQLite, or damaged: the next write starts it again
+            remove_database(path)  # not SQLite, or damaged: the next write starts it again
 
 
 def read(kb_dir: Path, ids: list[str], dim: int) -> dict[str, np.ndarray]:
@@ -57,10 +58,8 @@ def read(kb_dir: Path, ids: list[str], dim: int) -> dict[str, np.ndarray]:
     try:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
         try:
-            for start in range(0, len(ids), 500):
-                part = ids[start:start + 500]
-                found.update(db.execute(f"SELECT id, vector FROM written WHERE id IN ({','.join('?' * len(part))})",
-                                        part))
+            for part in parts(ids):
+                found.update(db.execute(f"SELECT id, vector FROM written WHERE id IN {placeholders(part)}", part))
         finally:
             db.close()
     except sqlite3.Error:

@@ -525,7 +525,8 @@ class Run:
         self._begun = False  # the run's row is written
         self._writer: ThreadPoolExecutor | None = None  # writes what was put behind, behind the caller
         self._writing: Future | None = None
-        self._vectors: dict | None = {}  # the chunks' vectors by id, while there are no more than written.KEPT
+        # the chunks' vectors by id, while there are no more than written.KEPT (a Chroma server's readers need none)
+        self._vectors: dict | None = None if store.chroma_url else {}
 
     def _stage(self, meta: dict, ids=(), texts=(), metas=(), embeddings=(), behind: bool = False) -> None:
         """Stage a file's row and chunks: at once, or with ``behind`` kept until STAGE_BATCH_FILES files, a
@@ -651,7 +652,7 @@ class Run:
         if not self.staged:
             return
         store = self.store
-        if self._vectors and not store.chroma_url:  # before the commit: a server behind it reads them at once
+        if self._vectors:  # before the commit: a server behind it reads them at once
             written.record(store.kb_dir, self._vectors)
         store.manifest.upsert(ids=[f"run:{self.id}"], embeddings=[_UNIT], metadatas=[
             {"kind": "run", "run": self.id, "started_at": self.started_at, "committed_at": time.time()}])

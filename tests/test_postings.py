@@ -537,7 +537,7 @@ def test_a_first_build_writes_files_while_it_still_scans_the_store(tmp_path, fak
     monkeypatch.setattr(postings_module, "FULL_SCAN_FILES", 4)  # more changed than this: one scan of the store
     scanned, scanned_at_write = [], []
     scan = store.scan_chunks
-    monkeypatch.setattr(store_module, "PAGE", 4)  # chromadb read four rows at a time
+    monkeypatch.setattr(store_module, "LARGE_PAGE", 4)  # the scan reads four rows at a time
 
     def counted_scan():
         for row in scan():

@@ -690,8 +690,8 @@ def test_stale_chunks_looked_for_a_few_files_at_a_time_are_all_dropped(tmp_path,
     (docs / "f4.md").unlink()
     reads = []
     pages = store_module._pages
-    monkeypatch.setattr(store_module, "_pages", lambda collection, where, include: reads.append(where) or
-                        pages(collection, where, include))
+    monkeypatch.setattr(store_module, "_pages", lambda collection, where, *rest: reads.append(where) or
+                        pages(collection, where, *rest))
     monkeypatch.setattr(store_module, "DROP_FILES", 2)
     assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ingest.text import detect_lang
 from ingest.tokens import ENCODING, count_tokens, encoding
-from ingest.types import Chunk, Section
+from ingest.types import Chunk, Section, chunk_id
 
 if TYPE_CHECKING:
     from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -143,4 +143,4 @@ def _chunk(piece: str, section: Section, speakers: list[str] | None, line_ids: l
         file_key=file_key,
         file_hash=file_hash,
     )
-    return Chunk(f"{file_key}-{file_hash[:12]}-{index}", piece, meta)
+    return Chunk(chunk_id(file_key, file_hash, index), piece, meta)

@@ -23,6 +23,14 @@ class Section:
     line_ids: list = field(default_factory=list)
 
 
+HASH_IN_ID = 12  # the digits of a file version's hash in its chunks' ids: a publish tells versions apart by id
+
+
+def chunk_id(file_key: str, file_hash: str, index: int) -> str:
+    """A chunk's id, naming its file, its file's version and its place in it."""
+    return f"{file_key}-{file_hash[:HASH_IN_ID]}-{index}"
+
+
 @dataclass
 class Chunk:
     """A retrievable unit: text plus the metadata a citation needs."""

@@ -706,6 +706,39 @@ def test_stale_chunks_looked_for_a_few_files_at_a_time_are_all_dropped(tmp_path,
 # --- the vector index on disk ----------------------------------------------------
 
 
+
+def test_two_files_that_swap_texts_in_one_run_lose_their_old_chunks(tmp_path, kb_dir):
+    """A publish tells a file's versions apart by the hash in its chunk ids, not by which hashes the run keeps:
+    here each file's old version is the other's new one."""
+    docs = tmp_path / "docs"
+    write(docs / "east.md", "# Tide\nThe east tide runs cold.\n")
+    write(docs / "west.md", "# Tide\nThe west tide runs warm.\n")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    write(docs / "east.md", "# Tide\nThe west tide runs warm.\n")
+    write(docs / "west.md", "# Tide\nThe east tide runs cold.\n")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+
+    assert_consistent(kb_dir)
+    rows = by_source(chunk_rows(kb_dir))
+    assert {source: len(ids) for source, ids in rows.items()} == {"east.md": 1, "west.md": 1}
+
+
+def test_stale_chunks_whose_ids_name_no_version_are_dropped_by_their_metadata(tmp_path, kb_dir):
+    """A chunk row that ingest/chunk.py did not name (a tool of the studio's own wrote it) is judged by its
+    file key and hash, read from its metadata."""
+    docs = tmp_path / "docs"
+    write(docs / "east.md", "# Tide\nThe east tide runs cold.\n")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+    store = Store(kb_dir)
+    [(cid, text, meta)] = list(store.scan_chunks())
+    store.canon.upsert(ids=["imported-by-hand"], embeddings=[store.vectors([cid])[0][1]],
+                       metadatas=[store_module._packed(text, meta)])
+    write(docs / "east.md", "# Tide\nThe east tide runs colder.\n")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+
+    assert_consistent(kb_dir)
+    assert [text for _, text, _ in Store(kb_dir).scan_chunks()] == ["The east tide runs colder."]
+
 def test_an_ingest_leaves_the_vector_index_saved_for_the_next_process(tmp_path, kb_dir):
     """chromadb saved it every 1,000 writes, and each new process inserted the writes since into it again."""
     docs = canon(tmp_path / "docs")

@@ -52,6 +52,7 @@ from chromadb.api.shared_system_client import SharedSystemClient
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import InternalError
 
+from ingest.types import HASH_IN_ID
 from kb.errors import KBError, ModelMismatch, Unavailable
 from kb.store import written
 from kb.store.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
@@ -70,6 +71,7 @@ PAGE = 5_000  # rows per chromadb read: it binds a read's ids as SQL variables, 
 # 153.9 -> 47.6 s (1M loc rows); the 10,000 file records 0.8-1.1 -> 0.42-0.51 s (in pages of PAGE, the first read
 # twice).
 LARGE_PAGE = 30_000
+ID_PAGE = 1_000_000  # ids per read of ids alone: no SQL variable is bound for them, and a page of them is ~70 MB
 STAGE_BATCH_FILES = 100  # files an ingest stages per chromadb write at most (Run.put's ``behind``)
 STAGE_BATCH_S = 0.25  # ... and for at most this long: what a killed ingest's rerun must parse and embed again
 LOAD_TRIES = 5  # a read that finds a saved vector index half-written is tried again this often at most
@@ -160,6 +162,13 @@ def _pages(collection, where: dict | None, include: list[str], page: int = PAGE)
         yield rows
         if len(rows["ids"]) < page:
             return
+
+
+def _named_version(cid: str, keys: set[str]) -> tuple[str, str] | None:
+    """The file key (one of ``keys``) and version a chunk id names (``{key}-{hash[:HASH_IN_ID]}-{index}``), or None."""
+    key, _, rest = cid.partition("-")
+    version, _, index = rest.partition("-")
+    return (key, version) if key in keys and len(version) == HASH_IN_ID and index.isdigit() else None
 
 
 def _version(key: str, file_hash: str) -> dict:
@@ -346,16 +355,25 @@ class Store:
             collection.upsert(ids=ids[start:end], embeddings=embeddings[start:end], metadatas=metadatas[start:end])
 
     def _delete_chunks(self, keys: Iterable[str], doomed: Callable[[str, str], bool]) -> None:
-        """Delete the chunks of these files that ``doomed(file key, file hash)`` picks.
+        """Delete the chunks of these files that ``doomed(file key, version)`` picks, a version being the first
+        HASH_IN_ID digits of its file hash (two versions sharing them share their chunk ids).
 
-        They are found by one read per DROP_FILES files and deleted by id: a filtered delete per file cost
-        13-27 ms at 100,000 chunks and 80 ms at a million even when it found nothing (500 new files into
-        100,000 chunks: 6.7 -> 0.44 s to publish)."""
+        They are found by one read per DROP_FILES files, of ids alone, and deleted by id: a chunk id names its
+        file and version (ingest/types.py), and reading the chunks' metadata (their packed text) to learn them
+        took 94.9 s at a million loc rows, by their ids 11.8 s. A filtered delete per file cost 13-27 ms at
+        100,000 chunks and 80 ms at a million even when it found nothing (500 new files into 100,000 chunks:
+        6.7 -> 0.44 s to publish)."""
         keys, batch = list(keys), self.client.get_max_batch_size()
         for start in range(0, len(keys), DROP_FILES):
-            where = {"file_key": {"$in": keys[start:start + DROP_FILES]}}
-            found = [cid for rows in _pages(self.canon, where, ["metadatas"], LARGE_PAGE)
-                     for cid, meta in zip(rows["ids"], rows["metadatas"]) if doomed(meta["file_key"], meta["file_hash"])]
+            part = keys[start:start + DROP_FILES]
+            ids = [cid for rows in _pages(self.canon, {"file_key": {"$in": part}}, [], ID_PAGE) for cid in rows["ids"]]
+            named = {cid: _named_version(cid, set(part)) for cid in ids}
+            found = [cid for cid, version in named.items() if version and doomed(*version)]
+            unnamed = [cid for cid, version in named.items() if version is None]  # not written by ingest/chunk.py
+            for first in range(0, len(unnamed), PAGE):
+                rows = _read(self.canon.get, ids=unnamed[first:first + PAGE], include=["metadatas"])
+                found += [cid for cid, meta in zip(rows["ids"], rows["metadatas"])
+                          if doomed(meta["file_key"], meta["file_hash"][:HASH_IN_ID])]
             for first in range(0, len(found), batch):
                 self.canon.delete(ids=found[first:first + batch])
 
@@ -368,14 +386,14 @@ class Store:
         if gone:
             self.manifest.delete(ids=gone)
         keep = {meta["key"]: None if meta["removed"] else meta["hash"] for meta in staged}
-        self._delete_chunks(keep, lambda key, file_hash: file_hash != keep[key])  # every other version's
+        self._delete_chunks(keep, lambda key, version: keep[key] is None or keep[key][:HASH_IN_ID] != version)
         self._forget_run(run, staged)
 
     def _abandon(self, run: str, staged: list[dict], published: dict[str, FileRecord]) -> None:
         """Delete the chunks and rows of a run that never committed (a crash, or a failed write)."""
         unpublished = {meta["key"]: meta["hash"] for meta in staged if not meta["removed"] and (
             published.get(meta["key"]) is None or published[meta["key"]].hash != meta["hash"])}
-        self._delete_chunks(unpublished, lambda key, file_hash: file_hash == unpublished[key])
+        self._delete_chunks(unpublished, lambda key, version: unpublished[key][:HASH_IN_ID] == version)
         self._forget_run(run, staged)
 
     def _forget_run(self, run: str, staged: list[dict]) -> None:

@@ -92,7 +92,7 @@ def start_worker() -> None:
 def run_bounded(function: Callable, args: tuple, source: str, timeout_s: int, memory_mb: int):
     """``function(*args)`` run in the worker within ``memory_mb`` of address space and ``timeout_s`` seconds.
 
-    ``function`` must be importable by name (a module-level function of ingest/).
+    ``function`` must be importable by name and light to import (ingest/, kb/postings_batch.py).
 
     Raises:
         IngestError: what ``function`` raised, or a bound it broke (named with its variable).

@@ -51,23 +51,27 @@ reads it, which fails (ValueError or sqlite3.Error) until the file is deleted.
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import os
 import sqlite3
 import tempfile
 import threading
 import weakref
-from collections import Counter
-from dataclasses import dataclass
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from ingest.tokens import count_tokens
-from kb.extract import ANALYSIS_VERSION, stored_analysis
-from kb.lexical import tokens_and_pairs
+from ingest.errors import IngestError
+from kb.errors import KBError
+from kb.extract import ANALYSIS_VERSION
+from kb.parse_worker import run_bounded
+from kb.postings_batch import FileChunks, prepared
 from kb.sqlite_files import parts, placeholders, remove_database
 from kb.store import FileRecord, Store
+
+log = logging.getLogger(__name__)
 
 FORMAT = 7  # bump when the schema or the tokenizer changes
 VERSION = FORMAT * 100 + ANALYSIS_VERSION  # PRAGMA user_version: a new sentence analysis rebuilds the index too
@@ -77,6 +81,8 @@ FULL_SCAN_FILES = 50  # more changed files than this: one paged scan of the stor
 # Chunks tokenized and written per transaction on a cold build: their term counts are Python dicts,
 # so a first build of 20k chunks peaked at 958 MB RSS in batches of 20,000 and 683 MB in 5,000 (no slower).
 WRITE_BATCH_CHUNKS = 5_000
+APART_CHUNKS = 20_000  # a change of this many chunks or more is worked out in the parse worker (Postings._add)
+APART_TIMEOUT_S, APART_MEMORY_MB = 600, 2048  # the parse worker's bounds for one batch
 WRITE_CACHE_KB = 65_536  # the writing connection's page cache
 # Chunks of files written together that share their postings rows: larger groups are fewer rows for a query to
 # read, and more for a change of one member to read through (docs/scale.md).
@@ -123,30 +129,6 @@ def index_path(store: Store) -> Path:
     return store.kb_dir / "cache" / "bm25.sqlite"
 
 
-@dataclass
-class FileChunks:
-    """One file version's visible chunks, as the store holds them."""
-
-    key: str
-    version: str
-    ids: list[str]
-    texts: list[str]
-    metas: list[dict]
-
-
-def _counted(chunks: FileChunks, numbered: dict[str, int]):
-    """One file's term and pair counts as lengths and (chunk, term number, count) rows, terms numbered in
-    ``numbered``: a batch of 5,000 chunks held as a Counter per chunk and field was most of a first build's peak."""
-    lengths, pair_lengths, rows = [], [], []
-    for doc, (text, meta) in enumerate(zip(chunks.texts, chunks.metas)):
-        for tokens, field_lengths in zip(tokens_and_pairs(f"{meta.get('title', '')}\n{text}"),
-                                         (lengths, pair_lengths)):
-            rows.extend((doc, numbered.setdefault(term, len(numbered)), n) for term, n in Counter(tokens).items())
-            field_lengths.append(len(tokens))
-    return (np.array(lengths, dtype=np.int32), np.array(pair_lengths, dtype=np.int32),
-            np.array(rows, dtype=np.int32).reshape(-1, 3))
-
-
 def _postings_rows(seq: int, rows: np.ndarray) -> list[tuple]:
     """One file's (chunk, term id, count) rows, in chunk order, as its postings table rows: per term, the
     chunks holding it (in order) and their counts, packed int32 pairs."""
@@ -171,14 +153,26 @@ def _groups(tokenized: list[tuple]):
         yield group
 
 
-def _chunk_rows(chunks: FileChunks, worked_out: dict[str, tuple[int, str]]) -> list[tuple]:
-    """One file's rows of the chunks table, with each chunk's token count and sentence analysis: from
-    ``worked_out`` (by text) when the version before held the same text (0.35 s of a 10,000-row table's edit)."""
-    rows = []
-    for pos, (cid, text, meta) in enumerate(zip(chunks.ids, chunks.texts, chunks.metas)):
-        tokens, sentences = worked_out.get(text) or (count_tokens(text), stored_analysis(text))
-        rows.append((cid, chunks.key, pos, text, json.dumps(meta, ensure_ascii=False), tokens, sentences))
-    return rows
+def _batches(files):
+    """The files in runs of WRITE_BATCH_CHUNKS chunks or just over."""
+    batch, size = [], 0
+    for chunks in files:
+        batch.append(chunks)
+        size += len(chunks.ids)
+        if size >= WRITE_BATCH_CHUNKS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _prepared_apart(batch: list[FileChunks], worked_out: dict[str, dict], source: str):
+    """``prepared`` in the parse worker, or here if the worker fails (its bounds are set for hostile files)."""
+    try:
+        return run_bounded(prepared, (batch, worked_out), source, APART_TIMEOUT_S, APART_MEMORY_MB)
+    except (IngestError, KBError) as exc:
+        log.warning("worked out a batch of postings in this process: %s", exc)
+        return prepared(batch, worked_out)
 
 
 def _array(blob: bytes) -> np.ndarray:
@@ -282,7 +276,8 @@ class Postings:
                 for key in gone:
                     self._drop(key)
         if changed:
-            self._add(self._read(store, {key: records[key] for key in changed}))
+            self._add(self._read(store, {key: records[key] for key in changed}),
+                      apart=sum(records[key].chunks for key in changed) >= APART_CHUNKS)
         self._record(synced, wanted)
         return len(gone) + len(changed)
 
@@ -363,38 +358,52 @@ class Postings:
             if key not in found and key not in handed:
                 yield FileChunks(key, version_of(record), [], [], [])
 
-    def _add(self, files) -> None:
-        batch, size = [], 0
-        for chunks in files:
-            batch.append(chunks)
-            size += len(chunks.ids)
-            if size >= WRITE_BATCH_CHUNKS:
-                self._write(batch)
-                batch, size = [], 0
-        if batch:
-            self._write(batch)
+    def _add(self, files, apart: bool = False) -> None:
+        """Write the files' postings a batch at a time; ``apart``: each batch worked out (kb/postings_batch.py) in
+        the parse worker, a process of its own, while this one reads the next batch from the store and writes the
+        one before. A first build of a million loc rows spent 160 of 332 profiled seconds tokenizing and
+        analysing; the same in a thread here took longer (284 against 256 s), its GIL shared with the reads."""
+        if not apart:
+            for batch in _batches(files):
+                self._write(batch, *prepared(batch, self._worked_out(batch)))
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="kb-postings-apart") as waiting:  # waits for the worker
+            pending: deque[tuple[list[FileChunks], Future]] = deque()
+            for batch in _batches(files):
+                pending.append((batch, waiting.submit(_prepared_apart, batch, self._worked_out(batch), str(self.path))))
+                if len(pending) > 1:
+                    batch, done = pending.popleft()
+                    self._write(batch, *done.result())
+            while pending:
+                batch, done = pending.popleft()
+                self._write(batch, *done.result())
 
-    def _write(self, batch: list[FileChunks]) -> None:
-        numbered: dict[str, int] = {}  # the batch's terms, numbered as first met: rows hold these until written
-        tokenized = [(chunks, *_counted(chunks, numbered)) for chunks in batch]
+    def _worked_out(self, batch: list[FileChunks]) -> dict[str, dict[str, tuple[int, str]]]:
+        """Per file, the token counts and sentence analyses its indexed version holds, by chunk text."""
+        found: dict[str, dict[str, tuple[int, str]]] = {}
+        with self._lock:
+            for chunks in batch:
+                found[chunks.key] = {text: (tokens, sentences) for text, tokens, sentences in self.db.execute(
+                    "SELECT text, tokens, sentences FROM chunks WHERE key = ?", (chunks.key,))}
+        return found
+
+    def _write(self, batch: list[FileChunks], numbered: dict[str, int], prepared: list[tuple]) -> None:
+        """One batch's rows in one transaction: its files' old rows out, then their chunks, files and postings."""
         with self._lock, self.db:
             self._unsynced()
             ids = self._term_ids(numbered)
             stable = np.array([ids[term] for term in numbered], dtype=np.int32)
             seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM files").fetchone()[0]
-            for group in _groups(tokenized):
+            for group in _groups([(chunks, *rest) for chunks, rest in zip(batch, prepared)]):
                 first, in_group, starts = seq + 1, [], [0]
-                for chunks, lengths, pair_lengths, rows in group:
+                for chunks, lengths, pair_lengths, rows, chunk_rows in group:
                     seq += 1
                     rows[:, 0] += starts[-1]  # chunks numbered within the group
                     rows[:, 1] = stable[rows[:, 1]]
                     in_group.append(rows)
                     starts.append(starts[-1] + len(chunks.ids))
-                    worked_out = {text: (tokens, sentences) for text, tokens, sentences in self.db.execute(
-                        "SELECT text, tokens, sentences FROM chunks WHERE key = ?", (chunks.key,))}
                     self._drop(chunks.key)
-                    self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                        _chunk_rows(chunks, worked_out))
+                    self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)", chunk_rows)
                     self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
                                     (chunks.key, chunks.version, seq, len(chunks.ids), lengths.tobytes(),
                                      pair_lengths.tobytes()))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ingest.discover import file_key
-from kb import KnowledgeBase, Settings, api
+from kb import KnowledgeBase, Settings, api, postings_batch
 from kb import postings as postings_module
 from kb import retrieve as retrieve_module
 from kb.lexical import query_tokens, word_pairs
@@ -251,8 +251,8 @@ def test_an_edited_file_works_out_again_only_the_chunks_whose_text_changed(tmp_p
     kb.ingest([str(root)])
     kb.corpus  # noqa: B018 - the postings are built
     analysed = []
-    analyse = postings_module.stored_analysis
-    monkeypatch.setattr(postings_module, "stored_analysis", lambda text: analysed.append(text) or analyse(text))
+    analyse = postings_batch.stored_analysis
+    monkeypatch.setattr(postings_batch, "stored_analysis", lambda text: analysed.append(text) or analyse(text))
     write_world(root, {"barks.csv": table({**rows, "k2": "The kiln keeper sings at gate 2."})})
     kb.ingest([str(root)])
     assert analysed == ["k2: The kiln keeper sings at gate 2."]  # a loc row's text starts with its key
@@ -531,6 +531,42 @@ def many_files_store(tmp_path, fake_embedder, files: int, chunks: int = 3) -> St
     return store
 
 
+def table_rows(path: Path) -> dict[str, list[tuple]]:
+    db = sqlite3.connect(path)
+    return {table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+            for table in ("files", "vocabulary", "postings", "chunks", "grouped")}
+
+
+def test_a_large_build_works_out_its_batches_in_the_parse_worker_to_the_same_rows(tmp_path, fake_embedder,
+                                                                                   monkeypatch):
+    """From APART_CHUNKS chunks, each batch is tokenized and analysed in the parse worker while this process
+    reads and writes; the tables come out as a build done here writes them."""
+    store = many_files_store(tmp_path, fake_embedder, files=6)
+    monkeypatch.setattr(postings_module, "WRITE_BATCH_CHUNKS", 3)  # a batch per file
+    here = Postings(tmp_path / "here.sqlite")
+    here.update(store)
+    monkeypatch.setattr(postings_module, "APART_CHUNKS", 18)
+    jobs, run_bounded = [], postings_module.run_bounded
+    monkeypatch.setattr(postings_module, "run_bounded", lambda function, args, *rest: (
+        jobs.append(function), run_bounded(function, args, *rest))[1])
+    apart = Postings(tmp_path / "apart.sqlite")
+    assert apart.update(store) == 6
+    assert jobs == [postings_batch.prepared] * 6
+    assert table_rows(apart.path) == table_rows(here.path)
+
+
+def test_a_batch_the_parse_worker_fails_is_worked_out_here(tmp_path, fake_embedder, monkeypatch, caplog):
+    store = many_files_store(tmp_path, fake_embedder, files=2)
+    here = Postings(tmp_path / "here.sqlite")
+    here.update(store)
+    monkeypatch.setattr(postings_module, "APART_CHUNKS", 1)
+    monkeypatch.setattr(postings_module, "APART_TIMEOUT_S", 0)  # no batch is done that soon
+    apart = Postings(tmp_path / "apart.sqlite")
+    assert apart.update(store) == 2
+    assert "worked out a batch of postings in this process" in caplog.text
+    assert table_rows(apart.path) == table_rows(here.path)
+
+
 def test_a_first_build_writes_files_while_it_still_scans_the_store(tmp_path, fake_embedder, monkeypatch):
     """The scan hands each file on once its chunks are seen, so a first build never holds the whole canon."""
     store = many_files_store(tmp_path, fake_embedder, files=8)
@@ -547,8 +583,8 @@ def test_a_first_build_writes_files_while_it_still_scans_the_store(tmp_path, fak
     monkeypatch.setattr(store, "scan_chunks", counted_scan)
     monkeypatch.setattr(postings_module, "WRITE_BATCH_CHUNKS", 3)
     write = Postings._write
-    monkeypatch.setattr(Postings, "_write", lambda self, batch: (scanned_at_write.append(len(scanned)),
-                                                                 write(self, batch)))
+    monkeypatch.setattr(Postings, "_write", lambda self, *batch: (scanned_at_write.append(len(scanned)),
+                                                                  write(self, *batch)))
     built = Postings(None)
     assert built.update(store) == 8
     assert len(scanned) == 24 and scanned_at_write[0] < 8

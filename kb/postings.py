@@ -13,6 +13,10 @@ its rows keyed by its first file's ``seq`` and its chunks numbered as written
 is a group of one, keyed by its own): a term in every file was a row per file,
 10,000 at a million 150-word chunks, and SQLite's cost per row was most of
 reading it.
+A small update after the first build writes its groups' rows to ``recent``,
+a table of the same shape read beside the main one (a change's rows landing
+all over a large term-ordered table were most of what a server took to see
+it); the next large update moves them into the main table.
 
 Keeping current. Opening diffs the store's file records against the rows: only
 a new, changed or removed file is read from the store, tokenized, and has its
@@ -106,6 +110,17 @@ _GROUPED = """
 CREATE TABLE IF NOT EXISTS grouped (seq INTEGER PRIMARY KEY, first INTEGER NOT NULL, start INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS grouped_by_first ON grouped (first);
 """
+# Postings rows written by small updates (a change under APART_CHUNKS chunks), kept apart from the term-ordered
+# main table, whose rows a change's terms land all over: at a million prose chunks, a 100-chunk file's 13,000 rows
+# took 0.13-0.72 s to insert into its 9.4 GB, 0.03-0.05 s into a table of their own, before the commit wrote the
+# pages they touched. A large update (APART_CHUNKS or more, tens of seconds anyway) moves them into the main table
+# first. Added without a new FORMAT: an index from before has none yet.
+_RECENT = """
+CREATE TABLE IF NOT EXISTS recent (term INTEGER NOT NULL, seq INTEGER NOT NULL, n INTEGER NOT NULL, rows BLOB NOT NULL,
+                                   PRIMARY KEY (term, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recent_of_file ON recent (seq);
+"""
+_TABLES = ("postings", "recent")  # where postings rows live
 # The store (its collection's id) and generation the files rows were last found in line with: an update that
 # finds both unchanged reads no file records. Any write clears the generation, and an update records it only if
 # the rows are still the records it read (a slower update may have written an older state over them meanwhile).
@@ -198,6 +213,8 @@ class Postings:
                         db.executescript(_SYNCED)  # not on every open: its insert waits for another writer
                     if "grouped" not in tables:
                         db.executescript(_GROUPED)
+                    if "recent" not in tables:
+                        db.executescript(_RECENT)
                     return _tuned(db)
                 db.close()
                 self._remove()
@@ -236,7 +253,7 @@ class Postings:
     def _create(db: sqlite3.Connection) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")  # readers (snapshots, other replicas, the CLI) never wait for a writer
         _tuned(db)
-        db.executescript(_SCHEMA + _SYNCED + _GROUPED)
+        db.executescript(_SCHEMA + _SYNCED + _GROUPED + _RECENT)
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute(f"PRAGMA user_version = {VERSION}")
         db.commit()
@@ -276,8 +293,11 @@ class Postings:
                 for key in gone:
                     self._drop(key)
         if changed:
-            self._add(self._read(store, {key: records[key] for key in changed}),
-                      apart=sum(records[key].chunks for key in changed) >= APART_CHUNKS)
+            large = sum(records[key].chunks for key in changed) >= APART_CHUNKS
+            if large:
+                self._merge_recent()
+            self._add(self._read(store, {key: records[key] for key in changed}), apart=large,
+                      into="postings" if large or not have else "recent")
         self._record(synced, wanted)
         return len(gone) + len(changed)
 
@@ -306,7 +326,8 @@ class Postings:
                 self._leave(*group, found[1])
                 self.db.execute("DELETE FROM grouped WHERE seq = ?", (found[0],))
             else:
-                self.db.execute("DELETE FROM postings WHERE seq = ?", (found[0],))
+                for table in _TABLES:
+                    self.db.execute(f"DELETE FROM {table} WHERE seq = ?", (found[0],))
         self.db.execute("DELETE FROM files WHERE key = ?", (key,))
         self.db.execute("DELETE FROM chunks WHERE key = ?", (key,))
 
@@ -314,21 +335,28 @@ class Postings:
         """Take a member's chunks (numbered ``start`` on) out of its write group's rows that hold them, the others
         left as they are (call inside a write transaction): numbering the members after it down as well rewrote
         most of the group's rows, 1.7 s at 100k chunks against 0.4 s for a file alone (docs/scale.md)."""
-        found = self.db.execute("SELECT term, rows FROM postings WHERE seq = ?", (first,)).fetchall()
-        if not found or not chunks:
-            return
-        pairs = _array(b"".join(blob for _, blob in found)).reshape(-1, 2)
-        bounds = np.cumsum([0] + [len(blob) // 8 for _, blob in found])
-        mine = (pairs[:, 0] >= start) & (pairs[:, 0] < start + chunks)
-        changed, emptied = [], []
-        for row in np.flatnonzero(np.logical_or.reduceat(mine, bounds[:-1])).tolist():
-            kept = pairs[bounds[row]:bounds[row + 1]][~mine[bounds[row]:bounds[row + 1]]]
-            if len(kept):
-                changed.append((len(kept), kept.tobytes(), found[row][0], first))
-            else:
-                emptied.append((found[row][0], first))
-        self.db.executemany("UPDATE postings SET n = ?, rows = ? WHERE term = ? AND seq = ?", changed)
-        self.db.executemany("DELETE FROM postings WHERE term = ? AND seq = ?", emptied)
+        for table in _TABLES:
+            found = self.db.execute(f"SELECT term, rows FROM {table} WHERE seq = ?", (first,)).fetchall()
+            if not found or not chunks:
+                continue
+            pairs = _array(b"".join(blob for _, blob in found)).reshape(-1, 2)
+            bounds = np.cumsum([0] + [len(blob) // 8 for _, blob in found])
+            mine = (pairs[:, 0] >= start) & (pairs[:, 0] < start + chunks)
+            changed, emptied = [], []
+            for row in np.flatnonzero(np.logical_or.reduceat(mine, bounds[:-1])).tolist():
+                kept = pairs[bounds[row]:bounds[row + 1]][~mine[bounds[row]:bounds[row + 1]]]
+                if len(kept):
+                    changed.append((len(kept), kept.tobytes(), found[row][0], first))
+                else:
+                    emptied.append((found[row][0], first))
+            self.db.executemany(f"UPDATE {table} SET n = ?, rows = ? WHERE term = ? AND seq = ?", changed)
+            self.db.executemany(f"DELETE FROM {table} WHERE term = ? AND seq = ?", emptied)
+
+    def _merge_recent(self) -> None:
+        """Move the rows small updates wrote apart into the main postings table."""
+        with self._lock, self.db:
+            self.db.execute("INSERT INTO postings SELECT * FROM recent")
+            self.db.execute("DELETE FROM recent")
 
     @staticmethod
     def _read(store: Store, records: dict[str, FileRecord]):
@@ -358,14 +386,14 @@ class Postings:
             if key not in found and key not in handed:
                 yield FileChunks(key, version_of(record), [], [], [])
 
-    def _add(self, files, apart: bool = False) -> None:
-        """Write the files' postings a batch at a time; ``apart``: each batch worked out (kb/postings_batch.py) in
-        the parse worker, a process of its own, while this one reads the next batch from the store and writes the
-        one before. A first build of a million loc rows spent 160 of 332 profiled seconds tokenizing and
+    def _add(self, files, apart: bool = False, into: str = "postings") -> None:
+        """Write the files' postings ``into`` a table a batch at a time; ``apart``: each batch worked out
+        (kb/postings_batch.py) in the parse worker, a process of its own, while this one reads the next batch from
+        the store and writes the one before. A first build of a million loc rows spent 160 of 332 profiled seconds tokenizing and
         analysing; the same in a thread here took longer (284 against 256 s), its GIL shared with the reads."""
         if not apart:
             for batch in _batches(files):
-                self._write(batch, *prepared(batch, self._worked_out(batch)))
+                self._write(batch, *prepared(batch, self._worked_out(batch)), into)
             return
         with ThreadPoolExecutor(1, thread_name_prefix="kb-postings-apart") as waiting:  # waits for the worker
             pending: deque[tuple[list[FileChunks], Future]] = deque()
@@ -373,10 +401,10 @@ class Postings:
                 pending.append((batch, waiting.submit(_prepared_apart, batch, self._worked_out(batch), str(self.path))))
                 if len(pending) > 1:
                     batch, done = pending.popleft()
-                    self._write(batch, *done.result())
+                    self._write(batch, *done.result(), into)
             while pending:
                 batch, done = pending.popleft()
-                self._write(batch, *done.result())
+                self._write(batch, *done.result(), into)
 
     def _worked_out(self, batch: list[FileChunks]) -> dict[str, dict[str, tuple[int, str]]]:
         """Per file, the token counts and sentence analyses its indexed version holds, by chunk text."""
@@ -387,8 +415,10 @@ class Postings:
                     "SELECT text, tokens, sentences FROM chunks WHERE key = ?", (chunks.key,))}
         return found
 
-    def _write(self, batch: list[FileChunks], numbered: dict[str, int], prepared: list[tuple]) -> None:
-        """One batch's rows in one transaction: its files' old rows out, then their chunks, files and postings."""
+    def _write(self, batch: list[FileChunks], numbered: dict[str, int], prepared: list[tuple],
+               into: str = "postings") -> None:
+        """One batch's rows in one transaction: its files' old rows out, then their chunks, files and postings
+        (``into`` the main table, or ``recent``)."""
         with self._lock, self.db:
             self._unsynced()
             ids = self._term_ids(numbered)
@@ -410,7 +440,7 @@ class Postings:
                 if len(group) > 1:
                     self.db.executemany("INSERT INTO grouped VALUES (?, ?, ?)",
                                         ((first + i, first, start) for i, start in enumerate(starts[:-1])))
-                self.db.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)",
+                self.db.executemany(f"INSERT INTO {into} VALUES (?, ?, ?, ?)",
                                     _postings_rows(first, np.concatenate(in_group)))
 
     def _term_ids(self, terms) -> dict[str, int]:
@@ -552,28 +582,34 @@ class Snapshot:
         rows into one: a question's postings there, a row per file, were read in 82-85 ms a row at a time, in
         45 ms joined.
         """
-        result = {}
+        found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         for part in parts(list(dict.fromkeys(term_ids))):
-            for term, seqs, sizes, blob in self._query(
-                    "SELECT term, group_concat(seq), group_concat(n), CAST(group_concat(rows, '') AS BLOB)"
-                    f" FROM postings WHERE term IN {placeholders(part)} GROUP BY term", part):
-                keys, sizes = (np.fromstring(column, dtype=np.int64, sep=",") for column in (seqs, sizes))
-                groups = np.searchsorted(self._keys, keys)  # where each row's group is, in position order
-                if groups.max() >= len(self._keys) or (self._keys[groups] != keys).any():
-                    raise ValueError("the indexed postings name a file the index does not hold")
-                pairs = _array(blob).reshape(-1, 2)
-                if len(pairs) != sizes.sum():
-                    raise ValueError("the indexed postings are damaged")
-                numbers, offsets = pairs[:, 0], self._offsets[groups]
-                positions = numbers + np.repeat(self._bases[groups], sizes)
-                if (offsets >= 0).any():  # rows of a group with a gap: their chunks looked up
-                    offsets = np.repeat(offsets, sizes)
-                    past = np.flatnonzero(offsets >= 0)
-                    positions[past] = self._gapped[offsets[past] + numbers[past]]
-                    if (positions[past] < 0).any():
-                        raise ValueError("the indexed postings name a chunk of a file that has gone")
-                result[term] = positions, pairs[:, 1]
-        return result
+            for table in _TABLES:  # the recent rows of a term are few: its main rows are read as they were
+                for term, seqs, sizes, blob in self._query(
+                        "SELECT term, group_concat(seq), group_concat(n), CAST(group_concat(rows, '') AS BLOB)"
+                        f" FROM {table} WHERE term IN {placeholders(part)} GROUP BY term", part):
+                    found.setdefault(term, []).append(self._positions(seqs, sizes, blob))
+        return {term: held[0] if len(held) == 1 else tuple(np.concatenate(column) for column in zip(*held))
+                for term, held in found.items()}
+
+    def _positions(self, seqs: str, sizes: str, blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """One term's joined rows of one table as the positions of the chunks holding it and its counts there."""
+        keys, sizes = (np.fromstring(column, dtype=np.int64, sep=",") for column in (seqs, sizes))
+        groups = np.searchsorted(self._keys, keys)  # where each row's group is, in position order
+        if groups.max() >= len(self._keys) or (self._keys[groups] != keys).any():
+            raise ValueError("the indexed postings name a file the index does not hold")
+        pairs = _array(blob).reshape(-1, 2)
+        if len(pairs) != sizes.sum():
+            raise ValueError("the indexed postings are damaged")
+        numbers, offsets = pairs[:, 0], self._offsets[groups]
+        positions = numbers + np.repeat(self._bases[groups], sizes)
+        if (offsets >= 0).any():  # rows of a group with a gap: their chunks looked up
+            offsets = np.repeat(offsets, sizes)
+            past = np.flatnonzero(offsets >= 0)
+            positions[past] = self._gapped[offsets[past] + numbers[past]]
+            if (positions[past] < 0).any():
+                raise ValueError("the indexed postings name a chunk of a file that has gone")
+        return positions, pairs[:, 1]
 
     def sampled_frequencies(self, groups: int, min_share: float) -> tuple[list[tuple[int, str, int]], int]:
         """How many chunks of ``groups`` write groups spread evenly over the index hold each of their terms held by
@@ -585,8 +621,10 @@ class Snapshot:
         picked = np.unique(np.linspace(0, len(self._keys) - 1, groups).round().astype(np.int64))
         keys, chunks = self._keys[picked].tolist(), int(self._group_chunks[picked].sum())
         rows = self._query("SELECT held.term, vocabulary.term, held.chunks FROM (SELECT term, sum(n) AS chunks"
-                           f" FROM postings WHERE seq IN {placeholders(keys)} GROUP BY term HAVING chunks >= ?) AS held"
-                           " JOIN vocabulary ON vocabulary.id = held.term", [*keys, min_share * chunks])
+                           f" FROM (SELECT term, n FROM postings WHERE seq IN {placeholders(keys)} UNION ALL"
+                           f" SELECT term, n FROM recent WHERE seq IN {placeholders(keys)})"
+                           " GROUP BY term HAVING chunks >= ?) AS held"
+                           " JOIN vocabulary ON vocabulary.id = held.term", [*keys, *keys, min_share * chunks])
         return rows, chunks
 
     def at(self, positions: list[int], columns: str) -> dict[int, tuple]:

@@ -171,6 +171,42 @@ def test_files_written_together_share_rows_and_score_as_if_written_alone(world, 
     assert all_scores(reopened(kb).corpus) == all_scores(Corpus(alone.snapshot()))
 
 
+def table_sizes(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as db:
+        return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("postings", "recent")}
+
+
+def test_small_changes_write_their_rows_apart_until_a_large_one_moves_them(world, tmp_path, monkeypatch):
+    """After the first build, a change of fewer than APART_CHUNKS chunks writes its postings rows to ``recent``
+    (and one of them leaves its group there); a large change moves them into the main table first. Scores stay
+    those of a build from nothing throughout."""
+    kb, root = world
+    path = index_path(kb.store)
+    built = table_sizes(path)
+    assert built["postings"] and not built["recent"]
+    for name in ("tollhouse.md", "weir.md"):  # two new files: a group of their own
+        (root / name).write_text(f"# {name}\n\nOndra raised the {name[:-3]} at Saltreach.\n", encoding="utf-8")
+    kb.ingest([str(root)])
+    (root / "tollhouse.md").write_text("# Tollhouse\n\nThe tollhouse burned off the Fellstack.\n",
+                                        encoding="utf-8")
+    kb.ingest([str(root)])
+    changed = table_sizes(path)
+    assert changed["postings"] == built["postings"] and changed["recent"]
+
+    def fresh_scores():
+        fresh = Postings(tmp_path / f"fresh-{len(list(tmp_path.glob('fresh-*')))}.sqlite")
+        fresh.update(kb.store)
+        return all_scores(Corpus(fresh.snapshot()))
+
+    assert all_scores(reopened(kb).corpus) == fresh_scores()
+    assert kb.search("Fellstack tollhouse", k=1, mode="bm25")[0].source == "tollhouse.md"
+    monkeypatch.setattr(postings_module, "APART_CHUNKS", 1)  # the next change is a large one
+    (root / "reeds.md").write_text("# Reeds\n\nHerons nest in the reeds.\n", encoding="utf-8")
+    kb.ingest([str(root)])
+    assert table_sizes(path)["recent"] == 0
+    assert all_scores(reopened(kb).corpus) == fresh_scores()
+
+
 SECTIONS = {f"{place}.md": "".join(f"# {place.title()}\n\n## {part}\n\nThe {word} of {place} was {part} {word}.\n\n"
                                    for part, word in [("old", "ferry"), ("grey", "herons"), ("storm", "kiln")])
             for place in ["saltreach", "fens", "kilnside", "dawnmoor"]}

@@ -366,10 +366,14 @@ class Store:
         keys, batch = list(keys), self.client.get_max_batch_size()
         for start in range(0, len(keys), DROP_FILES):
             part = keys[start:start + DROP_FILES]
-            ids = [cid for rows in _pages(self.canon, {"file_key": {"$in": part}}, [], ID_PAGE) for cid in rows["ids"]]
-            named = {cid: _named_version(cid, set(part)) for cid in ids}
-            found = [cid for cid, version in named.items() if version and doomed(*version)]
-            unnamed = [cid for cid, version in named.items() if version is None]  # not written by ingest/chunk.py
+            found, unnamed, named_keys = [], [], set(part)  # unnamed: not named by ingest/types.py
+            for rows in _pages(self.canon, {"file_key": {"$in": part}}, [], ID_PAGE):
+                for cid in rows["ids"]:
+                    version = _named_version(cid, named_keys)
+                    if version is None:
+                        unnamed.append(cid)
+                    elif doomed(*version):
+                        found.append(cid)
             for first in range(0, len(unnamed), PAGE):
                 rows = _read(self.canon.get, ids=unnamed[first:first + PAGE], include=["metadatas"])
                 found += [cid for cid, meta in zip(rows["ids"], rows["metadatas"])

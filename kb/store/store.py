@@ -52,7 +52,7 @@ from chromadb.api.shared_system_client import SharedSystemClient
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import InternalError
 
-from ingest.types import HASH_IN_ID
+from ingest.types import HASH_IN_ID, id_version
 from kb.errors import KBError, ModelMismatch, Unavailable
 from kb.store import written
 from kb.store.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
@@ -162,13 +162,6 @@ def _pages(collection, where: dict | None, include: list[str], page: int = PAGE)
         yield rows
         if len(rows["ids"]) < page:
             return
-
-
-def _named_version(cid: str, keys: set[str]) -> tuple[str, str] | None:
-    """The file key (one of ``keys``) and version a chunk id names (``{key}-{hash[:HASH_IN_ID]}-{index}``), or None."""
-    key, _, rest = cid.partition("-")
-    version, _, index = rest.partition("-")
-    return (key, version) if key in keys and len(version) == HASH_IN_ID and index.isdigit() else None
 
 
 def _version(key: str, file_hash: str) -> dict:
@@ -366,11 +359,11 @@ class Store:
         keys, batch = list(keys), self.client.get_max_batch_size()
         for start in range(0, len(keys), DROP_FILES):
             part = keys[start:start + DROP_FILES]
-            found, unnamed, named_keys = [], [], set(part)  # unnamed: not named by ingest/types.py
+            found, unnamed, named_keys = [], [], set(part)  # unnamed: not named by ingest/types.py's chunk_id
             for rows in _pages(self.canon, {"file_key": {"$in": part}}, [], ID_PAGE):
                 for cid in rows["ids"]:
-                    version = _named_version(cid, named_keys)
-                    if version is None:
+                    version = id_version(cid)
+                    if version is None or version[0] not in named_keys:
                         unnamed.append(cid)
                     elif doomed(*version):
                         found.append(cid)

@@ -2,12 +2,9 @@
 
 The cheap checks inside the parsers (YAML alias limits, zip size caps, split
 lines) stop the bombs we know of; this is the backstop for the ones we do
-not. One long-lived worker per process parses file after file. It is a fresh
-Python (`python -m kb.parse_worker`), not a fork: forking a process that runs
-chromadb's, the embedding model's or a server's threads is unsafe, and
-multiprocessing's spawn and forkserver would re-run the caller's main script
-in the worker. It starts when an ingest starts, so its imports overlap the
-store's opening. Before each file the worker lowers its address-space limit
+not. One long-lived worker per process parses file after file, a fresh
+Python (kb/worker_process.py). It starts when an ingest starts, so its
+imports overlap the store's opening. Before each file the worker lowers its address-space limit
 (RLIMIT_AS) to KB_PARSE_MEMORY_MB; a file that needs more fails with
 MemoryError, one that runs past KB_PARSE_TIMEOUT_S gets the worker killed.
 Either way that file is one failed entry naming the bound, and the next file
@@ -17,68 +14,25 @@ gets a fresh worker. Log records the parsers emit travel back to this process.
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from ingest.errors import IngestError
 from kb.errors import KBError
+from kb.worker_process import WorkerProcess, connections
 
-STARTUP_TIMEOUT_S = 120  # a new worker's imports; not counted against KB_PARSE_TIMEOUT_S
 # Thread pools and malloc arenas reserve address space per core, which RLIMIT_AS counts: parsing needs neither.
 _ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
-_SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)  # where the worker finds kb/ and ingest/
 _lock = threading.Lock()  # one file at a time goes to the worker
-_worker: _Worker | None = None
+_worker: WorkerProcess | None = None
 
 
-class _Worker:
-    """A worker process and the two pipes to it."""
-
-    def __init__(self):
-        job_read, job_write = os.pipe()
-        result_read, result_write = os.pipe()
-        path = os.pathsep.join(p for p in (_SOURCE_ROOT, os.environ.get("PYTHONPATH")) if p)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kb.parse_worker", str(job_read), str(result_write)],
-            pass_fds=(job_read, result_write), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            env={**os.environ, **_ONE_THREAD, "PYTHONPATH": path})
-        os.close(job_read)
-        os.close(result_write)
-        self.jobs = Connection(job_write, readable=False)
-        self.results = Connection(result_read, writable=False)
-        self.ready = False
-
-    def wait_until_ready(self) -> None:
-        """Block until the worker has imported what it parses with.
-
-        Raises:
-            KBError: it exited or hung while starting (a broken install, not a bad file).
-        """
-        if self.ready:
-            return
-        try:
-            if self.results.poll(STARTUP_TIMEOUT_S):
-                self.ready = self.results.recv() == "ready"
-        except EOFError:
-            pass
-        if not self.ready:
-            self.stop()
-            raise KBError(f"the parse worker did not start (exit status {self.process.returncode}); "
-                          "run `python -m kb.parse_worker` to see why")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self.jobs.close()
-        self.results.close()
+def _new_worker() -> WorkerProcess:
+    return WorkerProcess("kb.parse_worker", "parse worker", _ONE_THREAD)
 
 
 def start_worker() -> None:
@@ -86,7 +40,7 @@ def start_worker() -> None:
     global _worker
     with _lock:
         if _worker is None:
-            _worker = _Worker()
+            _worker = _new_worker()
 
 
 def run_bounded(function: Callable, args: tuple, source: str, timeout_s: int, memory_mb: int):
@@ -100,7 +54,7 @@ def run_bounded(function: Callable, args: tuple, source: str, timeout_s: int, me
     global _worker
     with _lock:
         if _worker is None:
-            _worker = _Worker()
+            _worker = _new_worker()
         worker = _worker
         try:
             worker.wait_until_ready()
@@ -199,6 +153,6 @@ def _serve(jobs: Connection, results: Connection) -> None:
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; the worker ends with its pipe
     try:
-        _serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
+        _serve(*connections(sys.argv))
     except BrokenPipeError:  # the caller exited (say, it found the store locked) while the worker started
         pass

@@ -24,6 +24,7 @@ from kb.config import Settings
 from kb.limits import limit_warnings, non_numbers
 from kb.parse_worker import run_bounded, start_worker
 from kb.store import FileRecord, Run, Store, write_lock
+from kb.store.embed_worker import ApartEmbedder
 
 
 @dataclass
@@ -62,7 +63,7 @@ def _read(path: Path, limit_mb: int, source: str) -> bytes:
 
 
 def _store_file(store: Store, run: Run, found, data: bytes, digest: str, settings: Settings,
-                earlier: FileRecord | None) -> int:
+                earlier: FileRecord | None, embed: ApartEmbedder) -> int:
     """Parse and chunk one file in the bounded worker (kb/parse_worker.py), embed it and stage it in the run
     (or restage the version an interrupted run staged whole); return its chunk count. ``earlier``: the
     version stored now, whose vectors the passages it shares keep."""
@@ -86,14 +87,14 @@ def _store_file(store: Store, run: Run, found, data: bytes, digest: str, setting
     for chunk in chunks:
         chunk.meta["ingested_at"] = record.ingested_at
     record.non_numbers = non_numbers(c.meta for c in chunks)
-    embeddings = _vectors(store, [passage_text(c.text, c.meta) for c in chunks], earlier)
+    embeddings = _vectors(store, [passage_text(c.text, c.meta) for c in chunks], earlier, embed)
     record.chunks = len(chunks)
     run.put(record, [c.id for c in chunks], [c.text for c in chunks], [c.meta for c in chunks], embeddings,
             behind=True)
     return len(chunks)
 
 
-def _vectors(store: Store, passages: list[str], earlier: FileRecord | None) -> list:
+def _vectors(store: Store, passages: list[str], earlier: FileRecord | None, embed: ApartEmbedder) -> list:
     """Each passage's vector: the one the file's stored version holds for the same passage, else embedded now.
 
     A loc table is one file: one row edited in 200,000 would otherwise embed them all again.
@@ -106,7 +107,7 @@ def _vectors(store: Store, passages: list[str], earlier: FileRecord | None) -> l
                 vectors[passage] = vector
     missing = [passage for passage in passages if passage not in vectors]
     if missing:
-        vectors.update(zip(missing, store.embed_passages(missing)))
+        vectors.update(zip(missing, embed(missing)))
     return [vectors[passage] for passage in passages]
 
 
@@ -129,7 +130,7 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
         store = Store(settings.kb_dir, settings.chroma_url, settings.embed_model, create=True, fresh=True)
         store.repair(abandon=False)  # what an interrupted run staged is reused, then cleaned up
         records = store.files()
-        with store.begin_run() as run:
+        with store.begin_run() as run, ApartEmbedder(store) as embed:
             for item in found:
                 try:
                     data = _read(item.path, settings.max_file_mb, item.source)
@@ -138,7 +139,7 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
                     if old and old.hash == digest:
                         report.unchanged.append(item.source)
                     else:
-                        _store_file(store, run, item, data, digest, settings, old)
+                        _store_file(store, run, item, data, digest, settings, old, embed)
                         (report.updated if old else report.added).append(item.source)
                 except NothingToIndex as exc:  # a text-free file is a note, not a failure
                     if old:

@@ -6,9 +6,12 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from kb.store import embed
 from kb.store.embed import EMBED_BATCH, LoreEmbedding
+from kb.worker_process import WorkerProcess
+from tests.conftest import invoke
 from tests.fake_embedder import HashedWords
 
 
@@ -157,3 +160,57 @@ def test_words_tokenized_one_at_a_time_give_usem3s_own_pieces():
 
     assert [ours.encode(text) for text in texts] == [theirs.encode(text) for text in texts]
     assert not [piece for piece in theirs._pieces if "\u2581" in piece[1:]]  # what splitting at words rests on
+
+
+def _embedded_here(monkeypatch) -> list[str]:
+    """The passages the ingesting process embeds itself, from now on."""
+    from kb.store import Store
+
+    here, original = [], Store.embed_passages
+    monkeypatch.setattr(Store, "embed_passages", lambda self, texts: here.extend(texts) or original(self, texts))
+    return here
+
+
+def _stored_vectors(kb_dir) -> dict[str, np.ndarray]:
+    from kb.store import Store
+    from kb.sync import passage_text
+
+    store = Store(kb_dir)
+    ids, texts, metas = store.all_chunks()
+    return {passage_text(text, meta): np.asarray(vector)
+            for (_, vector), text, meta in zip(store.vectors(ids), texts, metas)}
+
+
+def test_a_large_ingest_embeds_in_a_worker_the_vectors_the_model_gives_here(tmp_path, kb_dir, monkeypatch):
+    """Past APART_PASSAGES the model runs in a process of its own, beside the run's writes."""
+    from kb.store import embed_worker
+    from tests.test_store import canon
+
+    monkeypatch.setattr(embed_worker, "APART_PASSAGES", 1)
+    here = _embedded_here(monkeypatch)
+    (docs := canon(tmp_path / "docs")).joinpath("menu.csv").write_text(
+        "key,en,fr\nui.ok,OK,D'accord\nui.back,Back,Retour\n", encoding="utf-8")
+    assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
+
+    stored = _stored_vectors(kb_dir)
+    assert here == [] and len(stored) == 8
+    expected = LoreEmbedding(embed.DEFAULT_MODEL)(list(stored))
+    assert max(np.abs(vector - want).max() for vector, want in zip(stored.values(), expected)) < 1e-6
+
+
+@pytest.mark.parametrize(("module", "why"), [("kb.no_such_worker", "the embedding worker did not start"),
+                                           ("tests.dying_worker", "the embedding worker died")])
+def test_passages_a_failed_embedding_worker_leaves_are_embedded_here(tmp_path, kb_dir, monkeypatch, caplog,
+                                                                      module, why):
+    """A worker that does not start, or dies at its first job: the ingest embeds the rest itself."""
+    from kb.store import embed_worker
+    from tests.test_store import canon
+
+    monkeypatch.setattr(embed_worker, "APART_PASSAGES", 1)
+    monkeypatch.setattr(embed_worker, "WorkerProcess", lambda _, name: WorkerProcess(module, name))
+    here = _embedded_here(monkeypatch)
+    assert invoke("ingest", canon(tmp_path / "docs"), "--kb", kb_dir).exit_code == 0
+
+    stored = _stored_vectors(kb_dir)
+    assert sorted(here) == sorted(stored) and len(stored) == 4
+    assert caplog.text.count(why) == 1 and "embedding here instead" in caplog.text

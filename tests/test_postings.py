@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -588,6 +589,35 @@ def test_a_large_build_works_out_its_batches_in_the_parse_worker_to_the_same_row
     apart = Postings(tmp_path / "apart.sqlite")
     assert apart.update(store) == 6
     assert jobs == [postings_batch.prepared] * 6
+    assert table_rows(apart.path) == table_rows(here.path)
+
+
+def test_a_store_read_failing_mid_build_is_raised_and_the_next_update_finishes_the_build(tmp_path, fake_embedder,
+                                                                                        monkeypatch):
+    """A large build reads each batch from the store in a thread ahead of its writes; what that read raises
+    reaches the caller, and the files written before it stay for the next update to complete."""
+    store = many_files_store(tmp_path, fake_embedder, files=6)
+    monkeypatch.setattr(postings_module, "WRITE_BATCH_CHUNKS", 3)  # a batch per file
+    here = Postings(tmp_path / "here.sqlite")
+    here.update(store)
+    monkeypatch.setattr(postings_module, "APART_CHUNKS", 1)
+    reads, file_chunks = [], store.file_chunks
+
+    def failing_fourth(key, file_hash):
+        reads.append(threading.current_thread().name)
+        if len(reads) == 4:
+            raise sqlite3.OperationalError("disk I/O error")
+        return file_chunks(key, file_hash)
+
+    monkeypatch.setattr(store, "file_chunks", failing_fourth)
+    apart = Postings(tmp_path / "apart.sqlite")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        apart.update(store)
+    assert all(name.startswith("kb-postings-read") for name in reads)
+    written = len(table_rows(apart.path)["files"])
+    assert 0 < written < 6
+    monkeypatch.setattr(store, "file_chunks", file_chunks)
+    assert apart.update(store) == 6 - written
     assert table_rows(apart.path) == table_rows(here.path)
 
 

@@ -607,8 +607,9 @@ class Run:
         cost chromadb about 14 ms a write: 31 of the 41 s an ingest of 1,000 one-chunk files took), in a
         thread of the run's own while the caller goes on to parse and embed (at a million chunks, chromadb
         took 11-12 s to write a 10,000-row table packed, the model 5-6 s to embed one; chromadb holds the GIL
-        while it writes, so only the model's products overlap it); the run's next write, ``wait`` and
-        ``publish`` write what is kept and wait for it, raising what the write raised.
+        while it writes, so a large ingest's model runs in a process of its own: kb/store/embed_worker.py);
+        the run's next write, ``wait`` and ``publish`` write what is kept and wait for it, raising what the
+        write raised.
         """
         self._stage({**record.to_meta(), "file_kind": record.kind, "removed": False},
                     ids, texts, metas, embeddings, behind)

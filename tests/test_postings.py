@@ -574,14 +574,20 @@ def table_rows(path: Path) -> dict[str, list[tuple]]:
             for table in ("files", "vocabulary", "postings", "chunks", "grouped")}
 
 
+def built_here(tmp_path, store: Store) -> Postings:
+    """The postings a build done all in this process writes, to compare a build in parts with."""
+    here = Postings(tmp_path / "here.sqlite")
+    here.update(store)
+    return here
+
+
 def test_a_large_build_works_out_its_batches_in_the_parse_worker_to_the_same_rows(tmp_path, fake_embedder,
                                                                                    monkeypatch):
     """From APART_CHUNKS chunks, each batch is tokenized and analysed in the parse worker while this process
     reads and writes; the tables come out as a build done here writes them."""
     store = many_files_store(tmp_path, fake_embedder, files=6)
     monkeypatch.setattr(postings_module, "WRITE_BATCH_CHUNKS", 3)  # a batch per file
-    here = Postings(tmp_path / "here.sqlite")
-    here.update(store)
+    here = built_here(tmp_path, store)
     monkeypatch.setattr(postings_module, "APART_CHUNKS", 18)
     jobs, run_bounded = [], postings_module.run_bounded
     monkeypatch.setattr(postings_module, "run_bounded", lambda function, args, *rest: (
@@ -598,8 +604,7 @@ def test_a_store_read_failing_mid_build_is_raised_and_the_next_update_finishes_t
     reaches the caller, and the files written before it stay for the next update to complete."""
     store = many_files_store(tmp_path, fake_embedder, files=6)
     monkeypatch.setattr(postings_module, "WRITE_BATCH_CHUNKS", 3)  # a batch per file
-    here = Postings(tmp_path / "here.sqlite")
-    here.update(store)
+    here = built_here(tmp_path, store)
     monkeypatch.setattr(postings_module, "APART_CHUNKS", 1)
     reads, file_chunks = [], store.file_chunks
 
@@ -623,8 +628,7 @@ def test_a_store_read_failing_mid_build_is_raised_and_the_next_update_finishes_t
 
 def test_a_batch_the_parse_worker_fails_is_worked_out_here(tmp_path, fake_embedder, monkeypatch, caplog):
     store = many_files_store(tmp_path, fake_embedder, files=2)
-    here = Postings(tmp_path / "here.sqlite")
-    here.update(store)
+    here = built_here(tmp_path, store)
     monkeypatch.setattr(postings_module, "APART_CHUNKS", 1)
     monkeypatch.setattr(postings_module, "APART_TIMEOUT_S", 0)  # no batch is done that soon
     apart = Postings(tmp_path / "apart.sqlite")

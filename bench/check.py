@@ -20,24 +20,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # as a script, bench/ comes first on sys.path
 
-from bench.common import machine, median, revision  # noqa: E402
+from bench.common import cpu_seconds, machine, median, revision  # noqa: E402
 
 KB = str(Path(sys.executable).parent / "kb")
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def timings(args: list[str], runs: int) -> tuple[list[float], list[float]]:
     """Wall and CPU seconds of each run."""
     walls, cpus = [], []
     for _ in range(runs):
-        start, cpu = time.perf_counter(), cpu_seconds()
+        start, cpu = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
         done = subprocess.run([KB, "check", *args], cwd=ROOT, capture_output=True, text=True)
         walls.append(time.perf_counter() - start)
-        cpus.append(cpu_seconds() - cpu)
+        cpus.append(cpu_seconds(resource.RUSAGE_CHILDREN) - cpu)
         if done.returncode not in (0, 1):
             sys.exit(f"kb check {' '.join(args)} failed: {done.stderr.strip()}")
     return walls, cpus

@@ -72,6 +72,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def cpu_seconds(*whose: int) -> float:
+    """CPU seconds of ``resource.RUSAGE_SELF`` and/or ``RUSAGE_CHILDREN`` (the children that ended)."""
+    return sum(usage.ru_utime + usage.ru_stime for usage in map(resource.getrusage, whose))
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MB.
 

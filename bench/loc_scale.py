@@ -5,7 +5,8 @@ rows a file: keys in five languages, one chunk per row and language) and
 ingests them through KnowledgeBase.ingest with the real model in one run,
 printing the rate as it goes: rows/s, rows per CPU second of the ingesting
 process and its embedding worker (the parse worker's CPU not counted: it
-outlives the ingest), the peak RSS of each; the time includes building the BM25 postings, which the ingest does for a new store.
+outlives the ingest), the peak RSS of each; the time includes building the
+BM25 postings, which the ingest does for a new store.
 Rerun on the same folder, an interrupted ingest finishes (the tables are
 written once).
 
@@ -36,7 +37,7 @@ from pathlib import Path
 # As a script, bench/ comes first on sys.path, where bench/ingest.py would shadow the ingest package.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench.common import in_fresh_process, machine, median, peak_rss_mb, revision, rss_mb  # noqa: E402
+from bench.common import cpu_seconds, in_fresh_process, machine, median, peak_rss_mb, revision, rss_mb  # noqa: E402
 from bench.scale import Canon, loc_table, search_latencies  # noqa: E402
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.store.embed import LoreEmbedding  # noqa: E402
@@ -64,7 +65,7 @@ def write(rows: int, out: Path, rows_per_file: int) -> dict:
     rows_in = tables(rows, rows_per_file, out / "loc")
     kb = KnowledgeBase.open(out / "kb")
     LoreEmbedding()(["load the model before the clock starts"])
-    began, cpu, done = time.perf_counter(), cpu_seconds(), []
+    began, cpu, done = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN), []
 
     def progress(source: str) -> None:
         done.append(source)
@@ -73,7 +74,7 @@ def write(rows: int, out: Path, rows_per_file: int) -> dict:
               f"{len(done) * rows_per_file / seconds:.0f} rows/s", file=sys.stderr, flush=True)
 
     report = kb.ingest([str(out / "loc")], on_file=progress)
-    seconds, cpu = time.perf_counter() - began, cpu_seconds() - cpu
+    seconds, cpu = time.perf_counter() - began, cpu_seconds(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) - cpu
     if report.failed:
         sys.exit(f"ingest failed: {report.failed[:3]}")
     ingested = [Path(source).name for source in report.added + report.updated]
@@ -82,12 +83,6 @@ def write(rows: int, out: Path, rows_per_file: int) -> dict:
             "seconds": seconds, "rows_per_s": rows_ingested / seconds, "rows_per_cpu_s": rows_ingested / cpu,
             "peak_rss_mb": peak_rss_mb(),
             "embedding_worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
-
-
-def cpu_seconds() -> float:
-    """CPU of this process and of its children that ended (the embedding worker, stopped with the ingest)."""
-    mine, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return mine.ru_utime + mine.ru_stime + ended.ru_utime + ended.ru_stime
 
 
 def first_open(kb_dir: Path) -> dict:

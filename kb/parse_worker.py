@@ -4,9 +4,10 @@ The cheap checks inside the parsers (YAML alias limits, zip size caps, split
 lines) stop the bombs we know of; this is the backstop for the ones we do
 not. One long-lived worker per process parses file after file, a fresh
 Python (kb/worker_process.py). It starts when an ingest starts, so its
-imports overlap the store's opening. Before each file the worker lowers its address-space limit
-(RLIMIT_AS) to KB_PARSE_MEMORY_MB; a file that needs more fails with
-MemoryError, one that runs past KB_PARSE_TIMEOUT_S gets the worker killed.
+imports overlap the store's opening. Before each file the worker lowers its
+address-space limit (RLIMIT_AS) to KB_PARSE_MEMORY_MB; a file that needs more
+fails with MemoryError, one that runs past KB_PARSE_TIMEOUT_S gets the worker
+killed.
 Either way that file is one failed entry naming the bound, and the next file
 gets a fresh worker. Log records the parsers emit travel back to this process.
 """

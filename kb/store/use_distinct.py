@@ -102,8 +102,8 @@ class DistinctWindows(NumpyBackend):
         for i, (rows, row_class) in enumerate(branches):
             feats[:, _EMB_DIM + i * _CNN_DIM:_EMB_DIM + (i + 1) * _CNN_DIM] = rows[row_class[first]]
         _layernorm(feats, self.ln_g, self.ln_b, self.eps)
-        # Each sentence's sum over its positions, as its distinct rows weighted by their counts (np.add.reduceat
-        # over every position's row took 2x the time)
+        # Each sentence's sum over its positions, as its distinct rows weighted by their counts: np.add.reduceat
+        # over every position's row took 9.4 ms of a loc micro-batch, a plain sum per sentence 5.3 (less exact)
         sums = np.empty((len(group), self._feat_dim), dtype=np.float32)
         for sentence, (start, end) in enumerate(zip(starts, starts + lens)):
             present, counts = np.unique(position_class[start:end], return_counts=True)

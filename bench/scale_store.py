@@ -1,22 +1,22 @@
 """bench/scale.py's measures on a generated store written once, so code before and after a change meets the same store.
 
-Writing 100,000 chunks takes about 20 minutes here and a whole bench/scale.py run
-about 35; this writes the store once (`write`) and then times, on a scratch copy
-of it (`measure`): the first open, which builds the BM25 postings (in its own
-process); a fresh process's open (time and VmHWM), its first dense search (chromadb
-loads its vector index and inserts again the writes it has not saved into it:
-``replayed``), searches per mode (50 after one untimed, modes interleaved, each query
-embedded by the real model), 400 new questions asked once in hybrid alone
-(``hybrid_settled``: p50 of the last 200), a one-file change written by another process
-and seen by that running KnowledgeBase (median of 3), 300 new questions after it, each in
-hybrid and then in dense (``<mode>_changed``: p50 of the first 100, asked of the reloaded
-corpus before it has kept many postings; ``<mode>_changed_later``: of the rest), a new
-100-section file ingested by `kb ingest` in another process (``ingested_visible``), a
-5,000-chunk change, too large to search beside the loaded vector index, which opens the
-store afresh (``reopened``: seen after, and the longest search in the 40 s after it) and
-its peak RSS; then a fresh server (``fresh_<mode>``): a second fresh open, the warm-up
-`kb serve` does before its first request, and 50 new questions each asked in hybrid, then
-in dense.
+Writing 100,000 chunks takes about 20 minutes here and a whole bench/scale.py run about
+35; this writes the store once (`write`) and then times, on a scratch copy of it
+(`measure`): the first open, which builds the BM25 postings (in its own process); a
+fresh process's open (time and VmHWM), its first dense search (chromadb loads its vector
+index and inserts again the writes it has not saved into it: ``replayed``), the rest of
+the warm-up `kb serve` does (``warm_s``), searches per mode (50 after one untimed, modes
+interleaved, each query embedded by the real model), 400 new questions asked once in
+hybrid alone (``hybrid_settled``: p50 of the last 200), a one-file change written by
+another process and seen by that running KnowledgeBase (median of 3), 300 new questions
+after it, each in hybrid and then in dense (``<mode>_changed``: p50 of the first 100,
+asked of the reloaded corpus before it has kept many postings; ``<mode>_changed_later``:
+of the rest), a new 100-section file ingested by `kb ingest` in another process
+(``ingested_visible``), a 5,000-chunk change, too large to search beside the loaded
+vector index, which opens the store afresh (``reopened``: seen after, and the longest
+search in the 40 s after it) and its peak RSS; then a fresh server (``fresh_<mode>``): a
+second fresh open, the warm-up `kb serve` does before its first request, and 50 new
+questions each asked in hybrid, then in dense.
 
     python bench/scale_store.py write 100000 /tmp/store-100k
     python bench/scale_store.py measure /tmp/store-100k
@@ -122,6 +122,9 @@ def served(kb_dir: Path, queries: int = 50) -> dict:
     began = time.perf_counter()
     kb.search("load the vector index", k=5, mode="dense")
     result["first_dense_s"] = time.perf_counter() - began
+    began = time.perf_counter()
+    kb.warm()  # what `kb serve` does before its first request: the commonest terms' postings read ahead
+    result["warm_s"] = time.perf_counter() - began
     canon = Canon(7)  # the store's vocabulary (Canon(seed) draws its own words), other phrases than its chunks
     canon.rng.seed(11)
     latencies = search_latencies(kb, [canon.phrase(canon.rng.randint(3, 8)) for _ in range(queries + 1)])

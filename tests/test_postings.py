@@ -411,6 +411,15 @@ def test_scores_are_those_bm25s_gave():
                     assert np.array_equal(scores, reference.get_scores(query))
                     compared += 1
     assert compared == 10
+    # a ranking adds the word pairs' sums at pair_weight to the terms', float32 throughout
+    question, indexed = "The old woman fed herons by the old mill", texts[3:] + texts[5:] + texts[:1]
+    expected = np.zeros(len(indexed), dtype=np.float32)
+    for field, (asked, weight) in enumerate([(query_tokens(question), 1.0), (word_pairs(question), 0.5)]):
+        reference = bm25s.BM25()
+        reference.index([tokens_and_pairs(f"\n{text}")[field] for text in indexed], show_progress=False)
+        expected = expected + np.float32(weight) * reference.get_scores([t for t in asked if t in reference.vocab_dict])
+    ranked = updated.bm25_ranking(question, None, len(indexed))
+    assert {pos: score for pos, score in ranked} == {pos: float(expected[pos]) for pos in np.flatnonzero(expected)}
 
 
 def watched_reads(monkeypatch) -> tuple[list, list]:

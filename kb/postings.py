@@ -55,6 +55,7 @@ reads it, which fails (ValueError or sqlite3.Error) until the file is deleted.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -71,7 +72,7 @@ from ingest.errors import IngestError
 from kb.errors import KBError
 from kb.extract import ANALYSIS_VERSION
 from kb.parse_worker import run_bounded
-from kb.postings_batch import FileChunks, prepared
+from kb.postings_batch import FileChunks, indexed_tokens, prepared
 from kb.sqlite_files import parts, placeholders, remove_database
 from kb.store import FileRecord, Store
 
@@ -335,7 +336,7 @@ class Postings:
         if found:
             group = self.db.execute("SELECT first, start FROM grouped WHERE seq = ?", (found[0],)).fetchone()
             if group:
-                self._leave(*group, found[1])
+                self._leave(key, *group, found[1])
                 self.db.execute("DELETE FROM grouped WHERE seq = ?", (found[0],))
             else:
                 for table in _TABLES:
@@ -343,14 +344,18 @@ class Postings:
         self.db.execute("DELETE FROM files WHERE key = ?", (key,))
         self.db.execute("DELETE FROM chunks WHERE key = ?", (key,))
 
-    def _leave(self, first: int, start: int, chunks: int) -> None:
+    def _leave(self, key: str, first: int, start: int, chunks: int) -> None:
         """Take a member's chunks (numbered ``start`` on) out of its write group's rows that hold them, the others
         left as they are (call inside a write transaction): numbering the members after it down as well rewrote
-        most of the group's rows, 1.7 s at 100k chunks against 0.4 s for a file alone (docs/scale.md)."""
+        most of the group's rows, 1.7 s at 100k chunks against 0.4 s for a file alone (docs/scale.md). The rows
+        holding them are those of the member's own terms, read by key: reading every row of the group was most
+        of a change's update."""
         if not chunks:
             return
+        terms = self._terms_of(key)
         for table in _TABLES:
-            found = self.db.execute(f"SELECT term, rows FROM {table} WHERE seq = ?", (first,)).fetchall()
+            found = [row for part in parts(terms) for row in self.db.execute(
+                f"SELECT term, rows FROM {table} WHERE seq = ? AND term IN {placeholders(part)}", [first, *part])]
             if not found:
                 continue
             pairs = _array(b"".join(blob for _, blob in found)).reshape(-1, 2)
@@ -365,6 +370,15 @@ class Postings:
                     emptied.append((found[row][0], first))
             self.db.executemany(f"UPDATE {table} SET n = ?, rows = ? WHERE term = ? AND seq = ?", changed)
             self.db.executemany(f"DELETE FROM {table} WHERE term = ? AND seq = ?", emptied)
+
+    def _terms_of(self, key: str) -> list[int]:
+        """The vocabulary ids of an indexed file's terms and word pairs, worked out again from its chunks' rows."""
+        held: set[str] = set()
+        for text, meta in self.db.execute("SELECT text, meta FROM chunks WHERE key = ?", (key,)):
+            for tokens in indexed_tokens(text, json.loads(meta)):
+                held.update(tokens)
+        return [term_id for part in parts(list(held)) for (term_id,) in self.db.execute(
+            f"SELECT id FROM vocabulary WHERE term IN {placeholders(part)}", part)]
 
     def _merge_recent(self) -> None:
         """Move the rows small updates wrote apart into the main postings table."""

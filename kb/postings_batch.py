@@ -29,13 +29,17 @@ class FileChunks:
     metas: list[dict]
 
 
+def indexed_tokens(text: str, meta: dict) -> tuple[list[str], list[str]]:
+    """A chunk's terms and word pairs as the postings hold them: its title's and its text's."""
+    return tokens_and_pairs(f"{meta.get('title', '')}\n{text}")
+
+
 def counted(chunks: FileChunks, numbered: dict[str, int]):
     """One file's term and pair counts as lengths and (chunk, term number, count) rows, terms numbered in
     ``numbered``: a batch of 5,000 chunks held as a Counter per chunk and field was most of a first build's peak."""
     lengths, pair_lengths, rows = [], [], []
     for doc, (text, meta) in enumerate(zip(chunks.texts, chunks.metas)):
-        for tokens, field_lengths in zip(tokens_and_pairs(f"{meta.get('title', '')}\n{text}"),
-                                         (lengths, pair_lengths)):
+        for tokens, field_lengths in zip(indexed_tokens(text, meta), (lengths, pair_lengths)):
             rows.extend((doc, numbered.setdefault(term, len(numbered)), n) for term, n in Counter(tokens).items())
             field_lengths.append(len(tokens))
     return (np.array(lengths, dtype=np.int32), np.array(pair_lengths, dtype=np.int32),

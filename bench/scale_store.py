@@ -15,8 +15,8 @@ of the rest), a new 100-section file ingested by `kb ingest` in another process
 (``ingested_visible``), a 5,000-chunk change, too large to search beside the loaded
 vector index, which opens the store afresh (``reopened``: seen after, and the longest
 search in the 40 s after it) and its peak RSS; then a fresh server (``fresh_<mode>``): a
-second fresh open, the warm-up `kb serve` does before its first request, and 50 new
-questions each asked in hybrid, then in dense.
+second fresh open (``open2``), the warm-up `kb serve` does before its first request
+(``warm2_s``), and 50 new questions each asked in hybrid, then in dense.
 
     python bench/scale_store.py write 100000 /tmp/store-100k
     python bench/scale_store.py measure /tmp/store-100k
@@ -157,7 +157,7 @@ def fresh_server(kb_dir: Path, questions: int = 50) -> dict:
     result = {"open2_s": time.perf_counter() - began, "open2_rss_mb": peak_rss_mb()}
     began = time.perf_counter()
     kb.warm()
-    result["warm_s"] = time.perf_counter() - began
+    result["warm2_s"] = time.perf_counter() - began
     canon = Canon(7)
     canon.rng.seed(13)  # other questions than served()'s
     latencies = asked_in_turn(kb, canon, questions)

@@ -348,8 +348,8 @@ class Postings:
         """Take a member's chunks (numbered ``start`` on) out of its write group's rows that hold them, the others
         left as they are (call inside a write transaction): numbering the members after it down as well rewrote
         most of the group's rows, 1.7 s at 100k chunks against 0.4 s for a file alone (docs/scale.md). The rows
-        holding them are those of the member's own terms, read by key: reading every row of the group was most
-        of a change's update."""
+        holding them are those of the member's own terms, read by key: reading every row of the group, a one-file
+        edit's leave took 0.41-0.98 s at a million prose chunks, 0.33-0.44 s this way."""
         if not chunks:
             return
         terms = self._terms_of(key)

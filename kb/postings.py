@@ -203,6 +203,14 @@ def _read_ahead(batches):
             yield batch
 
 
+def _vocabulary_ids(run, terms) -> dict[str, int]:
+    """The ids of those of ``terms`` the vocabulary holds, each ``IN`` list run by ``run(sql, values)``."""
+    found = {}
+    for part in parts(list(dict.fromkeys(terms))):
+        found.update(run(f"SELECT term, id FROM vocabulary WHERE term IN {placeholders(part)}", part))
+    return found
+
+
 def _array(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.int32)
 
@@ -377,8 +385,7 @@ class Postings:
         for text, meta in self.db.execute("SELECT text, meta FROM chunks WHERE key = ?", (key,)):
             for tokens in indexed_tokens(text, json.loads(meta)):
                 held.update(tokens)
-        return [term_id for part in parts(list(held)) for (term_id,) in self.db.execute(
-            f"SELECT id FROM vocabulary WHERE term IN {placeholders(part)}", part)]
+        return list(_vocabulary_ids(self.db.execute, held).values())
 
     def _merge_recent(self) -> None:
         """Move the rows small updates wrote apart into the main postings table."""
@@ -475,10 +482,7 @@ class Postings:
     def _term_ids(self, terms) -> dict[str, int]:
         """Stable ids for these terms, new ones added (call inside a write transaction)."""
         self.db.executemany("INSERT OR IGNORE INTO vocabulary (term) VALUES (?)", ((t,) for t in terms))
-        found = {}
-        for part in parts(list(terms)):
-            found.update(self.db.execute(f"SELECT term, id FROM vocabulary WHERE term IN {placeholders(part)}", part))
-        return found
+        return _vocabulary_ids(self.db.execute, terms)
 
     # -- reading ------------------------------------------------------------
 
@@ -598,10 +602,7 @@ class Snapshot:
     def term_ids(self, terms: list[str]) -> dict[str, int]:
         """The vocabulary ids of those of ``terms`` the vocabulary holds (a term no file holds any more may be
         one: its postings say)."""
-        found = {}
-        for part in parts(list(dict.fromkeys(terms))):
-            found.update(self._query(f"SELECT term, id FROM vocabulary WHERE term IN {placeholders(part)}", part))
-        return found
+        return _vocabulary_ids(self._query, terms)
 
     def postings(self, term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Each term's postings: the positions of the chunks holding it and its counts there (in the order

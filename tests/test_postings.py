@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import sqlite3
@@ -15,6 +16,7 @@ from kb import KnowledgeBase, Settings, api, postings_batch
 from kb import postings as postings_module
 from kb import retrieve as retrieve_module
 from kb.lexical import query_tokens, word_pairs
+from kb.parse_worker import run_bounded
 from kb.postings import APPLICATION_ID, FileChunks, Postings, index_path
 from kb.retrieve import Corpus, search
 from kb.store import FileRecord, Store
@@ -639,10 +641,15 @@ def test_a_batch_the_parse_worker_fails_is_worked_out_here(tmp_path, fake_embedd
     store = many_files_store(tmp_path, fake_embedder, files=2)
     here = built_here(tmp_path, store)
     monkeypatch.setattr(postings_module, "APART_CHUNKS", 1)
-    monkeypatch.setattr(postings_module, "APART_TIMEOUT_S", 0)  # no batch is done that soon
+
+    def worker_dies(function, args, source, timeout_s, memory_mb):
+        return run_bounded(os._exit, (3,), source, timeout_s, memory_mb)  # the real worker, ended mid-batch
+
+    monkeypatch.setattr(postings_module, "run_bounded", worker_dies)
     apart = Postings(tmp_path / "apart.sqlite")
     assert apart.update(store) == 2
-    assert "worked out a batch of postings in this process" in caplog.text
+    assert "worked out a batch of postings in this process: " in caplog.text
+    assert "parse process died (exit status 3)" in caplog.text
     assert table_rows(apart.path) == table_rows(here.path)
 
 

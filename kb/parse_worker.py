@@ -62,20 +62,21 @@ def run_bounded(function: Callable, args: tuple, source: str, timeout_s: int, me
         except KBError:
             _worker = None
             raise
-        outcome = None
+        outcome, timed_out = None, False
         try:
             worker.jobs.send((function, args, source, memory_mb * 2**20))
             if worker.results.poll(timeout_s):
                 outcome = worker.results.recv()
-        except (EOFError, BrokenPipeError):  # the worker died
-            pass
+            else:
+                timed_out = True
+        except (EOFError, BrokenPipeError):  # the worker died: its exit status, once it has one, says how
+            worker.exit_status()
         except BaseException:  # interrupted mid-file: its answer would reach the next caller
             _worker = None
             worker.stop()
             raise
         if outcome is None or outcome[0] == "memory":
             _worker = None  # the next file starts a fresh worker with a clean heap
-            timed_out = worker.process.poll() is None and outcome is None
             worker.stop()
             raise IngestError(_broken_bound(timed_out, outcome, worker.process.returncode, timeout_s, memory_mb),
                               source)

@@ -18,6 +18,7 @@ from pathlib import Path
 from kb.errors import KBError
 
 STARTUP_TIMEOUT_S = 120  # a new worker's imports
+EXIT_WAIT_S = 10  # a worker whose pipe has closed has this long to finish exiting before stop() kills it
 _SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)  # where the worker finds kb/ and ingest/
 
 
@@ -56,6 +57,13 @@ class WorkerProcess:
             self.stop()
             raise KBError(f"the {self.name} did not start (exit status {self.process.returncode}); "
                           f"run `python -m {self.module}` to see why")
+
+    def exit_status(self) -> int | None:
+        """The exit status of a worker whose pipe has closed: its pipe closes a moment before it is gone."""
+        try:
+            return self.process.wait(EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self) -> None:
         if self.process.poll() is None:

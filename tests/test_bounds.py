@@ -8,20 +8,23 @@ through the environment. bench/bombs.py measures them at the issue's sizes.
 from __future__ import annotations
 
 import io
+import os
 import resource
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
 import openpyxl
 import pytest
 
-from ingest.errors import ParseError
+from ingest.errors import IngestError, ParseError
 from ingest.load import load_chunks
 from ingest.tokens import count_tokens
 from kb import ConfigError, KnowledgeBase, Settings
+from kb.parse_worker import run_bounded
 
 ROOT = Path(__file__).resolve().parent.parent
 HERONS = "# Herons\n\nGrey herons nest in the reed beds.\n"
@@ -152,7 +155,7 @@ def test_an_overlong_dialogue_line_is_cut_into_bounded_chunks_that_keep_its_id_a
 def test_unclosed_comment_and_command_openers_parse_in_linear_time(tmp_path):
     """Forty thousand `/*` (ink) or `<<` (Yarn) on a line: quadratic regexes took minutes; the CPU cap is 100x the need."""
     script = textwrap.dedent("""
-        from ingest.errors import ParseError
+        from ingest.errors import IngestError, ParseError
         from ingest.parse import parse_sections
         try:
             parse_sections(b"x /*" * 40000, "a.ink")
@@ -190,6 +193,18 @@ def test_a_file_over_a_bound_fails_alone_naming_it_and_the_next_file_goes_in(tmp
 
     assert failures(report) == {name: error}
     assert report.added == ["b-herons.md"]
+
+
+def closes_its_pipe_then_exits(status: int) -> None:
+    """In the parse worker: dies as a killed worker does, its pipe closing a moment before its exit status is known."""
+    os.close(int(sys.argv[2]))  # the results pipe (kb/worker_process.py's command line)
+    time.sleep(0.5)
+    os._exit(status)
+
+
+def test_a_worker_that_dies_is_named_by_its_exit_status_not_taken_for_a_timeout():
+    with pytest.raises(IngestError, match=r"^a.md: parse process died \(exit status 3\)$"):
+        run_bounded(closes_its_pipe_then_exits, (3,), "a.md", 600, 2048)
 
 
 def test_bombs_among_good_files_keep_what_was_stored_and_let_the_rest_in(tmp_path, open_kb):

@@ -58,7 +58,7 @@ class ApartEmbedder:
             worker.jobs.send((self.store.model, texts))
             status, value = worker.results.recv()
         except (EOFError, BrokenPipeError):
-            raise KBError(f"the embedding worker died (exit status {worker.process.poll()})") from None
+            raise KBError(f"the embedding worker died (exit status {worker.exit_status()})") from None
         except BaseException:  # interrupted mid-call: its answer would reach the next call
             self.close()
             raise

@@ -8,12 +8,10 @@ through the environment. bench/bombs.py measures them at the issue's sizes.
 from __future__ import annotations
 
 import io
-import os
 import resource
 import subprocess
 import sys
 import textwrap
-import time
 import zipfile
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from ingest.load import load_chunks
 from ingest.tokens import count_tokens
 from kb import ConfigError, KnowledgeBase, Settings
 from kb.parse_worker import run_bounded
+from tests.dying_worker import closes_its_pipe_then_exits
 
 ROOT = Path(__file__).resolve().parent.parent
 HERONS = "# Herons\n\nGrey herons nest in the reed beds.\n"
@@ -193,13 +192,6 @@ def test_a_file_over_a_bound_fails_alone_naming_it_and_the_next_file_goes_in(tmp
 
     assert failures(report) == {name: error}
     assert report.added == ["b-herons.md"]
-
-
-def closes_its_pipe_then_exits(status: int) -> None:
-    """In the parse worker: dies as a killed worker does, its pipe closing a moment before its exit status is known."""
-    os.close(int(sys.argv[2]))  # the results pipe (kb/worker_process.py's command line)
-    time.sleep(0.5)
-    os._exit(status)
 
 
 def test_a_worker_that_dies_is_named_by_its_exit_status_not_taken_for_a_timeout():

@@ -199,7 +199,7 @@ def test_a_large_ingest_embeds_in_a_worker_the_vectors_the_model_gives_here(tmp_
 
 
 @pytest.mark.parametrize(("module", "why"), [("kb.no_such_worker", "the embedding worker did not start"),
-                                           ("tests.dying_worker", "the embedding worker died")])
+                                           ("tests.dying_worker", "the embedding worker died (exit status 1)")])
 def test_passages_a_failed_embedding_worker_leaves_are_embedded_here(tmp_path, kb_dir, monkeypatch, caplog,
                                                                       module, why):
     """A worker that does not start, or dies at its first job: the ingest embeds the rest itself."""

@@ -37,7 +37,7 @@ from kb.answer import Answer, respond
 from kb.catch_up import caught_up
 from kb.config import RetrievalConfig, Settings
 from kb.conversation import bounded_history, retrieval_query
-from kb.errors import Busy
+from kb.errors import Busy, KBError
 from kb.gamestate import card_visibility, visibility
 from kb.npc import ask_npc, cards, find_card, voice_lines
 from kb.postings import DAMAGE, Postings, index_path
@@ -323,6 +323,14 @@ class KnowledgeBase:
         self.store.dense_query("warm up", 1)
         encoding()  # the token counter that packs the context (1.5 s to load)
         common.join()
+
+    def warm_or_log(self) -> None:
+        """``warm`` for a server about to take requests: a store it cannot open yet is each request's error to
+        report, so here it is only a warning."""
+        try:
+            self.warm()
+        except KBError as exc:
+            log.warning("%s", exc)
 
     # -- writes -------------------------------------------------------------
 

@@ -7,6 +7,10 @@ started with ``--allow-ingest``, which adds an ``ingest`` tool confined to the
 ``--root`` folders, checked the way `kb serve --root` checks them (symlinks and
 ``..`` resolved, every file of a folder walk included).
 
+As `kb serve` does, the server loads the store, its indexes and the model as it
+starts (in a thread, so the client's handshake is answered at once), not at the
+first call: a million chunks' vector index takes seconds to load.
+
 A failure the user can fix (no such NPC, no knowledge base, a path outside the
 roots) reaches the client as the tool's error text, the same one line the CLI
 prints; stdout belongs to the protocol, so nothing else is printed there.
@@ -15,6 +19,7 @@ prints; stdout belongs to the protocol, so nothing else is printed there.
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -121,4 +126,7 @@ def serve_stdio(kb: KnowledgeBase, roots: list[Path] | None = None, extractive: 
     """
     if not roots:
         kb.store  # noqa: B018 - a read-only server over nothing fails now, with one line, not on each call
+    warming = threading.Thread(target=kb.warm_or_log, name="kb-warm")  # as kb serve does, while the client connects
+    warming.start()
     build_server(kb, roots, extractive).run("stdio")
+    warming.join()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from kb import KnowledgeBase
+from kb.sqlite_files import remove_database
 from tests.conftest import invoke
 from tests.small_canon import BELL_QUESTION, HIDDEN_WORDS, chunk_ids_by_source, write_canon
 
@@ -93,6 +96,23 @@ def test_read_only_tools_search_ask_npc_ask_status(canon_kb, tmp_path):
     assert nobody.is_error and "no NPC named 'Nobody'" in text_of(nobody) and "Pell" in text_of(nobody)
     assert ingest.is_error and "ingest" in text_of(ingest)
     assert kb.status()["chunks"] == status.structured_content["chunks"]  # the refused ingest changed nothing
+
+
+def test_the_server_warms_up_while_the_client_connects(canon_kb, tmp_path):
+    """As kb serve does: the store, its BM25 index and the vector index are loaded before the first call."""
+    _, kb_dir, _ = canon_kb
+    shutil.copytree(kb_dir, tmp_path / "kb")
+    index = tmp_path / "kb" / "cache" / "bm25.sqlite"
+    remove_database(index)  # made again by the first load of the corpus
+
+    async def calls(client):
+        await client.list_tools()
+        deadline = time.monotonic() + 60
+        while not index.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return index.exists()
+
+    assert session(tmp_path, "--kb", tmp_path / "kb", calls=calls), "no corpus was loaded without a call"
 
 
 def test_allow_ingest_adds_an_ingest_tool_confined_to_the_roots(tmp_path):

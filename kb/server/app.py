@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,8 +42,6 @@ from kb.server.security import (
 )
 from kb.server.workers import run_workers, spreads_connections
 
-log = logging.getLogger("kb.server")
-
 
 def create_app(settings: Settings, *, token: str | None = None, npc_token: str | None = None,
                roots: list[Path] | None = None, extractive: bool = False,
@@ -60,15 +57,9 @@ def create_app(settings: Settings, *, token: str | None = None, npc_token: str |
     """
     kb = KnowledgeBase(settings)
 
-    def warm():
-        try:
-            kb.warm()
-        except KBError as exc:
-            log.warning("%s", exc)
-
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await anyio.to_thread.run_sync(warm)
+        await anyio.to_thread.run_sync(kb.warm_or_log)
         yield
 
     app = FastAPI(title="Lore KB", version="0.1.0", lifespan=lifespan,

@@ -51,8 +51,8 @@ class WorkerProcess:
         try:
             if self.results.poll(STARTUP_TIMEOUT_S):
                 self.ready = self.results.recv() == "ready"
-        except EOFError:
-            pass
+        except EOFError:  # it died: its own exit status is the one to report
+            self.exit_status()
         if not self.ready:
             self.stop()
             raise KBError(f"the {self.name} did not start (exit status {self.process.returncode}); "

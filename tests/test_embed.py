@@ -198,7 +198,7 @@ def test_a_large_ingest_embeds_in_a_worker_the_vectors_the_model_gives_here(tmp_
     assert max(np.abs(vector - want).max() for vector, want in zip(stored.values(), expected)) < 1e-6
 
 
-@pytest.mark.parametrize(("module", "why"), [("kb.no_such_worker", "the embedding worker did not start"),
+@pytest.mark.parametrize(("module", "why"), [("kb.no_such_worker", "the embedding worker did not start (exit status 1)"),
                                            ("tests.dying_worker", "the embedding worker died (exit status 1)")])
 def test_passages_a_failed_embedding_worker_leaves_are_embedded_here(tmp_path, kb_dir, monkeypatch, caplog,
                                                                       module, why):

@@ -100,7 +100,6 @@ class _Shared:
         self.generation_read: _GenerationRead | None = None
         self.postings: Postings | None = None
         self.reloading: threading.Event | None = None  # set when the reload running behind searches ends
-        self.settling: threading.Thread | None = None  # a loaded corpus letting the postings' log start over
         self.index_in = threading.Event()  # cleared while a reload lets a vector index go and loads the next
         self.index_in.set()
         self.open_lock = threading.Lock()
@@ -109,14 +108,6 @@ class _Shared:
         # this process's writes and a reload's fresh open of the store, one at a time: an open between a write and
         # its refresh would cache a copy of the store that may not hold the write's vectors
         self.write_lock = threading.Lock()
-
-
-def _settle(corpus: Corpus) -> None:
-    """``corpus.settle()`` for a thread of its own: a damaged index is the next search's to report."""
-    try:
-        corpus.settle()
-    except DAMAGE as exc:  # found by the next search that reads the damaged rows
-        log.warning("left the postings' log as it was: %s: %s", type(exc).__name__, exc)
 
 
 def _collect_until_gone(gone: weakref.ref, seconds: float) -> None:
@@ -252,19 +243,9 @@ class KnowledgeBase:
             else:
                 last = _GenerationRead(store.generation(), now, signature, now, moves)
             self._shared.generation_read = last
-            if self._shared.loaded is not None and not self._shared.loaded.corpus.settled:
-                self._settle_behind(self._shared.loaded.corpus)  # once the previous corpus is let go
+            if self._shared.loaded is not None:
+                self._shared.loaded.corpus.settle()  # once the previous corpus is let go
         return last.generation
-
-    def _settle_behind(self, corpus: Corpus) -> None:
-        """``corpus.settle()`` in a thread of its own, one at a time: copying an edit's log into a million chunks'
-        postings file took 0.3-0.46 s, which the search that called it waited for."""
-        shared = self._shared
-        with shared.open_lock:
-            if shared.settling is not None and shared.settling.is_alive():
-                return
-            shared.settling = threading.Thread(target=_settle, args=(corpus,), name="kb-settle")
-            shared.settling.start()
 
     def _reload(self, store: Store, fresh: bool = True) -> None:
         shared = self._shared

@@ -518,7 +518,7 @@ class Snapshot:
         self._postings = postings  # kept alive (a temporary index is deleted with it)
         self._lock = threading.Lock()  # one connection, shared by a server's threads
         self.db = self._begin()
-        self.settled = False  # its read begun again on a fully copied log (settle)
+        self._settled = False
         self.files: list[tuple[str, str, int]] = []  # (key, version, chunks) in position order
         self.starts: dict[str, int] = {}  # a file's key -> the same
         self._state: list[tuple] = []  # its files rows' _STATE columns, to tell whether the file moved on
@@ -584,7 +584,7 @@ class Snapshot:
         Held from the commit it began at, a server's snapshot kept every later write in the log, which
         grew by each change for as long as the server ran (about 1.1 MB per changed file of 400 words).
         While an older snapshot still reads, the log cannot all be copied: a later call tries again."""
-        if self.settled or not self._postings.checkpoint():
+        if self._settled or not self._postings.checkpoint():
             return
         db = self._begin()
         if db.execute(f"SELECT {_STATE} FROM files ORDER BY seq").fetchall() == self._state:
@@ -593,7 +593,7 @@ class Snapshot:
             old.close()
         else:  # written since: this snapshot's state is gone from the file, and the next reload settles
             db.close()
-        self.settled = True
+        self._settled = True
 
     def _query(self, sql: str, values=()) -> list[tuple]:
         with self._lock:

@@ -197,10 +197,6 @@ class Corpus:
         self._snapshot.settle()
 
     @property
-    def settled(self) -> bool:
-        return self._snapshot.settled
-
-    @property
     def ids(self) -> list[str]:
         """Every chunk's id in position order, read on first use (a filtered dense search names them)."""
         if self._ids is None:

@@ -154,7 +154,7 @@ def test_an_overlong_dialogue_line_is_cut_into_bounded_chunks_that_keep_its_id_a
 def test_unclosed_comment_and_command_openers_parse_in_linear_time(tmp_path):
     """Forty thousand `/*` (ink) or `<<` (Yarn) on a line: quadratic regexes took minutes; the CPU cap is 100x the need."""
     script = textwrap.dedent("""
-        from ingest.errors import IngestError, ParseError
+        from ingest.errors import ParseError
         from ingest.parse import parse_sections
         try:
             parse_sections(b"x /*" * 40000, "a.ink")

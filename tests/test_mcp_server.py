@@ -99,7 +99,8 @@ def test_read_only_tools_search_ask_npc_ask_status(canon_kb, tmp_path):
 
 
 def test_the_server_warms_up_while_the_client_connects(canon_kb, tmp_path):
-    """As kb serve does: the store, its BM25 index and the vector index are loaded before the first call."""
+    """As kb serve does, the store and its indexes are loaded before the first call: here the BM25 index, which
+    the first load of the corpus builds again, appears while the client has called nothing."""
     _, kb_dir, _ = canon_kb
     shutil.copytree(kb_dir, tmp_path / "kb")
     index = tmp_path / "kb" / "cache" / "bm25.sqlite"

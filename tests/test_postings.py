@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import sqlite3
@@ -22,6 +21,7 @@ from kb.retrieve import Corpus, search
 from kb.store import FileRecord, Store
 from kb.store import store as store_module
 from tests.conftest import invoke_json
+from tests.dying_worker import closes_its_pipe_then_exits
 from tests.test_api import write_world
 
 
@@ -643,7 +643,7 @@ def test_a_batch_the_parse_worker_fails_is_worked_out_here(tmp_path, fake_embedd
     monkeypatch.setattr(postings_module, "APART_CHUNKS", 1)
 
     def worker_dies(function, args, source, timeout_s, memory_mb):
-        return run_bounded(os._exit, (3,), source, timeout_s, memory_mb)  # the real worker, ended mid-batch
+        return run_bounded(closes_its_pipe_then_exits, (3,), source, timeout_s, memory_mb)  # the real worker
 
     monkeypatch.setattr(postings_module, "run_bounded", worker_dies)
     apart = Postings(tmp_path / "apart.sqlite")

@@ -658,7 +658,7 @@ def test_a_committed_run_of_more_files_than_chromadb_upserts_at_once_is_finished
     assert store.repair() == 1
     reopened = Store(kb_dir)
     assert reopened.files() == {r.key: r for r in records}
-    assert {m["kind"] for m in reopened.manifest.get(include=["metadatas"])["metadatas"]} == {"canon", "state"}
+    assert {m["kind"] for m in reopened.manifest.get(include=["metadatas"])["metadatas"]} == {"canon", "state", "change"}
 
 
 def test_a_manifest_of_more_files_than_chromadb_reads_at_once_is_read_whole(kb_dir):
@@ -788,3 +788,53 @@ def test_a_process_loading_the_vector_index_while_a_writer_saves_it_loads_it_aga
     threading.Timer(0.25, id_maps.write_bytes, [whole]).start()
     SharedSystemClient.clear_system_cache()  # a new process's view: the index is loaded from disk
     assert Store(kb_dir).dense_query("herons", 3) == expected
+
+
+def publish(store: Store, put: list[FileRecord] = (), removed: list[str] = ()) -> int:
+    """Publish one run of file records (no chunks); the generation it leaves."""
+    run = store.begin_run()
+    for record in put:
+        run.put(record, [], [], [], [])
+    for key in removed:
+        run.remove(key)
+    run.publish()
+    return store.generation()
+
+
+def test_the_log_of_moves_lists_what_each_publish_made_visible_while_it_keeps_them(kb_dir, monkeypatch):
+    store = Store(kb_dir, create=True)
+    first, second, third = record_of(1), record_of(2), record_of(3)
+    start = store.generation()
+    after_one = publish(store, [first, second])
+    after_two = publish(store, [third], removed=[first.key])
+    assert store.changes(after_two, after_two) == {}
+    assert store.changes(after_one, after_two) == {first.key: None, third.key: third}
+    assert store.changes(start, after_two) == {first.key: None, second.key: second, third.key: third}
+    monkeypatch.setattr(store_module, "CHANGES_KEPT", 4)  # each publish logs two moves
+    after_three = publish(store, removed=[third.key])
+    assert store.changes(after_one, after_three) == {first.key: None, third.key: None}
+    assert store.changes(start, after_three) is None
+    assert len(store.manifest.get(where={"kind": "change"})["ids"]) == 4
+
+
+def test_the_log_cannot_say_what_two_writers_moving_on_from_one_generation_or_a_repair_made_visible(
+        kb_dir, monkeypatch):
+    store = Store(kb_dir, create=True)
+    start = publish(store, [record_of(1)])
+    publish(store, [record_of(2)])
+    with monkeypatch.context() as both_read_it:
+        both_read_it.setattr(store, "generation", lambda: start)  # a second writer read it before the first wrote
+        store._bump_generation([])
+    assert store.changes(start, store.generation()) is None
+    after = store.generation()
+    store._bump_generation()  # as a repair moves it, not knowing what the run it finished had staged
+    assert store.changes(after, store.generation()) is None
+
+
+def test_a_publish_of_more_files_than_a_move_lists_is_logged_unlisted(kb_dir, monkeypatch):
+    monkeypatch.setattr(store_module, "CHANGES_LISTED_MAX", 1)
+    store = Store(kb_dir, create=True)
+    start = store.generation()
+    one = publish(store, [record_of(1)])
+    assert store.changes(start, one) == {record_of(1).key: record_of(1)}
+    assert store.changes(one, publish(store, [record_of(2), record_of(3)])) is None

@@ -10,8 +10,9 @@ code serves a local directory (PersistentClient) and a shared Chroma server
   model and its dimension.
 - ``manifest``: one row per published file (``file:<key>``) with its hash and
   chunk count, one per NPC card, ``run:<id>`` and ``staged:<id>:<key>`` rows
-  of an ingest run not yet cleaned up, and ``state`` with a generation counter
-  readers cache by.
+  of an ingest run not yet cleaned up, ``state`` with a generation counter
+  readers cache by, and ``change:<generation>`` rows logging the last moves of
+  it and the files each made visible (``Store.changes``).
 
 An ingest is one run (``Store.begin_run``): it stages each file's new chunks
 under ids that embed the new content hash, with a ``staged`` row saying which
@@ -74,6 +75,8 @@ LARGE_PAGE = 30_000
 ID_PAGE = 1_000_000  # ids per read of ids alone: no SQL variable is bound for them, and a page of them is ~70 MB
 STAGE_BATCH_FILES = 100  # files an ingest stages per chromadb write at most (Run.put's ``behind``)
 STAGE_BATCH_S = 0.25  # ... and for at most this long: what a killed ingest's rerun must parse and embed again
+CHANGES_KEPT = 64  # generation moves the manifest logs (Store.changes); older ones are deleted
+CHANGES_LISTED_MAX = 200  # files a logged move lists at most; a larger one is logged unlisted
 LOAD_TRIES = 5  # a read that finds a saved vector index half-written is tried again this often at most
 # Generation moves made by this process, per store location: every KnowledgeBase of the process sees
 # its own process's write on its next call, not one poll later (kb/api.py), however fast it came.
@@ -303,13 +306,44 @@ class Store:
             signature.append((found.st_ino, found.st_size, found.st_mtime_ns))
         return tuple(signature)
 
-    def _bump_generation(self) -> None:
+    def _bump_generation(self, changed: list[dict] | None = None) -> None:
+        """Move the generation, logging the move with the staged rows it makes visible (``changed``; None: not
+        known, and a reader behind it reads every file record again). The log goes first: a reader that sees
+        the new generation finds the move that led to it (``changes``)."""
         # A random step, not +1: writers sharing a Chroma server hold no lock between them, and two
         # that read the same generation must not publish the same next one (readers would miss one).
-        step = random.randint(1, 1 << 20)
-        meta = {"kind": "state", "generation": self.generation() + step, "updated_at": time.time()}
+        before = self.generation()
+        after = before + random.randint(1, 1 << 20)
+        listed = changed is not None and len(changed) <= CHANGES_LISTED_MAX
+        move = {"kind": "change", "from": before, "to": after, "at": time.time(), "listed": listed,
+                "files": json.dumps(changed if listed else [], ensure_ascii=False)}
+        self.manifest.upsert(ids=[f"change:{after}"], embeddings=[_UNIT], metadatas=[move])
+        meta = {"kind": "state", "generation": after, "updated_at": time.time()}
         self.manifest.upsert(ids=["state"], embeddings=[_UNIT], metadatas=[meta])
         _moved_here[self._location] += 1
+        moves = _read(self.manifest.get, where={"kind": "change"}, include=["metadatas"])
+        if len(moves["ids"]) > CHANGES_KEPT:
+            oldest = sorted(zip(moves["metadatas"], moves["ids"]), key=lambda row: row[0]["at"])[:-CHANGES_KEPT]
+            self.manifest.delete(ids=[cid for _, cid in oldest])
+
+    def changes(self, since: int, until: int) -> dict[str, FileRecord | None] | None:
+        """The files whose published version moved from generation ``since`` to ``until``, by key (None: removed),
+        from the log of moves: a reader behind by a few files learns which without reading every file record
+        (0.4-0.9 s at 10,000 files). None when the log cannot say: a move it no longer keeps or did not list,
+        or two writers that moved on from the same generation."""
+        moves: dict[int, list[dict]] = {}
+        for meta in _read(self.manifest.get, where={"kind": "change"}, include=["metadatas"])["metadatas"]:
+            moves.setdefault(meta["from"], []).append(meta)
+        changed: dict[str, FileRecord | None] = {}
+        at = since
+        while at != until:  # generations only grow, so the walk ends
+            step = moves.get(at, [])
+            if len(step) != 1 or not step[0]["listed"]:
+                return None
+            for meta in json.loads(step[0]["files"]):
+                changed[meta["key"]] = None if meta["removed"] else _staged_record(meta)
+            at = step[0]["to"]
+        return changed
 
     def moves_here(self) -> int:
         """How often this process has moved the generation of this store (at this location)."""
@@ -678,6 +712,6 @@ class Run:
             written.record(store.kb_dir, self._vectors)
         store.manifest.upsert(ids=[f"run:{self.id}"], embeddings=[_UNIT], metadatas=[
             {"kind": "run", "run": self.id, "started_at": self.started_at, "committed_at": time.time()}])
-        store._bump_generation()  # after the commit: a reader caching the old generation reloads
+        store._bump_generation(list(self.staged.values()))  # after the commit: a reader caching the old generation reloads
         store._finish(self.id, list(self.staged.values()))
-        store._bump_generation()  # after the cleanup: a reader whose pages it shifted reads again
+        store._bump_generation([])  # after the cleanup: a reader whose pages it shifted reads again

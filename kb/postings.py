@@ -533,6 +533,7 @@ class Snapshot:
         self._lock = threading.Lock()  # one connection, shared by a server's threads
         self.db = self._begin()
         self._settled = False
+        self._settling = threading.Lock()  # held by the one thread settling it: a search's poll does not wait for it
         self.files: list[tuple[str, str, int]] = []  # (key, version, chunks) in position order
         self.starts: dict[str, int] = {}  # a file's key -> the same
         self._state: list[tuple] = []  # its files rows' _STATE columns, to tell whether the file moved on
@@ -598,7 +599,15 @@ class Snapshot:
         Held from the commit it began at, a server's snapshot kept every later write in the log, which
         grew by each change for as long as the server ran (about 1.1 MB per changed file of 400 words).
         While an older snapshot still reads, the log cannot all be copied: a later call tries again."""
-        if self._settled or not self._postings.checkpoint():
+        if self._settled or not self._settling.acquire(blocking=False):
+            return
+        try:
+            self._settle()
+        finally:
+            self._settling.release()
+
+    def _settle(self) -> None:
+        if not self._postings.checkpoint():
             return
         db = self._begin()
         if db.execute(f"SELECT {_STATE} FROM files ORDER BY seq").fetchall() == self._state:

@@ -20,8 +20,8 @@ it); the next large update moves them into the main table.
 
 Keeping current. Opening diffs the store's file records against the rows: only
 a new, changed or removed file is read from the store, tokenized, and has its
-own rows replaced (in a group, only the group's rows that hold its chunks lose
-them: the others keep their numbers, a snapshot maps them past the gap), so a
+own rows replaced (a member of a group departs it: its chunks stay in the
+group's rows, and a snapshot passes over them; the others keep their numbers), so a
 script drop touches its own postings and a reopened store builds nothing; rows
 found in line at the store's current generation (``synced``) spare the next
 open even the diff. Several `kb serve` replicas on
@@ -55,7 +55,6 @@ reads it, which fails (ValueError or sqlite3.Error) until the file is deleted.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sqlite3
@@ -72,7 +71,7 @@ from ingest.errors import IngestError
 from kb.errors import KBError
 from kb.extract import ANALYSIS_VERSION
 from kb.parse_worker import run_bounded
-from kb.postings_batch import FileChunks, indexed_tokens, prepared
+from kb.postings_batch import FileChunks, prepared
 from kb.sqlite_files import parts, placeholders, remove_database
 from kb.store import FileRecord, Store
 
@@ -120,6 +119,15 @@ _RECENT = """
 CREATE TABLE IF NOT EXISTS recent (term INTEGER NOT NULL, seq INTEGER NOT NULL, n INTEGER NOT NULL, rows BLOB NOT NULL,
                                    PRIMARY KEY (term, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recent_of_file ON recent (seq);
+"""
+# Members that left their write group while others stayed, their chunks still in its rows (Postings._leave): a
+# snapshot maps those numbers to no chunk and drops them, so scores and document frequencies are as if they had
+# never been written; a row's ``n`` still counts them. A group's key is never reused while it has rows (a new
+# file's seq is past every file's held), and its rows and departed members go with its last member. Added without
+# a new FORMAT: an index from before took a leaving member's chunks out of the rows, and has no departed members.
+_DEPARTED = """
+CREATE TABLE IF NOT EXISTS departed (first INTEGER NOT NULL, start INTEGER NOT NULL, chunks INTEGER NOT NULL,
+                                     PRIMARY KEY (first, start)) WITHOUT ROWID;
 """
 _TABLES = ("postings", "recent")  # where postings rows live
 # The store (its collection's id) and generation the files rows were last found in line with: an update that
@@ -236,6 +244,8 @@ class Postings:
                         db.executescript(_GROUPED)
                     if "recent" not in tables:
                         db.executescript(_RECENT)
+                    if "departed" not in tables:
+                        db.executescript(_DEPARTED)
                     return _tuned(db)
                 db.close()
                 self._remove()
@@ -274,7 +284,7 @@ class Postings:
     def _create(db: sqlite3.Connection) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")  # readers (snapshots, other replicas, the CLI) never wait for a writer
         _tuned(db)
-        db.executescript(_SCHEMA + _SYNCED + _GROUPED + _RECENT)
+        db.executescript(_SCHEMA + _SYNCED + _GROUPED + _RECENT + _DEPARTED)
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute(f"PRAGMA user_version = {VERSION}")
         db.commit()
@@ -348,58 +358,31 @@ class Postings:
             if self._versions() == wanted:
                 self.db.execute("UPDATE synced SET store = ?, generation = ?", synced)
 
-    def _drop(self, key: str, known: dict[str, int] | None = None) -> None:
-        """Delete one file's rows, or its postings from its group's (call inside a write transaction); ``known``:
-        vocabulary ids already looked up (``_terms_of``)."""
+    def _drop(self, key: str) -> None:
+        """Delete one file's rows, or take it out of its write group (call inside a write transaction)."""
         found = self.db.execute("SELECT seq, chunks FROM files WHERE key = ?", (key,)).fetchone()
         if found:
             group = self.db.execute("SELECT first, start FROM grouped WHERE seq = ?", (found[0],)).fetchone()
             if group:
-                self._leave(key, *group, found[1], known)
-                self.db.execute("DELETE FROM grouped WHERE seq = ?", (found[0],))
+                self._leave(found[0], *group, found[1])
             else:
                 for table in _TABLES:
                     self.db.execute(f"DELETE FROM {table} WHERE seq = ?", (found[0],))
         self.db.execute("DELETE FROM files WHERE key = ?", (key,))
         self.db.execute("DELETE FROM chunks WHERE key = ?", (key,))
 
-    def _leave(self, key: str, first: int, start: int, chunks: int, known: dict[str, int] | None = None) -> None:
-        """Take a member's chunks (numbered ``start`` on) out of its write group's rows that hold them, the others
-        left as they are (call inside a write transaction): numbering the members after it down as well rewrote
-        most of the group's rows, 1.7 s at 100k chunks against 0.4 s for a file alone (docs/scale.md). The rows
-        holding them are those of the member's own terms, read by key: reading every row of the group, a one-file
-        edit's leave took 0.41-0.98 s at a million prose chunks, 0.33-0.44 s this way."""
-        if not chunks:
-            return
-        terms = self._terms_of(key, known or {})
-        for table in _TABLES:
-            found = [row for part in parts(terms) for row in self.db.execute(
-                f"SELECT term, rows FROM {table} WHERE seq = ? AND term IN {placeholders(part)}", [first, *part])]
-            if not found:
-                continue
-            pairs = _array(b"".join(blob for _, blob in found)).reshape(-1, 2)
-            bounds = np.cumsum([0] + [len(blob) // 8 for _, blob in found])
-            mine = (pairs[:, 0] >= start) & (pairs[:, 0] < start + chunks)
-            changed, emptied = [], []
-            for row in np.flatnonzero(np.logical_or.reduceat(mine, bounds[:-1])).tolist():
-                kept = pairs[bounds[row]:bounds[row + 1]][~mine[bounds[row]:bounds[row + 1]]]
-                if len(kept):
-                    changed.append((len(kept), kept.tobytes(), found[row][0], first))
-                else:
-                    emptied.append((found[row][0], first))
-            self.db.executemany(f"UPDATE {table} SET n = ?, rows = ? WHERE term = ? AND seq = ?", changed)
-            self.db.executemany(f"DELETE FROM {table} WHERE term = ? AND seq = ?", emptied)
-
-    def _terms_of(self, key: str, known: dict[str, int]) -> list[int]:
-        """The vocabulary ids of an indexed file's terms and word pairs, worked out again from its chunks' rows;
-        those ``known`` are not looked up again: an edited file's new version holds most of its old terms, whose
-        lookup in a million chunks' vocabulary took 0.12-0.20 s (12,700 terms; tokenizing them 0.02-0.03 s)."""
-        held: set[str] = set()
-        for text, meta in self.db.execute("SELECT text, meta FROM chunks WHERE key = ?", (key,)):
-            for tokens in indexed_tokens(text, json.loads(meta)):
-                held.update(tokens)
-        looked_up = _vocabulary_ids(self.db.execute, [term for term in held if term not in known])
-        return [known[term] for term in held if term in known] + list(looked_up.values())
+    def _leave(self, seq: int, first: int, start: int, chunks: int) -> None:
+        """Take a member out of its write group, its chunks (numbered ``start`` on) left in the group's rows for
+        snapshots to pass over (``departed``); the group's rows go with its last member (call inside a write
+        transaction). Taking them out of the rows that held them took 0.55-0.66 s of a one-file edit at a million
+        prose chunks, and working out which rows those were 0.15-0.19 s more."""
+        self.db.execute("DELETE FROM grouped WHERE seq = ?", (seq,))
+        if self.db.execute("SELECT 1 FROM grouped WHERE first = ? LIMIT 1", (first,)).fetchone() is None:
+            for table in _TABLES:
+                self.db.execute(f"DELETE FROM {table} WHERE seq = ?", (first,))
+            self.db.execute("DELETE FROM departed WHERE first = ?", (first,))
+        elif chunks:
+            self.db.execute("INSERT INTO departed VALUES (?, ?, ?)", (first, start, chunks))
 
     def _merge_recent(self) -> None:
         """Move the rows small updates wrote apart into the main postings table."""
@@ -482,7 +465,7 @@ class Postings:
                     rows[:, 1] = stable[rows[:, 1]]
                     in_group.append(rows)
                     starts.append(starts[-1] + len(chunks.ids))
-                    self._drop(chunks.key, ids)
+                    self._drop(chunks.key)
                     self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)", chunk_rows)
                     self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
                                     (chunks.key, chunks.version, seq, len(chunks.ids), lengths.tobytes(),
@@ -556,9 +539,12 @@ class Snapshot:
 
     def _group_rows(self) -> None:
         """Where each write group's chunks are. Postings rows are keyed by their group, whose files still held are
-        consecutive in position order: its chunk numbered n is at ``_bases[g] + n`` while no file between two it
-        still holds has gone, and past such a gap at ``_gapped[_offsets[g] + n]``."""
+        consecutive in position order: its chunk numbered n is at ``_bases[g] + n`` while no member has departed,
+        and otherwise at ``_gapped[_offsets[g] + n]``, -1 for a departed member's chunks."""
         members = {seq: (first, start) for seq, first, start in self.db.execute("SELECT seq, first, start FROM grouped")}
+        departed: dict[int, list[tuple[int, int]]] = {}  # a group's key -> (start, chunks) per departed member
+        for first, start, count in self.db.execute("SELECT first, start, chunks FROM departed"):
+            departed.setdefault(first, []).append((start, count))
         groups: list[tuple[int, list[tuple[int, int, int]]]] = []  # key, and (start, chunks, position) per file
         for (_, _, seq, count), position in zip(self._state, self._firsts.tolist()):
             first, start = members.get(seq, (seq, 0))
@@ -566,15 +552,18 @@ class Snapshot:
                 groups.append((first, []))
             groups[-1][1].append((start, count, position))
         keys, bases, offsets, gapped, mapped = [], [], [], [], 0
-        self._group_chunks = np.array([sum(count for _, count, _ in held) for _, held in groups], dtype=np.int64)
+        # the chunks the groups' rows were written for (a row's n counts a departed member's)
+        self._group_chunks = np.array([sum(count for _, count, _ in held) + sum(count for _, count in departed.get(first, ()))
+                                       for first, held in groups], dtype=np.int64)
         for first, held in groups:
             base = held[0][2] - held[0][0]
             keys.append(first)
             bases.append(base)
-            if all(position - start == base for start, _, position in held):
+            gone = departed.get(first, [])
+            if not gone and all(position - start == base for start, _, position in held):
                 offsets.append(-1)
                 continue
-            where = np.full(held[-1][0] + held[-1][1], -1, dtype=np.int32)  # a gap's numbers stay -1
+            where = np.full(max(start + count for start, count, *_ in held + gone), -1, dtype=np.int32)
             for start, count, position in held:
                 where[start:start + count] = np.arange(position, position + count)
             offsets.append(mapped)
@@ -660,8 +649,9 @@ class Snapshot:
             offsets = np.repeat(offsets, sizes)
             past = np.flatnonzero(offsets >= 0)
             positions[past] = self._gapped[offsets[past] + numbers[past]]
-            if (positions[past] < 0).any():
-                raise ValueError("the indexed postings name a chunk of a file that has gone")
+            held = positions >= 0  # not a departed member's
+            if not held.all():
+                return positions[held], pairs[held, 1]
         return positions, pairs[:, 1]
 
     def sampled_frequencies(self, groups: int, min_share: float) -> tuple[list[tuple[int, str, int]], int]:

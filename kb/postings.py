@@ -487,11 +487,16 @@ class Postings:
         """The postings as last committed, held for as long as the snapshot lives."""
         return Snapshot(self)
 
-    def checkpoint(self) -> bool:
+    def checkpoint(self, wait: bool = True) -> bool:
         """Copy the write-ahead log into the file; whether all of it was (an older snapshot may still read
-        pages the log replaced, which keeps them there)."""
-        with self._lock:
+        pages the log replaced, which keeps them there). Without ``wait``, False at once while another thread
+        writes or copies."""
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
             busy, logged, copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            self._lock.release()
         return busy == 0 and logged == copied
 
 
@@ -516,7 +521,6 @@ class Snapshot:
         self._lock = threading.Lock()  # one connection, shared by a server's threads
         self.db = self._begin()
         self._settled = False
-        self._settling = threading.Lock()  # held by the one thread settling it: a search's poll does not wait for it
         self.files: list[tuple[str, str, int]] = []  # (key, version, chunks) in position order
         self.starts: dict[str, int] = {}  # a file's key -> the same
         self._state: list[tuple] = []  # its files rows' _STATE columns, to tell whether the file moved on
@@ -587,16 +591,9 @@ class Snapshot:
         written since: a read that begins on a fully copied log lets the next writer start the log over.
         Held from the commit it began at, a server's snapshot kept every later write in the log, which
         grew by each change for as long as the server ran (about 1.1 MB per changed file of 400 words).
-        While an older snapshot still reads, the log cannot all be copied: a later call tries again."""
-        if self._settled or not self._settling.acquire(blocking=False):
-            return
-        try:
-            self._settle()
-        finally:
-            self._settling.release()
-
-    def _settle(self) -> None:
-        if not self._postings.checkpoint():
+        While an older snapshot still reads, or another thread writes or copies the log, a later call tries
+        again (a search's poll calls it, and does not wait: a reload copies the log in its own thread)."""
+        if self._settled or not self._postings.checkpoint(wait=False):
             return
         db = self._begin()
         if db.execute(f"SELECT {_STATE} FROM files ORDER BY seq").fetchall() == self._state:

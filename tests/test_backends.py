@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from kb.postings import Postings
+from kb.retrieve import Corpus
 from kb.store import FileRecord, Store
 from tests.conftest import invoke, invoke_json
 
@@ -155,6 +157,21 @@ def test_search_modes_and_filters(backend, lore):
     result, answer = invoke_json("ask", "Who rows the ferry?", *backend)
     assert result.exit_code == 0 and "Maren" in answer["answer"]
     assert answer["citations"][0]["source"] == "ferry.md"
+
+
+def test_a_replica_behind_an_ingest_reads_only_the_files_the_log_of_moves_lists(backend, lore, tmp_path, monkeypatch):
+    invoke_json("ingest", lore, *backend)
+    replica = Postings(tmp_path / "replica.sqlite")  # another machine's postings of the shared store
+    assert replica.update(_open(backend)) == 3
+    write(lore / "lighthouse.md", "# The Orrin Light\n\nThe Orrin Light now burns seal fat.\n")
+    (lore / "kilns.md").unlink()
+    invoke_json("ingest", lore, *backend)
+    store = _open(backend)
+    monkeypatch.setattr(store, "files", lambda: pytest.fail("every file record was read"))
+    assert replica.update(store) == 2
+    corpus = Corpus(replica.snapshot())
+    texts = [text for key, _, _ in corpus.files for _, text, _ in corpus.file_chunks(key)]
+    assert any("seal fat" in text for text in texts) and not any("tideglass" in text for text in texts)
 
 
 def test_an_unpublished_run_is_cleaned_up_only_when_abandoned(backend, lore):

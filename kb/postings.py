@@ -365,9 +365,8 @@ class Postings:
             group = self.db.execute("SELECT first, start FROM grouped WHERE seq = ?", (found[0],)).fetchone()
             if group:
                 self._leave(found[0], *group, found[1])
-            else:
-                for table in _TABLES:
-                    self.db.execute(f"DELETE FROM {table} WHERE seq = ?", (found[0],))
+            else:  # a file alone is a group of one, keyed by its own seq
+                self._delete_group(found[0])
         self.db.execute("DELETE FROM files WHERE key = ?", (key,))
         self.db.execute("DELETE FROM chunks WHERE key = ?", (key,))
 
@@ -378,11 +377,15 @@ class Postings:
         prose chunks, and working out which rows those were 0.15-0.19 s more."""
         self.db.execute("DELETE FROM grouped WHERE seq = ?", (seq,))
         if self.db.execute("SELECT 1 FROM grouped WHERE first = ? LIMIT 1", (first,)).fetchone() is None:
-            for table in _TABLES:
-                self.db.execute(f"DELETE FROM {table} WHERE seq = ?", (first,))
-            self.db.execute("DELETE FROM departed WHERE first = ?", (first,))
+            self._delete_group(first)
         elif chunks:
             self.db.execute("INSERT INTO departed VALUES (?, ?, ?)", (first, start, chunks))
+
+    def _delete_group(self, first: int) -> None:
+        """Delete a write group's postings rows and departed members (call inside a write transaction)."""
+        for table in _TABLES:
+            self.db.execute(f"DELETE FROM {table} WHERE seq = ?", (first,))
+        self.db.execute("DELETE FROM departed WHERE first = ?", (first,))
 
     def _merge_recent(self) -> None:
         """Move the rows small updates wrote apart into the main postings table."""

@@ -315,16 +315,15 @@ class Store:
         before = self.generation()
         after = before + random.randint(1, 1 << 20)
         listed = changed is not None and len(changed) <= CHANGES_LISTED_MAX
-        move = {"kind": "change", "from": before, "to": after, "at": time.time(), "listed": listed,
+        move = {"kind": "change", "from": before, "to": after, "listed": listed,
                 "files": json.dumps(changed if listed else [], ensure_ascii=False)}
         self.manifest.upsert(ids=[f"change:{after}"], embeddings=[_UNIT], metadatas=[move])
         meta = {"kind": "state", "generation": after, "updated_at": time.time()}
         self.manifest.upsert(ids=["state"], embeddings=[_UNIT], metadatas=[meta])
         _moved_here[self._location] += 1
-        moves = _read(self.manifest.get, where={"kind": "change"}, include=["metadatas"])
-        if len(moves["ids"]) > CHANGES_KEPT:
-            oldest = sorted(zip(moves["metadatas"], moves["ids"]), key=lambda row: row[0]["at"])[:-CHANGES_KEPT]
-            self.manifest.delete(ids=[cid for _, cid in oldest])
+        moves = _read(self.manifest.get, where={"kind": "change"}, include=[])["ids"]
+        if len(moves) > CHANGES_KEPT:  # the oldest by the generation each led to, named in its id
+            self.manifest.delete(ids=sorted(moves, key=lambda cid: int(cid.removeprefix("change:")))[:-CHANGES_KEPT])
 
     def changes(self, since: int, until: int) -> dict[str, FileRecord | None] | None:
         """The files whose published version moved from generation ``since`` to ``until``, by key (None: removed),

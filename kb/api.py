@@ -43,6 +43,7 @@ from kb.npc import ask_npc, cards, find_card, voice_lines
 from kb.postings import DAMAGE, Postings, index_path
 from kb.retrieve import Corpus, Hit, search
 from kb.store import Store
+from kb.store.compact import Compaction, compact, replaced_vectors
 from kb.sync import IngestReport, forget, ingest, stored_limit_warnings
 
 GENERATION_POLL_S = 0.1  # how long a read of the store's generation is trusted (one query of the store)
@@ -374,6 +375,22 @@ class KnowledgeBase:
                 self._after_write()
         return removed
 
+    def compact(self, on_progress: Callable[[int, int], None] | None = None) -> Compaction:
+        """Rebuild the store's vector index without the vectors of replaced chunks (kb/store/compact.py). A process
+        that loaded the index before keeps its copy (still right, not smaller) until it loads it afresh.
+
+        Raises:
+            Unavailable: there is no knowledge base there.
+            StoreLocked: another process holds the write lock.
+            KBError: a Chroma server's store (its index is the server's), or it cannot be rebuilt.
+        """
+        if self.settings.chroma_url:
+            raise KBError(f"{self.settings.chroma_url}: kb compact rebuilds a local store's vector index; "
+                          "a Chroma server keeps its own")
+        self.store  # noqa: B018 - raises Unavailable when there is no store there
+        with self._shared.write_lock:
+            return compact(self.settings.kb_dir, on_progress)
+
     def _after_write(self) -> None:
         """A server loads the new canon now, so its next answer sees it. Any other process (`kb ingest`) brings
         the BM25 postings on disk up to date, building them on a new local store: the next reader, a server
@@ -457,7 +474,7 @@ class KnowledgeBase:
         """Files, cards, chunks, model, size, generation, last ingest, and warnings about
         metadata the cards' limits cannot compare (``{path, warning}``)."""
         store = self.store
-        return {**store.status(), "generation": store.generation(),
+        return {**store.status(), "generation": store.generation(), "replaced_vectors": replaced_vectors(store),
                 "warnings": stored_limit_warnings(store.files().values())}
 
 

@@ -336,6 +336,24 @@ def forget(paths, kb_dir, as_json):
         click.echo(f"removed {len(removed)} file(s)" + "".join(f"\n  {r}" for r in removed))
 
 
+@cli.command()
+@common
+def compact(kb_dir, as_json):
+    """Rebuild the vector index without the vectors of replaced chunks, which every process loading it keeps."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    kb = open_kb(kb_dir)
+    with Progress(TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True, disable=as_json or not sys.stderr.isatty()) as progress:
+        task = progress.add_task("compacting", total=None)
+        done = kb.compact(on_progress=lambda read, total: progress.update(task, completed=read, total=total))
+    if as_json:
+        emit_json(done.to_json())
+    else:
+        click.echo(f"vector index: {done.before:,} -> {done.after:,} vectors ({done.before - done.after:,} dropped)")
+
+
 def eval_answers(kb, questions, model, compare_models, retrieval, k, extractive, as_json) -> None:
     """`kb eval --answers`: one model's scores, or with --compare-models one table of every run."""
     from kb.answer_eval import METRICS, compare_answers, run_answers

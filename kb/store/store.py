@@ -59,6 +59,7 @@ from kb.store import written
 from kb.store.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
 
 CANON = "canon"
+SPACE = "cosine"  # the canon's distance (kb/store/compact.py builds its index alike)
 MANIFEST = "manifest"
 PACKED = "chunk"  # the canon metadata key holding a chunk's text and metadata (_packed)
 _UNIT = [1.0]  # manifest rows need a vector; they are only ever fetched by id
@@ -230,7 +231,7 @@ class Store:
                 CANON,
                 embedding_function=self.embedder,
                 metadata={"embedding_model": self.model, "dim": model_dim(self.model)},
-                configuration={"hnsw": {"space": "cosine", "ef_search": ef_search}},
+                configuration={"hnsw": {"space": SPACE, "ef_search": ef_search}},
             )
             self.manifest = self.client.get_or_create_collection(
                 MANIFEST, embedding_function=None, configuration={"hnsw": {"space": "l2"}})

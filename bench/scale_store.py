@@ -16,7 +16,8 @@ of the rest), a new 100-section file ingested by `kb ingest` in another process
 vector index, which opens the store afresh (``reopened``: seen after, and the longest
 search in the 40 s after it) and its peak RSS; then a fresh server (``fresh_<mode>``): a
 second fresh open (``open2``), the warm-up `kb serve` does before its first request
-(``warm2_s``), and 50 new questions each asked in hybrid, then in dense.
+(``warm2_s``), and 50 new questions each asked in hybrid, then in dense. ``index_vectors``: the
+vectors its saved index held before, the replaced ones `kb compact` drops included.
 
     python bench/scale_store.py write 100000 /tmp/store-100k
     python bench/scale_store.py measure /tmp/store-100k
@@ -45,6 +46,7 @@ from bench.common import forget_recent_embeddings, in_fresh_process, median, pea
 from bench.scale import Canon, change_visible, search_latencies, synthetic_file  # noqa: E402
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.store import Store  # noqa: E402
+from kb.store.compact import saved_vectors  # noqa: E402
 from kb.store.embed import model_dim  # noqa: E402
 
 KB = Path(sys.executable).parent / "kb"
@@ -184,7 +186,9 @@ def main() -> None:
         work = args.dir if args.in_place else Path(tmp) / "kb"
         if not args.in_place:
             shutil.copytree(args.dir, work)
+        index_vectors = saved_vectors(work)  # replaced ones included: every process loading the index holds them
         result = in_fresh_process(first_open, work)
+        result["index_vectors"] = index_vectors or 0
         result.update(in_fresh_process(served, work))
         result.update(in_fresh_process(fresh_server, work))
     print(json.dumps({key: round(value, 3) for key, value in result.items()}))

@@ -37,9 +37,10 @@ HEADER = struct.Struct("<i 6Q i I 3Q d Q")
 HEADER_VERSION = 1
 BATCH = 20_000  # elements read from the saved index per step (44 MB with 512 floats)
 # `kb ingest` suggests `kb compact` once the index holds at least this many replaced vectors, and this share of
-# the live ones: below, the memory they cost (2.2 KB each) is not worth minutes of rebuilding.
+# the live ones: below, the memory they cost (2.2 KB each with the default model) is not worth a rebuild, which
+# takes minutes at a million chunks. At this share a million-chunk server holds 220 MB more.
 SUGGEST_AT_LEAST = 20_000
-SUGGEST_AT_SHARE = 0.2
+SUGGEST_AT_SHARE = 0.1
 STAGING = ".compacting"  # the new index is built beside the old, in <segment>.compacting
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -50,7 +51,6 @@ class SavedIndex:
     """Where a saved HNSW index keeps each element, and the parameters to build its like."""
 
     path: Path
-    capacity: int
     count: int  # elements, deleted ones included
     element_bytes: int
     label_offset: int
@@ -72,9 +72,9 @@ class SavedIndex:
         header = (path / "header.bin").read_bytes()
         if len(header) != HEADER.size or HEADER.unpack_from(header)[0] != HEADER_VERSION:
             raise KBError(f"{path / 'header.bin'}: not a vector index this version of kb can compact")
-        (_, _, capacity, count, element_bytes, label_offset, data_offset, _, _, _, _, m, _,
+        (_, _, _, count, element_bytes, label_offset, data_offset, _, _, _, _, m, _,
          ef_construction) = HEADER.unpack_from(header)
-        return cls(path, capacity, count, element_bytes, label_offset, data_offset, m, ef_construction)
+        return cls(path, count, element_bytes, label_offset, data_offset, m, ef_construction)
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,8 @@ def _rebuild(saved: SavedIndex, live: np.ndarray, staging: Path, on_progress) ->
     import hnswlib
 
     index = hnswlib.Index(space=SPACE, dim=saved.dim)
-    index.init_index(max_elements=saved.capacity, ef_construction=saved.ef_construction, M=saved.m,
+    # room for the live vectors alone: this hnswlib writes its file at full size, and chromadb grows it when it adds
+    index.init_index(max_elements=max(len(live), 1), ef_construction=saved.ef_construction, M=saved.m,
                      is_persistent_index=True, persistence_location=str(staging))
     index.set_num_threads(os.cpu_count() or 1)
     added = 0

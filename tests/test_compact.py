@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from chromadb.api.shared_system_client import SharedSystemClient
 
@@ -57,21 +58,31 @@ def fresh_store(settings: Settings) -> Store:
     return Store(settings.kb_dir, model=settings.embed_model)
 
 
-def nearest_to_each(store: Store, n: int = 5) -> dict[str, list[tuple[str, float]]]:
-    """For every tenth chunk, its n nearest chunks by vector."""
-    ids = sorted(store.canon.get(include=[])["ids"])[::10]
-    return {chunk: store.nearest(vector, n) for chunk, vector in store.vectors(ids)}
+def vectors_by_id(store: Store) -> dict[str, np.ndarray]:
+    """Every chunk's vector as the index holds it, by chunk id: chromadb reads it by the label its id maps to."""
+    return {chunk: np.asarray(vector) for chunk, vector in store.vectors(store.canon.get(include=[])["ids"])}
 
 
-def assert_same_neighbours(found: list[tuple[str, float]], expected: list[tuple[str, float]]) -> None:
-    """The same distances, and the same chunks but for those tied with the last (many rows share their words)."""
-    assert [d for _, d in found] == pytest.approx([d for _, d in expected], abs=1e-5)
-    inside = expected[-1][1] - 1e-5
-    assert {c for c, d in found if d < inside} == {c for c, d in expected if d < inside}
+def assert_same_vectors(found: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert found.keys() == expected.keys()
+    for chunk, vector in expected.items():
+        assert np.allclose(found[chunk], vector, atol=1e-6), chunk
+
+
+def recall_at_5(store: Store, vectors: dict[str, np.ndarray]) -> float:
+    """For every tenth chunk as a query, the share of the index's five nearest that are truly among the five
+    nearest (by distance: many rows share their words, so their vectors tie)."""
+    ids = sorted(vectors)
+    matrix = np.array([vectors[chunk] / np.linalg.norm(vectors[chunk]) for chunk in ids])
+    found = 0
+    for chunk in ids[::10]:
+        fifth = np.sort(1 - matrix @ matrix[ids.index(chunk)])[4]
+        found += sum(distance <= fifth + 1e-5 for _, distance in store.nearest(vectors[chunk].tolist(), 5))
+    return found / (5 * len(ids[::10]))
 
 
 def test_compact_drops_the_replaced_vectors_and_answers_as_before(edited):
-    before = nearest_to_each(fresh_store(edited))
+    before = vectors_by_id(fresh_store(edited))
     assert invoke_json("status", "--kb", edited.kb_dir)[1]["replaced_vectors"] == 2 * 2 * ROWS
 
     result, done = invoke_json("compact", "--kb", edited.kb_dir)
@@ -80,10 +91,9 @@ def test_compact_drops_the_replaced_vectors_and_answers_as_before(edited):
     assert done == {"vectors_before": 6 * ROWS, "vectors_after": 2 * ROWS, "dropped": 4 * ROWS}
     assert saved_vectors(edited.kb_dir) == 2 * ROWS
     assert invoke_json("status", "--kb", edited.kb_dir)[1]["replaced_vectors"] == 0
-    after = nearest_to_each(fresh_store(edited))
-    assert after.keys() == before.keys() and len(after) == 2 * ROWS // 10
-    for chunk, hits in before.items():
-        assert_same_neighbours(after[chunk], hits)
+    store = fresh_store(edited)
+    assert_same_vectors(vectors_by_id(store), before)  # each id still maps to its own vector
+    assert recall_at_5(store, before) >= 0.95  # a graph as good: HNSW is approximate, its build threaded
     assert list(vector_index_dir(edited.kb_dir).parent.glob(f"*{STAGING}")) == []
     assert invoke("compact", "--kb", edited.kb_dir).output == (
         f"vector index: {2 * ROWS:,} -> {2 * ROWS:,} vectors (0 dropped)\n")
@@ -99,14 +109,13 @@ def test_writes_after_a_compaction_land_beside_the_rebuilt_vectors(edited, tmp_p
 
     store = fresh_store(edited)  # a label given twice would have replaced a vector, not added one
     assert store.count() == 2 * ROWS + 1 and saved_vectors(edited.kb_dir) == 2 * ROWS + 2
-    for hits in nearest_to_each(store, n=1).values():
-        assert hits[0][1] == pytest.approx(0, abs=1e-5)
+    assert recall_at_5(store, vectors_by_id(store)) >= 0.95
     hits = KnowledgeBase.open(edited.kb_dir, edited).search("gulls draft four", k=1, mode="dense")
     assert hits[0].metadata["key"] == "ui.gull"
 
 
 def test_a_compaction_killed_part_way_leaves_the_store_as_it_was_and_the_next_one_finishes(edited):
-    before = nearest_to_each(fresh_store(edited))
+    before = vectors_by_id(fresh_store(edited))
     killed = subprocess.run(
         [sys.executable, "-c", "import os, sys\nfrom pathlib import Path\nfrom kb.store import compact\n"
          "compact.BATCH = 500\n"
@@ -117,8 +126,7 @@ def test_a_compaction_killed_part_way_leaves_the_store_as_it_was_and_the_next_on
     index = vector_index_dir(edited.kb_dir)
     assert (index.parent / (index.name + STAGING)).is_dir()  # killed while building the new index
     assert saved_vectors(edited.kb_dir) == 6 * ROWS
-    for chunk, hits in nearest_to_each(fresh_store(edited)).items():
-        assert_same_neighbours(hits, before[chunk])
+    assert_same_vectors(vectors_by_id(fresh_store(edited)), before)
     assert KnowledgeBase.open(edited.kb_dir, edited).compact().after == 2 * ROWS
     assert not (index.parent / (index.name + STAGING)).exists()
 

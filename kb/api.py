@@ -471,8 +471,9 @@ class KnowledgeBase:
         return NPC(self, find_card(self.npcs(), name))
 
     def status(self) -> dict:
-        """Files, cards, chunks, model, size, generation, last ingest, and warnings about
-        metadata the cards' limits cannot compare (``{path, warning}``)."""
+        """Files, cards, chunks, model, size, generation, last ingest, the vectors of replaced chunks the index
+        still holds (`kb compact`), and warnings about metadata the cards' limits cannot compare
+        (``{path, warning}``)."""
         store = self.store
         return {**store.status(), "generation": store.generation(), "replaced_vectors": replaced_vectors(store),
                 "warnings": stored_limit_warnings(store.files().values())}

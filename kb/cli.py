@@ -305,7 +305,7 @@ def ask(question, k, model, base_url, extractive, no_retrieval, state_pairs, kb_
 @cli.command()
 @common
 def status(kb_dir, as_json):
-    """Files, chunks, embedding model, store size and last ingest."""
+    """Files, chunks, embedding model, store size, last ingest and replaced vectors (`kb compact`)."""
     data = open_kb(kb_dir).status()
     if as_json:
         emit_json(data)

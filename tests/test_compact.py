@@ -146,6 +146,20 @@ def test_a_swap_that_fails_leaves_the_store_as_it_was(edited, monkeypatch):
     assert fresh_store(edited).count() == 2 * ROWS
 
 
+def test_unreadable_id_maps_are_named_in_one_line_and_nothing_is_rebuilt(edited):
+    ids = vector_index_dir(edited.kb_dir) / "index_metadata.pickle"
+    ids.write_bytes(b"not a pickle")
+
+    result = invoke("compact", "--kb", edited.kb_dir)
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"error: {ids}: cannot read chromadb's id maps (UnpicklingError: invalid load key, 'n'.); "
+        "the store is unchanged"]
+    assert saved_vectors(edited.kb_dir) == 6 * ROWS
+    assert not ids.parent.with_name(ids.parent.name + STAGING).exists()
+
+
 def test_ingest_suggests_compacting_once_replaced_vectors_cost_enough(tmp_path, fake_embedder, monkeypatch):
     monkeypatch.setattr(compact_module, "SUGGEST_AT_LEAST", 2 * ROWS)
     monkeypatch.setattr(compact_module, "SUGGEST_AT_SHARE", 1.5)

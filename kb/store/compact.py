@@ -138,8 +138,12 @@ def compact(kb_dir: Path, on_progress: Callable[[int, int], None] | None = None)
         staging = path.with_name(path.name + STAGING)
         shutil.rmtree(staging, ignore_errors=True)  # a half-built index, or the old one a swap left behind
         saved = SavedIndex.read(path)
-        with open(path / "index_metadata.pickle", "rb") as ids:
-            live = np.sort(np.fromiter(pickle.load(ids)["id_to_label"].values(), dtype=np.uint64))
+        try:
+            with open(path / "index_metadata.pickle", "rb") as ids:
+                live = np.sort(np.fromiter(pickle.load(ids)["id_to_label"].values(), dtype=np.uint64))
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as exc:
+            raise KBError(f"{path / 'index_metadata.pickle'}: cannot read chromadb's id maps "
+                          f"({type(exc).__name__}: {exc}); the store is unchanged") from None
         if saved.count == len(live):
             return Compaction(saved.count, saved.count)
         staging.mkdir()

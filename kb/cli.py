@@ -97,6 +97,16 @@ def print_table(table: Table) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
+def stderr_progress(as_json: bool, *columns):
+    """A transient progress bar on stderr (description, bar, done of total, then ``columns``), shown only to a
+    terminal and never with --json."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *columns,
+                    console=Console(stderr=True), transient=True, disable=as_json or not sys.stderr.isatty())
+
+
 def emit_json(data) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
@@ -153,13 +163,8 @@ def ingest(paths, embed_model, watching, debounce_ms, kb_dir, as_json):
             raise click.UsageError("--watch prints one line per batch; it does not take --json")
         watch_ingest(kb, list(paths), debounce_ms)
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    show_bar = not as_json and sys.stderr.isatty()
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      console=Console(stderr=True), transient=True, disable=not show_bar) as progress:
+        with stderr_progress(as_json) as progress:
             task = progress.add_task("ingesting", total=None)
             report = kb.ingest(list(paths),
                                on_file=lambda source: progress.update(task, advance=1, description=source))
@@ -340,12 +345,10 @@ def forget(paths, kb_dir, as_json):
 @common
 def compact(kb_dir, as_json):
     """Rebuild the vector index without the vectors of replaced chunks, which every process loading it keeps."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import TimeRemainingColumn
 
     kb = open_kb(kb_dir)
-    with Progress(TextColumn("compacting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True, disable=as_json or not sys.stderr.isatty()) as progress:
+    with stderr_progress(as_json, TimeRemainingColumn()) as progress:
         task = progress.add_task("compacting", total=None)
         done = kb.compact(on_progress=lambda read, total: progress.update(task, completed=read, total=total))
     if as_json:

@@ -475,7 +475,7 @@ class KnowledgeBase:
         still holds (`kb compact`), and warnings about metadata the cards' limits cannot compare
         (``{path, warning}``)."""
         store = self.store
-        return {**store.status(), "generation": store.generation(), "replaced_vectors": replaced_vectors(store),
+        return {**store.status(), "generation": store.generation(), "replaced_vectors": replaced_vectors(store, store.count()),
                 "warnings": stored_limit_warnings(store.files().values())}
 
 

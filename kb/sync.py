@@ -155,7 +155,7 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
         report.warnings = stored_limit_warnings(store.files().values(), {str(f.path) for f in found})
         store.repair()
         report.chunks = store.count()
-        report.warnings += compact_suggestion(store)
+        report.warnings += compact_suggestion(store, report.chunks)
     return report
 
 

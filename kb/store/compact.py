@@ -109,15 +109,16 @@ def saved_vectors(kb_dir: Path) -> int | None:
     return SavedIndex.read(path).count if path is not None else None
 
 
-def replaced_vectors(store) -> int | None:
-    """Vectors the canon's saved index still holds for chunks gone (None: a Chroma server's, or none saved)."""
+def replaced_vectors(store, live: int) -> int | None:
+    """Vectors the canon's saved index still holds for chunks gone, beside its ``live`` ones (its count): None for
+    a Chroma server's, or before any was saved."""
     saved = None if store.chroma_url else saved_vectors(store.kb_dir)
-    return None if saved is None else max(0, saved - store.count())
+    return None if saved is None else max(0, saved - live)
 
 
-def compact_suggestion(store) -> list[dict]:
+def compact_suggestion(store, live: int) -> list[dict]:
     """A warning suggesting `kb compact` when the replaced vectors cost a process loading the index much memory."""
-    replaced, live = replaced_vectors(store), store.count()
+    replaced = replaced_vectors(store, live)
     if not replaced or replaced < max(SUGGEST_AT_LEAST, SUGGEST_AT_SHARE * live):
         return []
     return [{"path": str(store.kb_dir), "warning": f"the vector index holds {replaced:,} vectors of replaced chunks "

@@ -10,9 +10,8 @@ from __future__ import annotations
 import ctypes
 import json
 import math
-import sys
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,11 +49,6 @@ WARM_BATCH_POSTINGS = 4_000_000
 # earlier try cost 1 ms a search, so small stores rank in turn.
 BESIDE_MIN_CHUNKS = 100_000
 _beside = ThreadPoolExecutor(4, thread_name_prefix="kb-bm25")
-# Python hands the GIL to a waiting thread after 5 ms by default (sys.getswitchinterval): each time a hybrid search's
-# own thread came back from the model, chromadb or SQLite while the BM25 thread ran Python, it could wait that long.
-# At a million prose chunks, a fresh server's first new questions: hybrid 15.0-16.8 -> 12.2-13.9 ms beside dense
-# 6.2-7.6 (2.12x-2.46x -> 1.93x-2.02x, four runs each, alternated). Lowered once a process first ranks beside.
-BESIDE_SWITCH_INTERVAL_S = 0.0005
 # A term held by more than this share of the chunks is kept as a score per chunk (float32, 0 where it is absent)
 # instead of its postings (an int32 position and a float32 score each), and added by one vector sum, which lets
 # go of the GIL, instead of np.add.at (at a million prose chunks, hybrid with the question's postings kept
@@ -488,15 +482,6 @@ def fuse(bm25: list[tuple[int, float]], dense: list[tuple[int, float]], dense_we
     return sorted(scores.items(), key=lambda item: -item[1])
 
 
-def _rank_beside(corpus: Corpus, query: str, allowed: np.ndarray | None, depth: int,
-                 config: RetrievalConfig) -> Future:
-    """BM25 ranked in a thread while this one embeds the question and queries chromadb, the GIL handed between
-    them every BESIDE_SWITCH_INTERVAL_S (a shorter interval set already is kept)."""
-    if sys.getswitchinterval() > BESIDE_SWITCH_INTERVAL_S:
-        sys.setswitchinterval(BESIDE_SWITCH_INTERVAL_S)
-    return _beside.submit(corpus.bm25_ranking, query, allowed, depth, config)
-
-
 def search(store: Store, corpus: Corpus, query: str, k: int = 5, mode: str = "hybrid",
            where: dict | None = None, limits: dict | None = None,
            config: RetrievalConfig = DEFAULT_CONFIG, flags: frozenset[str] | None = None,
@@ -514,7 +499,8 @@ def search(store: Store, corpus: Corpus, query: str, k: int = 5, mode: str = "hy
     elif mode == "dense":
         ranked = dense = dense_ranking(store, corpus, query, depth, allowed)
     else:
-        lexical = _rank_beside(corpus, query, allowed, depth, config) if corpus.size >= BESIDE_MIN_CHUNKS else None
+        lexical = (_beside.submit(corpus.bm25_ranking, query, allowed, depth, config)
+                   if corpus.size >= BESIDE_MIN_CHUNKS else None)
         dense = dense_ranking(store, corpus, query, depth, allowed)
         query_lang = detect_lang(query)
         seen = corpus.chunks_at([pos for pos, _ in dense])

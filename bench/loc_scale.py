@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import cpu_seconds, in_fresh_process, machine, median, peak_rss_mb, revision, rss_mb  # noqa: E402
-from bench.scale import Canon, loc_table, search_latencies  # noqa: E402
+from bench.scale import Canon, loc_table, measure_open, search_latencies, server_started  # noqa: E402
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.store.embed import LoreEmbedding  # noqa: E402
 
@@ -87,26 +87,9 @@ def write(rows: int, out: Path, rows_per_file: int) -> dict:
             "embedding_worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
-def first_open(kb_dir: Path) -> dict:
-    began = time.perf_counter()
-    KnowledgeBase.open(kb_dir).corpus  # noqa: B018 - builds the postings unless they are on disk
-    return {"index_s": time.perf_counter() - began, "index_rss_mb": peak_rss_mb()}
-
-
 def served(out: Path, queries: int) -> dict:
     """A server's view: open, first search, searches per mode, three edits by another process seen."""
-    kb_dir = out / "kb"
-    began = time.perf_counter()
-    kb = KnowledgeBase.open(kb_dir)
-    kb.corpus  # noqa: B018
-    result = {"open_s": time.perf_counter() - began, "open_rss_mb": peak_rss_mb()}
-    LoreEmbedding()(["load the model"])
-    began = time.perf_counter()
-    kb.search("load the vector index", k=5, mode="dense")
-    result["first_dense_s"] = time.perf_counter() - began
-    began = time.perf_counter()
-    kb.warm()  # what `kb serve` does before its first request: the commonest terms' postings read ahead
-    result["warm_s"] = time.perf_counter() - began
+    kb, result = server_started(out / "kb")
     canon = Canon(7)
     canon.rng.seed(11)  # the tables' vocabulary, phrases none of them holds whole
     latencies = search_latencies(kb, [canon.phrase(canon.rng.randint(2, 5)) for _ in range(queries + 1)])
@@ -159,7 +142,7 @@ def main() -> None:
     if args.command == "write":
         result = in_fresh_process(write, args.rows, args.dir, args.rows_per_file)
     else:
-        result = in_fresh_process(first_open, args.dir / "kb")
+        result = in_fresh_process(measure_open, args.dir / "kb", "index")
         result.update(in_fresh_process(served, args.dir, args.queries))
     print(json.dumps({key: round(value, 3) for key, value in result.items()}))
     print(f"machine: {machine()}; code at {revision()}", file=sys.stderr)

@@ -43,7 +43,7 @@ import numpy as np
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import forget_recent_embeddings, in_fresh_process, median, peak_rss_mb, revision  # noqa: E402
-from bench.scale import Canon, change_visible, search_latencies, synthetic_file  # noqa: E402
+from bench.scale import Canon, change_visible, measure_open, search_latencies, server_started, synthetic_file  # noqa: E402
 from kb.api import KnowledgeBase  # noqa: E402
 from kb.store import Store  # noqa: E402
 from kb.store.compact import saved_vectors  # noqa: E402
@@ -61,12 +61,6 @@ def write(size: int, out: Path, chunks_per_file: int = 100, words: int = 150, se
     for index, start in enumerate(range(0, size, chunks_per_file)):
         run.put(*synthetic_file(canon, vectors, index, min(chunks_per_file, size - start), words, dim))
     run.publish()
-
-
-def first_open(kb_dir: Path) -> dict:
-    began = time.perf_counter()
-    KnowledgeBase.open(kb_dir).corpus  # noqa: B018 - builds the postings
-    return {"index_s": time.perf_counter() - began, "index_rss_mb": peak_rss_mb()}
 
 
 def asked_once(kb: KnowledgeBase, canon: Canon, count: int) -> list[float]:
@@ -115,18 +109,7 @@ def asked_in_turn(kb: KnowledgeBase, canon: Canon, count: int) -> dict[str, list
 
 
 def served(kb_dir: Path, queries: int = 50) -> dict:
-    began = time.perf_counter()
-    kb = KnowledgeBase.open(kb_dir)
-    kb.corpus  # noqa: B018
-    result = {"open_s": time.perf_counter() - began, "open_rss_mb": peak_rss_mb()}
-    kb.store.embed_passages(["load the model"])  # the store's own model, so the next search loads only the index
-    result["replayed"] = kb.store.unsaved_vectors()  # what that load inserts again from chromadb's log
-    began = time.perf_counter()
-    kb.search("load the vector index", k=5, mode="dense")
-    result["first_dense_s"] = time.perf_counter() - began
-    began = time.perf_counter()
-    kb.warm()  # what `kb serve` does before its first request: the commonest terms' postings read ahead
-    result["warm_s"] = time.perf_counter() - began
+    kb, result = server_started(kb_dir)
     canon = Canon(7)  # the store's vocabulary (Canon(seed) draws its own words), other phrases than its chunks
     canon.rng.seed(11)
     latencies = search_latencies(kb, [canon.phrase(canon.rng.randint(3, 8)) for _ in range(queries + 1)])
@@ -187,7 +170,7 @@ def main() -> None:
         if not args.in_place:
             shutil.copytree(args.dir, work)
         index_vectors = saved_vectors(work)  # replaced ones included: every process loading the index holds them
-        result = in_fresh_process(first_open, work)
+        result = in_fresh_process(measure_open, work, "index")
         result["index_vectors"] = index_vectors or 0
         result.update(in_fresh_process(served, work))
         result.update(in_fresh_process(fresh_server, work))

@@ -43,7 +43,7 @@ from kb.npc import ask_npc, cards, find_card, voice_lines
 from kb.postings import DAMAGE, Postings, index_path
 from kb.retrieve import Corpus, Hit, search
 from kb.store import Store
-from kb.store.compact import Compaction, compact, replaced_vectors
+from kb.store.compact import Compaction, compact, compact_suggestion, replaced_vectors
 from kb.sync import IngestReport, forget, ingest, stored_limit_warnings
 
 GENERATION_POLL_S = 0.1  # how long a read of the store's generation is trusted (one query of the store)
@@ -472,11 +472,12 @@ class KnowledgeBase:
 
     def status(self) -> dict:
         """Files, cards, chunks, model, size, generation, last ingest, the vectors of replaced chunks the index
-        still holds (`kb compact`), and warnings about metadata the cards' limits cannot compare
-        (``{path, warning}``)."""
+        still holds (`kb compact`), and warnings (``{path, warning}``): metadata the cards' limits cannot compare,
+        and the suggestion to compact that `kb ingest` gives."""
         store = self.store
-        return {**store.status(), "generation": store.generation(), "replaced_vectors": replaced_vectors(store, store.count()),
-                "warnings": stored_limit_warnings(store.files().values())}
+        live = store.count()
+        return {**store.status(), "generation": store.generation(), "replaced_vectors": replaced_vectors(store, live),
+                "warnings": stored_limit_warnings(store.files().values()) + compact_suggestion(store, live)}
 
 
 @dataclass

@@ -160,7 +160,7 @@ def test_unreadable_id_maps_are_named_in_one_line_and_nothing_is_rebuilt(edited)
     assert not ids.parent.with_name(ids.parent.name + STAGING).exists()
 
 
-def test_ingest_suggests_compacting_once_replaced_vectors_cost_enough(tmp_path, fake_embedder, monkeypatch):
+def test_ingest_and_status_suggest_compacting_once_replaced_vectors_cost_enough(tmp_path, fake_embedder, monkeypatch):
     monkeypatch.setattr(compact_module, "SUGGEST_AT_LEAST", 2 * ROWS)
     monkeypatch.setattr(compact_module, "SUGGEST_AT_SHARE", 1.5)
     kb_dir = tmp_path / "kb"
@@ -170,8 +170,13 @@ def test_ingest_suggests_compacting_once_replaced_vectors_cost_enough(tmp_path, 
         result = invoke("ingest", tmp_path / "loc", "--kb", kb_dir, "--embed-model", fake_embedder)
         lines.append([line for line in result.stderr.splitlines() if "kb compact" in line])
     assert lines[:2] == [[], []]  # 1,200 replaced: under 1.5 times the live chunks
-    assert lines[2] == [f"warning: {kb_dir}: the vector index holds 2,400 vectors of replaced chunks beside 1,200 "
-                        "live ones, kept in memory by every process that loads it; `kb compact` drops them"]
+    warning = ("the vector index holds 2,400 vectors of replaced chunks beside 1,200 live ones, kept in memory by "
+               "every process that loads it; `kb compact` drops them")
+    assert lines[2] == [f"warning: {kb_dir}: {warning}"]
+    _, status = invoke_json("status", "--kb", kb_dir)  # where a user looks, between ingests
+    assert status["replaced_vectors"] == 2_400 and status["warnings"] == [{"path": str(kb_dir), "warning": warning}]
+    invoke("compact", "--kb", kb_dir)
+    assert invoke_json("status", "--kb", kb_dir)[1]["warnings"] == []
 
 
 def test_compact_refuses_while_another_process_writes_and_on_a_chroma_server(edited):

@@ -476,8 +476,9 @@ class KnowledgeBase:
         and the suggestion to compact that `kb ingest` gives."""
         store = self.store
         live = store.count()
-        return {**store.status(), "generation": store.generation(), "replaced_vectors": replaced_vectors(store, live),
-                "warnings": stored_limit_warnings(store.files().values()) + compact_suggestion(store, live)}
+        replaced = replaced_vectors(store, live)
+        return {**store.status(), "generation": store.generation(), "replaced_vectors": replaced,
+                "warnings": stored_limit_warnings(store.files().values()) + compact_suggestion(store.kb_dir, replaced, live)}
 
 
 @dataclass

@@ -24,7 +24,7 @@ from kb.config import Settings
 from kb.limits import limit_warnings, non_numbers
 from kb.parse_worker import run_bounded, start_worker
 from kb.store import FileRecord, Run, Store, write_lock
-from kb.store.compact import compact_suggestion
+from kb.store.compact import compact_suggestion, replaced_vectors
 from kb.store.embed_worker import ApartEmbedder
 
 
@@ -155,7 +155,7 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
         report.warnings = stored_limit_warnings(store.files().values(), {str(f.path) for f in found})
         store.repair()
         report.chunks = store.count()
-        report.warnings += compact_suggestion(store, report.chunks)
+        report.warnings += compact_suggestion(store.kb_dir, replaced_vectors(store, report.chunks), report.chunks)
     return report
 
 

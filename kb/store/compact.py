@@ -116,12 +116,12 @@ def replaced_vectors(store, live: int) -> int | None:
     return None if saved is None else max(0, saved - live)
 
 
-def compact_suggestion(store, live: int) -> list[dict]:
-    """A warning suggesting `kb compact` when the replaced vectors cost a process loading the index much memory."""
-    replaced = replaced_vectors(store, live)
+def compact_suggestion(kb_dir: Path, replaced: int | None, live: int) -> list[dict]:
+    """A warning suggesting `kb compact` when the ``replaced`` vectors (`replaced_vectors`) beside the ``live`` ones
+    cost a process loading the index much memory."""
     if not replaced or replaced < max(SUGGEST_AT_LEAST, SUGGEST_AT_SHARE * live):
         return []
-    return [{"path": str(store.kb_dir), "warning": f"the vector index holds {replaced:,} vectors of replaced chunks "
+    return [{"path": str(kb_dir), "warning": f"the vector index holds {replaced:,} vectors of replaced chunks "
              f"beside {live:,} live ones, kept in memory by every process that loads it; `kb compact` drops them"}]
 
 

@@ -105,7 +105,8 @@ def chunk_sections(sections: list[Section], file_key: str, file_hash: str, sourc
     given (a CJK character costs about one token, a word of English about 1.3,
     so the same token budget holds less Chinese prose). Ids are
     `<file key>-<file hash>-<n>`: a changed file gets new ids, so its new
-    chunks can be written before its old ones are dropped. A dialogue
+    chunks can be written before its old ones are dropped (a chunk it left
+    as it was keeps its id: kb/sync.py). A dialogue
     chunk's meta["line_ids"] lists the recorded ids of the lines inside it.
     """
     chunks: list[Chunk] = []

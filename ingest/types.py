@@ -31,11 +31,11 @@ def chunk_id(file_key: str, file_hash: str, index: int) -> str:
     return f"{file_key}-{file_hash[:HASH_IN_ID]}-{index}"
 
 
-def id_version(cid: str) -> tuple[str, str] | None:
-    """The file key and version (hash digits) a ``chunk_id`` names, or None for an id not in that form."""
+def id_place(cid: str) -> tuple[str, str, int] | None:
+    """The file key, version (hash digits) and place a ``chunk_id`` names, or None for an id not in that form."""
     key, _, rest = cid.partition("-")
     version, _, index = rest.partition("-")
-    return (key, version) if len(version) == HASH_IN_ID and index.isdigit() else None
+    return (key, version, int(index)) if len(version) == HASH_IN_ID and index.isdigit() else None
 
 
 @dataclass

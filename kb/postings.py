@@ -73,7 +73,7 @@ from kb.extract import ANALYSIS_VERSION
 from kb.parse_worker import run_bounded
 from kb.postings_batch import FileChunks, prepared
 from kb.sqlite_files import parts, placeholders, remove_database
-from kb.store import FileRecord, Store
+from kb.store import FileRecord, Store, visible
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,14 @@ INSERT INTO synced SELECT NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM synced);
 def version_of(record: FileRecord) -> str:
     """What must match for a file's postings to be reused: its content hash and when it was ingested."""
     return f"{record.hash}@{record.ingested_at!r}"
+
+
+def _in_place_order(chunks: FileChunks, record: FileRecord) -> FileChunks:
+    """A file's chunks in the order of their places, which a scan finds in the order they were written."""
+    if record.origins is not None and chunks.ids:
+        rows = sorted(zip(chunks.ids, chunks.texts, chunks.metas), key=lambda row: row[2]["chunk_index"])
+        chunks.ids, chunks.texts, chunks.metas = (list(column) for column in zip(*rows))
+    return chunks
 
 
 def index_path(store: Store) -> Path:
@@ -398,25 +406,26 @@ class Postings:
         """The changed files' chunks: one read per file, or one paged scan when many changed."""
         if len(records) <= FULL_SCAN_FILES:
             for key, record in records.items():
-                yield FileChunks(key, version_of(record), *store.file_chunks(key, record.hash))
+                yield FileChunks(key, version_of(record), *store.file_chunks(record))
             return
         # In the order the store holds them, as the old cache was. A file is handed on as soon as its
-        # chunks (a record counts them) and those of the files before it are all seen: a first build
-        # of 100k chunks held every text and metadata of the store until the scan ended.
+        # chunks (a record counts them) are all seen: a first build of 100k chunks held every text and
+        # metadata of the store until the scan ended. A file that keeps chunks of a version before it
+        # (FileRecord.origins) is put in the order of its places.
         found: dict[str, FileChunks] = {}
         handed: set[str] = set()
         for cid, text, meta in store.scan_chunks():
             key = meta.get("file_key")
-            record = records.get(key)
-            if record is not None and meta.get("file_hash") == record.hash and key not in handed:
-                chunks = found.setdefault(key, FileChunks(key, version_of(record), [], [], []))
+            if key not in handed and visible(records, meta):
+                chunks = found.setdefault(key, FileChunks(key, version_of(records[key]), [], [], []))
                 chunks.ids.append(cid)
                 chunks.texts.append(text)
                 chunks.metas.append(meta)
-                while found and len((first := next(iter(found.values()))).ids) >= records[first.key].chunks:
-                    handed.add(first.key)
-                    yield found.pop(first.key)
-        yield from found.values()
+                if len(chunks.ids) >= records[key].chunks:
+                    handed.add(key)
+                    yield _in_place_order(found.pop(key), records[key])
+        for chunks in found.values():
+            yield _in_place_order(chunks, records[chunks.key])
         for key, record in records.items():  # files with no visible chunks (cards, text-free) are indexed empty
             if key not in found and key not in handed:
                 yield FileChunks(key, version_of(record), [], [], [])

@@ -68,7 +68,7 @@ def test_an_edited_row_is_searched_beside_the_loaded_index_as_a_fresh_open_would
     found = served.search("keeper who sings of whales", k=1, mode="dense")
     store = served.store
     assert isinstance(store, CaughtUp)
-    assert len(store.embedded) == 1 and len(store.to_loaded) == len(ROWS) - 1 and len(store.gone) == 1
+    assert len(store.embedded) == 1 and not store.to_loaded and len(store.gone) == 1  # the other rows kept their ids
     assert found[0].text == "k4: The bell keeper sings of whales at gate 4"
     assert _ranked(served) == _as_opened_afresh(served)
     every = {h.text for q in QUERIES for h in served.search(q, k=10, mode="dense")}
@@ -76,7 +76,8 @@ def test_an_edited_row_is_searched_beside_the_loaded_index_as_a_fresh_open_would
 
 
 def test_a_filtered_search_names_renamed_chunks_by_the_ids_the_loaded_index_holds(served, tmp_path):
-    _write_elsewhere(served, tmp_path, {**ROWS, "k4": "The bell keeper sings of whales at gate 4"})
+    # a row inserted at the top moves every row below it to a new place, and so to a new id
+    _write_elsewhere(served, tmp_path, {"k9": "The bell keeper sings of whales at gate 9", **ROWS})
     where = {"source": "barks.csv"}
     first = _ranked(served, where=where)  # chromadb ranks a filtered set first; later searches rank it here
     assert isinstance(served.store, CaughtUp)
@@ -166,7 +167,8 @@ def test_the_vectors_kept_are_the_newest_and_a_damaged_file_starts_again(tmp_pat
 def test_a_run_of_more_chunks_than_are_kept_keeps_none(served, tmp_path, monkeypatch):
     monkeypatch.setattr(written, "KEPT", len(ROWS) - 1)
     written_path(served.settings.kb_dir).unlink()
-    _write_elsewhere(served, tmp_path, {**ROWS, "k4": "The bell keeper sings of whales at gate 4"})
+    # a row inserted at the top: every row below it moves, and is written again under the id of its new place
+    _write_elsewhere(served, tmp_path, {"k9": "The bell keeper sings of whales at gate 9", **ROWS})
     assert not written_path(served.settings.kb_dir).exists()
     monkeypatch.setattr(written, "KEPT", len(ROWS))
     _write_elsewhere(served, tmp_path, {**ROWS, "k4": "The bell keeper hums at gate 4"})

@@ -672,11 +672,11 @@ def test_a_store_read_failing_mid_build_is_raised_and_the_next_update_finishes_t
     monkeypatch.setattr(postings_module, "APART_CHUNKS", 1)
     reads, file_chunks = [], store.file_chunks
 
-    def failing_fourth(key, file_hash):
+    def failing_fourth(record):
         reads.append(threading.current_thread().name)
         if len(reads) == 4:
             raise sqlite3.OperationalError("disk I/O error")
-        return file_chunks(key, file_hash)
+        return file_chunks(record)
 
     monkeypatch.setattr(store, "file_chunks", failing_fourth)
     apart = Postings(tmp_path / "apart.sqlite")
@@ -736,6 +736,34 @@ def test_a_first_build_writes_files_while_it_still_scans_the_store(tmp_path, fak
     assert built.snapshot().files == one_by_one.snapshot().files
 
 
+
+
+def test_a_file_keeping_chunks_of_its_version_before_is_indexed_in_the_order_of_its_places(tmp_path, fake_embedder,
+                                                                                         monkeypatch):
+    """Its chunk written last is a scan's last, but its place is the middle one, as when read file by file."""
+    store = many_files_store(tmp_path, fake_embedder, files=6)
+    record = next(r for r in store.files().values() if r.source == "notes/file-000.md")
+    _, texts, metas = store.file_chunks(record)
+    digest = "e" * 40
+    edited = FileRecord(**{**vars(record), "hash": digest, "origins": [[record.hash, 1], [digest, 1], [record.hash, 1]]})
+    text = "The ferry keeper 0 counts gulls on pier 1."
+    run = store.begin_run()
+    run.put(edited, [f"{record.key}-{digest[:12]}-1"], [text], [{**metas[1], "file_hash": digest}],
+            store.embed_passages([text]))
+    run.publish()
+    assert store.file_chunks(edited)[1] == [texts[0], text, texts[2]]
+
+    monkeypatch.setattr(postings_module, "FULL_SCAN_FILES", 4)
+    scanned = Postings(None)
+    assert scanned.update(store) == 6
+    monkeypatch.setattr(postings_module, "FULL_SCAN_FILES", 1000)
+    one_by_one = Postings(None)
+    one_by_one.update(store)
+    for corpus in (Corpus(scanned.snapshot()), Corpus(one_by_one.snapshot())):
+        assert [text for _, text, meta in corpus.chunks() if meta["source"] == record.source] == \
+            [texts[0], text, texts[2]]
+    assert sorted(cid for cid, _, _ in Corpus(scanned.snapshot()).chunks()) == sorted(
+        cid for file in store.files().values() for cid in file.chunk_ids())
 
 
 def test_a_server_holding_its_corpus_lets_the_postings_log_start_over(world, monkeypatch):

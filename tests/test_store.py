@@ -60,18 +60,17 @@ def by_source(rows: dict[str, dict]) -> dict[str, set[str]]:
 
 
 def assert_consistent(kb_dir: Path) -> dict[str, FileRecord]:
-    """Every stored chunk belongs to a manifest file with the same hash; counts match; no run left."""
+    """Every stored chunk is one its manifest file holds, and each file's are all there; no run left."""
     SharedSystemClient.clear_system_cache()  # another process wrote: read the directory afresh
     store = Store(kb_dir)
     files = store.files()
     ids, _, metas = zip(*store.scan_chunks()) if store.count() else ((), (), ())
     for meta in metas:
-        record = files.get(meta["file_key"])
-        assert record is not None, f"orphan chunk of {meta['source']}"
-        assert record.hash == meta["file_hash"], f"stale chunk of {meta['source']}"
+        assert meta["file_key"] in files, f"orphan chunk of {meta['source']}"
     assert store.count() == len(ids) == sum(r.chunks for r in files.values())
     for record in files.values():
-        assert sum(m["file_key"] == record.key for m in metas) == record.chunks
+        assert {cid for cid, meta in zip(ids, metas) if meta["file_key"] == record.key} == set(record.chunk_ids()), \
+            f"stale or missing chunks of {record.source}"
     assert store.manifest.get(where={"kind": {"$in": ["staged", "run"]}})["ids"] == []
     # the vector index holds exactly the same rows
     assert sorted(cid for cid, _ in store.dense_query("herons", store.count())) == sorted(ids)
@@ -283,8 +282,8 @@ def test_ingest_killed_from_outside_mid_run_is_completed_by_the_next_run(tmp_pat
     ids, texts, metas = store.all_chunks()
     assert len(ids) == 2 * files and store.status()["chunks"] == 2 * files <= store.count()
     staged_whole = [m for m in store.manifest.get(where={"kind": "staged"}, include=["metadatas"])["metadatas"]
-                    if len(store.canon.get(where={"$and": [{"file_key": m["key"]}, {"file_hash": m["hash"]}]},
-                                           include=[])["ids"]) == m["chunks"]]
+                    if len(store.canon.get(ids=(ids := FileRecord.from_meta({**m, "kind": "canon"}).chunk_ids()),
+                                           include=[])["ids"]) == len(ids)]
     assert {meta["source"]: text for text, meta in zip(texts, metas) if "tide" in text} == old
     with pytest.MonkeyPatch.context() as patch:
         original = Store.embed_passages
@@ -617,6 +616,93 @@ def test_a_changed_loc_table_embeds_only_its_changed_rows(tmp_path, kb_dir, embe
     # a kept vector is the stored one (chromadb normalizes what it stores: equal within float rounding)
     assert [row for row in after if not np.allclose(after[row], before[row], atol=1e-6)] == [("ui.item_7", "fr")]
     assert np.allclose(after[("ui.item_7", "fr")], LoreEmbedding()(["ui.item_7\nui.item_7: Objet sept"])[0])
+    assert_consistent(kb_dir)
+
+
+def loc_table(path: Path, french: dict[int, str] | None = None) -> Path:
+    """A 20-row loc table in English and French, with some rows' French replaced."""
+    rows = [f"ui.item_{i},Item {i},{(french or {}).get(i, f'Objet {i}')}\n" for i in range(20)]
+    return write(path, "key,en,fr\n" + "".join(rows))
+
+
+def loc_ids(kb_dir: Path) -> dict[tuple[str, str], str]:
+    """(loc key, language) -> the id of its visible chunk."""
+    return {(meta["key"], meta["lang"]): cid for cid, meta in chunk_rows(kb_dir).items()}
+
+
+def found_texts(kb_dir: Path, query: str) -> list[str]:
+    _, found = invoke_json("search", query, "--kb", kb_dir, "--mode", "bm25", "-k", "40")
+    return [r["text"] for r in found["results"]]
+
+
+def test_an_edited_loc_row_is_the_only_chunk_written_again(tmp_path, kb_dir):
+    table = loc_table(tmp_path / "docs" / "strings.csv")
+    assert invoke("ingest", table, "--kb", kb_dir).exit_code == 0
+    before = loc_ids(kb_dir)
+    loc_table(table, {7: "Objet sept"})
+
+    result, report = invoke_json("ingest", table, "--kb", kb_dir)
+
+    assert result.exit_code == 0 and report["updated"] == ["strings.csv"] and report["chunks"] == 40
+    after = loc_ids(kb_dir)
+    record = assert_consistent(kb_dir)[next(iter(Store(kb_dir).files()))]
+    assert [row for row in after if after[row] != before[row]] == [("ui.item_7", "fr")]
+    assert after[("ui.item_7", "fr")].split("-")[1] == record.hash[:12] != before[("ui.item_7", "fr")].split("-")[1]
+    assert record.own_chunks() == 1 and record.chunks == 40
+    assert Store(kb_dir).count() == 40  # the old row's chunk is gone
+    assert "ui.item_7: Objet sept" in found_texts(kb_dir, "sept")
+    assert not [text for text in found_texts(kb_dir, "objet 7") if text.endswith("Objet 7")]
+
+    # edited again, then back: each state whole, its chunks those of the versions that wrote them
+    loc_table(table, {7: "Objet sept", 12: "Objet douze"})
+    assert invoke("ingest", table, "--kb", kb_dir).exit_code == 0
+    again = loc_ids(kb_dir)
+    assert sorted(row for row in again if again[row] != before[row]) == [("ui.item_12", "fr"), ("ui.item_7", "fr")]
+    assert again[("ui.item_7", "fr")] == after[("ui.item_7", "fr")]  # kept from the version before
+    assert_consistent(kb_dir)
+    loc_table(table)
+    result, report = invoke_json("ingest", table, "--kb", kb_dir)
+    assert result.exit_code == 0 and report["updated"] == ["strings.csv"]
+    assert loc_ids(kb_dir) == before
+    assert Store(kb_dir).files()[record.key].origins is None
+    assert_consistent(kb_dir)
+    assert "ui.item_7: Objet 7" in found_texts(kb_dir, "objet 7")
+
+
+def test_a_row_inserted_near_the_top_writes_the_rows_below_it_again(tmp_path, kb_dir):
+    """A place is a chunk's number in its file: the rows after an inserted one have moved, and are written again."""
+    table = loc_table(tmp_path / "docs" / "strings.csv")
+    assert invoke("ingest", table, "--kb", kb_dir).exit_code == 0
+    before = set(loc_ids(kb_dir).values())
+    lines = table.read_text().splitlines(keepends=True)
+    write(table, "".join(lines[:3] + ["ui.new,New,Nouveau\n"] + lines[3:]))
+
+    assert invoke("ingest", table, "--kb", kb_dir).exit_code == 0
+
+    assert len(before & set(loc_ids(kb_dir).values())) == 4  # the first two rows' chunks
+    assert_consistent(kb_dir)
+    assert "ui.new: Nouveau" in found_texts(kb_dir, "nouveau")
+
+
+def test_a_run_editing_a_row_back_that_never_commits_leaves_the_published_rows_whole(tmp_path, kb_dir):
+    """The row's old version shares its chunk ids with the chunks the file kept from it: rolling the run
+    back deletes only the chunk it wrote."""
+    table = loc_table(tmp_path / "docs" / "strings.csv")
+    assert invoke("ingest", table, "--kb", kb_dir).exit_code == 0
+    loc_table(table, {7: "Objet sept"})
+    assert invoke("ingest", table, "--kb", kb_dir).exit_code == 0
+    published = loc_ids(kb_dir)
+    loc_table(table)
+
+    crash_ingest("_upsert", 1, table, "--kb", kb_dir)  # killed as the run writes its one chunk, never committed
+    SharedSystemClient.clear_system_cache()
+    assert Store(kb_dir, create=True).repair() == 1
+
+    assert loc_ids(kb_dir) == published
+    assert_consistent(kb_dir)
+    assert "ui.item_7: Objet sept" in found_texts(kb_dir, "sept")
+    assert invoke("ingest", table, "--kb", kb_dir).exit_code == 0
+    assert "ui.item_7: Objet 7" in found_texts(kb_dir, "objet 7")
     assert_consistent(kb_dir)
 
 

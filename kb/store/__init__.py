@@ -3,6 +3,6 @@ the writer lock of a local store (lock.py) and the vectors its writers kept for 
 
 from kb.store.embed import DEFAULT_MODEL, MODELS, LoreEmbedding, model_dim
 from kb.store.lock import write_lock
-from kb.store.store import FileRecord, Run, Store
+from kb.store.store import FileRecord, Run, Store, visible
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "FileRecord", "LoreEmbedding", "Run", "Store", "model_dim", "write_lock"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "FileRecord", "LoreEmbedding", "Run", "Store", "model_dim", "visible", "write_lock"]

@@ -17,7 +17,9 @@ code serves a local directory (PersistentClient) and a shared Chroma server
 An ingest is one run (``Store.begin_run``): it stages each file's new chunks
 under ids that embed the new content hash, with a ``staged`` row saying which
 version of which file it wrote, while readers keep seeing the published files
-only. ``Run.publish`` then commits the whole run with one write (its ``run``
+only. A new version may keep chunks of the one before at the places it left
+as they were (``FileRecord.origins``): their ids name the version that wrote
+them, which readers of either version see alike. ``Run.publish`` then commits the whole run with one write (its ``run``
 row marked committed, from which point readers see the published files
 overlaid with the run's staged rows), moves the generation, copies the staged
 rows onto the ``file`` rows, deletes the chunks no published file uses any
@@ -53,7 +55,7 @@ from chromadb.api.shared_system_client import SharedSystemClient
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import InternalError
 
-from ingest.types import HASH_IN_ID, id_version
+from ingest.types import HASH_IN_ID, chunk_id, id_place
 from kb.errors import KBError, ModelMismatch, Unavailable
 from kb.store import written
 from kb.store.embed import DEFAULT_MODEL, LoreEmbedding, model_dim
@@ -101,13 +103,16 @@ class FileRecord:
     ingested_at: float
     card: dict | None = None
     non_numbers: dict = field(default_factory=dict)  # per key, a value numeric limits cannot compare
+    # The versions whose chunks fill its places in turn, as [[file hash, places], ...]: an edited file keeps the
+    # chunks of its version before that it left as they were (kb/sync.py). None: every chunk is this version's.
+    origins: list | None = None
 
     def to_meta(self) -> dict:
-        meta = {k: v for k, v in vars(self).items() if k not in ("card", "non_numbers")}
-        if self.card is not None:
-            meta["card"] = json.dumps(self.card, ensure_ascii=False)
-        if self.non_numbers:
-            meta["non_numbers"] = json.dumps(self.non_numbers, ensure_ascii=False)
+        """Every field, those that may be empty too: chromadb's upsert keeps a key the new row leaves out, and a
+        file's record would keep its version before's origins."""
+        meta = {k: v for k, v in vars(self).items() if k not in ("card", "non_numbers", "origins")}
+        for name in ("card", "non_numbers", "origins"):
+            meta[name] = json.dumps(getattr(self, name), ensure_ascii=False) if getattr(self, name) else ""
         return meta
 
     @classmethod
@@ -115,7 +120,35 @@ class FileRecord:
         fields = {k: meta[k] for k in ("key", "path", "source", "root", "hash", "kind",
                                       "chunks", "ingested_at")}
         card = json.loads(meta["card"]) if meta.get("card") else None
-        return cls(**fields, card=card, non_numbers=json.loads(meta.get("non_numbers") or "{}"))
+        origins = json.loads(meta["origins"]) if meta.get("origins") else None
+        return cls(**fields, card=card, non_numbers=json.loads(meta.get("non_numbers") or "{}"), origins=origins)
+
+    def chunk_ids(self) -> list[str]:
+        """Its chunks' ids, place by place (each names the version that wrote it)."""
+        ids = []
+        for digest, places in self.origins or [[self.hash, self.chunks]]:
+            ids += [chunk_id(self.key, digest, index) for index in range(len(ids), len(ids) + places)]
+        return ids
+
+    def origin(self, index: int) -> str | None:
+        """The hash of the version whose chunk fills place ``index``; None past its last place."""
+        for digest, places in self.origins or [[self.hash, self.chunks]]:
+            if index < places:
+                return digest
+            index -= places
+        return None
+
+    def holds(self, version: str, index: int | None) -> bool:
+        """Whether the chunk that ``version`` (its first HASH_IN_ID digits) wrote at place ``index`` is one of
+        this file's now (a chunk of a file without origins by its version alone)."""
+        if self.origins is None:
+            return version == self.hash[:HASH_IN_ID]
+        origin = self.origin(index) if index is not None else None
+        return origin is not None and origin[:HASH_IN_ID] == version
+
+    def own_chunks(self) -> int:
+        """How many of its chunks this version wrote (the others it keeps from the versions before)."""
+        return sum(places for digest, places in self.origins or [[self.hash, self.chunks]] if digest == self.hash)
 
 
 def _client(kb_dir: Path, chroma_url: str | None, fresh: bool = False):
@@ -381,9 +414,10 @@ class Store:
             end = start + batch
             collection.upsert(ids=ids[start:end], embeddings=embeddings[start:end], metadatas=metadatas[start:end])
 
-    def _delete_chunks(self, keys: Iterable[str], doomed: Callable[[str, str], bool]) -> None:
-        """Delete the chunks of these files that ``doomed(file key, version)`` picks, a version being the first
-        HASH_IN_ID digits of its file hash (two versions sharing them share their chunk ids).
+    def _delete_chunks(self, keys: Iterable[str], doomed: Callable[[str, str, int | None], bool]) -> None:
+        """Delete the chunks of these files that ``doomed(file key, version, place)`` picks, a version being the
+        first HASH_IN_ID digits of the hash of the file version that wrote the chunk (two versions sharing them
+        share their chunk ids).
 
         They are found by one read per DROP_FILES files, of ids alone, and deleted by id: a chunk id names its
         file and version (ingest/types.py), and reading the chunks' metadata (their packed text) to learn them
@@ -396,15 +430,15 @@ class Store:
             found, unnamed, named_keys = [], [], set(part)  # unnamed: not named by ingest/types.py's chunk_id
             for rows in _pages(self.canon, {"file_key": {"$in": part}}, [], ID_PAGE):
                 for cid in rows["ids"]:
-                    version = id_version(cid)
-                    if version is None or version[0] not in named_keys:
+                    place = id_place(cid)
+                    if place is None or place[0] not in named_keys:
                         unnamed.append(cid)
-                    elif doomed(*version):
+                    elif doomed(*place):
                         found.append(cid)
             for first in range(0, len(unnamed), PAGE):
                 rows = _read(self.canon.get, ids=unnamed[first:first + PAGE], include=["metadatas"])
                 found += [cid for cid, meta in zip(rows["ids"], rows["metadatas"])
-                          if doomed(meta["file_key"], meta["file_hash"][:HASH_IN_ID])]
+                          if doomed(meta["file_key"], meta["file_hash"][:HASH_IN_ID], meta.get("chunk_index"))]
             for first in range(0, len(found), batch):
                 self.canon.delete(ids=found[first:first + batch])
 
@@ -416,15 +450,21 @@ class Store:
         gone = [f"file:{m['key']}" for m in staged if m["removed"]]
         if gone:
             self.manifest.delete(ids=gone)
-        keep = {meta["key"]: None if meta["removed"] else meta["hash"] for meta in staged}
-        self._delete_chunks(keep, lambda key, version: keep[key] is None or keep[key][:HASH_IN_ID] != version)
+        keep = {meta["key"]: None if meta["removed"] else _staged_record(meta) for meta in staged}
+        self._delete_chunks(keep, lambda key, version, place: keep[key] is None or not keep[key].holds(version, place))
         self._forget_run(run, staged)
 
     def _abandon(self, run: str, staged: list[dict], published: dict[str, FileRecord]) -> None:
         """Delete the chunks and rows of a run that never committed (a crash, or a failed write)."""
-        unpublished = {meta["key"]: meta["hash"] for meta in staged if not meta["removed"] and (
+        unpublished = {meta["key"]: meta["hash"][:HASH_IN_ID] for meta in staged if not meta["removed"] and (
             published.get(meta["key"]) is None or published[meta["key"]].hash != meta["hash"])}
-        self._delete_chunks(unpublished, lambda key, version: unpublished[key][:HASH_IN_ID] == version)
+
+        def doomed(key: str, version: str, place: int | None) -> bool:
+            """A chunk the run wrote, unless the published version holds it (a file edited back shares its ids)."""
+            live = published.get(key)
+            return version == unpublished[key] and not (live is not None and live.holds(version, place))
+
+        self._delete_chunks(unpublished, doomed)
         self._forget_run(run, staged)
 
     def _forget_run(self, run: str, staged: list[dict]) -> None:
@@ -474,9 +514,8 @@ class Store:
         """Every visible chunk as (ids, texts, metadatas): the published files' chunks, one whole generation."""
 
         def read():
-            live = {key: rec.hash for key, rec in self.files().items()}
-            rows = [(cid, text, meta) for cid, text, meta in self.scan_chunks()
-                    if live.get(meta.get("file_key")) == meta.get("file_hash")]
+            live = self.files()
+            rows = [(cid, text, meta) for cid, text, meta in self.scan_chunks() if visible(live, meta)]
             return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
         return self.consistent(read)
@@ -501,10 +540,10 @@ class Store:
             for cid, document, meta in zip(rows["ids"], rows["documents"], rows["metadatas"]):
                 yield cid, *_unpacked(document, meta)
 
-    def file_chunks(self, key: str, file_hash: str) -> tuple[list[str], list[str], list[dict]]:
+    def file_chunks(self, record: FileRecord) -> tuple[list[str], list[str], list[dict]]:
         """One file version's chunks as (ids, texts, metadatas), for an index that follows the store."""
         ids, texts, metas = [], [], []
-        for rows in _pages(self.canon, _version(key, file_hash), ["documents", "metadatas"]):
+        for rows in self._file_rows(record, ["documents", "metadatas"]):
             ids += rows["ids"]
             for document, meta in zip(rows["documents"], rows["metadatas"]):
                 text, meta = _unpacked(document, meta)
@@ -512,11 +551,27 @@ class Store:
                 metas.append(meta)
         return ids, texts, metas
 
-    def file_vectors(self, key: str, file_hash: str):
-        """One stored file version's chunks as (text, metadata, vector), a page at a time."""
-        for rows in _pages(self.canon, _version(key, file_hash), ["documents", "metadatas", "embeddings"]):
-            for document, meta, vector in zip(rows["documents"], rows["metadatas"], rows["embeddings"]):
-                yield *_unpacked(document, meta), vector
+    def file_vectors(self, record: FileRecord):
+        """One stored file version's chunks as (id, text, metadata, vector), a page at a time."""
+        for rows in self._file_rows(record, ["documents", "metadatas", "embeddings"]):
+            for cid, document, meta, vector in zip(rows["ids"], rows["documents"], rows["metadatas"],
+                                                   rows["embeddings"]):
+                yield cid, *_unpacked(document, meta), vector
+
+    def _file_rows(self, record: FileRecord, include: list[str]):
+        """One file version's chunk rows, a page at a time, in the order of their places: found by its key and
+        hash, or (a version keeping chunks of versions before it) by their ids."""
+        if record.origins is None:
+            yield from _pages(self.canon, _version(record.key, record.hash), include)
+            return
+        ids = record.chunk_ids()
+        for first in range(0, len(ids), PAGE):
+            wanted = ids[first:first + PAGE]
+            rows = _read(self.canon.get, ids=wanted, include=include)
+            row_of = {cid: row for row, cid in enumerate(rows["ids"])}
+            order = [row_of[cid] for cid in wanted if cid in row_of]
+            yield {"ids": [rows["ids"][row] for row in order],
+                   **{name: [rows[name][row] for row in order] for name in include}}
 
     def dense_query(self, query: str, n: int, ids: list[str] | None = None):
         """Nearest chunks to a query by embedding: a list of (id, distance)."""
@@ -562,6 +617,12 @@ class Store:
         if self.chroma_url:
             return None
         return sum(p.stat().st_size for p in self.kb_dir.rglob("*") if p.is_file())
+
+
+def visible(files: dict[str, FileRecord], meta: dict) -> bool:
+    """Whether the chunk with this metadata is one of these files' (a published state's) chunks."""
+    record = files.get(meta.get("file_key"))
+    return record is not None and record.holds(meta.get("file_hash", "")[:HASH_IN_ID], meta.get("chunk_index"))
 
 
 def _staged_record(meta: dict) -> FileRecord:
@@ -688,14 +749,13 @@ class Run:
         store = self.store
         rows = store.manifest.get(where={"$and": [{"kind": "staged"}, {"key": key}, {"hash": digest}]},
                                   include=["metadatas"])
-        earlier = [meta for meta in rows["metadatas"] if meta["run"] != self.id]
-        if not earlier:
-            return None
-        stored = len(store.canon.get(where=_version(key, digest), include=[])["ids"])
-        for meta in earlier:
-            if stored == meta["chunks"]:
+        for meta in (meta for meta in rows["metadatas"] if meta["run"] != self.id):
+            record = _staged_record(meta)
+            ids = record.chunk_ids()
+            if sum(len(_read(store.canon.get, ids=ids[first:first + PAGE], include=[])["ids"])
+                   for first in range(0, len(ids), PAGE)) == len(ids):
                 self._stage({k: v for k, v in meta.items() if k not in ("kind", "run", "staged_at")}, behind=True)
-                return _staged_record(meta)
+                return record
         return None
 
     def remove(self, key: str) -> None:

@@ -127,7 +127,9 @@ def _written(record: FileRecord, chunks: list, earlier: FileRecord | None, store
     if len(runs) > MAX_ORIGINS:
         return chunks
     # None when every place is this version's: a file edited back to a version whose chunks it still holds keeps
-    # them under the ids they had then and writes the places that differ
+    # them under the ids they had then and writes the places that differ. (Were that version chunked otherwise
+    # then, by other settings or code, a place it wrote differently would be written again under an id the
+    # published version holds: seen before the publish, and kept by a rollback. Not guarded against.)
     record.origins = runs if any(origin != record.hash for origin, _ in runs) else None
     return written
 

@@ -174,6 +174,27 @@ def test_a_replica_behind_an_ingest_reads_only_the_files_the_log_of_moves_lists(
     assert any("seal fat" in text for text in texts) and not any("tideglass" in text for text in texts)
 
 
+def test_an_edited_row_is_written_alone_and_a_replica_reads_its_table_in_order(backend, lore, tmp_path):
+    rows = [f"ui.bell_{n},Bell {n},Cloche {n}\n" for n in range(12)]
+    write(lore / "bells.csv", "key,en,fr\n" + "".join(rows))
+    invoke_json("ingest", lore, *backend)
+    before = set(_open(backend).canon.get(include=[])["ids"])
+    replica = Postings(tmp_path / "replica.sqlite")
+    replica.update(_open(backend))
+    rows[5] = "ui.bell_5,Bell 5,Cloche du port\n"
+    write(lore / "bells.csv", "key,en,fr\n" + "".join(rows))
+
+    _, report = invoke_json("ingest", lore, *backend)
+
+    store = _open(backend)
+    assert report["updated"] == ["bells.csv"] and len(set(store.canon.get(include=[])["ids"]) - before) == 1
+    assert replica.update(store) == 1
+    corpus = Corpus(replica.snapshot())
+    [key] = [key for key, _, _ in corpus.files if store.files()[key].source == "bells.csv"]
+    texts = [text for _, text, _ in corpus.file_chunks(key)]
+    assert texts == [f"ui.bell_{n}: {line.split(',')[lang].strip()}" for n, line in enumerate(rows) for lang in (1, 2)]
+
+
 def test_an_unpublished_run_is_cleaned_up_only_when_abandoned(backend, lore):
     """A run not yet published on a shared server may be another machine's ingest in progress."""
     invoke_json("ingest", lore, *backend)

@@ -1,7 +1,7 @@
 """Rebuild a local store's vector index without the vectors its writes replaced (`kb compact`).
 
 chromadb's HNSW index only marks a deleted vector as deleted (chroma-core/chroma#2594): every edit of a file
-leaves its old chunks' vectors in the index, and every process that loads the index holds them in memory,
+leaves the vectors of the chunks it replaced in the index, and every process that loads the index holds them in memory,
 2.2 KB each with the 512-float default model. The million-chunk bench store, edited by a week of runs, held
 185,100 of them beside its 1,011,402 live vectors: 405 MB more in every server.
 

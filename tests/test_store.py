@@ -282,8 +282,8 @@ def test_ingest_killed_from_outside_mid_run_is_completed_by_the_next_run(tmp_pat
     ids, texts, metas = store.all_chunks()
     assert len(ids) == 2 * files and store.status()["chunks"] == 2 * files <= store.count()
     staged_whole = [m for m in store.manifest.get(where={"kind": "staged"}, include=["metadatas"])["metadatas"]
-                    if len(store.canon.get(ids=(ids := FileRecord.from_meta({**m, "kind": "canon"}).chunk_ids()),
-                                           include=[])["ids"]) == len(ids)]
+                    if len(store.canon.get(ids=(named := FileRecord.from_meta({**m, "kind": "canon"}).chunk_ids()),
+                                           include=[])["ids"]) == len(named)]
     assert {meta["source"]: text for text, meta in zip(texts, metas) if "tide" in text} == old
     with pytest.MonkeyPatch.context() as patch:
         original = Store.embed_passages

@@ -5,9 +5,10 @@ only an open of the store afresh loads another process's vectors into it: the
 whole index again (at a million chunks, 4-19 s and a second 2.7 GB copy while it
 loads). A script drop usually changes a few files, and an edited file keeps
 most of its passages, whose vectors that loaded index already holds: under the
-same ids where they kept their places, else under the ids of the version before
-(a chunk id embeds its file's hash and its place). So a reload after another
-process's write keeps the loaded index and adds beside it:
+same ids, as the new version keeps their chunks, or, a file written again
+whole, under the ids of the version before (a chunk id embeds the hash of the
+file version that wrote it). So a reload after another process's write keeps
+the loaded index and adds beside it:
 
 - each current chunk whose passage the loaded index holds under an older id,
   and that id (searches name the one, are answered with the other);

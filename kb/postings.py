@@ -146,10 +146,14 @@ def version_of(record: FileRecord) -> str:
 
 
 def _in_place_order(chunks: FileChunks, record: FileRecord) -> FileChunks:
-    """A file's chunks in the order of their places, which a scan finds in the order they were written."""
+    """A file's chunks in the order of their places, which a scan finds in the order they were written, each
+    saying its place in this version (a chunk kept from a version before holds its place in that one)."""
     if record.origins is not None and chunks.ids:
-        rows = sorted(zip(chunks.ids, chunks.texts, chunks.metas), key=lambda row: row[2]["chunk_index"])
+        places = record.places()
+        rows = sorted(zip(chunks.ids, chunks.texts, chunks.metas), key=lambda row: places[row[0]])
         chunks.ids, chunks.texts, chunks.metas = (list(column) for column in zip(*rows))
+        for cid, meta in zip(chunks.ids, chunks.metas):
+            meta["chunk_index"] = places[cid]
     return chunks
 
 

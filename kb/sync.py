@@ -15,6 +15,7 @@ import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from difflib import SequenceMatcher
 from pathlib import Path
 
 from ingest.cards import Card
@@ -94,49 +95,54 @@ def _store_file(store: Store, run: Run, found, data: bytes, digest: str, setting
     record.non_numbers = non_numbers(c.meta for c in chunks)
     record.chunks = len(chunks)
     stored = list(store.file_vectors(earlier)) if earlier is not None and earlier.kind == "canon" else []
-    written = _written(record, chunks, earlier, stored)
+    written = _written(record, chunks, stored)
     embeddings = _vectors([passage_text(c.text, c.meta) for c in written], stored, embed)
     run.put(record, [c.id for c in written], [c.text for c in written], [c.meta for c in written], embeddings,
             behind=True)
     return record.chunks
 
 
-def _written(record: FileRecord, chunks: list, earlier: FileRecord | None, stored: list) -> list:
-    """The chunks to write for this new version: those whose stored chunk at the same place differs (the others
-    are kept, as ``record.origins`` says), or all of them when that would take more than MAX_ORIGINS runs.
+def _written(record: FileRecord, chunks: list, stored: list) -> list:
+    """The chunks to write for this new version: those the stored version does not hold, passage and metadata
+    alike, in the same order among the others (the rest are kept, as ``record.origins`` says), or all of them
+    when that would take more than MAX_ORIGINS runs.
 
     A loc table is one file: one row edited in 10,000 wrote every row again, 34-40 s at a million chunks, and left
-    chromadb as many replaced vectors.
+    chromadb as many replaced vectors; a row inserted into a table sorted by key moved every row after it.
     """
-    kept = {}  # place -> (the hash of the version that wrote the chunk stored there, its text, its metadata)
-    for cid, text, meta, _ in stored:
-        place = meta.get("chunk_index")
-        origin = earlier.origin(place) if isinstance(place, int) else None
-        if origin is not None and cid == chunk_id(record.key, origin, place):
-            kept[place] = (origin, text, _lasting(meta))
+    # a stored chunk's source: the version that wrote it and its place in that one (ids not of that form: none)
+    sources = [(meta["file_hash"], meta["chunk_index"])
+               if cid == chunk_id(record.key, meta.get("file_hash", ""), meta.get("chunk_index", -1)) else None
+               for cid, _, meta, _ in stored]
+    old = [_lasting(text, meta) if source else object() for (_, text, meta, _), source in zip(stored, sources)]
+    new = [_lasting(chunk.text, chunk.meta) for chunk in chunks]
+    kept = {}  # a new place -> the source of the stored chunk kept there
+    for first_old, first_new, size in SequenceMatcher(None, old, new).get_matching_blocks():
+        kept.update((first_new + k, sources[first_old + k]) for k in range(size))
     runs, written = [], []
     for place, chunk in enumerate(chunks):
-        origin, text, meta = kept.get(place, (record.hash, None, None))
-        if text != chunk.text or meta != _lasting(json.loads(json.dumps(chunk.meta, ensure_ascii=False))):
-            origin = record.hash
+        if place not in kept:
             written.append(chunk)
-        if runs and runs[-1][0] == origin:
+        digest, first = kept.get(place, (record.hash, place))
+        if runs and runs[-1][0] == digest and runs[-1][2] + runs[-1][1] == first:
             runs[-1][1] += 1
         else:
-            runs.append([origin, 1])
+            runs.append([digest, 1, first])
     if len(runs) > MAX_ORIGINS:
         return chunks
-    # None when every place is this version's: a file edited back to a version whose chunks it still holds keeps
-    # them under the ids they had then and writes the places that differ. (Were that version chunked otherwise
-    # then, by other settings or code, a place it wrote differently would be written again under an id the
-    # published version holds: seen before the publish, and kept by a rollback. Not guarded against.)
-    record.origins = runs if any(origin != record.hash for origin, _ in runs) else None
+    # None when every place is this version's own: a file edited back to a version whose chunks it still holds
+    # keeps them under the ids they had then. (Were that version chunked otherwise then, by other settings or
+    # code, a place it wrote differently would be written again under an id the published version holds: seen
+    # before the publish, and kept by a rollback. Not guarded against.)
+    record.origins = None if runs == [[record.hash, len(chunks), 0]] else runs
     return written
 
 
-def _lasting(meta: dict) -> dict:
-    """A chunk's metadata but for what a new version of its file changes in every chunk."""
-    return {k: v for k, v in meta.items() if k not in ("file_hash", "ingested_at")}
+def _lasting(text: str, meta: dict) -> str:
+    """A chunk's text and metadata but for what a new version of its file may change in a chunk it keeps: the
+    file's hash, the time, the chunk's place."""
+    return json.dumps([text, {k: v for k, v in meta.items() if k not in ("file_hash", "ingested_at", "chunk_index")}],
+                      ensure_ascii=False, sort_keys=True)
 
 
 def _vectors(passages: list[str], stored: list, embed: ApartEmbedder) -> list:

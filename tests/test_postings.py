@@ -745,7 +745,8 @@ def test_a_file_keeping_chunks_of_its_version_before_is_indexed_in_the_order_of_
     record = next(r for r in store.files().values() if r.source == "notes/file-000.md")
     _, texts, metas = store.file_chunks(record)
     digest = "e" * 40
-    edited = FileRecord(**{**vars(record), "hash": digest, "origins": [[record.hash, 1], [digest, 1], [record.hash, 1]]})
+    edited = FileRecord(**{**vars(record), "hash": digest, "origins": [[record.hash, 1, 0], [digest, 1, 1],
+                                                                  [record.hash, 1, 2]]})
     text = "The ferry keeper 0 counts gulls on pier 1."
     run = store.begin_run()
     run.put(edited, [f"{record.key}-{digest[:12]}-1"], [text], [{**metas[1], "file_hash": digest}],

@@ -669,18 +669,26 @@ def test_an_edited_loc_row_is_the_only_chunk_written_again(tmp_path, kb_dir):
     assert "ui.item_7: Objet 7" in found_texts(kb_dir, "objet 7")
 
 
-def test_a_row_inserted_near_the_top_writes_the_rows_below_it_again(tmp_path, kb_dir):
-    """A place is a chunk's number in its file: the rows after an inserted one have moved, and are written again."""
+def test_a_row_inserted_near_the_top_is_the_only_one_written_and_the_rows_below_keep_their_chunks(tmp_path, kb_dir):
+    """The rows after it have moved: their chunks are kept, and read in their new places."""
     table = loc_table(tmp_path / "docs" / "strings.csv")
     assert invoke("ingest", table, "--kb", kb_dir).exit_code == 0
-    before = set(loc_ids(kb_dir).values())
+    before = loc_ids(kb_dir)
     lines = table.read_text().splitlines(keepends=True)
     write(table, "".join(lines[:3] + ["ui.new,New,Nouveau\n"] + lines[3:]))
 
     assert invoke("ingest", table, "--kb", kb_dir).exit_code == 0
 
-    assert len(before & set(loc_ids(kb_dir).values())) == 4  # the first two rows' chunks
-    assert_consistent(kb_dir)
+    after = loc_ids(kb_dir)
+    assert sorted(set(after) - set(before)) == [("ui.new", "en"), ("ui.new", "fr")]
+    assert all(after[row] == cid for row, cid in before.items())
+    record = assert_consistent(kb_dir)[next(iter(Store(kb_dir).files()))]
+    assert record.own_chunks() == 2 and len(record.origins) == 3
+    corpus = KnowledgeBase.open(kb_dir).corpus
+    [(key, _, _)] = corpus.files
+    placed = [(meta["chunk_index"], text) for _, text, meta in corpus.file_chunks(key)]
+    assert placed[3:7] == [(3, "ui.item_1: Objet 1"), (4, "ui.new: New"), (5, "ui.new: Nouveau"), (6, "ui.item_2: Item 2")]
+    assert [index for index, _ in placed] == list(range(42))
     assert "ui.new: Nouveau" in found_texts(kb_dir, "nouveau")
 
 

@@ -17,9 +17,10 @@ code serves a local directory (PersistentClient) and a shared Chroma server
 An ingest is one run (``Store.begin_run``): it stages each file's new chunks
 under ids that embed the new content hash, with a ``staged`` row saying which
 version of which file it wrote, while readers keep seeing the published files
-only. A new version may keep chunks of the one before at the places it left
-as they were (``FileRecord.origins``): their ids name the version that wrote
-them, which readers of either version see alike. ``Run.publish`` then commits the whole run with one write (its ``run``
+only. A new version may keep chunks of the one before that it left as they
+were (``FileRecord.origins``): their ids name the version that wrote them and
+where, which readers of either version see alike. ``Run.publish`` then commits
+the whole run with one write (its ``run``
 row marked committed, from which point readers see the published files
 overlaid with the run's staged rows), moves the generation, copies the staged
 rows onto the ``file`` rows, deletes the chunks no published file uses any
@@ -103,8 +104,9 @@ class FileRecord:
     ingested_at: float
     card: dict | None = None
     non_numbers: dict = field(default_factory=dict)  # per key, a value numeric limits cannot compare
-    # The versions whose chunks fill its places in turn, as [[file hash, places], ...]: an edited file keeps the
-    # chunks of its version before that it left as they were (kb/sync.py). None: every chunk is this version's.
+    # Where its chunks come from, place by place, as runs [[file hash, places, first place], ...]: the next
+    # ``places`` places hold the chunks that version wrote at places ``first`` on. An edited file keeps the
+    # chunks its version before had for the passages it left as they were (kb/sync.py). None: all its own.
     origins: list | None = None
 
     def to_meta(self) -> dict:
@@ -124,31 +126,27 @@ class FileRecord:
         return cls(**fields, card=card, non_numbers=json.loads(meta.get("non_numbers") or "{}"), origins=origins)
 
     def chunk_ids(self) -> list[str]:
-        """Its chunks' ids, place by place (each names the version that wrote it)."""
-        ids = []
-        for digest, places in self.origins or [[self.hash, self.chunks]]:
-            ids += [chunk_id(self.key, digest, index) for index in range(len(ids), len(ids) + places)]
-        return ids
-
-    def origin(self, index: int) -> str | None:
-        """The hash of the version whose chunk fills place ``index``; None past its last place."""
-        for digest, places in self.origins or [[self.hash, self.chunks]]:
-            if index < places:
-                return digest
-            index -= places
-        return None
+        """Its chunks' ids, place by place (each names the version that wrote it, and where)."""
+        return [chunk_id(self.key, digest, first + k) for digest, places, first in self._runs() for k in range(places)]
 
     def holds(self, version: str, index: int | None) -> bool:
         """Whether the chunk that ``version`` (its first HASH_IN_ID digits) wrote at place ``index`` is one of
         this file's now (a chunk of a file without origins by its version alone)."""
         if self.origins is None:
             return version == self.hash[:HASH_IN_ID]
-        origin = self.origin(index) if index is not None else None
-        return origin is not None and origin[:HASH_IN_ID] == version
+        return index is not None and any(digest[:HASH_IN_ID] == version and first <= index < first + places
+                                         for digest, places, first in self.origins)
+
+    def places(self) -> dict[str, int]:
+        """Its chunks' places, by id."""
+        return {cid: place for place, cid in enumerate(self.chunk_ids())}
 
     def own_chunks(self) -> int:
         """How many of its chunks this version wrote (the others it keeps from the versions before)."""
-        return sum(places for digest, places in self.origins or [[self.hash, self.chunks]] if digest == self.hash)
+        return sum(places for digest, places, _ in self._runs() if digest == self.hash)
+
+    def _runs(self) -> list:
+        return self.origins or [[self.hash, self.chunks, 0]]
 
 
 def _client(kb_dir: Path, chroma_url: str | None, fresh: bool = False):
@@ -541,7 +539,8 @@ class Store:
                 yield cid, *_unpacked(document, meta)
 
     def file_chunks(self, record: FileRecord) -> tuple[list[str], list[str], list[dict]]:
-        """One file version's chunks as (ids, texts, metadatas), for an index that follows the store."""
+        """One file version's chunks as (ids, texts, metadatas), for an index that follows the store; a chunk kept
+        from a version before says its place in this one (``chunk_index``)."""
         ids, texts, metas = [], [], []
         for rows in self._file_rows(record, ["documents", "metadatas"]):
             ids += rows["ids"]
@@ -549,6 +548,10 @@ class Store:
                 text, meta = _unpacked(document, meta)
                 texts.append(text)
                 metas.append(meta)
+        if record.origins is not None:
+            places = record.places()
+            for cid, meta in zip(ids, metas):
+                meta["chunk_index"] = places[cid]
         return ids, texts, metas
 
     def file_vectors(self, record: FileRecord):

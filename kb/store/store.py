@@ -141,10 +141,6 @@ class FileRecord:
         """Its chunks' places, by id."""
         return {cid: place for place, cid in enumerate(self.chunk_ids())}
 
-    def own_chunks(self) -> int:
-        """How many of its chunks this version wrote (the others it keeps from the versions before)."""
-        return sum(places for digest, places, _ in self._runs() if digest == self.hash)
-
     def _runs(self) -> list:
         return self.origins or [[self.hash, self.chunks, 0]]
 

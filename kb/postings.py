@@ -146,8 +146,8 @@ def version_of(record: FileRecord) -> str:
 
 
 def _in_place_order(chunks: FileChunks, record: FileRecord) -> FileChunks:
-    """A file's chunks in the order of their places, which a scan finds in the order they were written, each
-    saying its place in this version (a chunk kept from a version before holds its place in that one)."""
+    """A file's chunks in the order of their places (a scan finds them in the order they were written), each
+    saying its place in this version: a chunk kept from a version before holds its place in that one."""
     if record.origins is not None and chunks.ids:
         places = record.places()
         rows = sorted(zip(chunks.ids, chunks.texts, chunks.metas), key=lambda row: places[row[0]])
@@ -410,7 +410,7 @@ class Postings:
         """The changed files' chunks: one read per file, or one paged scan when many changed."""
         if len(records) <= FULL_SCAN_FILES:
             for key, record in records.items():
-                yield FileChunks(key, version_of(record), *store.file_chunks(record))
+                yield _in_place_order(FileChunks(key, version_of(record), *store.file_chunks(record)), record)
             return
         # In the order the store holds them, as the old cache was. A file is handed on as soon as its
         # chunks (a record counts them) are all seen: a first build of 100k chunks held every text and

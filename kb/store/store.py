@@ -535,8 +535,7 @@ class Store:
                 yield cid, *_unpacked(document, meta)
 
     def file_chunks(self, record: FileRecord) -> tuple[list[str], list[str], list[dict]]:
-        """One file version's chunks as (ids, texts, metadatas), for an index that follows the store; a chunk kept
-        from a version before says its place in this one (``chunk_index``)."""
+        """One file version's chunks as (ids, texts, metadatas), for an index that follows the store."""
         ids, texts, metas = [], [], []
         for rows in self._file_rows(record, ["documents", "metadatas"]):
             ids += rows["ids"]
@@ -544,10 +543,6 @@ class Store:
                 text, meta = _unpacked(document, meta)
                 texts.append(text)
                 metas.append(meta)
-        if record.origins is not None:
-            places = record.places()
-            for cid, meta in zip(ids, metas):
-                meta["chunk_index"] = places[cid]
         return ids, texts, metas
 
     def file_vectors(self, record: FileRecord):

@@ -21,8 +21,9 @@ from kb.config import RetrievalConfig
 from kb.filtered_dense import EXACT_MAX_CHUNKS, filtered_ranking
 from kb.lexical import is_word_pair, query_tokens, tokens, word_pairs
 from kb.limits import requirements_met, within_limits
-from kb.postings import DAMAGE, Postings, Snapshot, index_path
+from kb.postings import DAMAGE, Moves, Postings, Snapshot, index_path
 from kb.recent import Recent
+from kb.sqlite_files import IN_LIMIT
 from kb.store import Store
 
 MODES = ("hybrid", "dense", "bm25")
@@ -35,15 +36,16 @@ HOT_CHUNKS = 4_096
 # Postings kept per corpus once read and weighed (Corpus._weights), by term, most recent first: reading a common
 # term's postings is most of a BM25 search. At a million 150-word chunks one query's terms hold about 3 million
 # postings, so 2 million kept none of them for the next question, and hybrid p50 went 74 -> 14 ms with 21 million.
-# Kept 8 bytes a posting, 63 million (up to 504 MB; a store of short loc rows holds fewer in all) took a new
-# question's BM25 there, once a server had asked 100, from 12.6 to 6.6 ms (docs/scale.md).
-HOT_POSTINGS = 63_000_000
+# Kept 8 bytes a posting, 63 million (504 MB; a store of short loc rows holds fewer in all) took a new question's
+# BM25 there, once a server had asked 100, from 12.6 to 6.6 ms (docs/scale.md). Each posting keeps its count too
+# now (a byte, mostly), which a reload weighs again (Corpus._carried): the same bytes hold 56 million.
+HOT_POSTINGS_BYTES = 504_000_000
 # When a server warms up (Corpus.keep_common_terms): the write groups (kb/postings.py, up to 1,000 chunks each)
 # whose postings rows sample the terms' document frequencies, the fewest chunks a term kept ahead is held by (a
-# rarer one's postings are read in well under a millisecond), and the postings read per batch.
+# rarer one's postings are read in well under a millisecond), and the postings' bytes read per batch.
 SAMPLED_GROUPS = 8
 KEEP_AHEAD_MIN_CHUNKS = 1_000
-WARM_BATCH_POSTINGS = 4_000_000
+WARM_BATCH_BYTES = 36_000_000
 # From this many chunks, a hybrid search ranks BM25 in a thread beside the dense query, while the model embeds the
 # question: at a million loc rows hybrid p50 went 13.1 -> 9.6 ms (dense 6.3-6.7); on the 131-chunk sample world an
 # earlier try cost 1 ms a search, so small stores rank in turn.
@@ -58,20 +60,27 @@ DENSE_SHARE = 1 / 3
 
 @dataclass(frozen=True)
 class Weighed:
-    """One term's BM25 score in the chunks holding it: at ``docs``, or per chunk when ``docs`` is None."""
+    """One term's BM25 score in the chunks holding it, and its count there: at ``docs``, or per chunk when
+    ``docs`` is None (0 where it is absent). The counts let a reloaded corpus weigh it again (Corpus._carried)."""
 
     df: int  # how many chunks hold it
     docs: np.ndarray | None
     scores: np.ndarray
+    counts: np.ndarray  # the smallest unsigned type that holds them: a byte, mostly
 
     @property
-    def kept(self) -> int:
-        """What keeping it costs, in postings (8 bytes each: an int32 position and a float32 score)."""
-        return len(self.scores) // 2 if self.docs is None else len(self.docs)
+    def nbytes(self) -> int:
+        """What keeping it costs."""
+        return self.scores.nbytes + self.counts.nbytes + (0 if self.docs is None else self.docs.nbytes)
 
     def chunks(self) -> np.ndarray:
         """The positions of the chunks holding it."""
-        return self.docs if self.docs is not None else np.flatnonzero(self.scores)  # a score is never 0 (idf > 0)
+        return self.docs if self.docs is not None else np.flatnonzero(self.counts)
+
+    def postings(self) -> tuple[np.ndarray, np.ndarray]:
+        """The positions of the chunks holding it and its counts there, as read from disk (in another order)."""
+        docs = self.chunks()
+        return docs, self.counts if self.docs is not None else self.counts[docs]
 
 
 @dataclass
@@ -131,11 +140,12 @@ class Field:
         df = len(docs)
         idf = np.float32(math.log(1 + (self.size - df + 0.5) / (df + 0.5)))
         weights = (idf * self.frequency_part(docs, counts)).astype(np.float32)
+        counts = counts.astype(np.min_scalar_type(counts.max() if df else 0))
         if df <= DENSE_SHARE * self.size:
-            return Weighed(df, docs, weights)
-        per_chunk = np.zeros(self.size, dtype=np.float32)
-        per_chunk[docs] = weights
-        return Weighed(df, None, per_chunk)
+            return Weighed(df, docs, weights, counts)
+        per_chunk, counts_per_chunk = np.zeros(self.size, dtype=np.float32), np.zeros(self.size, dtype=counts.dtype)
+        per_chunk[docs], counts_per_chunk[docs] = weights, counts
+        return Weighed(df, None, per_chunk, counts_per_chunk)
 
     def scores(self, term_ids: list[int], weighed: dict[int, Weighed]) -> np.ndarray:
         """Every chunk's BM25 score for these terms (repeats count again, as in bm25s), given each one's
@@ -170,14 +180,17 @@ class Corpus:
         # the previous corpus's metadata by file version, for this one's first read of it
         self._kept_metas = previous._metas_by_file() if previous is not None and previous._metas else {}
         self._chunks_read = Recent(HOT_CHUNKS)  # (id, text, metadata) by position
-        self._weights_read = Recent(HOT_POSTINGS, weight=lambda weighed: weighed.kept)  # by term id
+        self._moves, carried = previous._carried_to(snapshot) if previous is not None else (None, [])
+        # Weighed (or _Carried) by term id
+        self._weights_read = Recent(HOT_POSTINGS_BYTES, weight=lambda kept: kept.nbytes, kept=carried)
 
     @classmethod
     def load(cls, store: Store, postings: Postings | None = None, previous: "Corpus | None" = None) -> "Corpus":
         """The store's visible chunks; the postings are brought up to date first (a changed file only),
         and again when a publish lands meanwhile, so the corpus is one whole generation.
 
-        Given the ``previous`` corpus of this store, the metadata it read of unchanged files is reused.
+        Given the ``previous`` corpus of this store, the metadata it read of unchanged files is reused, and the
+        postings it kept are weighed again when first asked for (Corpus._weighed_again).
         """
         postings = postings or Postings(index_path(store))
 
@@ -266,18 +279,58 @@ class Corpus:
 
     def _weights(self, fields: dict[int, Field]) -> dict[int, Weighed]:
         """Each of these terms' scores in the chunks holding it (Field.weighed, in the term's field), read from
-        disk and worked out unless kept: the last HOT_POSTINGS postings' worth are (at a million loc rows,
+        disk and worked out unless kept: the last HOT_POSTINGS_BYTES' worth are (at a million loc rows,
         working them out again was a quarter of a BM25 ranking: 12.4-13.1 -> 9.2-9.7 ms)."""
 
         def read(term_ids: list[int]) -> dict[int, Weighed]:
             return {term_id: fields[term_id].weighed(docs, counts)
                     for term_id, (docs, counts) in self._snapshot.postings(term_ids).items()}
 
-        return self._weights_read.get(list(fields), read)
+        found = self._weights_read.get(list(fields), read)
+        carried = {term_id: kept for term_id, kept in found.items() if isinstance(kept, _Carried)}
+        if carried:
+            found.update(self._weighed_again(carried, fields))
+        return found
 
-    def keep_common_terms(self, budget: int = HOT_POSTINGS) -> int:
+    def _carried_to(self, snapshot: Snapshot) -> tuple[Moves | None, list[tuple[int, "_Carried"]]]:
+        """What a corpus of a later ``snapshot`` of the postings takes over of the postings this one kept: where
+        the chunks moved, and the kept terms by that snapshot's vocabulary ids (the same, unless the index
+        was rebuilt), the least recently used first. Nothing when the new chunks fill
+        more write groups than one query binds (IN_LIMIT): a change that large is read afresh."""
+        kept = [(term_id, weighed) for term_id, weighed in self._weights_read.items() if isinstance(weighed, Weighed)]
+        if not kept:
+            return None, []
+        moves = snapshot.moves_since(self._snapshot)
+        if len(moves.groups) > IN_LIMIT:
+            return None, []
+        terms = self._snapshot.terms_of([term_id for term_id, _ in kept])
+        ids = snapshot.term_ids(list(terms.values()))
+        return moves, [(ids[terms[term_id]], _Carried(weighed)) for term_id, weighed in kept
+                       if terms.get(term_id) in ids]
+
+    def _weighed_again(self, carried: dict[int, "_Carried"], fields: dict[int, Field]) -> dict[int, Weighed]:
+        """Terms a previous corpus kept, weighed for this one and kept in their place: their postings moved to
+        where their chunks are now, the new chunks' read from disk (their few write groups' rows). At a million
+        prose chunks, reading them all again made the first 100 new questions after a change 2.6x dense."""
+        moves = self._moves
+        added = self._snapshot.postings(list(carried), moves.groups) if moves.groups else {}
+        weighed = {}
+        for term_id, kept in carried.items():
+            docs, counts = kept.weighed.postings()
+            docs = moves.positions[docs]
+            held = docs >= 0
+            docs, counts = docs[held], counts[held]
+            if term_id in added:
+                new_docs, new_counts = added[term_id]
+                new = moves.added[new_docs]
+                docs, counts = np.concatenate([docs, new_docs[new]]), np.concatenate([counts, new_counts[new]])
+            weighed[term_id] = fields[term_id].weighed(docs, counts)
+        self._weights_read.put(weighed)
+        return weighed
+
+    def keep_common_terms(self, budget: int = HOT_POSTINGS_BYTES) -> int:
         """Read and keep, before a server's first question, the postings of the terms most chunks hold (by a sample
-        of the index) and no rarer than KEEP_AHEAD_MIN_CHUNKS, up to ``budget`` postings' worth; how many terms.
+        of the index) and no rarer than KEEP_AHEAD_MIN_CHUNKS, up to ``budget`` bytes' worth; how many terms.
         A fresh server's first new questions read their common words' postings from disk otherwise: 2.4-2.9x
         dense at a million prose chunks."""
         if not self.size:
@@ -286,10 +339,10 @@ class Corpus:
         wanted, batches, total, batch = {}, [], 0, 0
         for term_id, term, held in sorted(sampled, key=lambda row: row[2], reverse=True):
             df = held * self.size / chunks
-            cost = self.size // 2 if df > DENSE_SHARE * self.size else round(df)  # as Weighed.kept
+            cost = 5 * self.size if df > DENSE_SHARE * self.size else 9 * round(df)  # as Weighed.nbytes, counts a byte
             if total + cost > budget:
                 break
-            if batch + cost > WARM_BATCH_POSTINGS and wanted:
+            if batch + cost > WARM_BATCH_BYTES and wanted:
                 batches.append(wanted)
                 wanted, batch = {}, 0
             wanted[term_id] = self.pairs if is_word_pair(term) else self.terms
@@ -340,6 +393,17 @@ class Corpus:
             scores = np.where(allowed, scores, 0.0)
         rarest_first = sorted((weights[term_id] for term_id in terms), key=lambda term: term.df)
         return [(int(i), float(scores[i])) for i in _best(scores, limit, rarest_first)]
+
+
+@dataclass(frozen=True)
+class _Carried:
+    """A term's postings a previous corpus kept, weighed again for this one when a question first asks for it."""
+
+    weighed: Weighed  # of the previous corpus's snapshot
+
+    @property
+    def nbytes(self) -> int:
+        return self.weighed.nbytes
 
 
 def _best(scores: np.ndarray, limit: int, seeds: list[Weighed]) -> np.ndarray:

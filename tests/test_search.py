@@ -277,10 +277,10 @@ def test_the_best_bm25_scores_are_those_a_full_sort_gives_ties_by_position(seed)
     def held_by(docs: np.ndarray, per_chunk: bool) -> Weighed:
         """A term held by these chunks, kept either way (Field.weighed)."""
         if not per_chunk:
-            return Weighed(len(docs), docs, np.ones(len(docs), dtype=np.float32))
-        scores = np.zeros(5_000, dtype=np.float32)
-        scores[docs] = 1.0
-        return Weighed(len(docs), None, scores)
+            return Weighed(len(docs), docs, np.ones(len(docs), dtype=np.float32), np.ones(len(docs), dtype=np.uint8))
+        scores, counts = np.zeros(5_000, dtype=np.float32), np.zeros(5_000, dtype=np.uint8)
+        scores[docs], counts[docs] = 1.0, 1
+        return Weighed(len(docs), None, scores, counts)
 
     rng = np.random.default_rng(seed)
     scores = np.round(rng.random(5_000) * 4, 1).astype(np.float32)  # few distinct values: many ties

@@ -286,7 +286,7 @@ class KnowledgeBase:
                 collect.start()
             return
         shared.index_in.clear()  # searches wait in ``store`` until the new index is in
-        previous = None  # and the postings it kept go with the old index (up to 504 MB at a million chunks)
+        previous = None  # goes with the old index (the postings it kept live on in ``corpus``)
         try:
             index = weakref.ref(self._swap(store, generation, corpus).client._server)  # chromadb's, holding it
             _collect_until_gone(index, FREE_REPLACED_S)

@@ -531,7 +531,7 @@ class Moves:
     """What changed between two snapshots of the postings, for carrying what a corpus read of the older one."""
 
     positions: np.ndarray  # an older chunk's position now, by its position then (-1: its file changed or went)
-    added: np.ndarray  # whether a chunk is new since (by position now): its file is new or changed
+    sources: np.ndarray  # the other way: a chunk's position then, by its position now (-1: new since)
     groups: list[int]  # the write groups holding the new chunks (their keys)
 
 
@@ -692,17 +692,16 @@ class Snapshot:
     def moves_since(self, older: "Snapshot") -> "Moves":
         """Where the chunks of an ``older`` snapshot of these postings are in this one, and which are new."""
         was = {(key, version): start for (key, version, _), start in zip(older.files, older._firsts.tolist())}
-        positions = np.full(older.size, -1, dtype=np.int32)
-        added = np.zeros(self.size, dtype=bool)
+        positions, sources = np.full(older.size, -1, dtype=np.int32), np.full(self.size, -1, dtype=np.int32)
         groups = set()
         for (key, version, count), start, group in zip(self.files, self._firsts.tolist(), self._file_groups):
             before = was.get((key, version))
             if before is None:
-                added[start:start + count] = True
                 groups.add(group)
             else:
                 positions[before:before + count] = np.arange(start, start + count, dtype=np.int32)
-        return Moves(positions, added, sorted(groups))
+                sources[start:start + count] = np.arange(before, before + count, dtype=np.int32)
+        return Moves(positions, sources, sorted(groups))
 
     def sampled_frequencies(self, groups: int, min_share: float) -> tuple[list[tuple[int, str, int]], int]:
         """How many chunks of ``groups`` write groups spread evenly over the index hold each of their terms held by

@@ -568,6 +568,21 @@ def test_a_reload_weighs_again_the_postings_its_server_kept_to_the_scores_a_fres
     assert read and all(within is not None for _, within in read) and 1 <= len(groups) <= 2  # the new files' alone
 
 
+def test_a_reload_weighs_again_in_a_thread_what_no_question_has_asked_for_yet(world):
+    kb, root = world
+    kb.search("old woman ferry Saltreach", k=5, mode="bm25")
+    kb.search("grey herons at dawn", k=5, mode="bm25")
+    write_world(root, {"weirs.md": "# Weirs\n\nAn old woman mends the weirs below Saltreach.\n"})
+    reopened(kb).ingest([str(root)])
+    kb.search("weirs", k=1, mode="bm25")  # reloaded
+    for thread in threading.enumerate():
+        if thread.name == "kb-weigh-carried":
+            thread.join()
+    kept = kb.corpus._weights_read._kept
+    assert kb.corpus._term_ids(["heron"])["heron"] in kept  # asked of the corpus before only
+    assert len(kept) > 8 and all(isinstance(weighed, retrieve_module.Weighed) for weighed in kept.values())
+
+
 def test_postings_kept_before_the_index_was_rebuilt_are_taken_over_by_their_terms(world, monkeypatch):
     """A rebuilt index numbers its vocabulary anew and writes its files in new groups: what a server kept is
     carried by term, not by number, and an unchanged file's chunks are not counted again from the new rows."""
@@ -633,6 +648,23 @@ def test_a_warmed_server_has_its_commonest_terms_postings_before_the_first_quest
     assert [(hit.id, hit.score) for hit in harbor.search("harbor lantern", k=40, mode="bm25")] == cold["harbor lantern"]
     assert read == []
     assert harbor.search("kestrel", k=40, mode="bm25") == [] and len(read) == 1  # held by one chunk: not read ahead
+
+
+def test_a_reload_moves_the_counts_of_terms_most_chunks_hold_to_the_scores_a_fresh_process_gives(harbor, tmp_path,
+                                                                                                 monkeypatch):
+    """"harbor" (every chunk) and "lantern" (half) are kept as a score per chunk: a reload moves their counts per
+    chunk too, a changed file's chunks out and the new ones in."""
+    question = "harbor lantern"
+    harbor.search(question, k=40, mode="bm25")
+    kept = harbor.corpus._weights_read._kept
+    assert all(kept[term_id].docs is None for term_id in harbor.corpus._term_ids(["harbor", "lantern"]).values())
+    write_world(tmp_path / "world", {"quay3.md": "# Berth3\n\nThe harbor lantern and the harbor wall.\n",
+                                     "quay12.md": "# Berth12\n\nA lantern on the harbor.\n"})
+    reopened(harbor).ingest([str(tmp_path / "world")])
+    fresh = [(hit.id, hit.score) for hit in reopened(harbor).search(question, k=40, mode="bm25")]
+    read = watched_postings(monkeypatch)
+    assert [(hit.id, hit.score) for hit in harbor.search(question, k=40, mode="bm25")] == fresh
+    assert read and all(within is not None for _, within in read)
 
 
 def test_the_postings_read_ahead_are_the_commonest_that_fit(harbor):

@@ -68,20 +68,6 @@ LOAD_BESIDE_MAX_CHUNKS = 250_000
 log = logging.getLogger("kb")
 
 
-def _reading_postings(read: Callable[[], object], name: str) -> threading.Thread:
-    """A thread, started, that reads postings before the questions that need them."""
-
-    def run():
-        try:
-            read()
-        except DAMAGE as exc:  # found by the first search that reads the damaged rows, as without this
-            log.warning("read no postings ahead: %s: %s", type(exc).__name__, exc)
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    return thread
-
-
 class _GenerationRead(NamedTuple):
     """The store's generation as last read, and when (time.monotonic())."""
 
@@ -300,7 +286,7 @@ class KnowledgeBase:
                 collect.start()
             return
         shared.index_in.clear()  # searches wait in ``store`` until the new index is in
-        previous = None  # goes with the old index (the postings it kept live on in ``corpus``)
+        previous = None  # and the postings it kept go with the old index (up to 504 MB at a million chunks)
         try:
             index = weakref.ref(self._swap(store, generation, corpus).client._server)  # chromadb's, holding it
             _collect_until_gone(index, FREE_REPLACED_S)
@@ -309,12 +295,10 @@ class KnowledgeBase:
             shared.index_in.set()
 
     def _swap(self, store: Store, generation: int, corpus: Corpus) -> Store | None:
-        """Put a reload's store and corpus where searches find them, and weigh again in a thread the postings it
-        took over from the corpus before (Corpus.weigh_carried); the store replaced."""
+        """Put a reload's store and corpus where searches find them; the store replaced."""
         shared = self._shared
         replaced, shared.store = shared.store, store  # before the corpus: searches read them the other way
         shared.loaded = _Loaded(generation, corpus)
-        _reading_postings(corpus.weigh_carried, "kb-weigh-carried")
         return replaced
 
     def _load_corpus(self, store: Store, previous: Corpus | None) -> tuple[int, Corpus]:
@@ -336,7 +320,16 @@ class KnowledgeBase:
         """Open the store, load the corpus, the embedding model and the vector index, and read the commonest
         terms' postings, before the first question (at a million chunks, chromadb's first query loads 2.4 GB:
         4-20 s; the postings are read in a thread beside it)."""
-        common = _reading_postings(self.corpus.keep_common_terms, "kb-warm-postings")
+        corpus = self.corpus
+
+        def keep_common_terms():
+            try:
+                corpus.keep_common_terms()
+            except DAMAGE as exc:  # found by the first search that reads the damaged rows, as without this
+                log.warning("read no postings ahead: %s: %s", type(exc).__name__, exc)
+
+        common = threading.Thread(target=keep_common_terms, name="kb-warm-postings")
+        common.start()
         self.store.dense_query("warm up", 1)
         encoding()  # the token counter that packs the context (1.5 s to load)
         common.join()

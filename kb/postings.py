@@ -63,7 +63,6 @@ import threading
 import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -526,15 +525,6 @@ def _tuned(db: sqlite3.Connection) -> sqlite3.Connection:
     return db
 
 
-@dataclass(frozen=True)
-class Moves:
-    """What changed between two snapshots of the postings, for carrying what a corpus read of the older one."""
-
-    positions: np.ndarray  # an older chunk's position now, by its position then (-1: its file changed or went)
-    sources: np.ndarray  # the other way: a chunk's position then, by its position now (-1: new since)
-    groups: list[int]  # the write groups holding the new chunks (their keys)
-
-
 class Snapshot:
     """One committed state of the postings, read per query through its own read-only connection.
 
@@ -576,10 +566,8 @@ class Snapshot:
         for first, start, count in self.db.execute("SELECT first, start, chunks FROM departed"):
             departed.setdefault(first, []).append((start, count))
         groups: list[tuple[int, list[tuple[int, int, int]]]] = []  # key, and (start, chunks, position) per file
-        self._file_groups = []  # each file's group key, in position order
         for (_, _, seq, count), position in zip(self._state, self._firsts.tolist()):
             first, start = members.get(seq, (seq, 0))
-            self._file_groups.append(first)
             if not groups or groups[-1][0] != first:
                 groups.append((first, []))
             groups[-1][1].append((start, count, position))
@@ -641,30 +629,20 @@ class Snapshot:
         one: its postings say)."""
         return _vocabulary_ids(self._query, terms)
 
-    def terms_of(self, term_ids: list[int]) -> dict[int, str]:
-        """The terms these vocabulary ids stand for."""
-        found = {}
-        for part in parts(list(term_ids)):
-            found.update(self._query(f"SELECT id, term FROM vocabulary WHERE id IN {placeholders(part)}", part))
-        return found
-
-    def postings(self, term_ids: list[int], groups: list[int] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    def postings(self, term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Each term's postings: the positions of the chunks holding it and its counts there (in the order
-        SQLite joined its rows: a BM25 sum adds a term once per chunk, in any order); only in these write
-        ``groups`` (their keys) if given.
+        SQLite joined its rows: a BM25 sum adds a term once per chunk, in any order).
 
         A common term is a row per write group (1,000 at a million 150-word chunks), and SQLite joins a term's
         rows into one: a question's postings there, a row per file, were read in 82-85 ms a row at a time, in
         45 ms joined.
         """
         found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-        within = "" if groups is None else f" AND seq IN {placeholders(groups)}"
         for part in parts(list(dict.fromkeys(term_ids))):
             for table in _TABLES:  # the recent rows of a term are few: its main rows are read as they were
                 for term, seqs, sizes, blob in self._query(
                         "SELECT term, group_concat(seq), group_concat(n), CAST(group_concat(rows, '') AS BLOB)"
-                        f" FROM {table} WHERE term IN {placeholders(part)}{within} GROUP BY term",
-                        [*part, *(groups or ())]):
+                        f" FROM {table} WHERE term IN {placeholders(part)} GROUP BY term", part):
                     found.setdefault(term, []).append(self._positions(seqs, sizes, blob))
         return {term: held[0] if len(held) == 1 else tuple(np.concatenate(column) for column in zip(*held))
                 for term, held in found.items()}
@@ -688,20 +666,6 @@ class Snapshot:
             if not held.all():
                 return positions[held], pairs[held, 1]
         return positions, pairs[:, 1]
-
-    def moves_since(self, older: "Snapshot") -> "Moves":
-        """Where the chunks of an ``older`` snapshot of these postings are in this one, and which are new."""
-        was = {(key, version): start for (key, version, _), start in zip(older.files, older._firsts.tolist())}
-        positions, sources = np.full(older.size, -1, dtype=np.int32), np.full(self.size, -1, dtype=np.int32)
-        groups = set()
-        for (key, version, count), start, group in zip(self.files, self._firsts.tolist(), self._file_groups):
-            before = was.get((key, version))
-            if before is None:
-                groups.add(group)
-            else:
-                positions[before:before + count] = np.arange(start, start + count, dtype=np.int32)
-                sources[start:start + count] = np.arange(before, before + count, dtype=np.int32)
-        return Moves(positions, sources, sorted(groups))
 
     def sampled_frequencies(self, groups: int, min_share: float) -> tuple[list[tuple[int, str, int]], int]:
         """How many chunks of ``groups`` write groups spread evenly over the index hold each of their terms held by

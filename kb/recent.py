@@ -11,18 +11,11 @@ from collections.abc import Callable, Hashable, Iterable
 class Recent:
     """Values by key, the least recently used let go first once their weights add up to more than ``limit``."""
 
-    def __init__(self, limit: int, weight: Callable[[object], int] = lambda value: 1, kept: Iterable[tuple] = ()):
-        """``kept``: (key, value) pairs to begin with, the least recently used first."""
+    def __init__(self, limit: int, weight: Callable[[object], int] = lambda value: 1):
         self._limit, self._weight = limit, weight
         self._kept: OrderedDict = OrderedDict()
         self._total = 0
         self._lock = threading.Lock()  # a server's request threads share a corpus
-        self.put(dict(kept))
-
-    def items(self) -> list[tuple]:
-        """The kept (key, value) pairs, the least recently used first."""
-        with self._lock:
-            return list(self._kept.items())
 
     def get(self, keys: Iterable[Hashable], read: Callable[[list], dict]) -> dict:
         """Each key's value: a kept one, else from ``read(missing keys)`` (a dict), which is then kept."""
@@ -35,16 +28,11 @@ class Recent:
         if missing:
             loaded = read(missing)
             found.update(loaded)
-            self.put(loaded)
+            with self._lock:
+                for key, value in loaded.items():
+                    if key not in self._kept:
+                        self._kept[key] = value
+                        self._total += self._weight(value)
+                while self._total > self._limit:
+                    self._total -= self._weight(self._kept.popitem(last=False)[1])
         return found
-
-    def put(self, values: dict) -> None:
-        """Keep these values (a key kept already takes the new one), as the most recently used."""
-        with self._lock:
-            for key, value in values.items():
-                if key in self._kept:
-                    self._total -= self._weight(self._kept.pop(key))
-                self._kept[key] = value
-                self._total += self._weight(value)
-            while self._total > self._limit:
-                self._total -= self._weight(self._kept.popitem(last=False)[1])

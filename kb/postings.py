@@ -629,6 +629,13 @@ class Snapshot:
         one: its postings say)."""
         return _vocabulary_ids(self._query, terms)
 
+    def terms_of(self, term_ids: list[int]) -> dict[int, str]:
+        """The terms these vocabulary ids stand for."""
+        found = {}
+        for part in parts(list(term_ids)):
+            found.update(self._query(f"SELECT id, term FROM vocabulary WHERE id IN {placeholders(part)}", part))
+        return found
+
     def postings(self, term_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Each term's postings: the positions of the chunks holding it and its counts there (in the order
         SQLite joined its rows: a BM25 sum adds a term once per chunk, in any order).

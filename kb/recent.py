@@ -17,6 +17,11 @@ class Recent:
         self._total = 0
         self._lock = threading.Lock()  # a server's request threads share a corpus
 
+    def items(self) -> list[tuple]:
+        """The kept (key, value) pairs, the least recently used first."""
+        with self._lock:
+            return list(self._kept.items())
+
     def get(self, keys: Iterable[Hashable], read: Callable[[list], dict]) -> dict:
         """Each key's value: a kept one, else from ``read(missing keys)`` (a dict), which is then kept."""
         keys = list(keys)

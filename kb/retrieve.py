@@ -302,6 +302,19 @@ class Corpus:
             self._weights(fields)
         return sum(map(len, batches))
 
+    def common_terms(self) -> list[str]:
+        """The terms kept as a score per chunk (held by most chunks: the costliest to read), the most recently
+        used first."""
+        ids = [term_id for term_id, weighed in reversed(self._weights_read.items()) if weighed.docs is None]
+        terms = self._snapshot.terms_of(ids)
+        return [terms[term_id] for term_id in ids if term_id in terms]
+
+    def keep_terms(self, terms: list[str]) -> None:
+        """Read and keep these terms' postings (those the index holds), one at a time, in turn."""
+        for term, term_id in self._term_ids(terms).items():
+            if term_id is not None:
+                self._weights({term_id: self.pairs if is_word_pair(term) else self.terms})
+
     def worked_out(self, ids: list[str]) -> dict[str, tuple[int, str]]:
         """The token counts and sentence analyses of these chunks, as worked out when they were indexed."""
         return self._snapshot.worked_out(ids)

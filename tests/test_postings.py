@@ -580,6 +580,24 @@ def test_a_warmed_server_has_its_commonest_terms_postings_before_the_first_quest
     assert harbor.search("kestrel", k=40, mode="bm25") == [] and len(read) == 1  # held by one chunk: not read ahead
 
 
+def test_a_reload_reads_again_the_terms_most_chunks_hold_that_the_corpus_before_kept(harbor, tmp_path, monkeypatch):
+    """"harbor" (every chunk) and "lantern" (half) are kept as a score per chunk: after a change, the next corpus
+    reads them in a thread before a question asks for them; "kestrel" (one chunk) is left to its question."""
+    question = "harbor lantern kestrel"
+    harbor.search(question, k=40, mode="bm25")
+    write_world(tmp_path / "world", {"quay12.md": "# Berth12\n\nA lantern on the harbor.\n"})
+    reopened(harbor).ingest([str(tmp_path / "world")])
+    assert harbor.search("Berth12", k=1, mode="bm25")[0].source == "quay12.md"  # reloaded
+    for thread in threading.enumerate():
+        if thread.name == "kb-read-common":
+            thread.join()
+    ids = harbor.corpus._term_ids(["harbor", "lantern", "kestrel"])
+    assert set(harbor.corpus._weights_read._kept) & set(ids.values()) == {ids["harbor"], ids["lantern"]}
+    fresh = [(hit.id, hit.score) for hit in reopened(harbor).search("harbor lantern", k=40, mode="bm25")]
+    monkeypatch.setattr(harbor.corpus._snapshot, "postings", _refuse_read)
+    assert [(hit.id, hit.score) for hit in harbor.search("harbor lantern", k=40, mode="bm25")] == fresh
+
+
 def test_the_postings_read_ahead_are_the_commonest_that_fit(harbor):
     corpus = harbor.corpus
     assert corpus.keep_common_terms(budget=corpus.size // 2) == 1  # "harbor", in every chunk, kept per chunk

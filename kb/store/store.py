@@ -745,9 +745,7 @@ class Run:
                                   include=["metadatas"])
         for meta in (meta for meta in rows["metadatas"] if meta["run"] != self.id):
             record = _staged_record(meta)
-            ids = record.chunk_ids()
-            if sum(len(_read(store.canon.get, ids=ids[first:first + PAGE], include=[])["ids"])
-                   for first in range(0, len(ids), PAGE)) == len(ids):
+            if sum(len(rows["ids"]) for rows in store._file_rows(record, [])) == record.chunks:
                 self._stage({k: v for k, v in meta.items() if k not in ("kind", "run", "staged_at")}, behind=True)
                 return record
         return None

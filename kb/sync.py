@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
+from typing import Callable
 
 from ingest.cards import Card
 from ingest.discover import discover, file_hash, file_key
@@ -24,6 +25,7 @@ from ingest.errors import IngestError, NothingToIndex
 from ingest.load import load_card, load_chunks
 from ingest.types import chunk_id
 from kb.config import Settings
+from kb.first_build import FirstBuild
 from kb.limits import limit_warnings, non_numbers
 from kb.parse_worker import run_bounded, start_worker
 from kb.store import FileRecord, Run, Store, write_lock
@@ -69,19 +71,24 @@ def _read(path: Path, limit_mb: int, source: str) -> bytes:
 
 
 def _store_file(store: Store, run: Run, found, data: bytes, digest: str, settings: Settings,
-                earlier: FileRecord | None, embed: ApartEmbedder) -> int:
+                earlier: FileRecord | None, embed: ApartEmbedder, on_staged: Callable | None) -> int:
     """Parse and chunk one file in the bounded worker (kb/parse_worker.py), embed it and stage it in the run
     (or restage the version an interrupted run staged whole); return its chunk count. ``earlier``: the
-    version stored now, whose vectors the passages it shares keep."""
+    version stored now, whose vectors the passages it shares keep; ``on_staged(record, ids, texts, metas)``:
+    told of a version staged with all its chunks."""
     key = file_key(found.path)
+    # to the millisecond: chromadb gives some times back a digit off in the 16th, and a file's indexed version
+    # (kb/postings.py version_of) names the time as the store holds it
     record = FileRecord(key=key, path=str(found.path), source=found.source, root=str(found.root),
-                        hash=digest, kind=found.kind, chunks=0, ingested_at=time.time())
+                        hash=digest, kind=found.kind, chunks=0, ingested_at=round(time.time(), 3))
     if found.kind == "card":
         card = run_bounded(load_card, (data, found.source), found.source,
                            settings.parse_timeout_s, settings.parse_memory_mb)
         _refuse_a_second_card_named(card, run, record.path)
         record.card = card.to_json()
         run.put(record, [], [], [], [])
+        if on_staged:
+            on_staged(record, [], [], [])
         return 0
     reused = run.reuse(key, digest)
     if reused is not None:
@@ -97,8 +104,10 @@ def _store_file(store: Store, run: Run, found, data: bytes, digest: str, setting
     stored = list(store.file_vectors(earlier)) if earlier is not None and earlier.kind == "canon" else []
     written = _written(record, chunks, stored)
     embeddings = _vectors([passage_text(c.text, c.meta) for c in written], stored, embed)
-    run.put(record, [c.id for c in written], [c.text for c in written], [c.meta for c in written], embeddings,
-            behind=True)
+    ids, texts, metas = [c.id for c in written], [c.text for c in written], [c.meta for c in written]
+    run.put(record, ids, texts, metas, embeddings, behind=True)
+    if on_staged and len(written) == record.chunks:  # not a version keeping chunks of the one before
+        on_staged(record, ids, texts, metas)
     return record.chunks
 
 
@@ -161,9 +170,12 @@ def _vectors(passages: list[str], stored: list, embed: ApartEmbedder) -> list:
     return [vectors[passage] for passage in passages]
 
 
-def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
+def ingest(paths: list[str], settings: Settings, on_file=None,
+           beside: Callable[[], FirstBuild | None] | None = None) -> IngestReport:
     """Ingest files and folders incrementally, published as one run; ``on_file(source)`` is told as
-    each file is staged (before any of the run is visible).
+    each file is staged (before any of the run is visible). ``beside``: called once the store is locked, a
+    build of the BM25 postings fed the files as they are staged and finished once they are published, or
+    None (kb/first_build.py).
 
     Raises:
         KBError: the store cannot be opened or written, or another writer holds it.
@@ -180,7 +192,8 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
         store = Store(settings.kb_dir, settings.chroma_url, settings.embed_model, create=True, fresh=True)
         store.repair(abandon=False)  # what an interrupted run staged is reused, then cleaned up
         records = store.files()
-        with store.begin_run() as run, ApartEmbedder(store) as embed:
+        first = beside() if beside and found else None
+        with first or contextlib.nullcontext(), store.begin_run() as run, ApartEmbedder(store) as embed:
             for item in found:
                 try:
                     data = _read(item.path, settings.max_file_mb, item.source)
@@ -189,7 +202,7 @@ def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
                     if old and old.hash == digest:
                         report.unchanged.append(item.source)
                     else:
-                        _store_file(store, run, item, data, digest, settings, old, embed)
+                        _store_file(store, run, item, data, digest, settings, old, embed, first and first.add)
                         (report.updated if old else report.added).append(item.source)
                 except NothingToIndex as exc:  # a text-free file is a note, not a failure
                     if old:

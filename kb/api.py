@@ -38,10 +38,9 @@ from kb.catch_up import caught_up
 from kb.config import RetrievalConfig, Settings
 from kb.conversation import bounded_history, retrieval_query
 from kb.errors import Busy, KBError
-from kb.first_build import FirstBuild
 from kb.gamestate import card_visibility, visibility
 from kb.npc import ask_npc, cards, find_card, voice_lines
-from kb.postings import DAMAGE, Postings, index_path, local_index_path
+from kb.postings import DAMAGE, Postings, index_path
 from kb.retrieve import Corpus, Hit, search
 from kb.store import Store
 from kb.store.compact import Compaction, compact, compact_suggestion, replaced_vectors
@@ -368,7 +367,7 @@ class KnowledgeBase:
             raise Busy("an ingest is already running on this knowledge base; try again when it finishes")
         try:
             with self._shared.write_lock:
-                report = ingest([str(p) for p in paths], self.settings, on_file=on_file, beside=self._first_build)
+                report = ingest([str(p) for p in paths], self.settings, on_file=on_file)
                 self._after_write()
         finally:
             self._shared.ingest_lock.release()
@@ -402,14 +401,6 @@ class KnowledgeBase:
         self.store  # noqa: B018 - raises Unavailable when there is no store there
         with self._shared.write_lock:
             return compact(self.settings.kb_dir, on_progress)
-
-    def _first_build(self) -> FirstBuild | None:
-        """The BM25 postings built beside an ingest (kb/first_build.py) when a local store has no index yet and
-        this process has loaded none: at a million loc rows building them after took 10% of the ingest."""
-        if self.settings.chroma_url or self._shared.loaded is not None:
-            return None
-        index = local_index_path(self.settings.kb_dir)
-        return None if index.exists() else FirstBuild(index)
 
     def _after_write(self) -> None:
         """A server loads the new canon now, so its next answer sees it. Any other process (`kb ingest`) brings

@@ -162,12 +162,7 @@ def index_path(store: Store) -> Path:
     if store.chroma_url:
         digest = hashlib.sha1(store.chroma_url.encode()).hexdigest()[:12]
         return store.kb_dir / "cache" / f"bm25-{digest}.sqlite"
-    return local_index_path(store.kb_dir)
-
-
-def local_index_path(kb_dir: Path) -> Path:
-    """Where a local store's postings live."""
-    return kb_dir / "cache" / "bm25.sqlite"
+    return store.kb_dir / "cache" / "bm25.sqlite"
 
 
 def _postings_rows(seq: int, rows: np.ndarray) -> list[tuple]:
@@ -307,12 +302,6 @@ class Postings:
         db.commit()
         return db
 
-    def close(self) -> None:
-        """Copy the write-ahead log into the file and close it: the file alone is then the whole index."""
-        with self._lock:
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self.db.close()
-
     def reset(self) -> None:
         """Start again from an empty index (it was found damaged)."""
         with self._lock:
@@ -409,11 +398,6 @@ class Postings:
         for table in _TABLES:
             self.db.execute(f"DELETE FROM {table} WHERE seq = ?", (first,))
         self.db.execute("DELETE FROM departed WHERE first = ?", (first,))
-
-    def add(self, files) -> None:
-        """Write the postings of these files (FileChunks, none indexed yet, each with all its chunks in their
-        places) as a large update does (kb/first_build.py)."""
-        self._add(files, apart=True)
 
     def _merge_recent(self) -> None:
         """Move the rows small updates wrote apart into the main postings table."""

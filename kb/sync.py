@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Callable
 
 from ingest.cards import Card
 from ingest.discover import discover, file_hash, file_key
@@ -25,7 +24,6 @@ from ingest.errors import IngestError, NothingToIndex
 from ingest.load import load_card, load_chunks
 from ingest.types import chunk_id
 from kb.config import Settings
-from kb.first_build import FirstBuild
 from kb.limits import limit_warnings, non_numbers
 from kb.parse_worker import run_bounded, start_worker
 from kb.store import FileRecord, Run, Store, write_lock
@@ -71,24 +69,19 @@ def _read(path: Path, limit_mb: int, source: str) -> bytes:
 
 
 def _store_file(store: Store, run: Run, found, data: bytes, digest: str, settings: Settings,
-                earlier: FileRecord | None, embed: ApartEmbedder, on_staged: Callable | None) -> int:
+                earlier: FileRecord | None, embed: ApartEmbedder) -> int:
     """Parse and chunk one file in the bounded worker (kb/parse_worker.py), embed it and stage it in the run
     (or restage the version an interrupted run staged whole); return its chunk count. ``earlier``: the
-    version stored now, whose vectors the passages it shares keep; ``on_staged(record, ids, texts, metas)``:
-    told of a version staged with all its chunks."""
+    version stored now, whose vectors the passages it shares keep."""
     key = file_key(found.path)
-    # to the millisecond: chromadb gives some times back a digit off in the 16th, and a file's indexed version
-    # (kb/postings.py version_of) names the time as the store holds it
     record = FileRecord(key=key, path=str(found.path), source=found.source, root=str(found.root),
-                        hash=digest, kind=found.kind, chunks=0, ingested_at=round(time.time(), 3))
+                        hash=digest, kind=found.kind, chunks=0, ingested_at=time.time())
     if found.kind == "card":
         card = run_bounded(load_card, (data, found.source), found.source,
                            settings.parse_timeout_s, settings.parse_memory_mb)
         _refuse_a_second_card_named(card, run, record.path)
         record.card = card.to_json()
         run.put(record, [], [], [], [])
-        if on_staged:
-            on_staged(record, [], [], [])
         return 0
     reused = run.reuse(key, digest)
     if reused is not None:
@@ -104,10 +97,8 @@ def _store_file(store: Store, run: Run, found, data: bytes, digest: str, setting
     stored = list(store.file_vectors(earlier)) if earlier is not None and earlier.kind == "canon" else []
     written = _written(record, chunks, stored)
     embeddings = _vectors([passage_text(c.text, c.meta) for c in written], stored, embed)
-    ids, texts, metas = [c.id for c in written], [c.text for c in written], [c.meta for c in written]
-    run.put(record, ids, texts, metas, embeddings, behind=True)
-    if on_staged and len(written) == record.chunks:  # not a version keeping chunks of the one before
-        on_staged(record, ids, texts, metas)
+    run.put(record, [c.id for c in written], [c.text for c in written], [c.meta for c in written], embeddings,
+            behind=True)
     return record.chunks
 
 
@@ -170,12 +161,9 @@ def _vectors(passages: list[str], stored: list, embed: ApartEmbedder) -> list:
     return [vectors[passage] for passage in passages]
 
 
-def ingest(paths: list[str], settings: Settings, on_file=None,
-           beside: Callable[[], FirstBuild | None] | None = None) -> IngestReport:
+def ingest(paths: list[str], settings: Settings, on_file=None) -> IngestReport:
     """Ingest files and folders incrementally, published as one run; ``on_file(source)`` is told as
-    each file is staged (before any of the run is visible). ``beside``: called once the store is locked, a
-    build of the BM25 postings fed the files as they are staged and finished once they are published, or
-    None (kb/first_build.py).
+    each file is staged (before any of the run is visible).
 
     Raises:
         KBError: the store cannot be opened or written, or another writer holds it.
@@ -192,8 +180,7 @@ def ingest(paths: list[str], settings: Settings, on_file=None,
         store = Store(settings.kb_dir, settings.chroma_url, settings.embed_model, create=True, fresh=True)
         store.repair(abandon=False)  # what an interrupted run staged is reused, then cleaned up
         records = store.files()
-        first = beside() if beside and found else None
-        with first or contextlib.nullcontext(), store.begin_run() as run, ApartEmbedder(store) as embed:
+        with store.begin_run() as run, ApartEmbedder(store) as embed:
             for item in found:
                 try:
                     data = _read(item.path, settings.max_file_mb, item.source)
@@ -202,7 +189,7 @@ def ingest(paths: list[str], settings: Settings, on_file=None,
                     if old and old.hash == digest:
                         report.unchanged.append(item.source)
                     else:
-                        _store_file(store, run, item, data, digest, settings, old, embed, first and first.add)
+                        _store_file(store, run, item, data, digest, settings, old, embed)
                         (report.updated if old else report.added).append(item.source)
                 except NothingToIndex as exc:  # a text-free file is a note, not a failure
                     if old:

@@ -486,10 +486,10 @@ class KnowledgeBase:
         still holds (`kb compact`), and warnings (``{path, warning}``): metadata the cards' limits cannot compare,
         and the suggestion to compact that `kb ingest` gives."""
         store = self.store
-        live = store.count()
+        live, records = store.count(), store.files()
         replaced = replaced_vectors(store, live)
-        return {**store.status(), "generation": store.generation(), "replaced_vectors": replaced,
-                "warnings": stored_limit_warnings(store.files().values()) + compact_suggestion(store.kb_dir, replaced, live)}
+        return {**store.status(records), "generation": store.generation(), "replaced_vectors": replaced,
+                "warnings": stored_limit_warnings(records.values()) + compact_suggestion(store.kb_dir, replaced, live)}
 
 
 @dataclass

@@ -380,9 +380,11 @@ class Store:
         rows = _read(self.manifest.get, ids=["state"], include=["metadatas"])
         return rows["metadatas"][0]["updated_at"] if rows["ids"] else None
 
-    def status(self) -> dict:
-        """Files, cards, chunks, model, size and last ingest, as `kb status --json` and GET /status show them."""
-        records = self.files().values()
+    def status(self, records: dict[str, FileRecord] | None = None) -> dict:
+        """Files, cards, chunks, model, size and last ingest, as `kb status --json` and GET /status show them;
+        ``records``: the file records, when the caller has read them (10,000 of them took 0.67 s at a million
+        chunks)."""
+        records = (self.files() if records is None else records).values()
         last = self.last_ingest()
         return {
             "kb": self.chroma_url or str(self.kb_dir),

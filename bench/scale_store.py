@@ -57,9 +57,11 @@ def write(size: int, out: Path, chunks_per_file: int = 100, words: int = 150, se
     canon, vectors = Canon(seed), np.random.default_rng(seed)
     store = Store(out, create=True)
     dim = model_dim(store.model)
-    run = store.begin_run()
+    run, began, files = store.begin_run(), time.perf_counter(), -(-size // chunks_per_file)
     for index, start in enumerate(range(0, size, chunks_per_file)):
         run.put(*synthetic_file(canon, vectors, index, min(chunks_per_file, size - start), words, dim))
+        if (index + 1) % 500 == 0:  # a million chunks take most of an hour: say how far it is
+            print(f"  {index + 1}/{files} files, {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
     run.publish()
 
 

@@ -295,7 +295,7 @@ class Corpus:
             if batch + cost > WARM_BATCH_POSTINGS and wanted:
                 batches.append(wanted)
                 wanted, batch = {}, 0
-            wanted[term_id] = self.pairs if is_word_pair(term) else self.terms
+            wanted[term_id] = self._field(term)
             total, batch = total + cost, batch + cost
         batches.append(wanted)
         for fields in reversed(batches):  # the commonest read last: the most recently used, the last let go
@@ -313,7 +313,11 @@ class Corpus:
         """Read and keep these terms' postings (those the index holds), one at a time, in turn."""
         for term, term_id in self._term_ids(terms).items():
             if term_id is not None:
-                self._weights({term_id: self.pairs if is_word_pair(term) else self.terms})
+                self._weights({term_id: self._field(term)})
+
+    def _field(self, term: str) -> Field:
+        """The index a vocabulary term scores in: the word pairs' or the terms'."""
+        return self.pairs if is_word_pair(term) else self.terms
 
     def worked_out(self, ids: list[str]) -> dict[str, tuple[int, str]]:
         """The token counts and sentence analyses of these chunks, as worked out when they were indexed."""

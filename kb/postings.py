@@ -17,6 +17,10 @@ A small update after the first build writes its groups' rows to ``recent``,
 a table of the same shape read beside the main one (a change's rows landing
 all over a large term-ordered table were most of what a server took to see
 it); the next large update moves them into the main table.
+The main table only stages rows: once an update has written them, they are
+moved into ``merged``, a row per term holding its staged rows joined (the
+1,188 rows of a common term at a million prose chunks were most of what a
+question paid to read it), a range of terms per transaction.
 
 Keeping current. Opening diffs the store's file records against the rows: only
 a new, changed or removed file is read from the store, tokenized, and has its
@@ -129,7 +133,22 @@ _DEPARTED = """
 CREATE TABLE IF NOT EXISTS departed (first INTEGER NOT NULL, start INTEGER NOT NULL, chunks INTEGER NOT NULL,
                                      PRIMARY KEY (first, start)) WITHOUT ROWID;
 """
-_TABLES = ("postings", "recent")  # where postings rows live
+# Each update's staged rows joined into a row per term (Postings._merge): ``seqs`` and ``sizes`` list its groups and
+# their postings, as a read of the staged rows joins them, and ``held`` counts the postings (a departed member's
+# included), so the commonest terms are found without reading them (Snapshot.frequent_terms). A write group whose
+# members have all gone leaves its postings in the merged rows: it is ``retired``, and snapshots drop its postings.
+# Added without a new FORMAT: an index from before merges the rows it holds when its store next changes.
+_MERGED = """
+CREATE TABLE IF NOT EXISTS merged (term INTEGER NOT NULL, held INTEGER NOT NULL, seqs TEXT NOT NULL, sizes TEXT NOT NULL,
+                                   rows BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS merged_by_term ON merged (term);
+CREATE INDEX IF NOT EXISTS merged_by_held ON merged (held);
+CREATE TABLE IF NOT EXISTS retired (seq INTEGER PRIMARY KEY);
+"""
+MERGE_TERMS = 256  # vocabulary ids moved per transaction: the commonest are the first ids, and a GB of rows
+# Where postings rows live, and the columns that list their groups and sizes: a merged row lists several.
+_TABLES = {"merged": ("seqs", "sizes"), "postings": ("seq", "n"), "recent": ("seq", "n")}
+_STAGED = ("postings", "recent")  # the tables with a row per (term, group)
 # The store (its collection's id) and generation the files rows were last found in line with: an update that
 # finds both unchanged reads no file records. Any write clears the generation, and an update records it only if
 # the rows are still the records it read (a slower update may have written an older state over them meanwhile).
@@ -258,6 +277,8 @@ class Postings:
                         db.executescript(_RECENT)
                     if "departed" not in tables:
                         db.executescript(_DEPARTED)
+                    if "merged" not in tables:
+                        db.executescript(_MERGED)
                     return _tuned(db)
                 db.close()
                 self._remove()
@@ -296,7 +317,7 @@ class Postings:
     def _create(db: sqlite3.Connection) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")  # readers (snapshots, other replicas, the CLI) never wait for a writer
         _tuned(db)
-        db.executescript(_SCHEMA + _SYNCED + _GROUPED + _RECENT + _DEPARTED)
+        db.executescript(_SCHEMA + _SYNCED + _GROUPED + _RECENT + _DEPARTED + _MERGED)
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute(f"PRAGMA user_version = {VERSION}")
         db.commit()
@@ -327,6 +348,7 @@ class Postings:
         before = self._synced()
         if before == synced:
             return 0
+        self._merge()  # rows an index from before, or an update cut short, left staged
         with self._lock:
             have = self._versions()
         moved = (store.changes(before[1], synced[1])
@@ -351,6 +373,7 @@ class Postings:
                 self._merge_recent()
             self._add(self._read(store, {key: records[key] for key in changed}), apart=large,
                       into="postings" if large or not have else "recent")
+            self._merge()
         self._record(synced, wanted)
         return len(gone) + len(changed)
 
@@ -394,10 +417,26 @@ class Postings:
             self.db.execute("INSERT INTO departed VALUES (?, ?, ?)", (first, start, chunks))
 
     def _delete_group(self, first: int) -> None:
-        """Delete a write group's postings rows and departed members (call inside a write transaction)."""
-        for table in _TABLES:
-            self.db.execute(f"DELETE FROM {table} WHERE seq = ?", (first,))
+        """Delete a write group's postings rows and departed members, or retire it if its rows are merged (call
+        inside a write transaction)."""
+        if not sum(self.db.execute(f"DELETE FROM {table} WHERE seq = ?", (first,)).rowcount for table in _STAGED):
+            self.db.execute("INSERT OR IGNORE INTO retired VALUES (?)", (first,))
         self.db.execute("DELETE FROM departed WHERE first = ?", (first,))
+
+    def _merge(self) -> None:
+        """Move the rows staged in the main table into merged rows, MERGE_TERMS vocabulary ids per transaction: a
+        snapshot sees each term whole in one table or the other, and the pages a range frees take the next range's
+        rows, so neither the write-ahead log nor the file grows by the whole table."""
+        while True:
+            with self._lock, self.db:
+                low = self.db.execute("SELECT min(term) FROM postings").fetchone()[0]
+                if low is None:
+                    return
+                span = (low, low + MERGE_TERMS)
+                self.db.execute("INSERT INTO merged SELECT term, sum(n), group_concat(seq), group_concat(n),"
+                                " CAST(group_concat(rows, '') AS BLOB) FROM postings WHERE term >= ? AND term < ?"
+                                " GROUP BY term", span)
+                self.db.execute("DELETE FROM postings WHERE term >= ? AND term < ?", span)
 
     def _merge_recent(self) -> None:
         """Move the rows small updates wrote apart into the main postings table."""
@@ -472,7 +511,9 @@ class Postings:
             self._unsynced()
             ids = self._term_ids(numbered)
             stable = np.array([ids[term] for term in numbered], dtype=np.int32)
-            seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM files").fetchone()[0]
+            # past every file held and every group retired: a retired group's key still names its merged postings
+            seq = self.db.execute("SELECT max(coalesce((SELECT max(seq) FROM files), 0),"
+                                  " coalesce((SELECT max(seq) FROM retired), 0))").fetchone()[0]
             for group in _groups([(chunks, *rest) for chunks, rest in zip(batch, prepared)]):
                 first, in_group, starts = seq + 1, [], [0]
                 for chunks, lengths, pair_lengths, rows, chunk_rows in group:
@@ -593,6 +634,7 @@ class Snapshot:
         # positions int32, as the postings' numbers are: a kept posting is 8 bytes, not 12 (Corpus._weights)
         self._bases, self._offsets = np.array(bases, dtype=np.int32), np.array(offsets, dtype=np.int64)
         self._gapped = np.concatenate(gapped) if gapped else np.zeros(0, dtype=np.int32)
+        self._retired = np.array(sorted(seq for (seq,) in self.db.execute("SELECT seq FROM retired")), dtype=np.int64)
 
     def _begin(self) -> sqlite3.Connection:
         """A read-only connection in a read transaction, which its first read will pin to the last commit."""
@@ -646,23 +688,29 @@ class Snapshot:
         """
         found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         for part in parts(list(dict.fromkeys(term_ids))):
-            for table in _TABLES:  # the recent rows of a term are few: its main rows are read as they were
-                for term, seqs, sizes, blob in self._query(
-                        "SELECT term, group_concat(seq), group_concat(n), CAST(group_concat(rows, '') AS BLOB)"
+            for table, (seqs, sizes) in _TABLES.items():  # a term's merged rows are few, its staged ones too
+                for term, *joined in self._query(
+                        f"SELECT term, group_concat({seqs}), group_concat({sizes}), CAST(group_concat(rows, '') AS BLOB)"
                         f" FROM {table} WHERE term IN {placeholders(part)} GROUP BY term", part):
-                    found.setdefault(term, []).append(self._positions(seqs, sizes, blob))
+                    found.setdefault(term, []).append(self._positions(*joined))
         return {term: held[0] if len(held) == 1 else tuple(np.concatenate(column) for column in zip(*held))
                 for term, held in found.items()}
 
     def _positions(self, seqs: str, sizes: str, blob: bytes) -> tuple[np.ndarray, np.ndarray]:
         """One term's joined rows of one table as the positions of the chunks holding it and its counts there."""
         keys, sizes = (np.fromstring(column, dtype=np.int64, sep=",") for column in (seqs, sizes))
-        groups = np.searchsorted(self._keys, keys)  # where each row's group is, in position order
-        if groups.max() >= len(self._keys) or (self._keys[groups] != keys).any():
-            raise ValueError("the indexed postings name a file the index does not hold")
         pairs = _array(blob).reshape(-1, 2)
         if len(pairs) != sizes.sum():
             raise ValueError("the indexed postings are damaged")
+        if len(self._retired):
+            live = ~np.isin(keys, self._retired)
+            if not live.all():
+                keys, sizes, pairs = keys[live], sizes[live], pairs[np.repeat(live, sizes)]
+                if not len(keys):
+                    return pairs[:, 0], pairs[:, 1]
+        groups = np.searchsorted(self._keys, keys)  # where each row's group is, in position order
+        if groups.max() >= len(self._keys) or (self._keys[groups] != keys).any():
+            raise ValueError("the indexed postings name a file the index does not hold")
         numbers, counts, offsets = pairs[:, 0], pairs[:, 1], self._offsets[groups]
         positions = numbers + np.repeat(self._bases[groups], sizes)
         departed = False
@@ -679,20 +727,14 @@ class Snapshot:
             return positions[held], counts[held]
         return positions, counts
 
-    def sampled_frequencies(self, groups: int, min_share: float) -> tuple[list[tuple[int, str, int]], int]:
-        """How many chunks of ``groups`` write groups spread evenly over the index hold each of their terms held by
-        at least ``min_share`` of them, as (vocabulary id, term, chunks) rows, and how many chunks those groups hold:
-        a sample of the commonest terms' document frequencies, which counting every term's rows over the whole
-        index gives in 55.6 s at a million chunks."""
-        if not len(self._keys):
-            return [], 0
-        picked = np.unique(np.linspace(0, len(self._keys) - 1, groups).round().astype(np.int64))
-        keys, chunks = self._keys[picked].tolist(), int(self._group_chunks[picked].sum())
-        held = " UNION ALL ".join(f"SELECT term, n FROM {table} WHERE seq IN {placeholders(keys)}" for table in _TABLES)
-        rows = self._query("SELECT held.term, vocabulary.term, held.chunks FROM (SELECT term, sum(n) AS chunks"
-                           f" FROM ({held}) GROUP BY term HAVING chunks >= ?) AS held"
-                           " JOIN vocabulary ON vocabulary.id = held.term", [*keys * len(_TABLES), min_share * chunks])
-        return rows, chunks
+    def frequent_terms(self, min_chunks: int) -> list[tuple[int, str, int]]:
+        """The merged terms held by ``min_chunks`` chunks or more in one merged row, as (vocabulary id, term,
+        postings in all their merged rows): the commonest terms by their ``held`` counts, which count a departed
+        member's chunks too, without reading their postings."""
+        return self._query("SELECT merged.term, vocabulary.term, sum(merged.held) FROM merged"
+                           " JOIN vocabulary ON vocabulary.id = merged.term"
+                           " WHERE merged.term IN (SELECT term FROM merged WHERE held >= ?) GROUP BY merged.term",
+                           (min_chunks,))
 
     def at(self, positions: list[int], columns: str) -> dict[int, tuple]:
         """``columns`` of the chunks at these positions (chunks table columns), by position."""

@@ -146,9 +146,13 @@ CREATE INDEX IF NOT EXISTS merged_by_held ON merged (held);
 CREATE TABLE IF NOT EXISTS retired (seq INTEGER PRIMARY KEY);
 """
 MERGE_TERMS = 256  # vocabulary ids moved per transaction: the commonest are the first ids, and a GB of rows
-# Where postings rows live, and the columns that list their groups and sizes: a merged row lists several.
-_TABLES = {"merged": ("seqs", "sizes"), "postings": ("seq", "n"), "recent": ("seq", "n")}
 _STAGED = ("postings", "recent")  # the tables with a row per (term, group)
+# How some terms' postings rows are read from each table where they live, as (term, groups, their sizes, postings):
+# a merged row as it is (joined again by SQLite, a common term's 5 MB took 1.5x as long), a staged term's rows
+# joined by SQLite, so Python gets one per term.
+_READS = ["SELECT term, seqs, sizes, rows FROM merged WHERE term IN {}",
+          *(f"SELECT term, group_concat(seq), group_concat(n), CAST(group_concat(rows, '') AS BLOB) FROM {table}"
+            " WHERE term IN {} GROUP BY term" for table in _STAGED)]
 # The store (its collection's id) and generation the files rows were last found in line with: an update that
 # finds both unchanged reads no file records. Any write clears the generation, and an update records it only if
 # the rows are still the records it read (a slower update may have written an older state over them meanwhile).
@@ -682,16 +686,14 @@ class Snapshot:
         """Each term's postings: the positions of the chunks holding it and its counts there (in the order
         SQLite joined its rows: a BM25 sum adds a term once per chunk, in any order).
 
-        A common term is a row per write group (1,000 at a million 150-word chunks), and SQLite joins a term's
-        rows into one: a question's postings there, a row per file, were read in 82-85 ms a row at a time, in
-        45 ms joined.
+        A term's merged rows are one per large update. Its staged rows are one per write group, which SQLite
+        joins into one: a question's postings at a million 150-word chunks, a row per file, were read in 82-85 ms
+        a row at a time, in 45 ms joined.
         """
         found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         for part in parts(list(dict.fromkeys(term_ids))):
-            for table, (seqs, sizes) in _TABLES.items():  # a term's merged rows are few, its staged ones too
-                for term, *joined in self._query(
-                        f"SELECT term, group_concat({seqs}), group_concat({sizes}), CAST(group_concat(rows, '') AS BLOB)"
-                        f" FROM {table} WHERE term IN {placeholders(part)} GROUP BY term", part):
+            for read in _READS:  # a term's merged rows are few, its staged ones too
+                for term, *joined in self._query(read.format(placeholders(part)), part):
                     found.setdefault(term, []).append(self._positions(*joined))
         return {term: held[0] if len(held) == 1 else tuple(np.concatenate(column) for column in zip(*held))
                 for term, held in found.items()}

@@ -17,10 +17,6 @@ A small update after the first build writes its groups' rows to ``recent``,
 a table of the same shape read beside the main one (a change's rows landing
 all over a large term-ordered table were most of what a server took to see
 it); the next large update moves them into the main table.
-The main table only stages rows: once an update has written them, they are
-moved into ``merged``, a row per term holding its staged rows joined (the
-1,188 rows of a common term at a million prose chunks were most of what a
-question paid to read it), a range of terms per transaction.
 
 Keeping current. Opening diffs the store's file records against the rows: only
 a new, changed or removed file is read from the store, tokenized, and has its
@@ -133,29 +129,7 @@ _DEPARTED = """
 CREATE TABLE IF NOT EXISTS departed (first INTEGER NOT NULL, start INTEGER NOT NULL, chunks INTEGER NOT NULL,
                                      PRIMARY KEY (first, start)) WITHOUT ROWID;
 """
-# Each update's staged rows joined into a row per term (Postings._merge): ``seqs`` and ``sizes`` list its groups and
-# their postings, as a read of the staged rows joins them, and ``held`` counts the postings (a departed member's
-# included), so the commonest terms are found without reading them (Snapshot.frequent_terms). A write group whose
-# members have all gone leaves its postings in the merged rows: it is ``retired``, and snapshots drop its postings.
-# Added without a new FORMAT: an index from before merges the rows it holds when its store next changes.
-_MERGED = """
-CREATE TABLE IF NOT EXISTS merged (term INTEGER NOT NULL, held INTEGER NOT NULL, seqs TEXT NOT NULL, sizes TEXT NOT NULL,
-                                   rows BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS merged_by_term ON merged (term);
-CREATE INDEX IF NOT EXISTS merged_by_held ON merged (held);
-CREATE TABLE IF NOT EXISTS retired (seq INTEGER PRIMARY KEY);
-"""
-# Vocabulary ids moved per transaction at first (the commonest terms are the first ids, a GB of rows), the span
-# doubled while a transaction moves fewer than MERGE_ROWS staged rows and halved while more: at a million prose
-# chunks 256 ids a transaction moved the rarest of 8.4 million terms at 5,700 ids/s.
-MERGE_TERMS, MERGE_ROWS = 256, 500_000
-_STAGED = ("postings", "recent")  # the tables with a row per (term, group)
-# How some terms' postings rows are read from each table where they live, as (term, groups, their sizes, postings):
-# a merged row as it is (joined again by SQLite, a common term's 5 MB took 1.5x as long), a staged term's rows
-# joined by SQLite, so Python gets one per term.
-_READS = ["SELECT term, seqs, sizes, rows FROM merged WHERE term IN {}",
-          *(f"SELECT term, group_concat(seq), group_concat(n), CAST(group_concat(rows, '') AS BLOB) FROM {table}"
-            " WHERE term IN {} GROUP BY term" for table in _STAGED)]
+_TABLES = ("postings", "recent")  # where postings rows live
 # The store (its collection's id) and generation the files rows were last found in line with: an update that
 # finds both unchanged reads no file records. Any write clears the generation, and an update records it only if
 # the rows are still the records it read (a slower update may have written an older state over them meanwhile).
@@ -284,8 +258,6 @@ class Postings:
                         db.executescript(_RECENT)
                     if "departed" not in tables:
                         db.executescript(_DEPARTED)
-                    if "merged" not in tables:
-                        db.executescript(_MERGED)
                     return _tuned(db)
                 db.close()
                 self._remove()
@@ -324,7 +296,7 @@ class Postings:
     def _create(db: sqlite3.Connection) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")  # readers (snapshots, other replicas, the CLI) never wait for a writer
         _tuned(db)
-        db.executescript(_SCHEMA + _SYNCED + _GROUPED + _RECENT + _DEPARTED + _MERGED)
+        db.executescript(_SCHEMA + _SYNCED + _GROUPED + _RECENT + _DEPARTED)
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute(f"PRAGMA user_version = {VERSION}")
         db.commit()
@@ -355,7 +327,6 @@ class Postings:
         before = self._synced()
         if before == synced:
             return 0
-        self._merge()  # rows an index from before, or an update cut short, left staged
         with self._lock:
             have = self._versions()
         moved = (store.changes(before[1], synced[1])
@@ -380,7 +351,6 @@ class Postings:
                 self._merge_recent()
             self._add(self._read(store, {key: records[key] for key in changed}), apart=large,
                       into="postings" if large or not have else "recent")
-            self._merge()
         self._record(synced, wanted)
         return len(gone) + len(changed)
 
@@ -424,28 +394,10 @@ class Postings:
             self.db.execute("INSERT INTO departed VALUES (?, ?, ?)", (first, start, chunks))
 
     def _delete_group(self, first: int) -> None:
-        """Delete a write group's postings rows and departed members, or retire it if its rows are merged (call
-        inside a write transaction)."""
-        if not sum(self.db.execute(f"DELETE FROM {table} WHERE seq = ?", (first,)).rowcount for table in _STAGED):
-            self.db.execute("INSERT OR IGNORE INTO retired VALUES (?)", (first,))
+        """Delete a write group's postings rows and departed members (call inside a write transaction)."""
+        for table in _TABLES:
+            self.db.execute(f"DELETE FROM {table} WHERE seq = ?", (first,))
         self.db.execute("DELETE FROM departed WHERE first = ?", (first,))
-
-    def _merge(self) -> None:
-        """Move the rows staged in the main table into merged rows, a span of vocabulary ids per transaction: a
-        snapshot sees each term whole in one table or the other, and the pages a range frees take the next range's
-        rows, so neither the write-ahead log nor the file grows by the whole table."""
-        span = MERGE_TERMS
-        while True:
-            with self._lock, self.db:
-                low = self.db.execute("SELECT min(term) FROM postings").fetchone()[0]
-                if low is None:
-                    return
-                ids = (low, low + span)
-                self.db.execute("INSERT INTO merged SELECT term, sum(n), group_concat(seq), group_concat(n),"
-                                " CAST(group_concat(rows, '') AS BLOB) FROM postings WHERE term >= ? AND term < ?"
-                                " GROUP BY term", ids)
-                moved = self.db.execute("DELETE FROM postings WHERE term >= ? AND term < ?", ids).rowcount
-            span = span * 2 if moved < MERGE_ROWS else max(1, span // 2)
 
     def _merge_recent(self) -> None:
         """Move the rows small updates wrote apart into the main postings table."""
@@ -520,9 +472,7 @@ class Postings:
             self._unsynced()
             ids = self._term_ids(numbered)
             stable = np.array([ids[term] for term in numbered], dtype=np.int32)
-            # past every file held and every group retired: a retired group's key still names its merged postings
-            seq = self.db.execute("SELECT max(coalesce((SELECT max(seq) FROM files), 0),"
-                                  " coalesce((SELECT max(seq) FROM retired), 0))").fetchone()[0]
+            seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM files").fetchone()[0]
             for group in _groups([(chunks, *rest) for chunks, rest in zip(batch, prepared)]):
                 first, in_group, starts = seq + 1, [], [0]
                 for chunks, lengths, pair_lengths, rows, chunk_rows in group:
@@ -643,7 +593,6 @@ class Snapshot:
         # positions int32, as the postings' numbers are: a kept posting is 8 bytes, not 12 (Corpus._weights)
         self._bases, self._offsets = np.array(bases, dtype=np.int32), np.array(offsets, dtype=np.int64)
         self._gapped = np.concatenate(gapped) if gapped else np.zeros(0, dtype=np.int32)
-        self._retired = np.array(sorted(seq for (seq,) in self.db.execute("SELECT seq FROM retired")), dtype=np.int64)
 
     def _begin(self) -> sqlite3.Connection:
         """A read-only connection in a read transaction, which its first read will pin to the last commit."""
@@ -691,33 +640,29 @@ class Snapshot:
         """Each term's postings: the positions of the chunks holding it and its counts there (in the order
         SQLite joined its rows: a BM25 sum adds a term once per chunk, in any order).
 
-        A term's merged rows are one per large update. Its staged rows are one per write group, which SQLite
-        joins into one: a question's postings at a million 150-word chunks, a row per file, were read in 82-85 ms
-        a row at a time, in 45 ms joined.
+        A common term is a row per write group (1,000 at a million 150-word chunks), and SQLite joins a term's
+        rows into one: a question's postings there, a row per file, were read in 82-85 ms a row at a time, in
+        45 ms joined.
         """
         found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         for part in parts(list(dict.fromkeys(term_ids))):
-            for read in _READS:  # a term's merged rows are few, its staged ones too
-                for term, *joined in self._query(read.format(placeholders(part)), part):
-                    found.setdefault(term, []).append(self._positions(*joined))
+            for table in _TABLES:  # the recent rows of a term are few: its main rows are read as they were
+                for term, seqs, sizes, blob in self._query(
+                        "SELECT term, group_concat(seq), group_concat(n), CAST(group_concat(rows, '') AS BLOB)"
+                        f" FROM {table} WHERE term IN {placeholders(part)} GROUP BY term", part):
+                    found.setdefault(term, []).append(self._positions(seqs, sizes, blob))
         return {term: held[0] if len(held) == 1 else tuple(np.concatenate(column) for column in zip(*held))
                 for term, held in found.items()}
 
     def _positions(self, seqs: str, sizes: str, blob: bytes) -> tuple[np.ndarray, np.ndarray]:
         """One term's joined rows of one table as the positions of the chunks holding it and its counts there."""
         keys, sizes = (np.fromstring(column, dtype=np.int64, sep=",") for column in (seqs, sizes))
-        pairs = _array(blob).reshape(-1, 2)
-        if len(pairs) != sizes.sum():
-            raise ValueError("the indexed postings are damaged")
-        if len(self._retired):
-            live = ~np.isin(keys, self._retired)
-            if not live.all():
-                keys, sizes, pairs = keys[live], sizes[live], pairs[np.repeat(live, sizes)]
-                if not len(keys):
-                    return pairs[:, 0], pairs[:, 1]
         groups = np.searchsorted(self._keys, keys)  # where each row's group is, in position order
         if groups.max() >= len(self._keys) or (self._keys[groups] != keys).any():
             raise ValueError("the indexed postings name a file the index does not hold")
+        pairs = _array(blob).reshape(-1, 2)
+        if len(pairs) != sizes.sum():
+            raise ValueError("the indexed postings are damaged")
         numbers, counts, offsets = pairs[:, 0], pairs[:, 1], self._offsets[groups]
         positions = numbers + np.repeat(self._bases[groups], sizes)
         departed = False
@@ -734,14 +679,20 @@ class Snapshot:
             return positions[held], counts[held]
         return positions, counts
 
-    def frequent_terms(self, min_chunks: int) -> list[tuple[int, str, int]]:
-        """The merged terms held by ``min_chunks`` chunks or more in one merged row, as (vocabulary id, term,
-        postings in all their merged rows): the commonest terms by their ``held`` counts, which count a departed
-        member's chunks too, without reading their postings."""
-        return self._query("SELECT merged.term, vocabulary.term, sum(merged.held) FROM merged"
-                           " JOIN vocabulary ON vocabulary.id = merged.term"
-                           " WHERE merged.term IN (SELECT term FROM merged WHERE held >= ?) GROUP BY merged.term",
-                           (min_chunks,))
+    def sampled_frequencies(self, groups: int, min_share: float) -> tuple[list[tuple[int, str, int]], int]:
+        """How many chunks of ``groups`` write groups spread evenly over the index hold each of their terms held by
+        at least ``min_share`` of them, as (vocabulary id, term, chunks) rows, and how many chunks those groups hold:
+        a sample of the commonest terms' document frequencies, which counting every term's rows over the whole
+        index gives in 55.6 s at a million chunks."""
+        if not len(self._keys):
+            return [], 0
+        picked = np.unique(np.linspace(0, len(self._keys) - 1, groups).round().astype(np.int64))
+        keys, chunks = self._keys[picked].tolist(), int(self._group_chunks[picked].sum())
+        held = " UNION ALL ".join(f"SELECT term, n FROM {table} WHERE seq IN {placeholders(keys)}" for table in _TABLES)
+        rows = self._query("SELECT held.term, vocabulary.term, held.chunks FROM (SELECT term, sum(n) AS chunks"
+                           f" FROM ({held}) GROUP BY term HAVING chunks >= ?) AS held"
+                           " JOIN vocabulary ON vocabulary.id = held.term", [*keys * len(_TABLES), min_share * chunks])
+        return rows, chunks
 
     def at(self, positions: list[int], columns: str) -> dict[int, tuple]:
         """``columns`` of the chunks at these positions (chunks table columns), by position."""

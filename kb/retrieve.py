@@ -38,8 +38,10 @@ HOT_CHUNKS = 4_096
 # Kept 8 bytes a posting, 63 million (up to 504 MB; a store of short loc rows holds fewer in all) took a new
 # question's BM25 there, once a server had asked 100, from 12.6 to 6.6 ms (docs/scale.md).
 HOT_POSTINGS = 63_000_000
-# When a server warms up (Corpus.keep_common_terms): the fewest chunks a term kept ahead is held by (a rarer one's
-# postings are read in well under a millisecond), and the postings read per batch.
+# When a server warms up (Corpus.keep_common_terms): the write groups (kb/postings.py, up to 1,000 chunks each)
+# whose postings rows sample the terms' document frequencies, the fewest chunks a term kept ahead is held by (a
+# rarer one's postings are read in well under a millisecond), and the postings read per batch.
+SAMPLED_GROUPS = 8
 KEEP_AHEAD_MIN_CHUNKS = 1_000
 WARM_BATCH_POSTINGS = 4_000_000
 # From this many chunks, a hybrid search ranks BM25 in a thread beside the dense query, while the model embeds the
@@ -277,15 +279,17 @@ class Corpus:
         return self._weights_read.get(list(fields), read)
 
     def keep_common_terms(self, budget: int = HOT_POSTINGS) -> int:
-        """Read and keep, before a server's first question, the postings of the terms most chunks hold (by their
-        merged rows' counts) and no rarer than KEEP_AHEAD_MIN_CHUNKS, up to ``budget`` postings' worth; how many
-        terms. A fresh server's first new questions read their common words' postings from disk otherwise: 2.4-2.9x
+        """Read and keep, before a server's first question, the postings of the terms most chunks hold (by a sample
+        of the index) and no rarer than KEEP_AHEAD_MIN_CHUNKS, up to ``budget`` postings' worth; how many terms.
+        A fresh server's first new questions read their common words' postings from disk otherwise: 2.4-2.9x
         dense at a million prose chunks."""
         if not self.size:
             return 0
+        sampled, chunks = self._snapshot.sampled_frequencies(SAMPLED_GROUPS, KEEP_AHEAD_MIN_CHUNKS / self.size)
         wanted, batches, total, batch = {}, [], 0, 0
-        for term_id, term, df in sorted(self._snapshot.frequent_terms(KEEP_AHEAD_MIN_CHUNKS), key=lambda row: -row[2]):
-            cost = self.size // 2 if df > DENSE_SHARE * self.size else df  # as Weighed.kept
+        for term_id, term, held in sorted(sampled, key=lambda row: row[2], reverse=True):
+            df = held * self.size / chunks
+            cost = self.size // 2 if df > DENSE_SHARE * self.size else round(df)  # as Weighed.kept
             if total + cost > budget:
                 break
             if batch + cost > WARM_BATCH_POSTINGS and wanted:

@@ -182,43 +182,34 @@ def all_scores(corpus: Corpus) -> list[dict[str, float]]:
     return found
 
 
-def merged_groups(path: Path) -> int:
-    """How many (term, write group) rows the merged rows join."""
-    with sqlite3.connect(path) as db:
-        return sum(len(seqs.split(",")) for (seqs,) in db.execute("SELECT seqs FROM merged"))
-
-
 def test_files_written_together_share_rows_and_score_as_if_written_alone(world, tmp_path, monkeypatch):
     kb, _ = world
     with sqlite3.connect(index_path(kb.store)) as db:
         grouped = db.execute("SELECT count(DISTINCT first), count(*) FROM grouped").fetchone()
-    rows = merged_groups(index_path(kb.store))
+        rows = db.execute("SELECT count(*) FROM postings").fetchone()[0]
     monkeypatch.setattr(postings_module, "GROUP_CHUNKS", 0)
     alone = Postings(tmp_path / "alone.sqlite")
     alone.update(kb.store)
     with sqlite3.connect(alone.path) as db:
         assert db.execute("SELECT count(*) FROM grouped").fetchone()[0] == 0
-    assert rows < merged_groups(alone.path)
+        assert rows < db.execute("SELECT count(*) FROM postings").fetchone()[0]
     assert grouped == (1, len(file_rows(index_path(kb.store))))
     assert all_scores(reopened(kb).corpus) == all_scores(Corpus(alone.snapshot()))
 
 
 def table_sizes(path: Path) -> dict[str, int]:
     with sqlite3.connect(path) as db:
-        return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                for table in ("merged", "postings", "recent")}
+        return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("postings", "recent")}
 
 
 def test_small_changes_write_their_rows_apart_until_a_large_one_moves_them(world, tmp_path, monkeypatch):
-    """After the first build (its rows merged, a row per term), a change of fewer than APART_CHUNKS chunks writes
-    its postings rows to ``recent`` (and one of them leaves its group there); a large change moves them into the
-    main table first, and merges it. Scores stay those of a build from nothing throughout."""
+    """After the first build, a change of fewer than APART_CHUNKS chunks writes its postings rows to ``recent``
+    (and one of them leaves its group there); a large change moves them into the main table first. Scores stay
+    those of a build from nothing throughout."""
     kb, root = world
     path = index_path(kb.store)
     built = table_sizes(path)
-    with sqlite3.connect(path) as db:
-        assert built["merged"] == db.execute("SELECT count(DISTINCT term) FROM merged").fetchone()[0]
-    assert built["merged"] and not built["postings"] and not built["recent"]
+    assert built["postings"] and not built["recent"]
     for name in ("tollhouse.md", "weir.md"):  # two new files: a group of their own
         (root / name).write_text(f"# {name}\n\nOndra raised the {name[:-3]} at Saltreach.\n", encoding="utf-8")
     kb.ingest([str(root)])
@@ -226,7 +217,7 @@ def test_small_changes_write_their_rows_apart_until_a_large_one_moves_them(world
                                         encoding="utf-8")
     kb.ingest([str(root)])
     changed = table_sizes(path)
-    assert changed["merged"] == built["merged"] and not changed["postings"] and changed["recent"]
+    assert changed["postings"] == built["postings"] and changed["recent"]
 
     def fresh_scores():
         fresh = Postings(tmp_path / f"fresh-{len(list(tmp_path.glob('fresh-*')))}.sqlite")
@@ -238,8 +229,7 @@ def test_small_changes_write_their_rows_apart_until_a_large_one_moves_them(world
     monkeypatch.setattr(postings_module, "APART_CHUNKS", 1)  # the next change is a large one
     (root / "reeds.md").write_text("# Reeds\n\nHerons nest in the reeds.\n", encoding="utf-8")
     kb.ingest([str(root)])
-    large = table_sizes(path)
-    assert large["merged"] > built["merged"] and large["postings"] == large["recent"] == 0
+    assert table_sizes(path)["recent"] == 0
     assert all_scores(reopened(kb).corpus) == fresh_scores()
 
 
@@ -269,96 +259,34 @@ def test_a_file_leaving_its_group_leaves_the_others_scored_as_if_written_alone(t
     assert all(all_scores(corpus)[i] for i in (0, 1, 5))
 
 
-class CutShort:
-    """A writing connection that fails as a killed process would, once it has merged ``ranges`` ranges of terms."""
-
-    def __init__(self, db: sqlite3.Connection, ranges: int):
-        self.db, self.ranges = db, ranges
-
-    def __enter__(self):
-        return self.db.__enter__()
-
-    def __exit__(self, *exc):
-        return self.db.__exit__(*exc)
-
-    def execute(self, sql: str, *args):
-        if sql.startswith("INSERT INTO merged"):
-            if not self.ranges:
-                raise KeyboardInterrupt
-            self.ranges -= 1
-        return self.db.execute(sql, *args)
-
-
-def test_a_merge_cut_short_reads_the_same_and_the_next_change_finishes_it(world, tmp_path, fake_embedder,
-                                                                          monkeypatch):
-    """Staged rows move into merged rows a range of terms per transaction: between two, every term is whole in one
-    table or the other, and the scores are those of an index merged at once."""
-    kb, root = world
-    merge = Postings._merge
-    monkeypatch.setattr(Postings, "_merge", lambda self: None)
-    (root / "reeds.md").write_text("# Reeds\n\nHerons nest in the reeds by the old ferry.\n", encoding="utf-8")
-    staged = KnowledgeBase.open(tmp_path / "staged", Settings(embed_model=fake_embedder))
-    staged.ingest([str(root)])
-    path = index_path(staged.store)
-    assert table_sizes(path)["merged"] == 0
-    expected = all_scores(reopened(staged).corpus)
-    monkeypatch.setattr(Postings, "_merge", merge)
-    monkeypatch.setattr(postings_module, "MERGE_TERMS", 4)
-    cut = Postings(path)
-    cut.db = CutShort(cut.db, ranges=2)
-    with pytest.raises(KeyboardInterrupt):
-        cut._merge()
-    sizes = table_sizes(path)
-    assert sizes["merged"] and sizes["postings"]
+def group_rows(path: Path) -> dict[tuple[int, int], bytes]:
+    """Every postings row of the write groups, by (term, group)."""
     with sqlite3.connect(path) as db:
-        assert not db.execute("SELECT 1 FROM merged JOIN postings USING (term)").fetchall()
-    assert all_scores(reopened(staged).corpus) == expected
-    (root / "weir.md").write_text("# Weir\n\nNo ferry crosses at the weir.\n", encoding="utf-8")
-    staged.ingest([str(root)])
-    assert table_sizes(path)["postings"] == 0
-    fresh = Postings(tmp_path / "fresh.sqlite")
-    fresh.update(staged.store)
-    assert all_scores(reopened(staged).corpus) == all_scores(Corpus(fresh.snapshot()))
+        return {(term, seq): rows for term, seq, rows in db.execute(
+            "SELECT term, seq, rows FROM postings WHERE seq IN (SELECT first FROM grouped)")}
 
 
-def merged_rows(path: Path) -> list[tuple]:
-    """Every merged postings row, as written."""
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT term, held, seqs, sizes, rows FROM merged ORDER BY rowid").fetchall()
-
-
-def test_a_member_leaving_its_group_rewrites_none_of_its_rows_and_the_last_retires_them(tmp_path, fake_embedder):
-    """Taking an edited file's chunks out of its group's rows took 0.7-0.85 s at a million prose chunks. The
-    group's merged postings stay when its last member goes; snapshots drop them, and no new group takes its key."""
+def test_a_member_leaving_its_group_rewrites_none_of_its_rows_and_the_last_takes_them_all(tmp_path, fake_embedder):
+    """Taking an edited file's chunks out of its group's rows took 0.7-0.85 s at a million prose chunks."""
     root = write_world(tmp_path / "world", SECTIONS)
     kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
     kb.ingest([str(root)])
     path = index_path(kb.store)
-    written = merged_rows(path)
-    with sqlite3.connect(path) as db:
-        (first,), = db.execute("SELECT DISTINCT first FROM grouped").fetchall()
-    assert {seqs for _, _, seqs, _, _ in written} == {str(first)}
+    written = group_rows(path)
+    assert len({seq for _, seq in written}) == 1
     edited, *others = sorted(SECTIONS)
     (root / edited).write_text("# Edited\n\nOndra raised the ferry.\n", encoding="utf-8")
     kb.ingest([str(root)])
-    assert merged_rows(path) == written
+    assert group_rows(path) == written
     assert reopened(kb).search("Ondra ferry", k=1, mode="bm25")[0].source == edited
     for name in others:
         (root / name).unlink()
     kb.ingest([str(root)])
-    assert merged_rows(path) == written
+    assert group_rows(path) == {}
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM departed").fetchone() == (0,)
-        assert db.execute("SELECT seq FROM retired").fetchall() == [(first,)]
+        assert db.execute("SELECT count(*) FROM postings WHERE seq NOT IN (SELECT seq FROM files)").fetchone() == (0,)
     assert [hit.source for hit in reopened(kb).search("ferry herons kiln", k=5, mode="bm25")] == [edited]
-    (root / edited).unlink()  # no file left: a new one must not take the retired group's key
-    (root / "herons.md").write_text("# Herons\n\nThe grey herons of the kiln.\n", encoding="utf-8")
-    kb.ingest([str(root)])
-    assert [seq for _, seq in file_rows(path).values()] > [first]
-    assert [hit.source for hit in reopened(kb).search("ferry herons kiln", k=5, mode="bm25")] == ["herons.md"]
-    fresh = Postings(tmp_path / "fresh.sqlite")
-    fresh.update(kb.store)
-    assert all_scores(reopened(kb).corpus) == all_scores(Corpus(fresh.snapshot()))
 
 
 def test_chunks_past_gaps_in_several_groups_score_where_they_are(tmp_path, fake_embedder, monkeypatch):
@@ -479,7 +407,7 @@ def test_an_index_of_an_older_format_or_damaged_rows_is_rebuilt(world):
         assert db.execute("PRAGMA user_version").fetchone()[0] > 4
 
 
-@pytest.mark.parametrize("damage", ["UPDATE merged SET sizes = sizes + 1", "UPDATE merged SET seqs = seqs + 1000"])
+@pytest.mark.parametrize("damage", ["UPDATE postings SET n = n + 1", "UPDATE postings SET seq = seq + 1000"])
 def test_a_damaged_postings_row_fails_the_query_that_reads_it(world, damage):
     kb, _ = world
     with sqlite3.connect(index_path(kb.store)) as db:
@@ -580,7 +508,7 @@ def test_an_open_reads_no_posting_text_or_metadata_and_a_search_only_its_own_ter
     statements.clear()
     hits = search(kb.store, corpus, query := "old Saltreach ferry", k=1, mode="bm25")
     assert hits[0].source == "ferry.md" and "Saltreach" in hits[0].text
-    read = [s for s in statements if "FROM merged WHERE term IN" in s]
+    read = [s for s in statements if "FROM postings WHERE term IN" in s]
     asked = {int(n) for s in read for n in re.search(r"IN \(([^)]*)\)", s).group(1).split(",")}
     with sqlite3.connect(index_path(kb.store)) as db:
         terms = {term for (term,) in db.execute(f"SELECT term FROM vocabulary WHERE id IN ({','.join(map(str, asked))})")}
@@ -635,6 +563,7 @@ def harbor(tmp_path, fake_embedder, monkeypatch):
     monkeypatch.setattr(postings_module, "GROUP_CHUNKS", 6)
     kb = KnowledgeBase.open(tmp_path / "kb", Settings(embed_model=fake_embedder))
     kb.ingest([str(write_world(tmp_path / "world", HARBOR))])
+    monkeypatch.setattr(retrieve_module, "SAMPLED_GROUPS", 3)  # of six
     monkeypatch.setattr(retrieve_module, "KEEP_AHEAD_MIN_CHUNKS", 10)
     return reopened(kb)
 

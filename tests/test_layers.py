@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import kb
@@ -33,6 +35,15 @@ def test_ingest_never_imports_kb():
 
 def test_only_the_store_package_imports_chromadb():
     assert [p for p in importers("kb", "chromadb") if not p.startswith("kb/store/")] == []
+
+
+def test_chromadb_comes_in_with_its_overrides_marked_but_not_checked():
+    """kb.store's first import spares chromadb's import the `overrides` checks (kb/store/override_marks.py),
+    and chromadb's classes still find their overriding methods marked, or they would fail to build."""
+    code = ("import overrides, kb.api, chromadb.api.rust as rust; from kb.store.override_marks import marked; "
+            "print(overrides.override is marked, rust.RustBindingsAPI.start.__override__)")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert ran.stdout.split() == ["True", "True"]
 
 
 def test_only_kb_llm_imports_openai():

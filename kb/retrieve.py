@@ -44,11 +44,13 @@ HOT_POSTINGS = 63_000_000
 SAMPLED_GROUPS = 8
 KEEP_AHEAD_MIN_CHUNKS = 1_000
 WARM_BATCH_POSTINGS = 4_000_000
-# From this many chunks, a hybrid search ranks BM25 in a thread beside the dense query, while the model embeds the
-# question: at a million loc rows hybrid p50 went 13.1 -> 9.6 ms (dense 6.3-6.7); on the 131-chunk sample world an
+# From this many chunks, a hybrid search ranks by embedding in a thread while the caller ranks BM25: at a million loc
+# rows the two beside each other took hybrid p50 from 13.1 to 9.6 ms (dense 6.3-6.7), and with BM25 in the caller's
+# thread rather than the pool's, a fresh server's first new questions at a million prose chunks went from 12.1-13.4
+# to 9.5-10.3 ms (1.92-2.01x dense to 1.35-1.64x, five sets of 50; docs/scale.md). On the 131-chunk sample world an
 # earlier try cost 1 ms a search, so small stores rank in turn.
 BESIDE_MIN_CHUNKS = 100_000
-_beside = ThreadPoolExecutor(4, thread_name_prefix="kb-bm25")
+_beside = ThreadPoolExecutor(4, thread_name_prefix="kb-dense")
 # A term held by more than this share of the chunks is kept as a score per chunk (float32, 0 where it is absent)
 # instead of its postings (an int32 position and a float32 score each), and added by one vector sum, which lets
 # go of the GIL, instead of np.add.at (at a million prose chunks, hybrid with the question's postings kept
@@ -519,13 +521,13 @@ def search(store: Store, corpus: Corpus, query: str, k: int = 5, mode: str = "hy
     elif mode == "dense":
         ranked = dense = dense_ranking(store, corpus, query, depth, allowed)
     else:
-        lexical = (_beside.submit(corpus.bm25_ranking, query, allowed, depth, config)
-                   if corpus.size >= BESIDE_MIN_CHUNKS else None)
-        dense = dense_ranking(store, corpus, query, depth, allowed)
+        beside = (_beside.submit(dense_ranking, store, corpus, query, depth, allowed)
+                  if corpus.size >= BESIDE_MIN_CHUNKS else None)
+        bm25 = corpus.bm25_ranking(query, allowed, depth, config)
+        dense = beside.result() if beside is not None else dense_ranking(store, corpus, query, depth, allowed)
         query_lang = detect_lang(query)
         seen = corpus.chunks_at([pos for pos, _ in dense])
         other = {pos for pos, _ in dense if seen[pos][2].get("lang", query_lang) != query_lang}
-        bm25 = lexical.result() if lexical is not None else corpus.bm25_ranking(query, allowed, depth, config)
         ranked = fuse(bm25, dense, config.dense_weight[query_lang], other, corpus.lengths, config)
     cosines = dict(dense)
     seen.update(corpus.chunks_at([pos for pos, _ in ranked[:k] if pos not in seen]))

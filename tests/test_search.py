@@ -213,7 +213,7 @@ def test_hits_read_again_come_from_memory_with_the_same_text_and_metadata(corpor
     assert kb.search("Who keeps the Orrin Light?", k=8)[0].metadata == first[0].metadata  # not by the next
 
 
-def test_a_large_store_ranks_bm25_beside_the_dense_query_and_fuses_the_same(corpora_kb, monkeypatch):
+def test_a_large_store_ranks_dense_in_a_thread_beside_bm25_and_fuses_the_same(corpora_kb, monkeypatch):
     import threading
 
     from kb import KnowledgeBase, retrieve
@@ -221,17 +221,23 @@ def test_a_large_store_ranks_bm25_beside_the_dense_query_and_fuses_the_same(corp
     kb = KnowledgeBase.open(corpora_kb)
     questions = [CAPITAL, "Who keeps the Orrin Light?", "Kessel Glass", "潮汐"]
     in_turn = [kb.search(q, k=8) for q in questions]
-    ranked_in = []
-    bm25_ranking = retrieve.Corpus.bm25_ranking
+    ranked_in = {"dense": [], "bm25": []}
+    dense_ranking, bm25_ranking = retrieve.dense_ranking, retrieve.Corpus.bm25_ranking
 
-    def ranking(*args):
-        ranked_in.append(threading.current_thread().name)
+    def dense(*args):
+        ranked_in["dense"].append(threading.current_thread().name)
+        return dense_ranking(*args)
+
+    def bm25(*args):
+        ranked_in["bm25"].append(threading.current_thread().name)
         return bm25_ranking(*args)
 
-    monkeypatch.setattr(retrieve.Corpus, "bm25_ranking", ranking)
+    monkeypatch.setattr(retrieve, "dense_ranking", dense)
+    monkeypatch.setattr(retrieve.Corpus, "bm25_ranking", bm25)
     monkeypatch.setattr(retrieve, "BESIDE_MIN_CHUNKS", 0)
     assert [kb.search(q, k=8) for q in questions] == in_turn
-    assert len(ranked_in) == 4 and all(name.startswith("kb-bm25") for name in ranked_in)
+    assert len(ranked_in["dense"]) == 4 and all(name.startswith("kb-dense") for name in ranked_in["dense"])
+    assert ranked_in["bm25"] == [threading.current_thread().name] * 4
 
 
 def _refuse_read(*args, **kwargs):

@@ -38,9 +38,10 @@ HEADER_VERSION = 1
 BATCH = 20_000  # elements read from the saved index per step (44 MB with 512 floats)
 # `kb ingest` suggests `kb compact` once the index holds at least this many replaced vectors, and this share of
 # the live ones: below, the memory they cost (2.2 KB each with the default model) is not worth a rebuild, which
-# takes minutes at a million chunks. At this share a million-chunk server holds 220 MB more.
+# takes minutes at a million chunks. At a million prose chunks a server's peak crossed 4 GB from 5% replaced
+# (4,015 MB; 3,957-3,960 at 3.9-4.4%: docs/scale.md), where 10% was suggested before; at 4% it holds 88 MB more.
 SUGGEST_AT_LEAST = 20_000
-SUGGEST_AT_SHARE = 0.1
+SUGGEST_AT_SHARE = 0.04
 STAGING = ".compacting"  # the new index is built beside the old, in <segment>.compacting
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2

@@ -334,6 +334,29 @@ def test_an_index_from_before_write_groups_is_kept_and_changed_file_by_file(worl
     assert all_scores(corpus) == all_scores(Corpus(alone.snapshot()))
 
 
+def page_size(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("PRAGMA page_size").fetchone()[0]
+
+
+def test_a_new_index_has_large_pages_and_one_built_with_small_pages_is_kept(world, monkeypatch):
+    kb, root = world
+    path = index_path(kb.store)
+    assert page_size(path) == postings_module.PAGE_SIZE == 65_536
+    with monkeypatch.context() as small:
+        small.setattr(postings_module, "PAGE_SIZE", 4_096)
+        older = Postings(path)
+        older.reset()
+        older.update(kb.store)
+    before = file_rows(path)
+    (root / "ferry.md").write_text("# Ferry\n\nThe ferry to Saltreach was raised by Ondra.\n", encoding="utf-8")
+    kb.ingest([str(root)])
+    assert reopened(kb).search("Ondra raised", k=1, mode="bm25")[0].source == "ferry.md"
+    after = file_rows(path)
+    assert page_size(path) == 4_096
+    assert {key for key in after if after[key] != before.get(key)} == {file_key(root / "ferry.md")}
+
+
 def test_an_edited_file_works_out_again_only_the_chunks_whose_text_changed(tmp_path, fake_embedder, monkeypatch):
     """A 10,000-row loc table with one row edited spent 0.35 s counting tokens and analysing sentences again."""
     rows = {f"k{n}": f"The {word} keeper tends gate {n}." for n, word in enumerate(["salt", "rope", "kiln", "bell"])}

@@ -38,11 +38,11 @@ HEADER_VERSION = 1
 BATCH = 20_000  # elements read from the saved index per step (44 MB with 512 floats)
 # `kb ingest` suggests `kb compact` once the index holds at least this many replaced vectors, and this share of
 # the live ones: below, the memory they cost (2.2 KB each with the default model) is not worth a rebuild, which
-# takes minutes at a million chunks. At a million prose chunks a server's peak crossed 4 GB from 5% replaced in one
-# round of runs (4,015 MB; 3,957-3,960 at 3.9-4.4%), and from 2.7% in the next (4,012 MB; 3,918-3,992 at 0.5-2.2%,
-# 3,856-3,880 just after a compaction: docs/scale.md); 10% was suggested before those rounds, then 4%.
+# takes minutes at a million chunks: there 5% is 110 MB in every server. A server's peak crossed 4 GB from 2.7% to 5%
+# replaced, which moved this share from 10% to 4% and then 2%; most of that was heap glibc kept (kb/memory.py), and
+# since, the peaks were 3,641-3,720 MB at 5.7-7.9% (docs/scale.md).
 SUGGEST_AT_LEAST = 20_000
-SUGGEST_AT_SHARE = 0.02
+SUGGEST_AT_SHARE = 0.05
 STAGING = ".compacting"  # the new index is built beside the old, in <segment>.compacting
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2

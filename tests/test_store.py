@@ -856,7 +856,8 @@ def test_an_ingest_leaves_the_vector_index_saved_for_the_next_process(tmp_path, 
 def test_a_store_made_before_saves_its_vector_index_from_its_next_write(tmp_path, kb_dir, next_write):
     docs = canon(tmp_path / "docs")
     assert invoke("ingest", docs, "--kb", kb_dir).exit_code == 0
-    Store(kb_dir).canon.modify(configuration={"hnsw": {"sync_threshold": 1000}})  # chromadb's default
+    # chromadb's default; tried again as kb does: its SQLite may still be busy with the ingest's write
+    store_module._tried_again(Store(kb_dir).canon.modify, configuration={"hnsw": {"sync_threshold": 1000}})
     SharedSystemClient.clear_system_cache()  # a new process: its index loads with that setting
     store = Store(kb_dir)
     held = store.canon.get(limit=1, include=["embeddings", "metadatas"])

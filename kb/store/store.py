@@ -81,7 +81,8 @@ STAGE_BATCH_FILES = 100  # files an ingest stages per chromadb write at most (Ru
 STAGE_BATCH_S = 0.25  # ... and for at most this long: what a killed ingest's rerun must parse and embed again
 CHANGES_KEPT = 64  # generation moves the manifest logs (Store.changes); older ones are deleted
 CHANGES_LISTED_MAX = 200  # files a logged move lists at most; a larger one is logged unlisted
-LOAD_TRIES = 5  # a read that finds a saved vector index half-written is tried again this often at most
+LOAD_TRIES = 5  # a chromadb call that meets a state a write leaves for a moment is tried this often at most
+TRANSIENT = ("hnsw segment reader", "database is locked")  # in the messages of the errors of such states
 # Generation moves made by this process, per store location: every KnowledgeBase of the process sees
 # its own process's write on its next call, not one poll later (kb/api.py), however fast it came.
 _moved_here: Counter[str] = Counter()
@@ -189,7 +190,7 @@ def _pages(collection, where: dict | None, include: list[str], page: int = PAGE)
     binds a read's ids as SQL variables, and one read of a 35,000-row loc table's chunks failed with "too
     many SQL variables"."""
     for offset in itertools.count(0, page):
-        rows = _read(collection.get, where=where, limit=page, offset=offset, include=include)
+        rows = _tried_again(collection.get, where=where, limit=page, offset=offset, include=include)
         yield rows
         if len(rows["ids"]) < page:
             return
@@ -200,20 +201,22 @@ def _version(key: str, file_hash: str) -> dict:
     return {"$and": [{"file_key": key}, {"file_hash": file_hash}]}
 
 
-def _read(call, *args, **kwargs):
-    """What ``call(*args, **kwargs)``, a chromadb read, returns, tried again while it finds a saved vector index
-    half-written.
+def _tried_again(call, *args, **kwargs):
+    """What ``call(*args, **kwargs)``, a chromadb call, returns, tried again while it meets a state that a write
+    leaves for a moment (TRANSIENT).
 
-    A collection's first read in a process loads its vector index, and chromadb 1.5.9 rewrites the index's id
-    maps in place each time a writer saves it (after every write, on a local store): a process loading it then
-    failed with "Error deserializing pickle file" (13 of 525 fresh loads beside a writer of 10-chunk runs);
-    a moment later the file is whole again.
+    - A collection's first read in a process loads its vector index, and chromadb 1.5.9 rewrites the index's id
+      maps in place each time a writer saves it (after every write, on a local store): a process loading it then
+      failed with "Error deserializing pickle file" (13 of 525 fresh loads beside a writer of 10-chunk runs).
+    - Its SQLite waits for no other writer: a change to a collection's configuration right after an upsert in
+      the same process failed with "database is locked" (1 in 17 to 1 in 40, opening for a write a store made
+      before writers saved the vector index after every write).
     """
     for attempt in range(1, LOAD_TRIES + 1):
         try:
             return call(*args, **kwargs)
         except InternalError as exc:
-            if "hnsw segment reader" not in str(exc) or attempt == LOAD_TRIES:
+            if not any(message in str(exc) for message in TRANSIENT) or attempt == LOAD_TRIES:
                 raise
             time.sleep(0.1 * attempt)
 
@@ -278,7 +281,7 @@ class Store:
         its first write, which reads it (a Chroma server replays its log once per start, not once per reader).
         """
         if (self.canon.configuration.get("hnsw") or {}).get("sync_threshold") != 1:
-            self.canon.modify(configuration={"hnsw": {"sync_threshold": 1}})
+            _tried_again(self.canon.modify, configuration={"hnsw": {"sync_threshold": 1}})
 
     # -- manifest ---------------------------------------------------------
 
@@ -304,7 +307,7 @@ class Store:
         32,766) read again while publishes land under them. Pages follow the order rows were added in:
         a new row never shifts them, and every delete is followed by a move of the generation."""
         where = {"kind": {"$in": kinds}}
-        first = _read(self.manifest.get, where=where, limit=LARGE_PAGE, include=["metadatas"])["metadatas"]
+        first = _tried_again(self.manifest.get, where=where, limit=LARGE_PAGE, include=["metadatas"])["metadatas"]
         if len(first) < LARGE_PAGE:
             return first
 
@@ -313,7 +316,7 @@ class Store:
 
     def generation(self) -> int:
         """A counter that changes whenever the visible canon changes."""
-        rows = _read(self.manifest.get, ids=["state"], include=["metadatas"])
+        rows = _tried_again(self.manifest.get, ids=["state"], include=["metadatas"])
         return int(rows["metadatas"][0]["generation"]) if rows["ids"] else 0
 
     def disk_signature(self) -> tuple | None:
@@ -349,7 +352,7 @@ class Store:
         meta = {"kind": "state", "generation": after, "updated_at": time.time()}
         self.manifest.upsert(ids=["state"], embeddings=[_UNIT], metadatas=[meta])
         _moved_here[self._location] += 1
-        moves = _read(self.manifest.get, where={"kind": "change"}, include=[])["ids"]
+        moves = _tried_again(self.manifest.get, where={"kind": "change"}, include=[])["ids"]
         if len(moves) > CHANGES_KEPT:  # the oldest by the generation each led to, named in its id
             self.manifest.delete(ids=sorted(moves, key=lambda cid: int(cid.removeprefix("change:")))[:-CHANGES_KEPT])
 
@@ -359,7 +362,7 @@ class Store:
         (0.4-0.9 s at 10,000 files). None when the log cannot say: a move it no longer keeps or did not list,
         or two writers that moved on from the same generation."""
         moves: dict[int, list[dict]] = {}
-        for meta in _read(self.manifest.get, where={"kind": "change"}, include=["metadatas"])["metadatas"]:
+        for meta in _tried_again(self.manifest.get, where={"kind": "change"}, include=["metadatas"])["metadatas"]:
             moves.setdefault(meta["from"], []).append(meta)
         changed: dict[str, FileRecord | None] = {}
         at = since
@@ -377,7 +380,7 @@ class Store:
         return _moved_here[self._location]
 
     def last_ingest(self) -> float | None:
-        rows = _read(self.manifest.get, ids=["state"], include=["metadatas"])
+        rows = _tried_again(self.manifest.get, ids=["state"], include=["metadatas"])
         return rows["metadatas"][0]["updated_at"] if rows["ids"] else None
 
     def status(self, records: dict[str, FileRecord] | None = None) -> dict:
@@ -432,7 +435,7 @@ class Store:
                     elif doomed(*place):
                         found.append(cid)
             for first in range(0, len(unnamed), PAGE):
-                rows = _read(self.canon.get, ids=unnamed[first:first + PAGE], include=["metadatas"])
+                rows = _tried_again(self.canon.get, ids=unnamed[first:first + PAGE], include=["metadatas"])
                 found += [cid for cid, meta in zip(rows["ids"], rows["metadatas"])
                           if doomed(meta["file_key"], meta["file_hash"][:HASH_IN_ID], meta.get("chunk_index"))]
             for first in range(0, len(found), batch):
@@ -504,7 +507,7 @@ class Store:
     # -- reads ------------------------------------------------------------
 
     def count(self) -> int:
-        return _read(self.canon.count)
+        return _tried_again(self.canon.count)
 
     def all_chunks(self):
         """Every visible chunk as (ids, texts, metadatas): the published files' chunks, one whole generation."""
@@ -563,7 +566,7 @@ class Store:
         ids = record.chunk_ids()
         for first in range(0, len(ids), PAGE):
             wanted = ids[first:first + PAGE]
-            rows = _read(self.canon.get, ids=wanted, include=include)
+            rows = _tried_again(self.canon.get, ids=wanted, include=include)
             row_of = {cid: row for row, cid in enumerate(rows["ids"])}
             order = [row_of[cid] for cid in wanted if cid in row_of]
             yield {"ids": [rows["ids"][row] for row in order],
@@ -577,12 +580,12 @@ class Store:
 
     def nearest(self, vector: list, n: int, ids: list[str] | None = None) -> list[tuple[str, float]]:
         """The n chunks (among ``ids``) nearest an embedded query: a list of (id, cosine distance)."""
-        rows = _read(self.canon.query, query_embeddings=vector, n_results=n, ids=ids, include=["distances"])
+        rows = _tried_again(self.canon.query, query_embeddings=vector, n_results=n, ids=ids, include=["distances"])
         return list(zip(rows["ids"][0], rows["distances"][0]))
 
     def vectors(self, ids: list[str]) -> list[tuple[str, list[float]]]:
         """The stored chunks among ``ids`` with their embeddings (a chunk not stored is left out)."""
-        rows = _read(self.canon.get, ids=ids, include=["embeddings"])
+        rows = _tried_again(self.canon.get, ids=ids, include=["embeddings"])
         return list(zip(rows["ids"], rows["embeddings"]))
 
     def written_vectors(self, ids: list[str]) -> dict:
